@@ -1,0 +1,401 @@
+"""The DDMRun spec: the one description of a run, shared by the CLI, trainer and operator.
+
+Pydantic v2 models whose JSON schema (camelCase, descriptions, bounds, enums) is also the
+CRD schema. Unknown fields are errors; fields whose published default depends on the
+preset are optional here and filled by `resolve_*` helpers. Pure data: never import
+torch or Kubernetes clients here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from atoll.api.presets import PRESETS, PresetName
+
+API_GROUP = "atoll.dev"
+API_VERSION = "v1alpha1"
+API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+STRATEGY_PATTERN = r"^(top-1|top-2|top-k:[1-9][0-9]{0,2}|threshold:(0(\.[0-9]+)?|1(\.0+)?)|full)$"
+DATASET_URI_PATTERN = r"^(builtin://(digits|shapes)|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+_T = TypeVar("_T")
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_assignment=True,
+        frozen=False,
+    )
+
+
+class DatasetSpec(SpecModel):
+    """Where the training data comes from and how it is represented for the experts."""
+
+    uri: str = Field(
+        description=(
+            "Dataset location: builtin://digits, builtin://shapes, a folder of images with"
+            " .txt caption sidecars, a folder or s3://bucket/prefix of WebDataset-style tar"
+            " shards (.tar)."
+        ),
+        pattern=DATASET_URI_PATTERN,
+        min_length=1,
+    )
+    resolution: int = Field(
+        default=32,
+        ge=8,
+        le=2048,
+        multiple_of=8,
+        description="Side in pixels of the square images the model is trained on.",
+    )
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Use at most this many examples (the first ones in a fixed order); all when unset.",
+    )
+    vae: Literal["identity", "sd-vae-ft-mse"] = Field(
+        default="identity",
+        description=(
+            "Autoencoder that maps images to the latents the experts learn: identity trains"
+            " in pixel space, sd-vae-ft-mse is Stable Diffusion's VAE (weights must be"
+            " present locally)."
+        ),
+    )
+    text_encoder: Literal["hashed-bow", "clip-vitl14"] = Field(
+        default="hashed-bow",
+        description=(
+            "Caption encoder whose token embeddings condition the experts by"
+            " cross-attention: hashed-bow is an offline hashed bag of words, clip-vitl14 is"
+            " CLIP ViT-L/14's text tower (weights must be present locally)."
+        ),
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of procedural built-in datasets.")
+
+
+class PartitionSpec(SpecModel):
+    """How the dataset is split into K disjoint clusters, one expert each."""
+
+    clusters: int = Field(default=8, ge=1, le=256, description="Number of clusters K, and so of experts.")
+    features: Literal["dinov2-vitl14", "clip-vitl14", "pixels"] = Field(
+        default="dinov2-vitl14",
+        description=(
+            "Image features the clustering runs on: DINOv2 ViT-L/14 (the papers' choice),"
+            " CLIP ViT-L/14, or the raw pixels (offline)."
+        ),
+    )
+    fine_clusters: int = Field(
+        default=1024,
+        ge=2,
+        le=65536,
+        description=(
+            "Fine k-means clusters fitted on a sample before the K coarse clusters are"
+            " formed over their centroids; capped at a quarter of the sample."
+        ),
+    )
+    sample_size: int = Field(
+        default=200_000,
+        ge=16,
+        description="Examples the fine clusters are fitted on.",
+    )
+    iterations: int = Field(default=25, ge=1, le=1000, description="Lloyd iterations per level.")
+    balanced: bool = Field(
+        default=True,
+        description="Balance cluster sizes (recommended: plain k-means makes catch-all clusters).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of sampling and initialisation.")
+
+
+class TimestepSamplingSpec(SpecModel):
+    """Distribution of the noise level σ ∈ [0, 1] drawn for each training example."""
+
+    distribution: Literal["logit-normal", "uniform"] = Field(
+        default="logit-normal", description="logit-normal (σ = sigmoid(N(mean, std))) or uniform."
+    )
+    mean: float = Field(default=0.0, ge=-5, le=5, description="Mean of the logit-normal's normal.")
+    std: float = Field(default=1.0, gt=0, le=5, description="Standard deviation of the logit-normal's normal.")
+
+
+class RetentionSpec(SpecModel):
+    """Which committed checkpoints are kept in the store."""
+
+    last: int = Field(default=3, ge=1, le=1000, description="Keep the newest N checkpoints.")
+    every: int = Field(
+        default=0,
+        ge=0,
+        description="Also keep every checkpoint whose step is a multiple of this (0: none).",
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recipe:
+    """The training hyper-parameters of one stage with every preset default filled in."""
+
+    preset: str
+    steps: int
+    global_batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    ema_decay: float
+    checkpoint_every: int
+
+
+class TrainingSpec(SpecModel):
+    """Fields shared by expert and router training."""
+
+    preset: PresetName = Field(default="dit-xl/2", description="Transformer preset (Paris 1.0: DiT-XL/2 experts).")
+    steps: int = Field(default=400_000, ge=1, le=100_000_000, description="Optimizer steps.")
+    global_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Examples per optimizer step over all GPUs and accumulation; the preset's recipe when unset.",
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Examples per forward pass on one GPU; the global batch is reached by gradient"
+            " accumulation. Chosen by the placement plan when unset."
+        ),
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="Peak AdamW learning rate; the preset's recipe when unset."
+    )
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="Linear warm-up steps; the preset's recipe when unset."
+    )
+    weight_decay: float | None = Field(
+        default=None, ge=0, le=1, description="AdamW weight decay; the preset's recipe when unset."
+    )
+    grad_clip: float = Field(default=1.0, ge=0, description="Clip the gradient norm to this (0: off).")
+    checkpoint_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Commit a checkpoint every N steps; the preset's default when unset.",
+    )
+    keep_checkpoints: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="Retention of committed checkpoints."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and noise.")
+    ema_decay: float | None = Field(
+        default=None, ge=0, lt=1, description="Weight EMA decay; the preset's recipe when unset."
+    )
+
+    def recipe(self) -> Recipe:
+        """This stage's hyper-parameters with the preset's published defaults filled in."""
+        preset = PRESETS[self.preset]
+        return Recipe(
+            preset=self.preset,
+            steps=self.steps,
+            global_batch_size=_or(self.global_batch_size, preset.global_batch_size),
+            learning_rate=_or(self.learning_rate, preset.learning_rate),
+            warmup_steps=_or(self.warmup_steps, preset.warmup_steps),
+            weight_decay=_or(self.weight_decay, preset.weight_decay),
+            ema_decay=_or(self.ema_decay, preset.ema_decay),
+            checkpoint_every=_or(self.checkpoint_every, preset.checkpoint_every),
+        )
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+class ExpertSpec(TrainingSpec):
+    """The K expert denoisers, each trained by flow matching on its cluster alone."""
+
+    steps_policy: Literal["equal", "proportional"] = Field(
+        default="equal",
+        description=(
+            "equal: every expert trains `steps`; proportional: steps scale with the"
+            " cluster's share so every example is seen equally often (total = steps × K)."
+        ),
+    )
+    caption_dropout: float = Field(
+        default=0.1, ge=0, le=1, description="Probability of training on the empty caption (for guidance)."
+    )
+    timestep_sampling: TimestepSamplingSpec = Field(
+        default_factory=TimestepSamplingSpec, description="Distribution of σ during training."
+    )
+
+
+class RouterSpec(TrainingSpec):
+    """The router: a classifier of the cluster of a noisy sample, p(k | x_t, σ)."""
+
+    preset: PresetName = Field(default="dit-b/2", description="Transformer preset of the router (Paris 1.0: DiT-B/2).")
+    steps: int = Field(default=100_000, ge=1, le=100_000_000, description="Optimizer steps.")
+    condition_on_text: bool = Field(
+        default=False,
+        description="Also feed the caption (the exact conditional router); Paris's router sees only (x_t, σ).",
+    )
+    timestep_sampling: TimestepSamplingSpec = Field(
+        default_factory=lambda: TimestepSamplingSpec(distribution="uniform"),
+        description="Distribution of σ during router training (uniform covers every sampling step).",
+    )
+
+
+class SamplingSpec(SpecModel):
+    """How the assembled model samples by default."""
+
+    strategy: str = Field(
+        default="top-2",
+        pattern=STRATEGY_PATTERN,
+        description="Expert selection per step: top-1, top-2, top-k:N, threshold:p or full.",
+    )
+    steps: int = Field(default=50, ge=1, le=1000, description="Euler integration steps.")
+    guidance: float = Field(default=3.0, ge=0, le=50, description="Classifier-free guidance scale (1: off).")
+
+
+class EvaluationSpec(SpecModel):
+    """What the evaluate stage measures after assembly."""
+
+    samples: int = Field(default=256, ge=1, le=100_000, description="Generated samples per strategy.")
+    strategies: list[Annotated[str, Field(pattern=STRATEGY_PATTERN)]] = Field(
+        default_factory=lambda: ["top-1", "top-2", "full"],
+        min_length=1,
+        max_length=8,
+        description="Sampling strategies compared in metrics.json.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the generated samples.")
+
+
+class StorageSpec(SpecModel):
+    """Where checkpoints, data and the model live (the run's only durable state)."""
+
+    uri: str = Field(
+        default="",
+        pattern=r"^$|" + STORAGE_URI_PATTERN[1:],
+        description=(
+            "Store root: s3://bucket/prefix (MinIO or any S3), or a local directory. Each run"
+            " writes under <uri>/<run name>/. Empty: the local workdir (local runs only)."
+        ),
+    )
+    secret_ref: str | None = Field(
+        default=None,
+        pattern=K8S_NAME_PATTERN,
+        max_length=253,
+        description="Secret with keys accessKey, secretKey and endpoint for s3:// stores.",
+    )
+    reclaim_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="Retain keeps the run's store data when the DDMRun is deleted; Delete removes it.",
+    )
+
+
+class GPURequirements(SpecModel):
+    """Constraints on the GPUs experts may use."""
+
+    min_memory_gi_b: float = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        alias="minMemoryGiB",
+        description="Only GPUs with at least this much memory (GiB) are used.",
+    )
+    products: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Allowed nvidia.com/gpu.product values; any when empty.",
+    )
+    max_per_expert: int = Field(default=8, ge=1, le=64, description="Most GPUs (of one node) a single expert may use.")
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration added to every pod of the run."""
+
+    key: str | None = Field(default=None, description="Taint key; all keys when empty with operator Exists.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; all when empty."
+    )
+    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
+
+
+class PlacementSpec(SpecModel):
+    """Where the run's pods may go."""
+
+    gpu: GPURequirements = Field(default_factory=GPURequirements, description="GPU constraints.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must carry to run any pod of this run."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Extra tolerations (nvidia.com/gpu is always tolerated)."
+    )
+    speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Measured samples/s of the expert preset per GPU product, overriding built-in figures.",
+    )
+
+
+class FailurePolicy(SpecModel):
+    """What happens when a stage pod fails."""
+
+    max_restarts: int = Field(default=3, ge=0, le=1000, description="Restarts of one stage before the run fails.")
+    backoff_seconds: float = Field(
+        default=10, ge=0, le=3600, description="First restart delay; doubles on every restart."
+    )
+    max_backoff_seconds: float = Field(default=300, ge=0, le=86400, description="Upper bound of the restart delay.")
+
+
+class DDMRunSpec(SpecModel):
+    """A Decentralized Diffusion Model training run."""
+
+    dataset: DatasetSpec = Field(description="The training data.")
+    partition: PartitionSpec = Field(default_factory=PartitionSpec, description="Clustering of the data.")
+    expert: ExpertSpec = Field(default_factory=ExpertSpec, description="Expert training.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="Router training.")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Default sampling.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation after assembly.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="The object store of the run.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> DDMRunSpec:
+        for name, training in (("expert", self.expert), ("router", self.router)):
+            batch = training.recipe().global_batch_size
+            if training.micro_batch_size is not None and training.micro_batch_size > batch:
+                raise ValueError(
+                    f"{name}.microBatchSize ({training.micro_batch_size}) exceeds {name}.globalBatchSize ({batch})"
+                )
+        return self
+
+
+class ObjectMeta(SpecModel):
+    """The part of Kubernetes object metadata a run file needs."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(pattern=K8S_NAME_PATTERN, max_length=63, description="Run name.")
+    namespace: str | None = Field(default=None, description="Namespace (Kubernetes runs only).")
+
+
+class DDMRunManifest(SpecModel):
+    """A DDMRun object as written in a YAML file."""
+
+    api_version: Literal["atoll.dev/v1alpha1"] = Field(description="atoll.dev/v1alpha1")
+    kind: Literal["DDMRun"] = Field(description="DDMRun")
+    metadata: ObjectMeta = Field(description="Object metadata.")
+    spec: DDMRunSpec = Field(description="The run.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_is_dns_label(cls, value: ObjectMeta) -> ObjectMeta:
+        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", value.name):
+            raise ValueError("metadata.name must be a DNS label (lower case letters, digits, '-')")
+        return value
