@@ -67,7 +67,7 @@ class Tool:
     def stamped_ldflags(self) -> str:
         version = self.version()
         core = version.lstrip("v")
-        major, minor = (core.split(".") + ["0", "0"])[:2]
+        major, minor = ([*core.split("."), "0", "0"])[:2]
         values = {
             "version": version,
             "core": core,
@@ -152,15 +152,13 @@ class BuildError(SystemExit):
 
 def _check_proxy() -> None:
     """Fail fast, with a clear message, when the Go module proxy cannot be reached."""
-    proxy = subprocess.run(
-        ["go", "env", "GOPROXY"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    proxy = subprocess.run(["go", "env", "GOPROXY"], capture_output=True, text=True, check=True).stdout.strip()
     first = proxy.split(",")[0].split("|")[0]
     if first in ("off", "direct", ""):
         return
     url = first.rstrip("/") + "/k8s.io/kubernetes/@v/list"
     try:
-        with urllib.request.urlopen(url, timeout=20) as response:  # noqa: S310 (the configured proxy)
+        with urllib.request.urlopen(url, timeout=20) as response:
             response.read(1)
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise BuildError(
