@@ -232,6 +232,20 @@ class ExpertSpec(TrainingSpec):
         default_factory=TimestepSamplingSpec, description="Distribution of σ during training."
     )
 
+    def steps_for(self, expert: int, cluster_sizes: list[int]) -> int:
+        """Optimizer steps of expert k under `stepsPolicy`.
+
+        equal: every expert trains `steps`. proportional: steps × K × (cluster share), so
+        every example is seen equally often and the total is steps × K (at least 1 each).
+        """
+        if self.steps_policy == "equal":
+            return self.steps
+        total = sum(cluster_sizes)
+        if total <= 0:
+            raise ValueError("cluster sizes must not all be zero")
+        share = cluster_sizes[expert] / total
+        return max(1, round(self.steps * len(cluster_sizes) * share))
+
 
 class RouterSpec(TrainingSpec):
     """The router: a classifier of the cluster of a noisy sample, p(k | x_t, σ)."""
