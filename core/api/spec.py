@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from atoll.api.presets import PRESETS, PresetName
@@ -196,6 +196,17 @@ class TrainingSpec(SpecModel):
         default=None, ge=0, lt=1, description="Weight EMA decay; the preset's recipe when unset."
     )
 
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_batch_fits(cls, value: int | None, info: ValidationInfo) -> int | None:
+        preset = info.data.get("preset")
+        if value is None or preset not in PRESETS:
+            return value
+        batch = _or(info.data.get("global_batch_size"), PRESETS[preset].global_batch_size)
+        if value > batch:
+            raise ValueError(f"{value} exceeds globalBatchSize ({batch})")
+        return value
+
     def recipe(self) -> Recipe:
         """This stage's hyper-parameters with the preset's published defaults filled in."""
         preset = PRESETS[self.preset]
@@ -292,7 +303,7 @@ class StorageSpec(SpecModel):
 
     uri: str = Field(
         default="",
-        pattern=r"^$|" + STORAGE_URI_PATTERN[1:],
+        pattern=r"^$|" + STORAGE_URI_PATTERN,
         description=(
             "Store root: s3://bucket/prefix (MinIO or any S3), or a local directory. Each run"
             " writes under <uri>/<run name>/. Empty: the local workdir (local runs only)."
@@ -379,15 +390,36 @@ class DDMRunSpec(SpecModel):
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> DDMRunSpec:
-        for name, training in (("expert", self.expert), ("router", self.router)):
-            batch = training.recipe().global_batch_size
-            if training.micro_batch_size is not None and training.micro_batch_size > batch:
-                raise ValueError(
-                    f"{name}.microBatchSize ({training.micro_batch_size}) exceeds {name}.globalBatchSize ({batch})"
-                )
-        return self
+    @field_validator("sampling")
+    @classmethod
+    def _sampling_fits_clusters(cls, value: SamplingSpec, info: ValidationInfo) -> SamplingSpec:
+        _check_strategy_fits(value.strategy, info)
+        return value
+
+    @field_validator("evaluation")
+    @classmethod
+    def _evaluation_fits_clusters(cls, value: EvaluationSpec, info: ValidationInfo) -> EvaluationSpec:
+        for strategy in value.strategies:
+            _check_strategy_fits(strategy, info)
+        return value
+
+
+def strategy_min_experts(strategy: str) -> int:
+    """How many experts a strategy string (STRATEGY_PATTERN) needs at least: k of top-k, else 1."""
+    if strategy == "top-2":
+        return 2
+    if strategy.startswith("top-k:"):
+        return int(strategy.removeprefix("top-k:"))
+    return 1
+
+
+def _check_strategy_fits(strategy: str, info: ValidationInfo) -> None:
+    partition = info.data.get("partition")
+    if isinstance(partition, PartitionSpec) and strategy_min_experts(strategy) > partition.clusters:
+        raise ValueError(
+            f"strategy {strategy} selects {strategy_min_experts(strategy)} experts but"
+            f" partition.clusters is {partition.clusters}"
+        )
 
 
 class ObjectMeta(SpecModel):

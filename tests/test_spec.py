@@ -1,0 +1,170 @@
+"""Malformed DDMRun manifests are rejected with the bad field's path named; good ones load.
+
+Each case mutates a valid manifest in one place and checks that SpecError names exactly
+that field (camelCase path) — the contract `atoll run` and the CRD rely on.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.api import DDMRunSpec, SpecError, load_manifest, load_spec_json
+from atoll.api.load import dump_spec_json, parse_manifest
+
+Mutation = Callable[[dict[str, Any]], None]
+
+VALID: dict[str, Any] = {
+    "apiVersion": "atoll.dev/v1alpha1",
+    "kind": "DDMRun",
+    "metadata": {"name": "digits-quickstart"},
+    "spec": {
+        "dataset": {"uri": "builtin://digits", "resolution": 16},
+        "partition": {"clusters": 4, "features": "pixels", "seed": 0},
+        "expert": {"preset": "tiny", "steps": 800, "globalBatchSize": 64, "learningRate": 3.0e-4},
+        "router": {"preset": "tiny", "steps": 400},
+        "sampling": {"strategy": "top-2", "steps": 30, "guidance": 2.0},
+    },
+}
+
+
+def _set(path: str, value: Any) -> Mutation:
+    """A mutation that sets a dotted path (creating mappings on the way)."""
+
+    def mutate(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return mutate
+
+
+def _drop(path: str) -> Mutation:
+    def mutate(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = document
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    return mutate
+
+
+# (case id, mutation, the field path the error must name)
+MALFORMED: list[tuple[str, Mutation, str]] = [
+    ("negative learning rate", _set("spec.expert.learningRate", -1e-4), "spec.expert.learningRate"),
+    ("unknown field", _set("spec.expert.lr", 1e-4), "spec.expert.lr"),
+    ("unknown top-level spec field", _set("spec.experts", {}), "spec.experts"),
+    ("bad strategy", _set("spec.sampling.strategy", "top-3-ish"), "spec.sampling.strategy"),
+    ("top-k:0", _set("spec.sampling.strategy", "top-k:0"), "spec.sampling.strategy"),
+    ("threshold above 1", _set("spec.sampling.strategy", "threshold:1.5"), "spec.sampling.strategy"),
+    ("zero clusters", _set("spec.partition.clusters", 0), "spec.partition.clusters"),
+    ("resolution not a multiple of 8", _set("spec.dataset.resolution", 20), "spec.dataset.resolution"),
+    ("http dataset", _set("spec.dataset.uri", "http://example.com/data"), "spec.dataset.uri"),
+    ("unknown builtin dataset", _set("spec.dataset.uri", "builtin://cats"), "spec.dataset.uri"),
+    (
+        "micro batch above global batch",
+        _set("spec.expert.microBatchSize", 128),
+        "spec.expert.microBatchSize",
+    ),
+    (
+        "router micro batch above the preset's batch",
+        _set("spec.router.microBatchSize", 65),
+        "spec.router.microBatchSize",
+    ),
+    ("bad evaluation strategy", _set("spec.evaluation.strategies", ["top-1", "best"]), "spec.evaluation.strategies[1]"),
+    ("no evaluation strategies", _set("spec.evaluation.strategies", []), "spec.evaluation.strategies"),
+    ("top-k above K", _set("spec.sampling.strategy", "top-k:5"), "spec.sampling"),
+    ("evaluation top-k above K", _set("spec.evaluation.strategies", ["top-k:8"]), "spec.evaluation"),
+    ("run name with capitals", _set("metadata.name", "Digits_Run"), "metadata.name"),
+    ("wrong kind", _set("kind", "DDMJob"), "kind"),
+    ("wrong apiVersion", _set("apiVersion", "atoll.dev/v1"), "apiVersion"),
+    ("unknown feature extractor", _set("spec.partition.features", "resnet50"), "spec.partition.features"),
+    ("unknown preset", _set("spec.expert.preset", "dit-huge"), "spec.expert.preset"),
+    ("steps not a number", _set("spec.expert.steps", "many"), "spec.expert.steps"),
+    ("zero sampling steps", _set("spec.sampling.steps", 0), "spec.sampling.steps"),
+    ("negative guidance", _set("spec.sampling.guidance", -1), "spec.sampling.guidance"),
+    ("caption dropout above 1", _set("spec.expert.captionDropout", 1.5), "spec.expert.captionDropout"),
+    ("zero logit-normal std", _set("spec.router.timestepSampling.std", 0), "spec.router.timestepSampling.std"),
+    ("ema decay of 1", _set("spec.expert.emaDecay", 1.0), "spec.expert.emaDecay"),
+    ("http storage", _set("spec.storage.uri", "http://minio:9000/atoll"), "spec.storage.uri"),
+    ("bad secret name", _set("spec.storage.secretRef", "Minio_Creds"), "spec.storage.secretRef"),
+    ("negative restarts", _set("spec.failurePolicy.maxRestarts", -1), "spec.failurePolicy.maxRestarts"),
+    ("negative GPU speed", _set("spec.placement.speeds", {"NVIDIA-A100": -3.0}), "spec.placement.speeds.NVIDIA-A100"),
+    (
+        "bad toleration operator",
+        _set("spec.placement.tolerations", [{"key": "gpu", "operator": "Maybe"}]),
+        "spec.placement.tolerations[0].operator",
+    ),
+    ("missing dataset", _drop("spec.dataset"), "spec.dataset"),
+    ("steps policy", _set("spec.expert.stepsPolicy", "random"), "spec.expert.stepsPolicy"),
+]
+
+
+@pytest.mark.parametrize(("mutation", "field"), [(m, f) for _, m, f in MALFORMED], ids=[c for c, _, _ in MALFORMED])
+def test_malformed_spec_names_the_field(mutation: Mutation, field: str) -> None:
+    document = copy.deepcopy(VALID)
+    mutation(document)
+    with pytest.raises(SpecError) as caught:
+        parse_manifest(document, "run.yaml")
+    paths = [problem.split(": ", 1)[0] for problem in caught.value.problems]
+    assert paths == [field], caught.value.problems
+    assert field in str(caught.value)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    document = copy.deepcopy(VALID)
+    _set("spec.expert.learningRate", -1)(document)
+    _set("spec.partition.clusters", 0)(document)
+    _set("spec.dataset.resolution", 12)(document)
+    with pytest.raises(SpecError) as caught:
+        parse_manifest(document, "run.yaml")
+    paths = sorted(problem.split(": ", 1)[0] for problem in caught.value.problems)
+    assert paths == ["spec.dataset.resolution", "spec.expert.learningRate", "spec.partition.clusters"]
+
+
+def test_valid_manifest_round_trips_through_spec_json() -> None:
+    manifest = parse_manifest(copy.deepcopy(VALID), "run.yaml")
+    spec = manifest.spec
+    assert spec.partition.clusters == 4
+    assert spec.expert.recipe().global_batch_size == 64
+    again = load_spec_json(dump_spec_json(spec))
+    assert again == spec
+    assert '"globalBatchSize": 64' in dump_spec_json(spec)
+
+
+def test_default_strategies_are_not_checked_against_one_cluster() -> None:
+    """A K=1 run (the monolith baseline) keeps the defaults; only explicit choices are checked."""
+    document = copy.deepcopy(VALID)
+    _set("spec.partition.clusters", 1)(document)
+    _drop("spec.sampling")(document)
+    assert parse_manifest(document, "run.yaml").spec.partition.clusters == 1
+
+
+def test_spec_json_errors_are_prefixed_with_spec() -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec_json('{"dataset": {"uri": "builtin://digits"}, "router": {"steps": -5}}')
+    assert caught.value.problems[0].startswith("spec.router.steps:")
+
+
+def test_yaml_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(SpecError, match="cannot read"):
+        load_manifest(missing)
+    two = tmp_path / "two.yaml"
+    two.write_text("kind: ConfigMap\n---\nkind: Secret\n")
+    with pytest.raises(SpecError, match="expected exactly one DDMRun"):
+        load_manifest(two)
+
+
+def test_examples_are_valid() -> None:
+    """Every manifest under manifests/examples/ loads."""
+    examples = sorted((Path(__file__).parents[1] / "manifests" / "examples").glob("*.yaml"))
+    for path in examples:
+        assert isinstance(load_manifest(path).spec, DDMRunSpec), path
