@@ -1,0 +1,305 @@
+"""Writer and reader of the pre-encoded cluster shards (the `data/` contract of docs/architecture.md).
+
+The partition stage writes them; expert, router and evaluate stages read them. Layout, keys
+relative to the run's store:
+
+    data/info.json                         DataInfo (camelCase)
+    data/null-text.safetensors             {"text": [1, L, D] float16, "text_mask": [1, L] bool}
+    data/cluster-<k>/shard-<nnnnn>.safetensors
+        latents [m, C, H, W] float32 · text [m, L, D] float16 · text_mask [m, L] bool ·
+        labels [m] int64 (-1: unknown) · index [m] int64 (example id in dataset order)
+    data/cluster-<k>/index.json            {"examples": n, "shards": [{"key": ..., "examples": m}]}
+
+A cluster's `index.json` is written after all its shards, so it is the cluster's commit
+marker: a cluster without one is partial and is rewritten on resume. `info.json` is
+written after every cluster. The readers load whole clusters into memory (fine for the
+sizes this project trains on one node); very large runs would stream shard by shard with
+`iter_cluster_shards`. This module only moves tensors: it never encodes or trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from atoll import layout
+from atoll.errors import AtollError
+from atoll.store import NotFoundError, Store, join_key
+
+INFO = join_key(layout.DATA, "info.json")
+SHARD_TENSORS = ("latents", "text", "text_mask", "labels", "index")
+
+
+class ClusterDataError(AtollError):
+    """The pre-encoded data is missing or does not follow the contract."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataInfo:
+    """data/info.json: the shapes and encoders every consumer of the shards must agree on."""
+
+    latent_shape: tuple[int, int, int]
+    """[C, H, W] of one latent (the VAE's scaled latent, or the image itself for identity)."""
+    text_shape: tuple[int, int]
+    """[L, D]: caption tokens and embedding width."""
+    vae: str
+    """VAE name from dataset.vae (identity, sd-vae-ft-mse)."""
+    text_encoder: str
+    """Text encoder name from dataset.textEncoder (hashed-bow, clip-vitl14)."""
+    resolution: int
+    """Image side in pixels."""
+    clusters: int
+    """K."""
+    examples: int
+    """Examples over all clusters."""
+    sizes: tuple[int, ...]
+    """Examples per cluster."""
+    class_names: tuple[str, ...] = ()
+    """Names of the class labels (labels index into this); empty when the data has none."""
+    class_captions: dict[int, str] = field(default_factory=dict)
+    """One real caption per class label (the first example's), for evaluation prompts."""
+    dataset: str = ""
+    """dataset.uri the shards were encoded from."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The camelCase document stored as data/info.json."""
+        return {
+            "latentShape": list(self.latent_shape),
+            "textShape": list(self.text_shape),
+            "vae": self.vae,
+            "textEncoder": self.text_encoder,
+            "resolution": self.resolution,
+            "clusters": self.clusters,
+            "examples": self.examples,
+            "sizes": list(self.sizes),
+            "classNames": list(self.class_names),
+            "classCaptions": {str(k): v for k, v in sorted(self.class_captions.items())},
+            "dataset": self.dataset,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DataInfo:
+        """Parse data/info.json."""
+        try:
+            c, h, w = (int(v) for v in doc["latentShape"])
+            length, dim = (int(v) for v in doc["textShape"])
+            return cls(
+                latent_shape=(c, h, w),
+                text_shape=(length, dim),
+                vae=str(doc["vae"]),
+                text_encoder=str(doc["textEncoder"]),
+                resolution=int(doc["resolution"]),
+                clusters=int(doc["clusters"]),
+                examples=int(doc["examples"]),
+                sizes=tuple(int(s) for s in doc["sizes"]),
+                class_names=tuple(str(n) for n in doc.get("classNames", [])),
+                class_captions={int(k): str(v) for k, v in doc.get("classCaptions", {}).items()},
+                dataset=str(doc.get("dataset", "")),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ClusterDataError(f"{INFO} does not follow the data contract: {error!r}") from None
+
+
+@dataclass(frozen=True)
+class ClusterData:
+    """Pre-encoded examples (one cluster, or several concatenated), as stored."""
+
+    latents: torch.Tensor
+    """[n, C, H, W] float32."""
+    text: torch.Tensor
+    """[n, L, D] float16 as stored (cast with `.float()` before use)."""
+    text_mask: torch.Tensor
+    """[n, L] bool: True where a caption token is present."""
+    labels: torch.Tensor
+    """[n] int64 class label, -1 when unknown."""
+    index: torch.Tensor
+    """[n] int64 example id (position in the dataset's fixed order)."""
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The five tensors by their shard names."""
+        return {name: getattr(self, name) for name in SHARD_TENSORS}
+
+    @classmethod
+    def concat(cls, parts: list[ClusterData]) -> ClusterData:
+        """Concatenate along the example axis (at least one part)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in SHARD_TENSORS})
+
+
+def shard_key(k: int, shard: int) -> str:
+    """Key of cluster k's shard number `shard`."""
+    return join_key(layout.cluster_data(k), f"shard-{shard:05d}.safetensors")
+
+
+def cluster_index_key(k: int) -> str:
+    """Key of cluster k's index.json (its commit marker)."""
+    return join_key(layout.cluster_data(k), "index.json")
+
+
+class ClusterWriter:
+    """Writes one cluster's shards as examples arrive; `finish()` commits the cluster.
+
+    Call `add` with batches in any size; every `shard_size` examples become one shard.
+    Nothing is committed until `finish` writes index.json, so an interrupted writer leaves a
+    partial cluster that `cluster_complete` reports as absent (`clear_cluster` removes it).
+    """
+
+    def __init__(self, store: Store, k: int, *, shard_size: int = 1024) -> None:
+        if shard_size < 1:
+            raise ValueError("shard_size must be at least 1")
+        self.store = store
+        self.k = k
+        self.shard_size = shard_size
+        self._pending: list[ClusterData] = []
+        self._pending_count = 0
+        self._shards: list[dict[str, Any]] = []
+        self._examples = 0
+
+    def add(self, batch: ClusterData) -> None:
+        """Buffer a batch, writing full shards as they fill up."""
+        _check_batch(batch)
+        self._pending.append(batch)
+        self._pending_count += len(batch)
+        while self._pending_count >= self.shard_size:
+            merged = ClusterData.concat(self._pending)
+            head = ClusterData(**{n: t[: self.shard_size] for n, t in merged.tensors().items()})
+            rest = ClusterData(**{n: t[self.shard_size :] for n, t in merged.tensors().items()})
+            self._write_shard(head)
+            self._pending = [rest] if len(rest) else []
+            self._pending_count = len(rest)
+
+    def finish(self) -> int:
+        """Write the remaining shard and index.json; returns the cluster's example count."""
+        if self._pending_count:
+            self._write_shard(ClusterData.concat(self._pending))
+            self._pending, self._pending_count = [], 0
+        self.store.put_json(cluster_index_key(self.k), {"examples": self._examples, "shards": self._shards})
+        return self._examples
+
+    def _write_shard(self, data: ClusterData) -> None:
+        key = shard_key(self.k, len(self._shards))
+        tensors = {
+            "latents": data.latents.detach().to("cpu", torch.float32).contiguous(),
+            "text": data.text.detach().to("cpu", torch.float16).contiguous(),
+            "text_mask": data.text_mask.detach().to("cpu", torch.bool).contiguous(),
+            "labels": data.labels.detach().to("cpu", torch.int64).contiguous(),
+            "index": data.index.detach().to("cpu", torch.int64).contiguous(),
+        }
+        self.store.put_bytes(key, save_safetensors(tensors))
+        self._shards.append({"key": key, "examples": len(data)})
+        self._examples += len(data)
+
+
+def _check_batch(batch: ClusterData) -> None:
+    n = len(batch)
+    for name, tensor in batch.tensors().items():
+        if tensor.shape[0] != n:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows, latents {n}")
+    if batch.latents.ndim != 4 or batch.text.ndim != 3 or batch.text_mask.shape != batch.text.shape[:2]:
+        raise ValueError(
+            f"bad shard shapes: latents {tuple(batch.latents.shape)}, text {tuple(batch.text.shape)},"
+            f" text_mask {tuple(batch.text_mask.shape)}"
+        )
+
+
+def cluster_complete(store: Store, k: int) -> bool:
+    """Whether cluster k was committed (its index.json exists)."""
+    return store.exists(cluster_index_key(k))
+
+
+def clear_cluster(store: Store, k: int) -> None:
+    """Remove every object of cluster k (a partial cluster before it is rewritten)."""
+    store.delete_prefix(layout.cluster_data(k) + "/")
+
+
+def write_info(store: Store, info: DataInfo) -> None:
+    """Write data/info.json (after every cluster is committed)."""
+    store.put_json(INFO, info.to_json())
+
+
+def read_info(store: Store) -> DataInfo:
+    """Read data/info.json; a clear error when the partition stage has not finished."""
+    try:
+        doc = store.get_json(INFO)
+    except NotFoundError:
+        raise ClusterDataError(
+            f"{store.uri_of(INFO)} is missing: run the partition stage first (it pre-encodes the data)"
+        ) from None
+    return DataInfo.from_json(doc)
+
+
+def write_null_text(store: Store, text: torch.Tensor, text_mask: torch.Tensor) -> None:
+    """Write data/null-text.safetensors: the empty caption's embedding [1, L, D] and mask [1, L]."""
+    tensors = {
+        "text": text.detach().to("cpu", torch.float16).reshape(1, *text.shape[-2:]).contiguous(),
+        "text_mask": text_mask.detach().to("cpu", torch.bool).reshape(1, text_mask.shape[-1]).contiguous(),
+    }
+    store.put_bytes(layout.NULL_TEXT, save_safetensors(tensors))
+
+
+def read_null_text(store: Store) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty caption: (text [1, L, D] float16, text_mask [1, L] bool)."""
+    tensors = _load(store, layout.NULL_TEXT)
+    return tensors["text"], tensors["text_mask"]
+
+
+def iter_cluster_shards(store: Store, k: int) -> Iterator[ClusterData]:
+    """Cluster k's shards one at a time, in order (for streaming large clusters)."""
+    try:
+        index = store.get_json(cluster_index_key(k))
+    except NotFoundError:
+        raise ClusterDataError(
+            f"{store.uri_of(cluster_index_key(k))} is missing: cluster {k} was not pre-encoded"
+            " (run the partition stage, and check partition.clusters)"
+        ) from None
+    for shard in index["shards"]:
+        tensors = _load(store, shard["key"])
+        missing = [name for name in SHARD_TENSORS if name not in tensors]
+        if missing:
+            raise ClusterDataError(f"{store.uri_of(shard['key'])} lacks tensors {missing}")
+        data = ClusterData(**{name: tensors[name] for name in SHARD_TENSORS})
+        if len(data) != shard["examples"]:
+            raise ClusterDataError(
+                f"{store.uri_of(shard['key'])} holds {len(data)} examples, index.json says {shard['examples']}"
+            )
+        yield data
+
+
+def read_cluster(store: Store, k: int) -> ClusterData:
+    """All of cluster k's examples in memory (shards concatenated in order)."""
+    parts = list(iter_cluster_shards(store, k))
+    if not parts:
+        raise ClusterDataError(f"cluster {k} in {store.uri} has no examples")
+    return ClusterData.concat(parts)
+
+
+def read_all_clusters(store: Store) -> tuple[ClusterData, torch.Tensor]:
+    """Every example of every cluster (the router's data) and its cluster label [n] int64.
+
+    Examples come cluster by cluster; each cluster appears in proportion to its size, which
+    is how the router learns the prior π_k.
+    """
+    info = read_info(store)
+    parts = [read_cluster(store, k) for k in range(info.clusters)]
+    labels = torch.cat([torch.full((len(p),), k, dtype=torch.int64) for k, p in enumerate(parts)])
+    return ClusterData.concat(parts), labels
+
+
+def _load(store: Store, key: str) -> dict[str, torch.Tensor]:
+    try:
+        data = store.get_bytes(key)
+    except NotFoundError:
+        raise ClusterDataError(f"{store.uri_of(key)} is missing: run the partition stage first") from None
+    try:
+        return load_safetensors(data)
+    except Exception as error:  # safetensors raises its own SafetensorError for torn files
+        raise ClusterDataError(f"{store.uri_of(key)} is not a readable safetensors file: {error}") from None
