@@ -18,6 +18,15 @@ from atoll.store.base import (
     StoreUnavailableError,
     join_key,
 )
+from atoll.store.checkpoint import (
+    Checkpoint,
+    CheckpointFile,
+    CheckpointStore,
+    CommitRecord,
+    CommitStats,
+    CorruptCheckpointError,
+)
+from atoll.store.fencing import claimed_attempt
 from atoll.store.local import LocalStore
 
 
@@ -41,6 +50,12 @@ def read_spec(uri: str) -> DDMRunSpec:
 
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointFile",
+    "CheckpointStore",
+    "CommitRecord",
+    "CommitStats",
+    "CorruptCheckpointError",
     "FencedError",
     "LocalStore",
     "NotFoundError",
@@ -49,6 +64,7 @@ __all__ = [
     "StoreAuthError",
     "StoreError",
     "StoreUnavailableError",
+    "claimed_attempt",
     "join_key",
     "open_store",
     "read_spec",

@@ -9,13 +9,18 @@ object, the new one, or none — never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
+
+CHUNK_SIZE = 8 << 20
+"""Bytes per read when streaming or hashing objects and files."""
 
 
 class StoreError(AtollError):
@@ -92,6 +97,22 @@ class Store(ABC):
     def child(self, prefix: str) -> Store:
         """A store rooted at `prefix` inside this one (same backend and credentials)."""
 
+    def read_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Stream one object in chunks (NotFoundError if absent); backends override to avoid
+        holding the whole object in memory."""
+        data = self.get_bytes(key)
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+
+    def put_file_sha256(self, key: str, path: Path) -> str:
+        """Upload a local file like put_file and return the sha256 (hex) of the bytes sent.
+
+        Backends override this to hash while uploading (one read of the file instead of two).
+        """
+        digest = file_sha256(path)
+        self.put_file(key, path)
+        return digest
+
     def uri_of(self, key: str) -> str:
         """The full URI of a key, for status and logs."""
         return f"{self.uri.rstrip('/')}/{key.lstrip('/')}"
@@ -109,6 +130,15 @@ class Store(ABC):
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         rests = (info.key[len(prefix) :] for info in self.list_objects(prefix))
         return sorted({rest.split("/", 1)[0] for rest in rests if "/" in rest})
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def join_key(*parts: str) -> str:

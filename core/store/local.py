@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from atoll.store.base import NotFoundError, ObjectInfo, Store, join_key
+from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, join_key
 
 
 class LocalStore(Store):
@@ -54,6 +56,31 @@ class LocalStore(Store):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_file_sha256(self, key: str, path: Path) -> str:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as source, os.fdopen(fd, "wb") as sink:
+                while chunk := source.read(CHUNK_SIZE):
+                    digest.update(chunk)
+                    sink.write(chunk)
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest()
+
+    def read_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        try:
+            handle = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFoundError(self.uri_of(key)) from None
+        with handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk
 
     def get_file(self, key: str, path: Path) -> None:
         source = self._path(key)
