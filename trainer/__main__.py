@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from atoll.errors import AtollError
 
 # stage → module with `run(ctx: StageContext) -> None`.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "partition": "atoll.trainer.stages.partition",
+}
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

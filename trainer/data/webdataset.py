@@ -1,0 +1,129 @@
+"""WebDataset-style tar shards (`*.tar` of key.{png,jpg,jpeg,webp} + key.txt [+ key.cls]) from any store.
+
+Shards in a local directory are read in place; shards in s3:// are downloaded once into a
+temporary directory that lives as long as the dataset. Opening a dataset indexes every
+shard (member offsets, captions, labels); images are decoded on demand by seeking into
+the shard. Examples come shard by shard (shards sorted by key), in member order.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from atoll.log import get_logger
+from atoll.store import LocalStore, Store
+from atoll.trainer.data.base import IMAGE_EXTENSIONS, DatasetError, ImageDataset, decode_image
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Example:
+    shard: Path
+    key: str
+    offset: int
+    size: int
+    caption: str
+    label: int
+
+
+class TarShardDataset(ImageDataset):
+    """The examples of a list of tar shards in one store."""
+
+    def __init__(self, uri: str, store: Store, shard_keys: Sequence[str], resolution: int) -> None:
+        self.uri = uri
+        self.resolution = resolution
+        self._downloads: tempfile.TemporaryDirectory[str] | None = None
+        self._examples: list[_Example] = []
+        for shard_key in sorted(shard_keys):
+            self._examples.extend(_index_shard(self._local_path(store, shard_key), store.uri_of(shard_key)))
+        labels = [e.label for e in self._examples]
+        self.class_names = tuple(str(c) for c in range(max(labels) + 1)) if labels and max(labels) >= 0 else ()
+
+    def _local_path(self, store: Store, key: str) -> Path:
+        if isinstance(store, LocalStore):
+            return store.root / key
+        if self._downloads is None:
+            self._downloads = tempfile.TemporaryDirectory(prefix="atoll-shards-")
+        path = Path(self._downloads.name) / key.replace("/", "__")
+        store.get_file(key, path)
+        return path
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def image(self, i: int) -> torch.Tensor:
+        example = self._examples[self._check(i)]
+        with example.shard.open("rb") as handle:
+            handle.seek(example.offset)
+            data = handle.read(example.size)
+        return decode_image(data, self.resolution, f"{example.key} in {example.shard.name}")
+
+    def caption(self, i: int) -> str:
+        return self._examples[self._check(i)].caption
+
+    def label(self, i: int) -> int:
+        return self._examples[self._check(i)].label
+
+
+def _index_shard(path: Path, where: str) -> list[_Example]:
+    """One pass over a shard: group members by WebDataset key (basename up to its first '.')."""
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_path = PurePosixPath(member.name)
+                stem, dot, ext = member_path.name.partition(".")
+                if not dot or stem.startswith("."):
+                    continue
+                groups.setdefault(str(member_path.parent / stem), {})[ext.lower()] = member
+            examples = []
+            no_image = 0
+            for key, members in groups.items():
+                image = next((members[e] for e in (x.lstrip(".") for x in IMAGE_EXTENSIONS) if e in members), None)
+                if image is None:
+                    no_image += 1
+                    continue
+                examples.append(
+                    _Example(
+                        shard=path,
+                        key=key,
+                        offset=image.offset_data,
+                        size=image.size,
+                        caption=_text(tar, members.get("txt")),
+                        label=_label(tar, members.get("cls"), f"{key}.cls in {where}"),
+                    )
+                )
+    except (tarfile.TarError, OSError) as error:
+        raise DatasetError(f"cannot read tar shard {where}: {error}") from None
+    if no_image:
+        log.warning("tar samples without an image are skipped", shard=where, count=no_image)
+    return examples
+
+
+def _text(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> str:
+    if member is None:
+        return ""
+    handle = tar.extractfile(member)
+    return "" if handle is None else handle.read().decode("utf-8", errors="replace").strip()
+
+
+def _label(tar: tarfile.TarFile, member: tarfile.TarInfo | None, where: str) -> int:
+    text = _text(tar, member)
+    if not text:
+        return -1
+    try:
+        label = int(text)
+    except ValueError:
+        raise DatasetError(f"{where} must hold a non-negative integer class label, not {text[:40]!r}") from None
+    if label < 0:
+        raise DatasetError(f"{where} must hold a non-negative integer class label, not {label}")
+    return label

@@ -1,0 +1,1 @@
+"""The stage modules, one per `python -m atoll.trainer <stage>`: each exposes `run(ctx: StageContext)`."""
