@@ -13,8 +13,25 @@ from typing import Any
 
 import pytest
 
+from tests.env import fleet as fleet_builders
+from tests.env import kube
 from tests.env.binaries import MissingPrerequisiteError
+from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
+from tests.env.runtime_process import PodRuntimeProcess
+
+CLUSTER_FIXTURES = frozenset({"control_plane", "fleet", "pod_runtime", "namespace", "core_v1"})
+MINIO_FIXTURES = frozenset({"minio", "minio_client", "minio_bucket", "s3_env"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses an environment fixture, so `-m "not cluster and not minio"` skips them."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)
+        if names & MINIO_FIXTURES:
+            item.add_marker(pytest.mark.minio)
 
 
 def _prerequisite(make: Callable[[], Any]) -> Any:
@@ -69,3 +86,55 @@ def s3_env(minio: MinioServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MINIO_SECURE", raising=False)
     return env
+
+
+# --- control plane, fleet, pod runtime ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The session's control plane: .kubeconfig, .kubectl(*args), .kubectl_json(*args), .api_client()."""
+    cluster: ControlPlane = _prerequisite(lambda: ControlPlane(tmp_path_factory.mktemp("cluster")))
+    cluster.start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def core_v1(control_plane: ControlPlane) -> Any:
+    """A `kubernetes.client.CoreV1Api` for the session's control plane."""
+    from kubernetes import client
+
+    return client.CoreV1Api(control_plane.api_client())
+
+
+@pytest.fixture(scope="session")
+def pod_runtime(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodRuntimeProcess]:
+    """The pod process runtime for the marked nodes: .logs(ns, name), .log_path(ns, name), .pod_pid(ns, name)."""
+    runtime = PodRuntimeProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("pod-runtime"))
+    runtime.start()
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet(control_plane: ControlPlane, core_v1: Any, pod_runtime: PodRuntimeProcess) -> fleet_builders.Fleet:
+    """The default heterogeneous GPU fleet, every node Ready (GPU nodes executed by `pod_runtime`)."""
+    nodes = fleet_builders.default_fleet()
+    names = fleet_builders.apply(core_v1, nodes)
+    kube.wait_nodes_ready(core_v1, names, timeout=90)
+    return fleet_builders.Fleet(tuple(nodes))
+
+
+@pytest.fixture
+def namespace(core_v1: Any) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount) for one test; deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_v1.create_namespace({"metadata": {"name": name, "labels": {"atoll.dev/test": "true"}}})
+    kube.wait_for(
+        lambda: kube.exists(core_v1.read_namespaced_service_account, "default", name),
+        timeout=60,
+        what=f"the default ServiceAccount of namespace {name}",
+    )
+    yield name
+    core_v1.delete_namespace(name)
