@@ -127,9 +127,9 @@ class S3Store(Store):
         try:
             from minio.helpers import check_bucket_name
 
-            check_bucket_name(bucket)
+            check_bucket_name(bucket, strict=True)
         except ValueError as error:
-            raise StoreError(f"{uri}: invalid bucket name {bucket!r}: {error}") from error
+            raise StoreError(f"{uri}: invalid bucket name {bucket!r} (3-63 lowercase letters, digits, dots, hyphens)") from error
         return cls(client, bucket, parts.path, endpoint=endpoint, secure=secure, region=region, policy=policy)
 
     # --- keys ---------------------------------------------------------------------------
