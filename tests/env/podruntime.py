@@ -286,6 +286,8 @@ class PodRuntime:
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOSTNAME": pod["metadata"]["name"],
+            # Python block-buffers stdout into a file: unbuffered keeps stdout and stderr in order in the log.
+            "PYTHONUNBUFFERED": "1",
         }
         env.update({name: os.environ[name] for name in self.pass_env if name in os.environ})
         return env
