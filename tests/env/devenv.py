@@ -1,0 +1,224 @@
+"""`make dev-up` / `make dev-down`: the test environment in the background for a person —
+control plane, GPU fleet, MinIO and the pod process runtime — with its state under .dev/.
+
+`up` writes .dev/kubeconfig and .dev/env and a Secret `minio-credentials` in namespace
+default; `down` stops everything `up` started and checks that no process is left. It never
+signals a process that does not belong to .dev/ (pids are checked against their command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.env import fleet, kube
+from tests.env.binaries import MissingPrerequisiteError
+from tests.env.cluster import ControlPlane
+from tests.env.minio import MinioServer
+from tests.env.process import stop_group
+from tests.env.runtime_process import REPO_ROOT, PodRuntimeProcess
+
+DEV = REPO_ROOT / ".dev"
+STATE = DEV / "state.json"
+CLUSTER_NAME = "atoll-dev"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """Whether pid is alive and still the process we started (its command line names marker)."""
+    return marker in _cmdline(pid)
+
+
+def leftover_processes(root: Path = DEV) -> list[tuple[int, str]]:
+    """Processes whose command line or working directory lies under root (what `down` must not leave)."""
+    found = []
+    own = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        pid = int(entry.name)
+        try:
+            cwd = str((entry / "cwd").readlink())
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[0] == "Z":
+            continue
+        command = _cmdline(pid)
+        if str(root) in command or cwd == str(root) or cwd.startswith(f"{root}/"):
+            found.append((pid, command[:160]))
+    return found
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def is_up(state: dict[str, Any] | None) -> bool:
+    if not state:
+        return False
+    cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
+    alive = [pid for pid in cluster.pids().values() if _ours(pid, str(DEV))]
+    return (
+        bool(alive)
+        and _ours(state["minio"]["pid"], str(DEV / "minio"))
+        and _ours(state["runtime"]["pid"], "tests.env.podruntime")
+    )
+
+
+def _usage() -> str:
+    return "\n".join(
+        [
+            "Atoll dev environment is up:",
+            "  source .dev/env",
+            "  kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.memory",
+            f"kubectl: {shlex.quote(str(_kubectl()))}   (put its directory on PATH, or use `make`'s)",
+            "MinIO credentials: Secret minio-credentials (accessKey, secretKey, endpoint) in namespace default",
+            "logs: .dev/cluster/kwok/clusters/atoll-dev/logs/, .dev/minio/minio.log, .dev/runtime/ (pod logs)",
+            "stop everything: make dev-down",
+        ]
+    )
+
+
+def _kubectl() -> Path:
+    from tests.env import binaries
+
+    return binaries.binary("kubectl")
+
+
+def up() -> int:
+    state = _read_state()
+    if is_up(state):
+        print("the dev environment is already up (make dev-down stops it)")
+        print(_usage())
+        return 0
+    if state is not None or DEV.exists():
+        print("cleaning up a stale .dev/ first")
+        down(quiet=True)
+    DEV.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
+    minio = MinioServer(DEV / "minio")
+    runtime = PodRuntimeProcess(DEV / "kubeconfig", DEV / "runtime")
+    try:
+        print("starting the control plane (kwokctl, binary runtime)…", flush=True)
+        cluster.start()
+        print(f"starting MinIO on {minio.endpoint}…", flush=True)
+        minio.start()
+        print("starting the pod process runtime…", flush=True)
+        runtime.start()
+        _write_state(cluster, minio, runtime)
+        from kubernetes import client
+
+        core: Any = client.CoreV1Api(cluster.api_client())
+        names = fleet.apply(core, fleet.default_fleet())
+        kube.wait_nodes_ready(core, names, timeout=120)
+        core.create_namespaced_secret(
+            "default",
+            {
+                "metadata": {"name": "minio-credentials"},
+                "stringData": {
+                    "accessKey": minio.access_key,
+                    "secretKey": minio.secret_key,
+                    "endpoint": minio.endpoint,
+                },
+            },
+        )
+    except BaseException:
+        print("dev-up failed; stopping what it started", file=sys.stderr)
+        _write_state(cluster, minio, runtime)
+        down(quiet=True)
+        raise
+    env = {"KUBECONFIG": str(DEV / "kubeconfig"), **minio.env(), "PATH": f"{_kubectl().parent}:$PATH"}
+    (DEV / "env").write_text(
+        "".join(f"export {key}={value if key == 'PATH' else shlex.quote(value)}\n" for key, value in env.items())
+    )
+    products = sorted(fleet.products_of(fleet.default_fleet()))
+    print(f"up in {time.monotonic() - started:.0f}s: {len(names)} nodes, GPU products {', '.join(products)}")
+    print(_usage())
+    return 0
+
+
+def _write_state(cluster: ControlPlane, minio: MinioServer, runtime: PodRuntimeProcess) -> None:
+    state = {
+        "cluster": {"name": cluster.name, "kubeconfig": str(cluster.kubeconfig), "ports": cluster.ports},
+        "minio": {"pid": minio.pid, "endpoint": minio.endpoint},
+        "runtime": {"pid": runtime.pid},
+    }
+    DEV.mkdir(parents=True, exist_ok=True)
+    STATE.write_text(json.dumps(state, indent=2))
+
+
+def down(*, quiet: bool = False) -> int:
+    state = _read_state() or {}
+    # The runtime first: it stops the pod processes it started.
+    for key, marker in (("runtime", "tests.env.podruntime"), ("minio", str(DEV / "minio"))):
+        pid = (state.get(key) or {}).get("pid")
+        if pid and _ours(pid, marker):
+            stop_group(pid, grace=15)
+    if (DEV / "cluster").exists():
+        cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
+        cluster.started = True
+        try:
+            cluster.stop()
+        except Exception as error:
+            print(f"kwokctl delete cluster: {error}", file=sys.stderr)
+    left = leftover_processes()
+    for pid, _ in left:  # processes under .dev/ are ours by construction
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        time.sleep(0.5)
+    still = leftover_processes()
+    if still:
+        print(f"error: processes still running under {DEV}: {still}", file=sys.stderr)
+        return 1
+    shutil.rmtree(DEV, ignore_errors=True)
+    if not quiet:
+        killed = f" (killed {len(left)} stray process(es): {[p for p, _ in left]})" if left else ""
+        print(f"the dev environment is down; no process left{killed}")
+    return 0
+
+
+def status() -> int:
+    state = _read_state()
+    if not is_up(state):
+        print("the dev environment is down (make dev-up starts it)")
+        return 1
+    print(json.dumps(state, indent=2))
+    print(_usage())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.env.devenv", description=__doc__)
+    parser.add_argument("command", choices=("up", "down", "status"))
+    args = parser.parse_args(argv)
+    try:
+        return {"up": up, "down": down, "status": status}[args.command]()
+    except MissingPrerequisiteError as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
