@@ -16,7 +16,11 @@ from atoll import __version__
 from atoll.errors import AtollError
 
 # name → module implementing it. Only commands that work are listed.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "run": "atoll.trainer.commands.run",
+    "crds": "atoll.operator.crd.command",
+    "operator": "atoll.operator.command",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,227 @@
+"""The life of one stage across its attempts: start, watch, restart with backoff, give up.
+
+`decide_stage` looks at a stage's pods, its last status and its heartbeat and says what
+the stage is and what to do next (create attempt N, delete a pod stranded on a vanished
+node). Level-based and pure: the same observation always gives the same decision, so a
+restarted operator continues where the last one was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from atoll.api.spec import FailurePolicy
+from atoll.api.status import CheckpointStatus, StageStatus
+from atoll.operator.observe import PodView
+from atoll.progress import StageProgress
+
+EXIT_USAGE = 2
+"""The stage rejected its arguments: an operator or image mismatch that no retry fixes."""
+MESSAGE_LIMIT = 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageInputs:
+    """What the reconciler observed about one stage."""
+
+    ready: bool
+    """Its inputs exist (the stages it depends on succeeded)."""
+    pods: Sequence[PodView]
+    """Every attempt's pod of this stage that still exists."""
+    status: StageStatus
+    """The status written at the last tick."""
+    progress: StageProgress | None
+    """The stage's newest heartbeat (None: absent or unreadable)."""
+    claimed_attempt: int
+    """The newest attempt claimed in the store (attempt.json; 0: none or unknown)."""
+    nodes: frozenset[str] | None
+    """Names of the nodes that exist (None: unknown, nothing is declared lost)."""
+    policy: FailurePolicy
+    now: datetime
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """The stage's new status and the actions that bring the cluster toward it."""
+
+    status: StageStatus
+    create_attempt: int | None = None
+    """Create the pod of this attempt now."""
+    delete_pods: tuple[str, ...] = field(default=())
+    """Pods to delete (stranded on a node that no longer exists)."""
+
+    @property
+    def failed(self) -> bool:
+        return self.status.phase == "Failed"
+
+
+def backoff(policy: FailurePolicy, restarts: int) -> timedelta:
+    """Delay before restart number `restarts + 1`: doubles each time, capped."""
+    seconds = min(policy.backoff_seconds * 2.0 ** min(restarts, 32), policy.max_backoff_seconds)
+    return timedelta(seconds=seconds)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
+
+
+def failure_reason(pod: PodView | None, progress: StageProgress | None, attempt: int, lost: str | None) -> str:
+    """Why an attempt ended: the stage's own error first, then what Kubernetes says."""
+    if progress is not None and progress.attempt == attempt and progress.state == "failed" and progress.error:
+        return _last_line(progress.error)
+    if lost is not None:
+        return lost
+    if pod is None:
+        return f"the pod of attempt {attempt} disappeared"
+    if pod.message:
+        return _last_line(pod.message)
+    if pod.exit_code is not None:
+        return f"exited with code {pod.exit_code} ({pod.reason or 'Error'})"
+    return pod.reason or "failed"
+
+
+def _with_progress(status: StageStatus, progress: StageProgress | None) -> StageStatus:
+    """Copy the heartbeat's numbers into the status (the GPU product comes from the pod's node)."""
+    if progress is None:
+        return status
+    update: dict[str, object] = {
+        "step": progress.step,
+        "total_steps": progress.total_steps or None,
+        "loss": progress.loss,
+        "samples_per_second": progress.samples_per_second,
+        "heartbeat_time": progress.updated_at,
+    }
+    if progress.last_checkpoint is not None:
+        ref = progress.last_checkpoint
+        update["last_checkpoint"] = CheckpointStatus(step=ref.step, time=ref.time, uri=ref.uri)
+    return status.model_copy(update=update)
+
+
+def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one return per outcome
+    """The stage's status and next action (see the module docstring)."""
+    status = inputs.status
+    if status.phase in ("Succeeded", "Failed"):
+        return StageDecision(status)  # final: a stage never runs again once decided
+    pods = sorted(inputs.pods, key=lambda p: p.attempt)
+    progress = inputs.progress
+    status = _with_progress(status, progress)
+    latest = pods[-1] if pods else None
+    if (latest is not None and latest.phase == "Succeeded") or (progress is not None and progress.state == "done"):
+        done = status.model_copy(
+            update={"phase": "Succeeded", "completion_time": inputs.now, "message": None, "restart_after": None}
+        )
+        if latest is not None:
+            done = done.model_copy(update={"node": latest.node or done.node, "pod": latest.name})
+        return StageDecision(done)
+    if not inputs.ready and not pods:
+        return StageDecision(status.model_copy(update={"phase": "Waiting"}))
+
+    attempt = max(status.attempt, latest.attempt if latest else 0)
+    if attempt == 0:
+        return _start(status, inputs, first=True)
+
+    stranded = tuple(
+        p.name for p in pods if p.active and p.node and inputs.nodes is not None and p.node not in inputs.nodes
+    )
+    current = next((p for p in pods if p.attempt == attempt), None)
+    lost = None
+    if current is not None and current.name in stranded:
+        lost = f"node {current.node} of attempt {attempt} no longer exists"
+    elif current is not None and current.active:
+        return StageDecision(_running(status, current, attempt), delete_pods=stranded)
+
+    reason = failure_reason(current, progress, attempt, lost)
+    if status.last_failure_attempt == attempt:
+        # Already recorded at an earlier tick: only the backoff is left to wait out.
+        restart_after = status.restart_after or inputs.now
+    else:
+        gave_up = _give_up(
+            status=status, current=current, progress=progress, attempt=attempt, reason=reason, policy=inputs.policy
+        )
+        if gave_up is not None:
+            failed = status.model_copy(
+                update={
+                    "phase": "Failed",
+                    "message": gave_up,
+                    "last_failure": reason,
+                    "last_failure_attempt": attempt,
+                    "completion_time": inputs.now,
+                    "restart_after": None,
+                }
+            )
+            return StageDecision(failed, delete_pods=stranded)
+        ended = current.finished_at if current is not None and current.finished_at else inputs.now
+        restart_after = inputs.now if lost or current is None else ended + backoff(inputs.policy, attempt - 1)
+        status = status.model_copy(
+            update={"last_failure": reason, "last_failure_attempt": attempt, "restart_after": restart_after}
+        )
+    if inputs.now < restart_after:
+        waiting = status.model_copy(
+            update={
+                "phase": "Restarting",
+                "message": f"attempt {attempt} failed ({reason}); attempt {attempt + 1} starts at "
+                f"{restart_after.isoformat(timespec='seconds')}",
+            }
+        )
+        return StageDecision(waiting, delete_pods=stranded)
+    return _start(status, inputs, first=False, after=attempt, delete=stranded)
+
+
+def _give_up(
+    *,
+    status: StageStatus,
+    current: PodView | None,
+    progress: StageProgress | None,
+    attempt: int,
+    reason: str,
+    policy: FailurePolicy,
+) -> str | None:
+    """The reason to stop retrying this stage, or None to restart it."""
+    if current is not None and current.exit_code == EXIT_USAGE:
+        return f"the stage rejected its arguments (exit 2): {reason}"
+    if attempt - 1 >= policy.max_restarts:
+        return f"failed {attempt} attempt(s), failurePolicy.maxRestarts is {policy.max_restarts}; the last: {reason}"
+    # Bad input (a dataset that does not exist, more clusters than examples, …) fails the
+    # same way before any training step on every attempt: stop after the second time
+    # instead of working through every restart.
+    made_progress = progress is not None and progress.attempt == attempt and progress.step > 0
+    if status.last_failure_attempt == attempt - 1 and status.last_failure == reason and not made_progress:
+        return f"failed twice in a row with the same error before any progress, not retrying: {reason}"
+    return None
+
+
+def _start(
+    status: StageStatus, inputs: StageInputs, *, first: bool, after: int = 0, delete: tuple[str, ...] = ()
+) -> StageDecision:
+    attempt = max(after, status.attempt, inputs.claimed_attempt) + 1
+    update: dict[str, object] = {
+        "phase": "Pending",
+        "attempt": attempt,
+        "restarts": status.restarts + (0 if first else 1),
+        "pod": None,
+        "restart_after": None,
+        "message": f"starting attempt {attempt}",
+    }
+    if status.start_time is None:
+        update["start_time"] = inputs.now
+    return StageDecision(status.model_copy(update=update), create_attempt=attempt, delete_pods=delete)
+
+
+def _running(status: StageStatus, pod: PodView, attempt: int) -> StageStatus:
+    phase = "Running" if pod.phase == "Running" else "Pending"
+    message = None
+    if phase == "Pending" and pod.message:
+        message = _last_line(pod.message)
+    elif phase == "Pending" and pod.reason:
+        message = pod.reason
+    update: dict[str, object] = {"phase": phase, "attempt": attempt, "pod": pod.name, "message": message}
+    if pod.node:
+        update["node"] = pod.node
+    if pod.gpu_product:
+        update["gpu"] = pod.gpu_product
+    update["gpus"] = pod.gpus
+    return status.model_copy(update=update)

@@ -1,0 +1,252 @@
+"""The DDMRun and DDMExpert CustomResourceDefinitions, built from the API models.
+
+Field schemas come from the pydantic models (atoll.api.spec, atoll.api.status); this
+module adds what only Kubernetes knows: CEL rules for cross-field checks, immutability,
+printer columns, names and the status subresource. Pure: never talks to a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from atoll.api.presets import PRESETS
+from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
+from atoll.api.status import DDMExpertSpec, DDMExpertStatus, DDMRunStatus
+from atoll.operator.crd.schema import Schema, structural_schema
+
+CATEGORY = "atoll"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Names of one custom resource kind."""
+
+    kind: str
+    plural: str
+    short_name: str
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{API_GROUP}"
+
+
+RUN = Kind(kind="DDMRun", plural="ddmruns", short_name="ddm")
+EXPERT = Kind(kind="DDMExpert", plural="ddmexperts", short_name="ddmx")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One CEL rule (x-kubernetes-validations) on the schema node it is attached to."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: str = "FieldValueInvalid"
+
+    def render(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message, "reason": self.reason}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+IMMUTABLE = Rule("self == oldSelf", "is immutable once the run exists", reason="FieldValueForbidden")
+
+
+def _preset_batch() -> str:
+    """A CEL expression of the preset's default global batch (`self` is an expert/router spec)."""
+    table = ", ".join(f"'{name}': {preset.global_batch_size}" for name, preset in PRESETS.items())
+    return f"(has(self.globalBatchSize) ? self.globalBatchSize : {{{table}}}[self.preset])"
+
+
+def _experts_needed(strategy: str) -> str:
+    """A CEL expression of how many experts a strategy string selects at least."""
+    return f"({strategy} == 'top-2' ? 2 : {strategy}.startsWith('top-k:') ? int({strategy}.substring(6)) : 1)"
+
+
+def _micro_batch_rule(stage: str) -> Rule:
+    return Rule(
+        f"!has(self.microBatchSize) || self.microBatchSize <= {_preset_batch()}",
+        f"{stage}.microBatchSize must not exceed {stage}.globalBatchSize (the preset's recipe when unset)",
+        ".microBatchSize",
+    )
+
+
+# CEL rules by the dotted path of the node they sit on, relative to the DDMRun's spec.
+# Each rule mirrors a check the pydantic models make for local runs, except the
+# Kubernetes-only ones (secretRef for s3://, immutability), which say so.
+SPEC_RULES: dict[str, list[Rule]] = {
+    "": [
+        Rule(
+            f"{_experts_needed('self.sampling.strategy')} <= self.partition.clusters",
+            "sampling.strategy selects more experts than partition.clusters",
+            ".sampling.strategy",
+        ),
+        Rule(
+            f"self.evaluation.strategies.all(s, {_experts_needed('s')} <= self.partition.clusters)",
+            "evaluation.strategies selects more experts than partition.clusters",
+            ".evaluation.strategies",
+        ),
+        Rule(
+            "!has(self.dataset.maxExamples) || self.partition.clusters <= self.dataset.maxExamples",
+            "partition.clusters must not exceed dataset.maxExamples (every expert needs examples)",
+            ".partition.clusters",
+        ),
+    ],
+    "dataset": [IMMUTABLE],
+    "partition": [IMMUTABLE],
+    "expert": [IMMUTABLE, _micro_batch_rule("expert")],
+    "router": [IMMUTABLE, _micro_batch_rule("router")],
+    "storage": [
+        IMMUTABLE,
+        # Kubernetes only: pods get store credentials from a Secret, never from the spec.
+        Rule(
+            "!self.uri.startsWith('s3://') || has(self.secretRef)",
+            "storage.secretRef (a Secret with accessKey, secretKey and endpoint) is required for an s3:// storage.uri",
+            ".secretRef",
+            "FieldValueRequired",
+        ),
+    ],
+    "failurePolicy": [
+        Rule(
+            "self.maxBackoffSeconds >= self.backoffSeconds",
+            "failurePolicy.maxBackoffSeconds must be at least failurePolicy.backoffSeconds",
+            ".maxBackoffSeconds",
+        )
+    ],
+    "placement.tolerations[]": [
+        Rule("self.operator != 'Exists' || !has(self.value)", "a toleration with operator Exists takes no value"),
+        Rule("self.operator != 'Equal' || has(self.key)", "a toleration with operator Equal needs a key", ".key"),
+    ],
+}
+
+# Bounds the API server needs to estimate the cost of the CEL rules above (strings and
+# lists without a maximum are assumed to be as large as a whole request).
+SPEC_LIMITS: dict[str, dict[str, int]] = {
+    "sampling.strategy": {"maxLength": 32},
+    "evaluation.strategies[]": {"maxLength": 32},
+    "storage.uri": {"maxLength": 1024},
+    "placement.tolerations": {"maxItems": 64},
+    "placement.tolerations[].key": {"maxLength": 316},
+    "placement.tolerations[].value": {"maxLength": 63},
+}
+
+RUN_NAME_RULE = Rule(
+    "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    "metadata.name must be a DNS label (at most 63 lower-case letters, digits and '-'): it names pods and labels",
+)
+
+
+def _node(schema: Schema, path: str) -> Schema:
+    """The sub-schema at a dotted path (`a.b[]` goes into b's items)."""
+    node = schema
+    for part in filter(None, path.split(".")):
+        name, items = (part[:-2], True) if part.endswith("[]") else (part, False)
+        node = node["properties"][name]
+        if items:
+            node = node["items"]
+    return node
+
+
+def run_spec_schema() -> Schema:
+    """The DDMRun spec schema with CEL rules and cost bounds."""
+    schema = structural_schema(DDMRunSpec)
+    for path, limits in SPEC_LIMITS.items():
+        _node(schema, path).update(limits)
+    for path, rules in SPEC_RULES.items():
+        _node(schema, path).setdefault("x-kubernetes-validations", []).extend(r.render() for r in rules)
+    return schema
+
+
+def _crd(kind: Kind, spec: Schema, status: Schema, columns: list[dict[str, Any]], root_rules: list[Rule]) -> Schema:
+    root: Schema = {
+        "type": "object",
+        "description": spec.get("description", kind.kind),
+        "properties": {
+            "apiVersion": {"type": "string", "description": "atoll.dev/v1alpha1"},
+            "kind": {"type": "string", "description": kind.kind},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+    if root_rules:
+        root["x-kubernetes-validations"] = [rule.render() for rule in root_rules]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": kind.crd_name, "labels": {"app.kubernetes.io/name": "atoll"}},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.kind.lower(),
+                "shortNames": [kind.short_name],
+                "categories": [CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def _column(name: str, path: str, kind: str = "string", description: str = "", priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path, "description": description}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+AGE = _column("Age", ".metadata.creationTimestamp", "date", "Time since the object was created.")
+
+
+def run_crd() -> Schema:
+    """The DDMRun CRD."""
+    columns = [
+        _column("Phase", ".status.phase", description="Where the run is in its pipeline."),
+        _column("Experts", ".status.experts", description="Experts trained / experts in the run."),
+        _column("Progress", ".status.progress", description="Progress of the whole run."),
+        _column("Model", ".status.modelUri", description="The assembled model.", priority=1),
+        _column("Reason", ".status.reason", description="Why the run is in its phase.", priority=1),
+        AGE,
+    ]
+    status = structural_schema(DDMRunStatus, defaults=False)
+    return _crd(RUN, run_spec_schema(), status, columns, [RUN_NAME_RULE])
+
+
+def expert_crd() -> Schema:
+    """The DDMExpert CRD (one per cluster of a run, created and owned by the operator)."""
+    columns = [
+        _column("Run", ".spec.run", description="The DDMRun this expert belongs to."),
+        _column("Cluster", ".spec.expert", "integer", "Index of the expert's cluster."),
+        _column("Examples", ".spec.examples", "integer", "Examples in the cluster."),
+        _column("Phase", ".status.phase", description="State of the expert's training."),
+        _column("Node", ".status.node", description="Node the expert trains on."),
+        _column("GPU", ".status.gpu", description="GPU product the expert trains on."),
+        _column("Step", ".status.step", "integer", "Optimizer step reached."),
+        _column("Loss", ".status.loss", "number", "Latest training loss."),
+        _column("Checkpoint", ".status.lastCheckpoint.step", "integer", "Step of the newest committed checkpoint."),
+        _column("Restarts", ".status.restarts", "integer", "Attempts started after a failed or lost one."),
+        AGE,
+    ]
+    spec = structural_schema(DDMExpertSpec)
+    spec["x-kubernetes-validations"] = [IMMUTABLE.render()]
+    return _crd(EXPERT, spec, structural_schema(DDMExpertStatus, defaults=False), columns, [])
+
+
+def all_crds() -> list[Schema]:
+    """Every CRD atoll serves, in the order they are applied."""
+    return [run_crd(), expert_crd()]

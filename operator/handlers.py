@@ -1,0 +1,151 @@
+"""The kopf wiring: indexes of what the operator watches, one timer per DDMRun, a finalizer.
+
+Handlers only decide and apply through atoll.operator.reconciler; everything here is the
+glue kopf needs. Level-based: the timer looks at the whole observed state every tick, so
+missed watch events and operator restarts cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import kopf
+
+from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
+from atoll.log import get_logger
+from atoll.operator import storage
+from atoll.operator.crd import EXPERT, RUN
+from atoll.operator.kube import Kube
+from atoll.operator.observe import GROUP, LABEL_RUN, ExpertView, NodeView, PodView
+from atoll.operator.reconciler import Observed, Reconciler, RunMemory
+from atoll.operator.settings import OperatorSettings
+from atoll.store import StoreError
+
+log = get_logger(__name__)
+
+FINALIZER = f"{GROUP}/cleanup"
+MEMORY = "atoll"
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's own settings: our finalizer and annotation prefix, no log lines as Events."""
+    config = kopf.OperatorSettings()
+    config.persistence.finalizer = FINALIZER
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Handler log lines are not Events (they would flood them); the reconciler posts its
+    # own Events on every transition. Errors of kopf itself still become Events.
+    config.posting.level = logging.ERROR
+    config.execution.max_workers = 16
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    config.networking.request_timeout = 60
+    return config
+
+
+def _body(raw: Mapping[str, Any]) -> kopf.Body:
+    """A kopf Body around a plain mapping (what kopf.event takes)."""
+    return kopf.Body(cast(Any, raw))
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    return list(index.get(key, ()))
+
+
+def _all(index: kopf.Index[Any, Any]) -> Iterable[Any]:
+    for values in index.values():
+        yield from values
+
+
+def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Every handler of the operator, on a registry of its own."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+        view = PodView.from_body(body)
+        return {(view.namespace, view.run): view} if view is not None else {}
+
+    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, int]:
+        view = PodView.from_body(body)
+        if view is None or view.node is None or not view.active or not view.gpus:
+            return {}
+        return {view.node: view.gpus}
+
+    @kopf.index("nodes", registry=registry)
+    def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
+        return {body["metadata"]["name"]: NodeView.from_body(body)}
+
+    @kopf.index(API_GROUP, API_VERSION, EXPERT.plural, registry=registry)
+    def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
+        view = ExpertView.from_body(body)
+        return {(view.namespace, view.run): view} if view is not None else {}
+
+    @kopf.timer(
+        API_GROUP, API_VERSION, RUN.plural, interval=settings.interval_seconds, backoff=settings.interval_seconds,
+        registry=registry,
+    )  # fmt: skip
+    def reconcile_run(*, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
+        # The indexes arrive as keyword arguments named after the index functions.
+        run_pods: kopf.Index[Any, PodView] = kwargs["run_pods"]
+        gpu_pods: kopf.Index[Any, int] = kwargs["gpu_pods"]
+        gpu_nodes: kopf.Index[Any, NodeView] = kwargs["gpu_nodes"]
+        run_experts: kopf.Index[Any, ExpertView] = kwargs["run_experts"]
+        memory: RunMemory = memo.setdefault(MEMORY, RunMemory())
+        key = (body.metadata.namespace, body.metadata.name)
+        busy: dict[str, int] = {}
+        for node, values in gpu_pods.items():
+            busy[node] = sum(values)
+        observed = Observed(
+            pods=_values(run_pods, key),
+            experts=_values(run_experts, key),
+            nodes=list(_all(gpu_nodes)),
+            busy_gpus=busy,
+        )
+        outcome = reconciler.reconcile(body, memory, observed)
+        status = outcome.status.model_dump(by_alias=True, mode="json")
+        if status != dict(body.get("status") or {}):
+            patch.status.update(status)
+        for event in outcome.events:
+            kopf.event(_body(event.target), type=event.type, reason=event.reason, message=event.message)
+
+    @kopf.on.delete(API_GROUP, API_VERSION, RUN.plural, registry=registry)
+    def cleanup(*, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+        """Stop the run's pods; delete its store data only when reclaimPolicy is Delete."""
+        namespace = namespace or "default"
+        remaining = kube.run_pods(namespace, name)
+        for pod in remaining:
+            if pod["metadata"].get("deletionTimestamp") is None:
+                kube.delete_pod(namespace, pod["metadata"]["name"])
+        if remaining:
+            raise kopf.TemporaryError(f"waiting for {len(remaining)} pod(s) of {name} to stop", delay=2)
+        _reclaim(body, name, namespace, kube, settings)
+
+    return registry
+
+
+def _reclaim(body: kopf.Body, name: str, namespace: str, kube: Kube, settings: OperatorSettings) -> None:
+    """Delete the run's store prefix if its spec asks for it (best effort, said in an Event)."""
+    try:
+        spec = DDMRunSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        return
+    if spec.storage.reclaim_policy != "Delete":
+        return
+    try:
+        target = storage.store_target(spec, namespace, name, settings)
+        env = None
+        if target.s3 and target.secret:
+            env = storage.credentials(kube.get_secret(namespace, target.secret), target.secret, namespace)
+        store = storage.open_run_store(target, env)
+        store.delete_prefix("")
+    except (storage.RunSetupError, StoreError) as error:
+        kopf.event(body, type="Warning", reason="ReclaimFailed", message=f"store data kept: {error}")
+        log.warning("store data of a deleted run kept", run=name, namespace=namespace, error=str(error))
+        return
+    log.info("store data of a deleted run removed", run=name, namespace=namespace, uri=target.run_uri)

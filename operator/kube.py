@@ -1,0 +1,135 @@
+"""The few Kubernetes API calls the reconciler makes, through the official client.
+
+Creates are create-if-absent (AlreadyExists is success: names are deterministic), deletes
+ignore NotFound, and Secrets are read but never logged. The client is configured once, in
+cluster from the service account or out of cluster from KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atoll.api.spec import API_GROUP, API_VERSION
+from atoll.log import get_logger
+from atoll.operator.crd import EXPERT
+from atoll.operator.observe import LABEL_RUN
+
+log = get_logger(__name__)
+
+
+def load_config(kubeconfig: str | None = None) -> Any:
+    """A configured `kubernetes.client.ApiClient`: in cluster when possible, else the kubeconfig."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    config: Any = kube_config  # untyped module
+    configuration = client.Configuration()
+    try:
+        if kubeconfig:
+            raise config.ConfigException("a kubeconfig was given")
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Thin, typed-enough wrapper over CoreV1Api and CustomObjectsApi."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        # Typed as Any: bodies go in and out as plain dicts (the API server's JSON).
+        self.core: Any = client.CoreV1Api(api_client)
+        self.custom: Any = client.CustomObjectsApi(api_client)
+
+    @staticmethod
+    def _status(error: Exception) -> int:
+        return int(getattr(error, "status", 0) or 0)
+
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        """Create a pod; False if it already exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest)
+        except ApiException as error:
+            if self._status(error) == 409:
+                return False
+            raise
+        return True
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod's body, or None if it does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if self._status(error) == 404:
+                return None
+            raise
+        return _json(response)
+
+    def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None = None) -> None:
+        """Delete a pod (NotFound is fine)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy="Background")
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=options)
+        except ApiException as error:
+            if self._status(error) != 404:
+                raise
+
+    def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """Every pod of a run, straight from the API server (not a cache)."""
+        response = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_RUN}={run}", _preload_content=False)
+        items: list[dict[str, Any]] = _json(response).get("items", [])
+        return items
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret's body or None. The caller must never log or publish its data."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if self._status(error) == 404:
+                return None
+            raise
+        return _json(response)
+
+    def ensure_expert(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a DDMExpert unless it exists; its body either way."""
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, EXPERT.plural, manifest
+            )
+        except ApiException as error:
+            if self._status(error) != 409:
+                raise
+            existing: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, EXPERT.plural, name
+            )
+            return existing
+        log.info("expert created", expert=name, namespace=namespace)
+        return created
+
+    def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Replace the fields of a DDMExpert's status (merge patch on the status subresource)."""
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, EXPERT.plural, name, {"status": status}
+        )
+
+
+def _json(response: Any) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(response.data)
+    return data

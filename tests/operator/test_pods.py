@@ -1,0 +1,118 @@
+"""The pure pod builder: the stage command, credentials by reference only, placement, security."""
+
+from __future__ import annotations
+
+import json
+
+from atoll.api.spec import DDMRunSpec
+from atoll.operator.planning import Assignment
+from atoll.operator.pods import Owner, StageAttempt, build_pod, pod_name, stage_command
+from atoll.operator.settings import OperatorSettings
+
+SPEC = DDMRunSpec.model_validate(
+    {
+        "dataset": {"uri": "builtin://digits"},
+        "partition": {"clusters": 4},
+        "placement": {
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+)
+OWNER = Owner(api_version="atoll.dev/v1alpha1", kind="DDMExpert", name="r-expert-2", uid="u-1")
+PLAN = Assignment(node="a100-1", gpu_product="NVIDIA-A100-SXM4-40GB", gpus=2, micro_batch=16, grad_accum=8)
+
+
+def attempt(**changes: object) -> StageAttempt:
+    values: dict[str, object] = {
+        "run": "r",
+        "namespace": "ns",
+        "stage": "expert",
+        "expert": 2,
+        "attempt": 3,
+        "spec_uri": "s3://atoll/runs/ns/r/spec.json",
+        "store_uri": "s3://atoll/runs/ns/r",
+        "store_secret": "minio-credentials",
+        "owner": OWNER,
+        "assignment": PLAN,
+    }
+    values.update(changes)
+    return StageAttempt(**values)  # type: ignore[arg-type]
+
+
+def test_the_stage_command_follows_the_contract() -> None:
+    pod = build_pod(attempt(), SPEC, OperatorSettings(image="registry.local/atoll:test"))
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "registry.local/atoll:test"
+    assert container["command"] == ["python", "-m", "atoll.trainer"]
+    assert container["args"] == [
+        "expert", "--run", "s3://atoll/runs/ns/r/spec.json", "--store", "s3://atoll/runs/ns/r",
+        "--expert", "2", "--attempt", "3", "--micro-batch", "16", "--grad-accum", "8", "--gpus", "2",
+    ]  # fmt: skip
+    router = stage_command(attempt(stage="router", expert=None, assignment=None))
+    assert router[:1] == ["router"]
+    assert "--expert" not in router
+    assert "--gpus" not in router
+
+
+def test_names_are_deterministic_per_stage_and_attempt() -> None:
+    assert build_pod(attempt(), SPEC, OperatorSettings())["metadata"]["name"] == "r-expert-2-a3"
+    assert pod_name("r", "partition", None, 1) == "r-partition-a1"
+    assert build_pod(attempt(), SPEC, OperatorSettings()) == build_pod(attempt(), SPEC, OperatorSettings())
+
+
+def test_credentials_only_by_secret_reference() -> None:
+    pod = build_pod(attempt(), SPEC, OperatorSettings())
+    env = {item["name"]: item for item in pod["spec"]["containers"][0]["env"]}
+    for variable, key in (
+        ("MINIO_ENDPOINT", "endpoint"),
+        ("MINIO_ACCESS_KEY", "accessKey"),
+        ("MINIO_SECRET_KEY", "secretKey"),
+    ):
+        assert env[variable] == {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": "minio-credentials", "key": key}},
+        }
+    assert env["MINIO_SECURE"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert all("value" not in item for name, item in env.items() if name.startswith("MINIO_"))
+    assert env["NODE_NAME"] == {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    local = build_pod(attempt(store_secret=None, store_uri="/data/runs/ns/r"), SPEC, OperatorSettings())
+    assert not [e for e in local["spec"]["containers"][0]["env"] if e["name"].startswith("MINIO_")]
+
+
+def test_placement_becomes_gpu_requests_affinity_and_tolerations() -> None:
+    pod = build_pod(attempt(), SPEC, OperatorSettings())
+    spec = pod["spec"]
+    assert spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    required = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-40GB"]}
+    ]
+    preferred = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert preferred["preference"]["matchExpressions"][0]["values"] == ["a100-1"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    no_gpu = build_pod(attempt(stage="assemble", expert=None, assignment=None), SPEC, OperatorSettings())
+    assert "resources" not in no_gpu["spec"]["containers"][0]
+    assert "affinity" not in no_gpu["spec"]
+
+
+def test_labels_owner_and_security() -> None:
+    pod = build_pod(attempt(), SPEC, OperatorSettings(run_as_user=1234))
+    labels = pod["metadata"]["labels"]
+    assert (labels["atoll.dev/run"], labels["atoll.dev/stage"], labels["atoll.dev/expert"]) == ("r", "expert", "2")
+    assert labels["atoll.dev/attempt"] == "3"
+    assert pod["metadata"]["ownerReferences"] == [
+        {"apiVersion": "atoll.dev/v1alpha1", "kind": "DDMExpert", "name": "r-expert-2", "uid": "u-1",
+         "controller": True, "blockOwnerDeletion": True}
+    ]  # fmt: skip
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 1234
+    container = spec["containers"][0]["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert "minio-credentials" in json.dumps(pod)  # the Secret's name, never a value from it
