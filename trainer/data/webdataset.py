@@ -8,8 +8,10 @@ the shard. Examples come shard by shard (shards sorted by key), in member order.
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,7 +41,7 @@ class TarShardDataset(ImageDataset):
     def __init__(self, uri: str, store: Store, shard_keys: Sequence[str], resolution: int) -> None:
         self.uri = uri
         self.resolution = resolution
-        self._downloads: tempfile.TemporaryDirectory[str] | None = None
+        self._downloads: Path | None = None
         self._examples: list[_Example] = []
         for shard_key in sorted(shard_keys):
             self._examples.extend(_index_shard(self._local_path(store, shard_key), store.uri_of(shard_key)))
@@ -50,8 +52,9 @@ class TarShardDataset(ImageDataset):
         if isinstance(store, LocalStore):
             return store.root / key
         if self._downloads is None:
-            self._downloads = tempfile.TemporaryDirectory(prefix="atoll-shards-")
-        path = Path(self._downloads.name) / key.replace("/", "__")
+            self._downloads = Path(tempfile.mkdtemp(prefix="atoll-shards-"))
+            weakref.finalize(self, shutil.rmtree, self._downloads, ignore_errors=True)
+        path = self._downloads / key.replace("/", "__")
         store.get_file(key, path)
         return path
 

@@ -11,6 +11,7 @@ spec name. Never trains the VAE.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,4 +121,7 @@ def load_vae(directory: str | Path, device: torch.device | str = "cpu") -> Laten
 def _autoencoder_kl(source: str, **kwargs: Any) -> Any:
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False, **kwargs)  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        # diffusers still passes this argument to huggingface_hub when it looks in the hub cache.
+        warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+        return AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False, **kwargs)  # type: ignore[no-untyped-call]

@@ -1,0 +1,123 @@
+"""The partition stage end to end on digits: every contract file, read back; idempotence, resume, bad K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from atoll import layout
+from atoll.api import DDMRunSpec
+from atoll.api.load import dump_spec_json
+from atoll.errors import AtollError
+from atoll.store import LocalStore
+from atoll.trainer import clusterdata
+from atoll.trainer.__main__ import main
+from atoll.trainer.context import StageContext
+from atoll.trainer.heartbeat import read_progress
+from atoll.trainer.stages import partition
+
+
+def _spec(**dataset: object) -> DDMRunSpec:
+    return DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://digits", "resolution": 8, **dataset},
+            "partition": {"clusters": 4, "features": "pixels", "fineClusters": 64},
+        }
+    )
+
+
+def test_partition_digits_writes_the_contract_and_the_readers_read_it(tmp_path: Path) -> None:
+    spec = _spec(maxExamples=600)
+    (tmp_path / "spec.json").write_text(dump_spec_json(spec))
+    assert main(["partition", "--run", str(tmp_path / "spec.json"), "--store", str(tmp_path)]) == 0
+    store = LocalStore(tmp_path)
+
+    stats = store.get_json(layout.PARTITION_STATS)
+    assert stats["clusters"] == 4
+    assert stats["examples"] == 600
+    assert sum(stats["sizes"]) == 600
+    assert stats["balance"] == max(stats["sizes"]) / min(stats["sizes"])
+    assert stats["balance"] <= 1.5
+    assert stats["fineClusters"] == 64
+    assert stats["features"] == "pixels"
+    centroids = load_file(tmp_path / layout.PARTITION_CENTROIDS)
+    assert centroids["fine"].shape == (64, 3 * 8 * 8)
+    assert centroids["coarse"].shape == (4, 192)
+    assert centroids["fine_to_coarse"].shape == (64,)
+    assert centroids["mean"].shape == (192,)
+    assignments = load_file(tmp_path / layout.PARTITION_ASSIGNMENTS)["cluster"]
+    assert assignments.shape == (600,)
+    assert assignments.dtype == torch.int64
+    assert torch.bincount(assignments, minlength=4).tolist() == stats["sizes"]
+
+    info = clusterdata.read_info(store)
+    assert info.latent_shape == (3, 8, 8)
+    assert info.text_shape == (16, 64)
+    assert (info.vae, info.text_encoder, info.resolution, info.clusters, info.examples) == (
+        "identity",
+        "hashed-bow",
+        8,
+        4,
+        600,
+    )
+    assert list(info.sizes) == stats["sizes"]
+    assert info.class_captions[7] == "a handwritten 7"
+    null_text, null_mask = clusterdata.read_null_text(store)
+    assert null_text.shape == (1, 16, 64)
+    assert null_mask.tolist()[0][:2] == [True, False]
+
+    from atoll.trainer.data import open_dataset
+
+    dataset = open_dataset(spec.dataset)
+    for k in range(4):
+        data = clusterdata.read_cluster(store, k)
+        assert len(data) == stats["sizes"][k]
+        assert data.latents.dtype == torch.float32
+        assert data.text.dtype == torch.float16
+        assert torch.equal(assignments[data.index], torch.full((len(data),), k))
+        i = int(data.index[0])
+        torch.testing.assert_close(data.latents[0], dataset.image(i))  # identity VAE: the image itself
+        assert int(data.labels[0]) == dataset.label(i)
+    everything, cluster_labels = clusterdata.read_all_clusters(store)
+    assert sorted(everything.index.tolist()) == list(range(600))
+    assert torch.equal(cluster_labels, assignments[everything.index])
+    progress = read_progress(store, "partition")
+    assert progress is not None
+    assert progress.state == "done"
+    assert progress.step == progress.total_steps == 1200
+
+
+def test_finished_partition_is_idempotent_and_an_interrupted_one_resumes_per_cluster(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    ctx = StageContext(spec=_spec(maxExamples=300), store=store)
+    partition.run(ctx)
+    shard0, shard2 = tmp_path / clusterdata.shard_key(0, 0), tmp_path / clusterdata.shard_key(2, 0)
+    before = {path: path.stat().st_mtime_ns for path in (shard0, shard2)}
+    partition.run(ctx)  # done: nothing rewritten
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+
+    # An attempt killed while writing cluster 2: a torn shard, no index, nothing after it.
+    expected = clusterdata.read_cluster(store, 2)
+    for key in (clusterdata.cluster_index_key(2), clusterdata.INFO, layout.PARTITION_DONE):
+        store.delete(key)
+    shard2.write_bytes(b"torn")
+    partition.run(ctx)
+    assert shard0.stat().st_mtime_ns == before[shard0]  # committed clusters are kept
+    again = clusterdata.read_cluster(store, 2)
+    assert torch.equal(again.index, expected.index)
+    assert torch.equal(again.latents, expected.latents)
+    assert store.exists(layout.PARTITION_DONE)
+
+
+def test_more_clusters_than_examples_fails_naming_partition_clusters(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    with pytest.raises(AtollError, match=r"partition\.clusters \(4\) exceeds the 3 examples"):
+        partition.run(StageContext(spec=_spec(maxExamples=3), store=store))
+    progress = read_progress(store, "partition")
+    assert progress is not None
+    assert progress.state == "failed"
+    assert "partition.clusters" in (progress.error or "")
+    assert not store.exists(layout.PARTITION_STATS)
