@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "run": "atoll.trainer.commands.run",
     "crds": "atoll.operator.crd.command",
     "operator": "atoll.operator.command",
+    "plan": "atoll.operator.placement.cli",
+    "agent": "atoll.operator.agent.cli",
 }
 
 

@@ -1,0 +1,120 @@
+"""The placement plan: which node, how many GPUs, micro-batch × accumulation and when, per expert.
+
+Value types only (built by `atoll.operator.placement.planner`, consumed by the operator
+and `atoll plan`); `to_json` is the exact shape `atoll plan` prints. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from atoll.operator.placement import labels
+from atoll.operator.placement.fleet import Exclusion
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Assignment:
+    """Where and how one expert trains."""
+
+    expert: int
+    node: str
+    gpu_product: str
+    gpus: int
+    micro_batch: int
+    grad_accum: int
+    samples: int
+    """Samples still to train (steps × global batch; on a re-plan, what remains)."""
+    start_seconds: float
+    """Planned start from now (0 unless queued behind other experts on its node)."""
+    predicted_seconds: float
+    """Predicted finish from now, queueing included."""
+    samples_per_second: float
+    """Predicted speed of the expert on its GPUs."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert,
+            "node": self.node,
+            "gpuProduct": self.gpu_product,
+            "gpus": self.gpus,
+            "microBatch": self.micro_batch,
+            "gradAccum": self.grad_accum,
+            "samples": self.samples,
+            "startSeconds": round(self.start_seconds, 1),
+            "predictedSeconds": round(self.predicted_seconds, 1),
+        }
+
+    def node_affinity(self) -> dict[str, Any]:
+        """The pod `affinity` that pins this expert to its node (and, as a guard, its GPU product).
+
+        Matches `metadata.name` (not the hostname label, which differs from the node name
+        on some clouds), the way the DaemonSet controller pins pods to nodes.
+        """
+        return {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchFields": [{"key": "metadata.name", "operator": "In", "values": [self.node]}],
+                            "matchExpressions": [
+                                {"key": labels.GPU_PRODUCT, "operator": "In", "values": [self.gpu_product]}
+                            ],
+                        }
+                    ]
+                }
+            }
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Plan:
+    """A placement of every unfinished expert of a run."""
+
+    assignments: tuple[Assignment, ...]
+    """Sorted by expert index."""
+    makespan_seconds: float
+    lower_bound_seconds: float
+    speeds: Mapping[str, float]
+    """Per-GPU samples/s of the expert preset on each usable product."""
+    excluded: tuple[Exclusion, ...] = ()
+    """Nodes not used, with the reason."""
+    proven_optimal: bool = False
+    """True when the search proved no placement finishes sooner (under the planner's model)."""
+    speed_sources: Mapping[str, str] = field(default_factory=dict)
+    """Per product: observed, spec, built-in or calibrated."""
+
+    def assignment(self, expert: int) -> Assignment | None:
+        return next((a for a in self.assignments if a.expert == expert), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The document `atoll plan` prints (issue 6's shape exactly)."""
+        return {
+            "assignments": [a.to_json() for a in self.assignments],
+            "makespanSeconds": round(self.makespan_seconds, 1),
+            "lowerBoundSeconds": round(self.lower_bound_seconds, 1),
+            "speeds": {product: round(speed, 3) for product, speed in sorted(self.speeds.items())},
+        }
+
+    def next_to_start(self, started: Collection[int], free_gpus: Mapping[str, int]) -> list[Assignment]:
+        """The experts whose pods may be created now, in the plan's order.
+
+        `started`: experts whose pods exist (running or done); `free_gpus`: node → GPUs
+        free now. Per node, unstarted experts are taken in planned start order while they
+        fit; the first that does not fit blocks the ones behind it, so a small expert never
+        overtakes a large one the plan put first.
+        """
+        ready: list[Assignment] = []
+        by_node: dict[str, list[Assignment]] = {}
+        for item in self.assignments:
+            if item.expert not in started:
+                by_node.setdefault(item.node, []).append(item)
+        for node in sorted(by_node):
+            free = free_gpus.get(node, 0)
+            for item in sorted(by_node[node], key=lambda a: (a.start_seconds, a.expert)):
+                if item.gpus > free:
+                    break
+                ready.append(item)
+                free -= item.gpus
+        return sorted(ready, key=lambda a: (a.start_seconds, a.expert))

@@ -1,0 +1,319 @@
+"""`plan`: assign a run's experts to the fleet's GPUs so that the run finishes soonest.
+
+Builds the makespan problem of `atoll.operator.placement.schedule` from Node objects, the
+experts' work and the speed table: for every usable node and every GPU count g (g divides
+the global batch, g ≤ placement.gpu.maxPerExpert and the node's free GPUs, and the
+largest fitting micro-batch exists) one option lasting samples / speed(g). Pure and
+deterministic: equal inputs (`now` included) give equal plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from atoll.api import DDMRunSpec
+from atoll.api.spec import PlacementSpec
+from atoll.errors import AtollError
+from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, read_fleet
+from atoll.operator.placement.plan import Assignment, Plan
+from atoll.operator.placement.schedule import Job, Option, Problem, lower_bound, solve
+from atoll.operator.placement.speeds import (
+    DATA_PARALLEL_EFFICIENCY,
+    SpeedTable,
+    observed_speeds,
+    throughput,
+    trains_in_bf16,
+)
+from atoll.operator.placement.workload import Workload, workload_of
+from atoll.progress import StageProgress
+
+STALE_AFTER_SECONDS = 180.0
+"""An agent heartbeat older than this makes a node stale (the agent reports every 30 s)."""
+EXACT_SEARCH_MAX_EXPERTS = 10
+EXACT_SEARCH_BUDGET = 100_000
+
+
+class PlacementError(AtollError):
+    """No placement exists (no usable node fits the experts); the message lists every node's reason."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExpertWork:
+    """One expert to place: its remaining samples, its global batch and, if running, where."""
+
+    expert: int
+    samples: int
+    global_batch: int
+    pinned: Assignment | None = None
+    """The assignment of an expert that is running and stays where it is (starts first)."""
+    release_seconds: float = 0.0
+    """Earliest start from now."""
+
+
+def experts_of(spec: DDMRunSpec, cluster_sizes: Sequence[int] | None = None) -> list[ExpertWork]:
+    """Every expert of a run with samples = steps (stepsPolicy) × global batch.
+
+    Without cluster sizes (before partitioning) every cluster is assumed equal in size.
+    """
+    clusters = spec.partition.clusters
+    sizes = list(cluster_sizes) if cluster_sizes is not None else [1] * clusters
+    if len(sizes) != clusters:
+        raise PlacementError(f"{len(sizes)} cluster sizes given for partition.clusters = {clusters}")
+    if any(size < 0 for size in sizes) or sum(sizes) <= 0:
+        raise PlacementError(f"cluster sizes must be ≥ 0 and not all 0, got {sizes}")
+    batch = spec.expert.recipe().global_batch_size
+    return [
+        ExpertWork(expert=k, samples=spec.expert.steps_for(k, sizes) * batch, global_batch=batch)
+        for k in range(clusters)
+    ]
+
+
+def speed_table(spec: DDMRunSpec, *, progress: Iterable[StageProgress] = (), nodes: Iterable[Any] = ()) -> SpeedTable:
+    """The run's speed table: built-in, spec.placement.speeds, corrected by reported samples/s."""
+    from atoll.operator.placement.fleet import as_dict
+
+    products: dict[str, str] = {}
+    for node in nodes:
+        data = as_dict(node)
+        name = (data.get("metadata") or {}).get("name")
+        product = ((data.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product")
+        if name and product:
+            products[name] = product
+    return SpeedTable(
+        workload=workload_of(spec), overrides=dict(spec.placement.speeds), observed=observed_speeds(progress, products)
+    )
+
+
+def plan_run(
+    spec: DDMRunSpec,
+    nodes: Iterable[Any],
+    *,
+    cluster_sizes: Sequence[int] | None = None,
+    progress: Iterable[StageProgress] = (),
+    used_gpus: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> Plan:
+    """The initial plan of a run: every expert, nothing running yet."""
+    node_list = list(nodes)
+    return plan(
+        node_list,
+        experts_of(spec, cluster_sizes),
+        workload=workload_of(spec),
+        placement=spec.placement,
+        speeds=speed_table(spec, progress=progress, nodes=node_list),
+        used_gpus=used_gpus,
+        now=now,
+    )
+
+
+def plan(
+    nodes: Iterable[Any],
+    experts: Sequence[ExpertWork],
+    *,
+    workload: Workload,
+    placement: PlacementSpec | None = None,
+    speeds: SpeedTable | None = None,
+    used_gpus: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+    stale_after_seconds: float = STALE_AFTER_SECONDS,
+    efficiency: float = DATA_PARALLEL_EFFICIENCY,
+    exact_budget: int | None = None,
+) -> Plan:
+    """Place `experts` on the usable GPUs of `nodes` minimising the predicted makespan.
+
+    `used_gpus` (node → GPUs used by pods of other runs) lowers a node's capacity; pinned
+    experts keep their node even when it is no longer schedulable (cordoned, full).
+    Raises PlacementError when some expert fits nowhere.
+    """
+    placement = placement or PlacementSpec()
+    speeds = speeds or SpeedTable(workload=workload)
+    fleet = read_fleet(
+        nodes,
+        placement=placement,
+        used_gpus=used_gpus,
+        now=now,
+        stale_after_seconds=stale_after_seconds,
+        needs_bf16=workload.precision == "bf16",
+    )
+    builder = _Builder(
+        fleet=fleet,
+        experts=experts,
+        workload=workload,
+        placement=placement,
+        speeds=speeds,
+        efficiency=efficiency,
+        used_gpus=used_gpus or {},
+    )
+    problem = builder.problem()
+    budget = exact_budget
+    if budget is None:
+        budget = EXACT_SEARCH_BUDGET if len(experts) <= EXACT_SEARCH_MAX_EXPERTS else 0
+    schedule = solve(problem, exact_budget=budget)
+    assignments = []
+    for job, expert in enumerate(builder.experts):
+        option = builder.choices[job][schedule.choice[job]]
+        node = builder.nodes[option.node]
+        assignments.append(
+            Assignment(
+                expert=expert.expert,
+                node=node.name,
+                gpu_product=node.product,
+                gpus=option.gpus,
+                micro_batch=option.micro_batch,
+                grad_accum=option.grad_accum,
+                samples=expert.samples,
+                start_seconds=schedule.start[job],
+                predicted_seconds=schedule.finish[job],
+                samples_per_second=option.speed,
+            )
+        )
+    products = {n.product: n for n in builder.nodes}
+    return Plan(
+        assignments=tuple(sorted(assignments, key=lambda a: a.expert)),
+        makespan_seconds=schedule.makespan,
+        lower_bound_seconds=lower_bound(problem),
+        speeds={p: speeds.per_gpu(p, n.compute_major) for p, n in products.items()},
+        speed_sources={p: speeds.source(p, n.compute_major) for p, n in products.items()},
+        excluded=fleet.excluded + tuple(builder.too_small),
+        proven_optimal=schedule.proven_optimal,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """A schedule option plus what the plan needs to know about it."""
+
+    node: int
+    gpus: int
+    micro_batch: int
+    grad_accum: int
+    speed: float
+
+
+class _Builder:
+    """Turns fleet + experts into a schedule Problem and remembers what each option means."""
+
+    def __init__(
+        self,
+        *,
+        fleet: Fleet,
+        experts: Sequence[ExpertWork],
+        workload: Workload,
+        placement: PlacementSpec,
+        speeds: SpeedTable,
+        efficiency: float,
+        used_gpus: Mapping[str, int],
+    ) -> None:
+        self.fleet = fleet
+        self.experts = sorted(experts, key=lambda e: e.expert)
+        if len({e.expert for e in self.experts}) != len(self.experts):
+            raise PlacementError("an expert appears twice in the work list")
+        self.workload = workload
+        self.placement = placement
+        self.speeds = speeds
+        self.efficiency = efficiency
+        self.used_gpus = used_gpus
+        self.too_small: list[Exclusion] = []
+        self.nodes: list[GpuNode] = list(fleet.nodes)
+        self._pinned_nodes()
+        self.choices: list[list[_Choice]] = []
+
+    def _pinned_nodes(self) -> None:
+        """Nodes that only pinned experts may use (cordoned, full) join the problem with their GPUs."""
+        usable = {n.name for n in self.nodes}
+        extra: dict[str, GpuNode] = {}
+        for expert in self.experts:
+            pin = expert.pinned
+            if pin is None or pin.node in usable:
+                continue
+            if pin.node not in self.fleet.all_nodes:
+                raise PlacementError(f"expert {expert.expert} is pinned to node {pin.node}, which does not exist")
+            held = extra.get(pin.node)
+            gpus = pin.gpus + (held.gpus if held else 0)
+            extra[pin.node] = GpuNode(
+                name=pin.node, product=pin.gpu_product, memory_mib=0, gpus=gpus, free_gpus=gpus, compute_major=None
+            )
+        self.nodes = sorted([*self.nodes, *extra.values()], key=lambda n: n.name)
+        self.usable = usable
+
+    def problem(self) -> Problem:
+        node_index = {n.name: i for i, n in enumerate(self.nodes)}
+        per_gpu = [self.speeds.per_gpu(n.product, n.compute_major) for n in self.nodes]
+        splits = self._splits()
+        jobs = []
+        for expert in self.experts:
+            choices: list[_Choice] = []
+            if expert.pinned is not None:
+                pin = expert.pinned
+                index = node_index[pin.node]
+                speed = throughput(per_gpu[index], pin.gpus, self.efficiency)
+                choices.append(_Choice(index, pin.gpus, pin.micro_batch, pin.grad_accum, speed))
+            else:
+                for index, node in enumerate(self.nodes):
+                    for gpus, (micro, accum) in splits.get((node.name, expert.global_batch), []):
+                        speed = throughput(per_gpu[index], gpus, self.efficiency)
+                        choices.append(_Choice(index, gpus, micro, accum, speed))
+            if not choices:
+                raise PlacementError(self._nowhere(expert))
+            self.choices.append(choices)
+            jobs.append(
+                Job(
+                    options=tuple(
+                        Option(
+                            node=c.node, gpus=c.gpus, seconds=expert.samples / c.speed, release=expert.release_seconds
+                        )
+                        for c in choices
+                    ),
+                    pinned=expert.pinned is not None,
+                )
+            )
+        capacity = tuple(n.free_gpus for n in self.nodes)
+        for index, node in enumerate(self.nodes):
+            held = sum(e.pinned.gpus for e in self.experts if e.pinned is not None and e.pinned.node == node.name)
+            if held > capacity[index]:
+                raise PlacementError(
+                    f"node {node.name}: running experts hold {held} GPUs but only {capacity[index]} are free"
+                    " (used_gpus must count other runs' pods only)"
+                )
+        return Problem(capacity=capacity, rate=tuple(per_gpu), jobs=tuple(jobs))
+
+    def _splits(self) -> dict[tuple[str, int], list[tuple[int, tuple[int, int]]]]:
+        """Per (usable node, global batch): the feasible GPU counts with their micro-batch split."""
+        batches = sorted({e.global_batch for e in self.experts if e.pinned is None})
+        table: dict[tuple[str, int], list[tuple[int, tuple[int, int]]]] = {}
+        for node in self.nodes:
+            if node.name not in self.usable:
+                continue
+            bf16 = trains_in_bf16(self.workload, node.product, node.compute_major)
+            top = min(self.placement.gpu.max_per_expert, node.free_gpus)
+            fits_any = False
+            for batch in batches:
+                options = []
+                for gpus in range(1, top + 1):
+                    split = self.workload.split_batch(batch, gpus, node.memory_mib, bf16)
+                    if split is not None:
+                        options.append((gpus, split))
+                table[(node.name, batch)] = options
+                fits_any = fits_any or bool(options)
+            if batches and not fits_any:
+                need = self.workload.min_memory_gib(1, bf16)
+                self.too_small.append(
+                    Exclusion(
+                        node=node.name,
+                        kind="memory",
+                        reason=f"{node.memory_mib / 1024:.1f} GiB GPUs < {need:.1f} GiB the "
+                        f"{self.workload.preset.name} expert needs at micro-batch 1",
+                    )
+                )
+        return table
+
+    def _nowhere(self, expert: ExpertWork) -> str:
+        reasons = [f"{e.node}: {e.reason}" for e in (*self.fleet.excluded, *self.too_small)]
+        listing = "; ".join(reasons) if reasons else "the node list is empty"
+        return (
+            f"expert {expert.expert} ({self.workload.preset.name}, global batch {expert.global_batch}) fits on no"
+            f" usable GPU node — {listing}"
+        )

@@ -1,0 +1,287 @@
+"""Plans for a run in flight: re-plan after a failure or a lost node, migrate to faster free GPUs.
+
+Pure decisions for the operator. `replan` keeps running experts where they are (unless
+their node is gone, NotReady or unhealthy) and places everything else again with the
+work that remains; `migrations` says which running experts gain more than a restart
+costs by moving, at their next checkpoint, to GPUs the plan leaves idle. Speeds are
+corrected by the samples/s the experts report. Never calls the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from atoll.api import DDMRunSpec
+from atoll.operator.placement.fleet import Fleet, as_dict, read_fleet
+from atoll.operator.placement.plan import Assignment, Plan
+from atoll.operator.placement.planner import (
+    STALE_AFTER_SECONDS,
+    ExpertWork,
+    experts_of,
+    plan,
+    speed_table,
+)
+from atoll.operator.placement.schedule import EPS
+from atoll.operator.placement.speeds import throughput, trains_in_bf16
+from atoll.operator.placement.workload import workload_of
+from atoll.progress import StageProgress
+
+RESTART_SECONDS = 120.0
+"""What moving an expert costs: pod start, image and data loading, checkpoint restore."""
+MIN_GAIN_FRACTION = 0.05
+"""A move must also shorten the expert's remaining time by this fraction (no ping-pong)."""
+KEEP_RUNNING_ON = frozenset({"cordoned", "full", "stale", "constraint", "memory"})
+"""Exclusions under which a running expert stays: cordoning evicts nothing, and a stale
+agent or a changed constraint does not stop a pod that already runs."""
+
+
+class Placed(Protocol):
+    """Where a running expert's pod is: an Assignment, or the operator's own record of the pod."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def micro_batch(self) -> int | None: ...
+    @property
+    def grad_accum(self) -> int | None: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Migration:
+    """Move `expert` from `from_node` to `to` once it commits the checkpoint of `at_step`."""
+
+    expert: int
+    from_node: str
+    at_step: int
+    to: Assignment
+    gain_seconds: float
+    """Predicted finish now minus predicted finish after the move (restart cost included)."""
+
+
+def replan(
+    spec: DDMRunSpec,
+    nodes: Iterable[Any],
+    *,
+    progress: Mapping[int, StageProgress],
+    running: Mapping[int, Placed],
+    cluster_sizes: Sequence[int] | None = None,
+    used_gpus: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> Plan:
+    """A new plan for the unfinished experts of a run in flight.
+
+    `progress`: expert → its latest progress.json; `running`: expert → where its pod runs
+    now (node, GPUs, micro-batch, accumulation); `used_gpus`: GPUs held on each node by
+    pods *other than* those in `running`. A running expert whose node still exists, is
+    Ready and healthy stays pinned there (start 0) with the work left after its current
+    step; every other unfinished expert is placed anew with the work left after its last
+    checkpoint (what a restart resumes from). Experts whose progress says done are left
+    out. An assignment on another node than where the expert runs means: move it (that
+    only happens when its node is gone, NotReady or unhealthy).
+    """
+    node_list = [as_dict(n) for n in nodes]
+    work = _remaining_work(
+        spec,
+        nodes=node_list,
+        progress=progress,
+        running=running,
+        cluster_sizes=cluster_sizes,
+        used_gpus=used_gpus,
+        now=now,
+    )
+    if not work:
+        return Plan(assignments=(), makespan_seconds=0.0, lower_bound_seconds=0.0, speeds={}, proven_optimal=True)
+    return plan(
+        node_list,
+        work,
+        workload=workload_of(spec),
+        placement=spec.placement,
+        speeds=speed_table(spec, progress=progress.values(), nodes=node_list),
+        used_gpus=used_gpus,
+        now=now,
+    )
+
+
+def migrations(
+    spec: DDMRunSpec,
+    nodes: Iterable[Any],
+    *,
+    progress: Mapping[int, StageProgress],
+    running: Mapping[int, Placed],
+    cluster_sizes: Sequence[int] | None = None,
+    used_gpus: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+    restart_seconds: float = RESTART_SECONDS,
+    min_gain_fraction: float = MIN_GAIN_FRACTION,
+) -> list[Migration]:
+    """Running experts that should move to faster GPUs left idle, at their next checkpoint.
+
+    Arguments as for `replan`. The status quo is `replan` with every running expert pinned. For each running expert
+    (latest predicted finish first) the move considered is: keep training until the next
+    checkpoint (`checkpointEvery`), restart on g GPUs of another node that the status-quo
+    plan leaves idle from then until the moved expert would finish — so no other expert
+    is delayed and the makespan cannot grow — and finish sooner than staying by more than
+    the restart cost (included in the prediction) and `min_gain_fraction` of the time it
+    has left. Accepted moves reserve their GPUs before the next expert is considered.
+    """
+    node_list = [as_dict(n) for n in nodes]
+    status_quo = replan(
+        spec,
+        node_list,
+        progress=progress,
+        running=running,
+        cluster_sizes=cluster_sizes,
+        used_gpus=used_gpus,
+        now=now,
+    )
+    workload = workload_of(spec)
+    fleet = read_fleet(
+        node_list, placement=spec.placement, used_gpus=used_gpus, now=now, stale_after_seconds=STALE_AFTER_SECONDS
+    )
+    speeds = speed_table(spec, progress=progress.values(), nodes=node_list)
+    busy = _Occupancy(status_quo.assignments, {n.name: n.free_gpus for n in fleet.nodes})
+    batch = spec.expert.recipe().global_batch_size
+    every = spec.expert.recipe().checkpoint_every
+    totals = {w.expert: w.samples for w in experts_of(spec, cluster_sizes)}
+    moves: list[Migration] = []
+    candidates = [a for a in status_quo.assignments if a.expert in running and a.start_seconds <= EPS]
+    candidates = [a for a in candidates if running[a.expert].node == a.node]
+    for stay in sorted(candidates, key=lambda a: (-a.predicted_seconds, a.expert)):
+        item = progress.get(stay.expert)
+        step = item.step if item is not None else 0
+        boundary = min(math.ceil((step + 1) / every) * every, totals[stay.expert] // batch)
+        left = totals[stay.expert] - boundary * batch
+        if left <= 0:
+            continue
+        reported = item.samples_per_second if item is not None and item.samples_per_second else None
+        until_boundary = (boundary - step) * batch / (reported or stay.samples_per_second)
+        release = until_boundary + restart_seconds
+        best: tuple[float, int, str, Assignment] | None = None
+        for node in fleet.nodes:
+            if node.name == stay.node:
+                continue
+            bf16 = trains_in_bf16(workload, node.product, node.compute_major)
+            per_gpu = speeds.per_gpu(node.product, node.compute_major)
+            for gpus in range(1, min(spec.placement.gpu.max_per_expert, node.free_gpus) + 1):
+                split = workload.split_batch(batch, gpus, node.memory_mib, bf16)
+                if split is None:
+                    continue
+                speed = throughput(per_gpu, gpus)
+                finish = release + left / speed
+                if not busy.idle(node.name, gpus, until_boundary, finish):
+                    continue
+                rank = (finish, gpus, node.name)
+                if best is None or rank < best[:3]:
+                    target = Assignment(
+                        expert=stay.expert,
+                        node=node.name,
+                        gpu_product=node.product,
+                        gpus=gpus,
+                        micro_batch=split[0],
+                        grad_accum=split[1],
+                        samples=left,
+                        start_seconds=release,
+                        predicted_seconds=finish,
+                        samples_per_second=speed,
+                    )
+                    best = (finish, gpus, node.name, target)
+        if best is None:
+            continue
+        gain = stay.predicted_seconds - best[0]
+        if gain <= min_gain_fraction * stay.predicted_seconds:
+            continue
+        busy.reserve(best[3].node, best[3].gpus, until_boundary, best[0])
+        moves.append(
+            Migration(expert=stay.expert, from_node=stay.node, at_step=boundary, to=best[3], gain_seconds=gain)
+        )
+    return sorted(moves, key=lambda m: m.expert)
+
+
+def _remaining_work(
+    spec: DDMRunSpec,
+    *,
+    nodes: list[Mapping[str, Any]],
+    progress: Mapping[int, StageProgress],
+    running: Mapping[int, Placed],
+    cluster_sizes: Sequence[int] | None,
+    used_gpus: Mapping[str, int] | None,
+    now: datetime | None,
+) -> list[ExpertWork]:
+    fleet = read_fleet(nodes, placement=spec.placement, used_gpus=used_gpus, now=now)
+    products = {n.name: n.product for n in fleet.nodes}
+    for node in nodes:
+        name = (node.get("metadata") or {}).get("name")
+        product = ((node.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product")
+        if name and product:
+            products.setdefault(name, product)
+    batch = spec.expert.recipe().global_batch_size
+    work: list[ExpertWork] = []
+    for expert in experts_of(spec, cluster_sizes):
+        item = progress.get(expert.expert)
+        if item is not None and item.state == "done":
+            continue
+        where = running.get(expert.expert)
+        if where is not None and (where.node in products and _node_keeps_pods(fleet, where.node)):
+            step = item.step if item is not None else 0
+            left = expert.samples - step * batch
+            if left > 0:
+                pin = _pin(where, products[where.node], left, batch)
+                work.append(replace(expert, samples=left, pinned=pin))
+            continue
+        resumed = item.last_checkpoint.step if item is not None and item.last_checkpoint is not None else 0
+        left = expert.samples - resumed * batch
+        if left > 0:
+            work.append(replace(expert, samples=left))
+    return work
+
+
+def _pin(where: Placed, product: str, samples: int, batch: int) -> Assignment:
+    micro = where.micro_batch or batch // max(1, where.gpus)
+    accum = where.grad_accum or max(1, batch // (micro * max(1, where.gpus)))
+    return Assignment(
+        expert=-1,
+        node=where.node,
+        gpu_product=product,
+        gpus=where.gpus,
+        micro_batch=micro,
+        grad_accum=accum,
+        samples=samples,
+        start_seconds=0.0,
+        predicted_seconds=0.0,
+        samples_per_second=0.0,
+    )
+
+
+def _node_keeps_pods(fleet: Fleet, node: str) -> bool:
+    """Whether a pod running on `node` keeps running: usable, or excluded for a benign reason."""
+    if any(n.name == node for n in fleet.nodes):
+        return True
+    exclusion = fleet.exclusion(node)
+    return exclusion is not None and exclusion.kind in KEEP_RUNNING_ON
+
+
+class _Occupancy:
+    """GPUs in use over time per node, from a plan's assignments (for 'is this GPU left idle?')."""
+
+    def __init__(self, assignments: Iterable[Assignment], capacity: Mapping[str, int]) -> None:
+        self.capacity = dict(capacity)
+        self.intervals: dict[str, list[tuple[float, float, int]]] = {}
+        for a in assignments:
+            self.reserve(a.node, a.gpus, a.start_seconds, a.predicted_seconds)
+
+    def reserve(self, node: str, gpus: int, start: float, end: float) -> None:
+        self.intervals.setdefault(node, []).append((start, end, gpus))
+
+    def idle(self, node: str, gpus: int, start: float, end: float) -> bool:
+        """Whether `gpus` GPUs of `node` are unused during the whole of [start, end)."""
+        overlapping = [(s, e, g) for s, e, g in self.intervals.get(node, []) if s < end and e > start]
+        # Peak use inside the window: check at the window start and every interval start in it.
+        points = [start, *(s for s, _, _ in overlapping if s > start)]
+        peak = max((sum(g for s, e, g in overlapping if s <= t < e) for t in points), default=0)
+        return self.capacity.get(node, 0) - peak >= gpus
