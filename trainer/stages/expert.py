@@ -1,0 +1,192 @@
+"""The `expert` stage: flow matching of expert k on its cluster alone (DESIGN.md §1).
+
+`python -m atoll.trainer expert --run SPEC --store RUN --expert K [--micro-batch M]
+[--grad-accum A] [--gpus G]`. Reads partition/stats.json and data/cluster-<k>/, trains
+`expert.steps_for(k, sizes)` steps with the shared loop, commits checkpoints under
+experts/<k>/ and rewrites experts/<k>/progress.json. Never talks to other experts.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+
+from atoll import layout
+from atoll.api import DDMRunSpec
+from atoll.errors import AtollError
+from atoll.progress import StageName
+from atoll.store import NotFoundError, Store
+from atoll.trainer import flow
+from atoll.trainer.clusterdata import ClusterData, read_cluster, read_info, read_null_text
+from atoll.trainer.context import StageContext
+from atoll.trainer.training.batching import plan_batch
+from atoll.trainer.training.data_order import ExampleDraws, derive_seed
+from atoll.trainer.training.loop import LoopSettings
+from atoll.trainer.training.runner import TrainingJob, run_training
+
+
+class StageInputError(AtollError):
+    """The stage's arguments or inputs are missing or inconsistent."""
+
+
+def cluster_sizes(store: Store) -> list[int]:
+    """Examples per cluster, from partition/stats.json."""
+    try:
+        stats = store.get_json(layout.PARTITION_STATS)
+    except NotFoundError:
+        raise StageInputError(
+            f"{store.uri_of(layout.PARTITION_STATS)} is missing: run the partition stage first"
+        ) from None
+    try:
+        return [int(size) for size in stats["sizes"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise StageInputError(f"{store.uri_of(layout.PARTITION_STATS)} has no valid 'sizes': {error!r}") from None
+
+
+def expert_job(ctx: StageContext) -> TrainingJob:
+    """The training job of expert ctx.expert (validates the arguments against the partition)."""
+    k = ctx.expert
+    if k is None:
+        raise StageInputError("the expert stage needs --expert K")
+    sizes = cluster_sizes(ctx.store)
+    if not 0 <= k < len(sizes):
+        raise StageInputError(
+            f"--expert {k} is out of range: the partition has {len(sizes)} clusters (0…{len(sizes) - 1})"
+        )
+    if sizes[k] < 1:
+        raise StageInputError(f"cluster {k} is empty: there is nothing for expert {k} to learn")
+    spec = ctx.spec.expert
+    recipe = spec.recipe()
+    plan = plan_batch(
+        recipe.global_batch_size,
+        world=ctx.gpus,
+        micro_batch=ctx.micro_batch if ctx.micro_batch is not None else spec.micro_batch_size,
+        grad_accum=ctx.grad_accum,
+        field="expert",
+    )
+    settings = LoopSettings(
+        recipe=recipe,
+        total_steps=spec.steps_for(k, sizes),
+        batch=plan,
+        # Each expert gets its own initialisation, data order and noise.
+        seed=derive_seed(spec.seed, k),
+        grad_clip=spec.grad_clip,
+        precision=spec.precision,
+        section="expert",
+    )
+    return TrainingJob(
+        stage="expert",
+        expert=k,
+        store_uri=ctx.store.uri,
+        make_task=functools.partial(expert_task, spec=ctx.spec, k=k),
+        settings=settings,
+        attempt=ctx.attempt,
+        retention=spec.keep_checkpoints,
+    )
+
+
+def run(ctx: StageContext) -> None:
+    """Train expert k to its final checkpoint (returns at once when it is already there)."""
+    run_training(expert_job(ctx), ctx.store)
+
+
+@dataclass
+class ExpertTask:
+    """Flow matching on one cluster: regress ε − x0 at x_t = (1 − σ)·x0 + σ·ε."""
+
+    expert: int
+    preset: str
+    data: ClusterData
+    null_text: torch.Tensor
+    """[1, L, D] the empty caption's embedding (caption dropout, for classifier-free guidance)."""
+    null_mask: torch.Tensor
+    """[1, L]."""
+    caption_dropout: float
+    sigma_distribution: flow.SigmaDistribution
+    sigma_mean: float
+    sigma_std: float
+
+    @property
+    def stage(self) -> StageName:
+        return "expert"
+
+    @property
+    def examples(self) -> int:
+        return len(self.data)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.data.latents.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.data.text.shape[-1])
+
+    def build_model(self, seed: int) -> torch.nn.Module:
+        from atoll.trainer.models.expert import build_expert
+
+        model = build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_dim, seed=seed)
+        return cast(torch.nn.Module, model)
+
+    def losses(
+        self, model: torch.nn.Module, indices: torch.Tensor, draws: ExampleDraws, device: torch.device
+    ) -> torch.Tensor:
+        from atoll.trainer.models.expert import velocity
+
+        x0 = self.data.latents[indices].to(device)
+        text, mask = self.data.text[indices], self.data.text_mask[indices]
+        drop = draws.uniform < self.caption_dropout
+        if bool(drop.any()):
+            text = torch.where(drop[:, None, None], self.null_text, text)
+            mask = torch.where(drop[:, None], self.null_mask, mask)
+        sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
+        sigma, noise = sigma.to(device), draws.noise.to(device)
+        x_t = flow.add_noise(x0, noise, sigma)
+        prediction = velocity(model, x_t, sigma, text.to(device).float(), mask.to(device))
+        return flow.flow_matching_loss(prediction, x0, noise)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "objective": "flow-matching",
+            "expert": self.expert,
+            "preset": self.preset,
+            "latentShape": list(self.latent_shape),
+            "textShape": [int(self.data.text.shape[1]), self.text_dim],
+            "captionDropout": self.caption_dropout,
+            "timestepSampling": {
+                "distribution": self.sigma_distribution,
+                "mean": self.sigma_mean,
+                "std": self.sigma_std,
+            },
+        }
+
+
+def expert_task(store: Store, *, spec: DDMRunSpec, k: int) -> ExpertTask:
+    """Expert k's task with its cluster's examples loaded from the store."""
+    info = read_info(store)
+    data = read_cluster(store, k)
+    if tuple(data.latents.shape[1:]) != tuple(info.latent_shape):
+        raise StageInputError(
+            f"cluster {k}'s latents are {list(data.latents.shape[1:])}, data/info.json says {list(info.latent_shape)}"
+        )
+    null_text, null_mask = read_null_text(store)
+    if tuple(null_text.shape[1:]) != tuple(data.text.shape[1:]):
+        raise StageInputError(
+            f"the null caption is {list(null_text.shape[1:])}, cluster {k}'s captions are {list(data.text.shape[1:])}"
+        )
+    sampling = spec.expert.timestep_sampling
+    return ExpertTask(
+        expert=k,
+        preset=spec.expert.preset,
+        data=data,
+        null_text=null_text,
+        null_mask=null_mask,
+        caption_dropout=spec.expert.caption_dropout,
+        sigma_distribution=sampling.distribution,
+        sigma_mean=sampling.mean,
+        sigma_std=sampling.std,
+    )

@@ -1,0 +1,138 @@
+"""Runs a training stage end to end: idempotency, fencing, heartbeat, data parallelism.
+
+The expert and router stages describe their job (how to build the task from the store,
+the loop settings) and call `run_training`. It returns quickly when the final checkpoint
+already exists, claims the stage's attempt, runs the loop in one process or one per GPU,
+and records failures in progress.json. A fenced attempt stops without writing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+
+from atoll import layout
+from atoll.api.spec import RetentionSpec
+from atoll.errors import AtollError
+from atoll.log import get_logger
+from atoll.progress import CheckpointRef, StageName
+from atoll.store import FencedError, Store, open_store
+from atoll.store.checkpoint import Checkpoint, CheckpointStore
+from atoll.trainer.heartbeat import Heartbeat
+from atoll.trainer.training.distributed import Rank, launch, single_process
+from atoll.trainer.training.loop import LoopSettings, StepHook, TrainResult, train
+from atoll.trainer.training.task import TrainingTask
+
+log = get_logger(__name__)
+
+
+class StageInterruptedError(AtollError):
+    """SIGTERM arrived (pod deletion, local runtime stopping): stop after uploading what is staged."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJob:
+    """One training stage invocation; picklable, so every data-parallel rank can rebuild it."""
+
+    stage: StageName
+    expert: int | None
+    store_uri: str
+    make_task: Callable[[Store], TrainingTask]
+    """Builds the task from the run's store (a module-level function or a partial of one)."""
+    settings: LoopSettings
+    attempt: int | None = None
+    retention: RetentionSpec | None = None
+
+    @property
+    def prefix(self) -> str:
+        return layout.stage_prefix(self.stage, self.expert)
+
+
+def finished_checkpoint(store: Store, job: TrainingJob) -> Checkpoint | None:
+    """The stage's final checkpoint when it has trained all its steps, else None (reads only)."""
+    checkpoints = CheckpointStore(store, job.prefix, read_only=True)
+    latest = checkpoints.latest()
+    if latest is not None and latest.step >= job.settings.total_steps and latest.metadata.get("final", False):
+        return latest
+    return None
+
+
+def run_training(job: TrainingJob, store: Store, *, on_step: StepHook | None = None) -> TrainResult | None:
+    """Train the job's stage to its final checkpoint; None when it was already done."""
+    done = finished_checkpoint(store, job)
+    if done is not None:
+        log.info("already trained", stage=job.stage, expert=job.expert, step=done.step)
+        _report_done(store, job, done)
+        return None
+    with _sigterm_interrupts():
+        if job.settings.batch.world > 1:
+            if on_step is not None:
+                raise ValueError("on_step hooks are not supported across processes")
+            return launch(_train_spawned, (job,), job.settings.batch.world)
+        return _train_rank(single_process(), job, store, on_step)
+
+
+def _train_spawned(rank: Rank, job: TrainingJob) -> TrainResult | None:
+    return _train_rank(rank, job, open_store(job.store_uri), None)
+
+
+def _train_rank(rank: Rank, job: TrainingJob, store: Store, on_step: StepHook | None) -> TrainResult | None:
+    task = job.make_task(store)
+    if not rank.main:
+        return train(task, job.settings, rank=rank)
+    checkpoints = CheckpointStore(store, job.prefix, attempt=job.attempt, retention=job.retention)
+    heartbeat = Heartbeat(
+        store,
+        job.stage,
+        expert=job.expert,
+        attempt=checkpoints.attempt,
+        total_steps=job.settings.total_steps,
+        interval=job.settings.heartbeat_interval,
+    )
+    heartbeat.update(force=True, message="loading data and model")
+    try:
+        with checkpoints:
+            return train(task, job.settings, rank=rank, checkpoints=checkpoints, heartbeat=heartbeat, on_step=on_step)
+    except FencedError:
+        raise  # a newer attempt owns progress.json now: write nothing
+    except StageInterruptedError:
+        heartbeat.failed("interrupted (SIGTERM): resumes from the last checkpoint when run again")
+        raise
+    except BaseException as error:
+        heartbeat.failed(str(error) if isinstance(error, AtollError) else f"{type(error).__name__}: {error}")
+        raise
+
+
+def _report_done(store: Store, job: TrainingJob, checkpoint: Checkpoint) -> None:
+    heartbeat = Heartbeat(
+        store, job.stage, expert=job.expert, attempt=checkpoint.attempt, total_steps=job.settings.total_steps
+    )
+    heartbeat.done(
+        step=checkpoint.step,
+        loss=checkpoint.metadata.get("loss"),
+        last_checkpoint=CheckpointRef(
+            step=checkpoint.step, uri=store.uri_of(checkpoint.key), time=checkpoint.created_at
+        ),
+        message="already trained",
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into StageInterruptedError so staged checkpoints finish uploading before exit."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise StageInterruptedError("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
