@@ -16,6 +16,8 @@ from atoll.errors import AtollError
 # stage → module with `run(ctx: StageContext) -> None`.
 STAGES: dict[str, str] = {
     "partition": "atoll.trainer.stages.partition",
+    "expert": "atoll.trainer.stages.expert",
+    "router": "atoll.trainer.stages.router",
 }
 
 EXIT_FAILED = 1
