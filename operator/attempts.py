@@ -91,8 +91,8 @@ def _with_progress(status: StageStatus, progress: StageProgress | None) -> Stage
     update: dict[str, object] = {
         "step": progress.step,
         "total_steps": progress.total_steps or None,
-        "loss": progress.loss,
-        "samples_per_second": progress.samples_per_second,
+        "loss": None if progress.loss is None else round(progress.loss, 5),
+        "samples_per_second": None if progress.samples_per_second is None else round(progress.samples_per_second, 2),
         "heartbeat_time": progress.updated_at,
     }
     if progress.last_checkpoint is not None:

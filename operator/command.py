@@ -8,6 +8,7 @@ Runs without spec.storage.uri use --default-store with the credentials of
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from atoll.operator.settings import DEFAULT_IMAGE
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--service-account", metavar="NAME", help="ServiceAccount of the stage pods")
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--verbose", action="store_true", help="also log every handler run (kopf's own lines)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,6 +77,9 @@ def main(args: argparse.Namespace) -> int:
         service_account=args.service_account,
     )
     log = get_logger("atoll.operator")
+    if not args.verbose:
+        # kopf logs every timer run at INFO ("Timer 'reconcile' succeeded."): one line per run per tick.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = Kube(load_config(args.kubeconfig))
     registry = build_registry(Reconciler(kube, settings), kube, settings)
     log.info(

@@ -65,33 +65,38 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
     """Every handler of the operator, on a registry of its own."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In cluster: the service account; out of cluster: $KUBECONFIG (through the client library)."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="run_pods", registry=registry)
     def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
         view = PodView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
 
-    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="gpu_pods", registry=registry)
     def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, int]:
         view = PodView.from_body(body)
         if view is None or view.node is None or not view.active or not view.gpus:
             return {}
         return {view.node: view.gpus}
 
-    @kopf.index("nodes", registry=registry)
+    @kopf.index("nodes", id="gpu_nodes", registry=registry)
     def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
         return {body["metadata"]["name"]: NodeView.from_body(body)}
 
-    @kopf.index(API_GROUP, API_VERSION, EXPERT.plural, registry=registry)
+    @kopf.index(API_GROUP, API_VERSION, EXPERT.plural, id="run_experts", registry=registry)
     def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
         view = ExpertView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
 
     @kopf.timer(
-        API_GROUP, API_VERSION, RUN.plural, interval=settings.interval_seconds, backoff=settings.interval_seconds,
-        registry=registry,
+        API_GROUP, API_VERSION, RUN.plural, id="reconcile", interval=settings.interval_seconds,
+        backoff=settings.interval_seconds, registry=registry,
     )  # fmt: skip
     def reconcile_run(*, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
-        # The indexes arrive as keyword arguments named after the index functions.
+        # The indexes arrive as keyword arguments named by their ids.
         run_pods: kopf.Index[Any, PodView] = kwargs["run_pods"]
         gpu_pods: kopf.Index[Any, int] = kwargs["gpu_pods"]
         gpu_nodes: kopf.Index[Any, NodeView] = kwargs["gpu_nodes"]
@@ -114,7 +119,7 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         for event in outcome.events:
             kopf.event(_body(event.target), type=event.type, reason=event.reason, message=event.message)
 
-    @kopf.on.delete(API_GROUP, API_VERSION, RUN.plural, registry=registry)
+    @kopf.on.delete(API_GROUP, API_VERSION, RUN.plural, id="cleanup", registry=registry)
     def cleanup(*, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
         """Stop the run's pods; delete its store data only when reclaimPolicy is Delete."""
         namespace = namespace or "default"

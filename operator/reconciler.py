@@ -610,7 +610,7 @@ class _Tick:
         if facts.failure is not None and path == ["Failed"]:
             self.fail(*facts.failure)
             return
-        self._transition(path, reason=None, message=self._message(facts))
+        self._transition(path, reason=None, message=None)
 
     def _record(self, key: str, status: StageStatus) -> None:
         """Keep a stage's new status; a DDMExpert's is patched at once when it changed."""
@@ -635,12 +635,19 @@ class _Tick:
         self.memory.experts[expert] = status
 
     def _stage_event(self, key: str, old: str, status: StageStatus) -> None:
-        if status.phase in ("Waiting",) or (old == "Pending" and status.phase == "Pending"):
+        if status.phase in ("Waiting", old):
             return
         kind = "Warning" if status.phase in ("Restarting", "Failed") else "Normal"
         reason = {"Pending": "Scheduling"}.get(status.phase, status.phase)
+        what = {
+            "Pending": f"attempt {status.attempt} waits for its pod to run",
+            "Running": f"attempt {status.attempt} is running" + (f" on {status.node}" if status.node else ""),
+            "Restarting": "is restarting",
+            "Succeeded": "succeeded",
+            "Failed": "failed",
+        }[status.phase]
         detail = f": {status.message}" if status.message and status.phase in ("Restarting", "Failed") else ""
-        self._event(key, kind, reason, f"{_label(key)} is {status.phase.lower()}{detail}")
+        self._event(key, kind, reason, f"{_label(key)} {what}{detail}")
 
     def _collect_troubles(self, decisions: Mapping[str, StageDecision]) -> None:
         stale = timedelta(seconds=self.settings.heartbeat_stale_seconds)
@@ -658,7 +665,8 @@ class _Tick:
                         )
                     )
 
-    def _message(self, facts: RunFacts) -> str:
+    def _message(self) -> str:
+        """What the run is doing now, in its current phase."""
         assert self.spec is not None
         status = self.status
         phase = status.phase
@@ -676,15 +684,20 @@ class _Tick:
             parts.append(f"model at {status.model_uri}")
         return "; ".join(parts)
 
-    def _transition(self, path: list[Any], *, reason: str | None, message: str) -> None:
-        """Apply the phase path (an Event per transition) and recompute the conditions."""
+    def _transition(self, path: list[Any], *, reason: str | None, message: str | None) -> None:
+        """Apply the phase path (an Event per transition) and recompute the conditions.
+
+        `message` None: describe the phase the run ends up in.
+        """
         for phase in path:
             old = self.status.phase
             self.status.phase = phase
+            text = message if message is not None else self._message()
             if phase == "Failed":
-                self.events.append(Event(self.body, "Warning", reason or "Failed", message))
+                self.events.append(Event(self.body, "Warning", reason or "Failed", text))
             else:
-                self.events.append(Event(self.body, "Normal", phase, f"{old} → {phase}: {message}"))
+                self.events.append(Event(self.body, "Normal", phase, f"{old} → {phase}: {text}"))
+        message = message if message is not None else self._message()
         if self.status.phase in TERMINAL and self.status.completion_time is None:
             self.status.completion_time = self.now
         self.status.reason = reason if self.status.phase == "Failed" else None
@@ -699,8 +712,9 @@ class _Tick:
             now=self.now,
             generation=self.generation,
         )
+        was_degraded = any(c.type == "Degraded" and c.status == "True" for c in self.previous.conditions)
         for condition in changed(self.previous.conditions, conditions):
-            if condition.type == "Degraded":
+            if condition.type == "Degraded" and (condition.status == "True" or was_degraded):
                 kind = "Warning" if condition.status == "True" else "Normal"
                 why = condition.reason if condition.status == "True" else "Recovered"
                 self.events.append(Event(self.body, kind, why, condition.message))
