@@ -54,8 +54,21 @@ class ControlPlaneError(RuntimeError):
 class ControlPlane:
     """One kwokctl cluster with its own work directory, ports and kubeconfig."""
 
-    def __init__(self, directory: Path | None = None, *, name: str | None = None, kubeconfig: Path | None = None):
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        name: str | None = None,
+        kubeconfig: Path | None = None,
+        node_monitor_period_s: float = 2.0,
+        node_monitor_grace_s: float | None = None,
+    ):
         self._owns_directory = directory is None
+        self.node_monitor_period_s = node_monitor_period_s
+        """How often the node lifecycle controller checks nodes (kwokctl's default is 25 s, which
+        delays lifting the not-ready taint of a node that just became Ready)."""
+        self.node_monitor_grace_s = node_monitor_grace_s
+        """How long a node may miss heartbeats before it is NotReady (None: kwokctl's 200 s)."""
         self.directory = Path(directory or tempfile.mkdtemp(prefix="atoll-cluster-"))
         self.name = name or f"atoll-{uuid.uuid4().hex[:8]}"
         self.workdir = self.directory / "kwok"
@@ -85,9 +98,12 @@ class ControlPlane:
             "bindAddress": "127.0.0.1",
             "cacheDir": str(self.directory / "kwok-cache"),
             "quietPull": True,
+            "kubeControllerManagerNodeMonitorPeriodMilliseconds": int(self.node_monitor_period_s * 1000),
             **self.ports,
             **{option: str(self.paths[name]) for option, name in _BINARY_OPTIONS.items()},
         }
+        if self.node_monitor_grace_s is not None:
+            options["kubeControllerManagerNodeMonitorGracePeriodMilliseconds"] = int(self.node_monitor_grace_s * 1000)
         return {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokctlConfiguration",
@@ -145,6 +161,18 @@ class ControlPlane:
         self.started = False
         if result.returncode != 0:
             raise ControlPlaneError(f"kwokctl delete cluster {self.name} failed:\n{result.stderr[-2000:]}")
+
+    def restart(self, *, timeout: float = 120.0) -> None:
+        """Stop every component and start them again (etcd keeps its data): an API server outage."""
+        for verb in ("stop", "start"):
+            result = self._kwokctl(verb, "cluster", timeout=timeout)
+            if result.returncode != 0:
+                raise ControlPlaneError(f"kwokctl {verb} cluster {self.name} failed:\n{result.stderr[-2000:]}")
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart")
+            time.sleep(0.3)
 
     def close(self) -> None:
         """Stop and remove the directory if this control plane created it."""
