@@ -18,6 +18,8 @@ STAGES: dict[str, str] = {
     "partition": "atoll.trainer.stages.partition",
     "expert": "atoll.trainer.stages.expert",
     "router": "atoll.trainer.stages.router",
+    "assemble": "atoll.trainer.stages.assemble",
+    "evaluate": "atoll.trainer.stages.evaluate",
 }
 
 EXIT_FAILED = 1

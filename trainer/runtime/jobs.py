@@ -46,11 +46,11 @@ def run_jobs(clusters: int) -> list[StageJob]:
     """Every job of a run with K clusters, in launch priority order.
 
     The router comes right after the partition so it starts as soon as its data exists and
-    trains alongside the experts.
+    trains alongside the experts. A one-cluster run (a monolith) has no router.
     """
     return [
         StageJob("partition"),
-        StageJob("router"),
+        *([StageJob("router")] if clusters > 1 else []),
         *(StageJob("expert", k) for k in range(clusters)),
         StageJob("assemble"),
         StageJob("evaluate"),
@@ -64,5 +64,6 @@ def dependencies(job: StageJob, clusters: int) -> list[StageJob]:
     if job.trains:
         return [StageJob("partition")]
     if job.stage == "assemble":
-        return [StageJob("router"), *(StageJob("expert", k) for k in range(clusters))]
+        router = [StageJob("router")] if clusters > 1 else []
+        return [*router, *(StageJob("expert", k) for k in range(clusters))]
     return [StageJob("assemble")]

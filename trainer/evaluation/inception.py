@@ -1,0 +1,54 @@
+"""Standard FID features: NVIDIA's TorchScript Inception-v3 (inception-2015-12-05.pt), when present locally.
+
+The same network StyleGAN and clean-fid use, ported from the TF FID graph, which takes
+uint8 images of any size, resizes them to 299 itself and returns 2048-d pool features.
+Nothing is downloaded: without the file, FID is reported as unavailable with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from atoll.trainer.encoders import WEIGHTS_ENV
+
+INCEPTION_ENV = "ATOLL_INCEPTION_WEIGHTS"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
+
+def find_inception() -> tuple[Path | None, str]:
+    """The weights file if present, else None and why (for metrics.json)."""
+    candidates: list[Path] = []
+    if os.environ.get(INCEPTION_ENV):
+        candidates.append(Path(os.environ[INCEPTION_ENV]).expanduser())
+    if os.environ.get(WEIGHTS_ENV):
+        candidates.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / INCEPTION_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path, ""
+    looked = ", ".join(str(p) for p in candidates) or f"${INCEPTION_ENV} and ${WEIGHTS_ENV} (both unset)"
+    return None, (
+        f"no Inception weights on this machine (looked at {looked}); download {INCEPTION_URL} where there is"
+        f" network and point ${INCEPTION_ENV} at it (or put it in ${WEIGHTS_ENV}/)"
+    )
+
+
+class InceptionFeatures:
+    """2048-d Inception pool features of images in [-1, 1]."""
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = torch.jit.load(str(path), map_location=self.device).eval()  # type: ignore[no-untyped-call]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """Features [n, 2048] of images [n, 3, R, R] in [-1, 1]."""
+        as_uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        parts = [
+            self.model(as_uint8[i : i + batch].to(self.device), return_features=True).float().cpu()
+            for i in range(0, as_uint8.shape[0], batch)
+        ]
+        return torch.cat(parts)
