@@ -89,9 +89,9 @@ def _usage() -> str:
     return "\n".join(
         [
             "Atoll dev environment is up:",
-            "  source .dev/env",
+            "  source .dev/env    # KUBECONFIG, MINIO_*, and the pinned kubectl first on PATH",
             "  kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.memory",
-            f"kubectl: {shlex.quote(str(_kubectl()))}   (put its directory on PATH, or use `make`'s)",
+            f"kubectl: {shlex.quote(str(_kubectl()))}",
             "MinIO credentials: Secret minio-credentials (accessKey, secretKey, endpoint) in namespace default",
             "logs: .dev/cluster/kwok/clusters/atoll-dev/logs/, .dev/minio/minio.log, .dev/runtime/ (pod logs)",
             "stop everything: make dev-down",
