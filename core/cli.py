@@ -18,6 +18,7 @@ from atoll.errors import AtollError
 # name → module implementing it. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
     "run": "atoll.trainer.commands.run",
+    "sample": "atoll.trainer.commands.sample",
     "crds": "atoll.operator.crd.command",
     "operator": "atoll.operator.command",
     "plan": "atoll.operator.placement.cli",
