@@ -101,6 +101,12 @@ def _with_progress(status: StageStatus, progress: StageProgress | None) -> Stage
     return status.model_copy(update=update)
 
 
+def _node_gone(pod: PodView, nodes: frozenset[str] | None) -> bool:
+    """The pod's node (or, unbound, the node its plan pins it to) no longer exists."""
+    where = pod.node or pod.planned_node
+    return nodes is not None and where is not None and where not in nodes
+
+
 def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one return per outcome
     """The stage's status and next action (see the module docstring)."""
     status = inputs.status
@@ -124,13 +130,11 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
     if attempt == 0:
         return _start(status, inputs, first=True)
 
-    stranded = tuple(
-        p.name for p in pods if p.active and p.node and inputs.nodes is not None and p.node not in inputs.nodes
-    )
+    stranded = tuple(p.name for p in pods if p.active and _node_gone(p, inputs.nodes))
     current = next((p for p in pods if p.attempt == attempt), None)
     lost = None
     if current is not None and current.name in stranded:
-        lost = f"node {current.node} of attempt {attempt} no longer exists"
+        lost = f"node {current.node or current.planned_node} of attempt {attempt} no longer exists"
     elif current is not None and current.active:
         return StageDecision(_running(status, current, attempt), delete_pods=stranded)
 

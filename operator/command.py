@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from atoll.operator.settings import DEFAULT_IMAGE
 
@@ -49,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat-stale", type=float, default=120.0, metavar="S", help="Degraded when a heartbeat is older than this"
     )
     parser.add_argument("--service-account", metavar="NAME", help="ServiceAccount of the stage pods")
+    parser.add_argument(
+        "--max-gpus-per-pod", type=int, metavar="N", help="cap GPUs per stage pod (1 on fleets with fake GPUs)"
+    )
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true", help="also log every handler run (kopf's own lines)")
 
@@ -62,8 +64,6 @@ def main(args: argparse.Namespace) -> int:
     from atoll.operator.reconciler import Reconciler
     from atoll.operator.settings import OperatorSettings
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
     settings = OperatorSettings(
         namespaces=tuple(args.namespace),
         image=args.image,
@@ -75,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
         store_grace_seconds=args.store_grace,
         heartbeat_stale_seconds=args.heartbeat_stale,
         service_account=args.service_account,
+        max_gpus_per_pod=args.max_gpus_per_pod,
     )
     log = get_logger("atoll.operator")
     if not args.verbose:

@@ -17,7 +17,7 @@ from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
 from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
-from atoll.operator.kube import Kube
+from atoll.operator.kube import Kube, connection_info
 from atoll.operator.observe import GROUP, LABEL_RUN, ExpertView, NodeView, PodView
 from atoll.operator.reconciler import Observed, Reconciler, RunMemory
 from atoll.operator.settings import OperatorSettings
@@ -66,9 +66,10 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        """In cluster: the service account; out of cluster: $KUBECONFIG (through the client library)."""
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """The cluster and credentials the client was configured with (service account or kubeconfig)."""
+        info: kopf.ConnectionInfo = connection_info(kube.configuration)
+        return info
 
     @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="run_pods", registry=registry)
     def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:

@@ -34,12 +34,35 @@ def load_config(kubeconfig: str | None = None) -> Any:
     return client.ApiClient(configuration)
 
 
+def connection_info(configuration: Any) -> Any:
+    """kopf's login for the same cluster and credentials as the client (`kopf.ConnectionInfo`)."""
+    import kopf
+
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
 class Kube:
     """Thin, typed-enough wrapper over CoreV1Api and CustomObjectsApi."""
 
     def __init__(self, api_client: Any) -> None:
         from kubernetes import client
 
+        self.configuration: Any = api_client.configuration
         # Typed as Any: bodies go in and out as plain dicts (the API server's JSON).
         self.core: Any = client.CoreV1Api(api_client)
         self.custom: Any = client.CustomObjectsApi(api_client)

@@ -17,6 +17,8 @@ LABEL_STAGE = f"{GROUP}/stage"
 LABEL_EXPERT = f"{GROUP}/expert"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 ANNOTATION_GPU_PRODUCT = f"{GROUP}/gpu-product"
+ANNOTATION_PLANNED_NODE = f"{GROUP}/planned-node"
+"""On a pod pinned to one node by a makespan plan."""
 ANNOTATION_GPU_HEALTH = f"{GROUP}/gpu-health"
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -98,6 +100,8 @@ class PodView:
     node: str | None = None
     gpus: int = 0
     gpu_product: str | None = None
+    planned_node: str | None = None
+    """The node a pinned pod waits for (set before it is bound)."""
     exit_code: int | None = None
     reason: str | None = None
     """Why the pod ended or waits (Error, Evicted, CreateContainerConfigError, Unschedulable…)."""
@@ -155,6 +159,7 @@ class PodView:
             node=spec.get("nodeName"),
             gpus=gpus,
             gpu_product=(metadata.get("annotations") or {}).get(ANNOTATION_GPU_PRODUCT),
+            planned_node=(metadata.get("annotations") or {}).get(ANNOTATION_PLANNED_NODE),
             exit_code=exit_code,
             reason=reason,
             message=message,

@@ -1,19 +1,22 @@
 """The one door from the reconciler to placement: which node, GPU product and batch split
 each stage attempt gets.
 
-`plan_stages` is pure and deterministic. Today it places simply (any schedulable, healthy
-node whose GPUs have enough memory, the one with the most free GPUs first); the
-makespan planner of atoll.operator.placement replaces the body of this function, not
-its callers.
+Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
+re-planned whenever an expert must start, running experts pinned where they are, queued
+ones started only when their planned GPUs are free). The short stages (partition,
+router, assemble, evaluate) go to the usable node with the most free GPUs
+(`plan_stages`). Pure and deterministic: equal inputs give equal placements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from atoll.api.spec import PlacementSpec
+from atoll.api.spec import DDMRunSpec, PlacementSpec
 from atoll.operator.observe import NodeView
+from atoll.progress import StageProgress
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,92 @@ class Assignment:
     micro_batch: int | None
     grad_accum: int | None
     predicted_seconds: float | None = None
+    pin: bool = False
+    """True: the pod must run on `node` itself (a makespan plan); False: any node of the product."""
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a running expert's pod is (what re-planning keeps pinned)."""
+
+    node: str
+    gpus: int
+    micro_batch: int | None
+    grad_accum: int | None
+
+
+@dataclass(frozen=True)
+class ExpertPlacement:
+    """The experts that may start now, and why the others wait."""
+
+    assignments: dict[int, Assignment]
+    waiting: str | None = None
+    """Experts that should start but are queued behind others on their planned GPUs."""
+    error: str | None = None
+    """No placement exists (no usable node fits); the planner's reasons per node."""
+
+
+def place_experts(
+    spec: DDMRunSpec,
+    nodes: Sequence[NodeView],
+    *,
+    starting: Collection[int],
+    running: Mapping[int, Where],
+    progress: Mapping[int, StageProgress],
+    cluster_sizes: Sequence[int] | None,
+    busy_gpus: Mapping[str, int],
+    now: datetime,
+) -> ExpertPlacement:
+    """Assignments for the experts in `starting` that the run's current plan lets start now.
+
+    `busy_gpus`: GPUs held per node by every pod (this run's running experts included).
+    """
+    from atoll.operator.placement import PlacementError, replan
+
+    if not starting:
+        return ExpertPlacement({})
+    mine: dict[str, int] = {}
+    for where in running.values():
+        mine[where.node] = mine.get(where.node, 0) + where.gpus
+    others = {node: max(0, used - mine.get(node, 0)) for node, used in busy_gpus.items()}
+    try:
+        plan = replan(
+            spec,
+            list(nodes),
+            progress=progress,
+            running=running,
+            cluster_sizes=cluster_sizes,
+            used_gpus=others,
+            now=now,
+        )
+    except PlacementError as error:
+        return ExpertPlacement({}, error=str(error))
+    free = {node.name: node.gpus - busy_gpus.get(node.name, 0) for node in nodes}
+    ready = {a.expert: a for a in plan.next_to_start(set(running), free) if a.expert in starting}
+    assignments = {
+        k: Assignment(
+            node=a.node,
+            gpu_product=a.gpu_product,
+            gpus=a.gpus,
+            micro_batch=a.micro_batch,
+            grad_accum=a.grad_accum,
+            predicted_seconds=a.predicted_seconds,
+            pin=True,
+        )
+        for k, a in ready.items()
+    }
+    queued = sorted(set(starting) - set(assignments))
+    waiting = None
+    if queued:
+        planned = {item.expert: item for item in plan.assignments}
+        waiting = "; ".join(
+            f"expert {k} queued for {planned[k].gpus} GPU(s) of {planned[k].node} (planned start in"
+            f" {planned[k].start_seconds:.0f} s)"
+            if k in planned
+            else f"expert {k} not in the plan"
+            for k in queued
+        )
+    return ExpertPlacement(assignments, waiting)
 
 
 def usable_nodes(nodes: Sequence[NodeView], placement: PlacementSpec) -> list[NodeView]:

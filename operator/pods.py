@@ -14,6 +14,7 @@ from typing import Any
 from atoll.api.spec import DDMRunSpec
 from atoll.operator.observe import (
     ANNOTATION_GPU_PRODUCT,
+    ANNOTATION_PLANNED_NODE,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     HOSTNAME_LABEL,
@@ -131,10 +132,17 @@ def _env(item: StageAttempt) -> list[dict[str, Any]]:
 
 
 def _affinity(plan: Assignment | None) -> dict[str, Any] | None:
-    """Required: the planned GPU product; preferred: the planned node itself."""
+    """Required: the planned GPU product, and the planned node itself for a pinned (makespan)
+    plan; otherwise the planned node is only preferred."""
     if plan is None or plan.gpu_product is None:
         return None
-    required = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [plan.gpu_product]}]}
+    required: dict[str, Any] = {
+        "matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [plan.gpu_product]}]
+    }
+    if plan.pin:
+        # metadata.name, not the hostname label (which differs from the node name on some clouds).
+        required["matchFields"] = [{"key": "metadata.name", "operator": "In", "values": [plan.node]}]
+        return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [required]}}}
     preferred = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [plan.node]}]}
     return {
         "nodeAffinity": {
@@ -160,6 +168,8 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
     gpus = plan.gpus if plan is not None else 0
     if plan is not None and plan.gpu_product:
         annotations[ANNOTATION_GPU_PRODUCT] = plan.gpu_product
+    if plan is not None and plan.pin:
+        annotations[ANNOTATION_PLANNED_NODE] = plan.node
     if plan is not None and plan.predicted_seconds is not None:
         annotations["atoll.dev/predicted-seconds"] = f"{plan.predicted_seconds:.0f}"
     container: dict[str, Any] = {

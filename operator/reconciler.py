@@ -31,7 +31,14 @@ from atoll.operator.experts import build_expert
 from atoll.operator.kube import Kube
 from atoll.operator.machine import TERMINAL, RunFacts, advance, run_progress, stage_ready
 from atoll.operator.observe import ExpertView, NodeView, PodView
-from atoll.operator.planning import Assignment, PlacementJob, plan_stages
+from atoll.operator.planning import (
+    Assignment,
+    ExpertPlacement,
+    PlacementJob,
+    Where,
+    place_experts,
+    plan_stages,
+)
 from atoll.operator.pods import Owner, StageAttempt, build_pod, pod_name
 from atoll.operator.settings import OperatorSettings
 from atoll.progress import StageProgress
@@ -186,6 +193,7 @@ class _Tick:
         self.spec: DDMRunSpec | None = None
         self.target: storage.StoreTarget | None = None
         self.store: Store | None = None
+        self.expert_placement: ExpertPlacement | None = None
 
     # --- top level ---------------------------------------------------------------------
 
@@ -212,9 +220,20 @@ class _Tick:
 
     def _parse_spec(self) -> DDMRunSpec:
         try:
-            return DDMRunSpec.model_validate(self.body.get("spec") or {})
+            spec = DDMRunSpec.model_validate(self.body.get("spec") or {})
         except ValidationError as error:
             raise _Failure("InvalidSpec", "; ".join(format_validation_error(error, "spec"))) from None
+        return spec
+
+    def _placement_spec(self) -> DDMRunSpec:
+        """The spec as placement sees it: the operator's GPU-per-pod cap applied."""
+        assert self.spec is not None
+        cap = self.settings.max_gpus_per_pod
+        gpu = self.spec.placement.gpu
+        if cap is None or gpu.max_per_expert <= cap:
+            return self.spec
+        placement = self.spec.placement.model_copy(update={"gpu": gpu.model_copy(update={"max_per_expert": cap})})
+        return self.spec.model_copy(update={"placement": placement})
 
     def _open_store(self) -> tuple[storage.StoreTarget, Store]:
         assert self.spec is not None
@@ -464,29 +483,60 @@ class _Tick:
         return decisions
 
     def _plan(self, starting: Mapping[str, StageDecision]) -> dict[str, Assignment]:
+        """Experts through the makespan planner, then the short stages on what is left."""
         assert self.spec is not None
+        experts = {view.expert for view in self.observed.experts}
+        starting_experts = [_parse_key(key)[1] for key in starting if key.startswith("expert-")]
+        placement = place_experts(
+            self._placement_spec(),
+            self.observed.nodes,
+            starting=[k for k in starting_experts if k is not None],
+            running=self._running_experts(),
+            progress={k: p for k in experts if (p := self.memory.progress.get(stage_key("expert", k))) is not None},
+            cluster_sizes=self.status.cluster_sizes or None,
+            busy_gpus=self.observed.busy_gpus,
+            now=self.now,
+        )
+        self.expert_placement = placement
+        busy = dict(self.observed.busy_gpus)
+        plan: dict[str, Assignment] = {}
+        for k, assignment in placement.assignments.items():
+            plan[stage_key("expert", k)] = assignment
+            busy[assignment.node] = busy.get(assignment.node, 0) + assignment.gpus
         jobs = []
-        experts = {view.expert: view for view in self.observed.experts}
         for key in starting:
-            stage, expert = _parse_key(key)
-            if stage not in PLACED_STAGES:
+            stage, _ = _parse_key(key)
+            if stage == "expert":
                 continue
-            training = self.spec.expert if stage == "expert" else self.spec.router if stage == "router" else None
-            recipe = training.recipe() if training is not None else None
-            steps = (
-                experts[expert].steps if expert is not None and expert in experts else (recipe.steps if recipe else 0)
-            )
+            recipe = self.spec.router.recipe() if stage == "router" else None
             jobs.append(
                 PlacementJob(
                     key=key,
                     preset=recipe.preset if recipe else None,
-                    samples=steps * recipe.global_batch_size if recipe else 0,
+                    samples=recipe.steps * recipe.global_batch_size if recipe else 0,
                     global_batch=recipe.global_batch_size if recipe else None,
-                    micro_batch=training.micro_batch_size if training is not None else None,
+                    micro_batch=self.spec.router.micro_batch_size if stage == "router" else None,
                     gpus=0 if stage in CPU_ONLY_STAGES else 1,
                 )
             )
-        return plan_stages(jobs, self.observed.nodes, self.observed.busy_gpus, self.spec.placement)
+        plan.update(plan_stages(jobs, self.observed.nodes, busy, self.spec.placement))
+        return plan
+
+    def _running_experts(self) -> dict[int, Where]:
+        """Experts whose pod exists and holds (or waits for) its GPUs: re-planning keeps them."""
+        statuses = self._expert_statuses()
+        running: dict[int, Where] = {}
+        for pod in self.observed.pods:
+            if pod.stage != "expert" or pod.expert is None or not pod.active:
+                continue
+            node = pod.node or pod.planned_node
+            if node is None:
+                continue
+            status = statuses.get(pod.expert, DDMExpertStatus())
+            running[pod.expert] = Where(
+                node=node, gpus=max(pod.gpus, 1), micro_batch=status.micro_batch, grad_accum=status.grad_accum
+            )
+        return running
 
     def _start(self, key: str, decision: StageDecision, assignment: Assignment | None) -> StageDecision:
         """Create the pod of the decided attempt (or explain why it cannot start yet)."""
@@ -495,6 +545,12 @@ class _Tick:
         assert self.store is not None
         stage, expert = _parse_key(key)
         previous = self._previous_stage_status(key)
+        if stage == "expert" and assignment is None:
+            placement = self.expert_placement
+            if placement is not None and placement.error:
+                self.troubles.append(Trouble("NoUsableNode", placement.error))
+            message = (placement.error or placement.waiting) if placement is not None else None
+            return StageDecision(previous.model_copy(update={"phase": "Pending", "message": message}))
         if stage in PLACED_STAGES and assignment is None:
             return StageDecision(previous.model_copy(update={"phase": "Pending", "message": self._no_node_message()}))
         attempt = decision.create_attempt or 1

@@ -33,6 +33,10 @@ class OperatorSettings:
     """A run whose store was never reachable for this long fails (a wrong endpoint, not an outage)."""
     heartbeat_stale_seconds: float = 120.0
     """A running stage whose progress.json is older than this makes the run Degraded."""
+    max_gpus_per_pod: int | None = None
+    """Cap on the GPUs of one stage pod (None: spec.placement.gpu.maxPerExpert alone). Fake
+    fleets whose "GPUs" are CPU processes (the dev environment) set 1: each GPU of a pod
+    is one data-parallel process."""
     run_as_user: int = 65532
     """Non-root user id of the stage containers."""
     service_account: str | None = None

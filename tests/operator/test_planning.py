@@ -53,3 +53,46 @@ def test_batch_split_keeps_the_global_batch() -> None:
     assert (plan["expert-0"].micro_batch, plan["expert-0"].grad_accum, plan["expert-0"].gpus) == (16, 4, 1)
     assert plan["assemble"].gpus == 0
     assert plan["assemble"].micro_batch is None
+
+
+def test_experts_go_through_the_makespan_planner_pinned_to_their_node() -> None:
+    from datetime import UTC, datetime
+
+    from atoll.api.spec import DDMRunSpec
+    from atoll.operator.planning import Where, place_experts
+
+    spec = DDMRunSpec.model_validate(
+        {"dataset": {"uri": "builtin://digits"}, "partition": {"clusters": 3}, "expert": {"preset": "tiny"}}
+    )
+    nodes = [node("t4-0", "Tesla-T4", 15360, 4), node("h100-0", "NVIDIA-H100-80GB-HBM3", 81559, 8)]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    placed = place_experts(
+        spec, nodes, starting=[0, 1, 2], running={}, progress={}, cluster_sizes=[10, 10, 10], busy_gpus={}, now=now
+    )
+    # The plan may queue an expert behind another on a much faster GPU: it starts later, when free.
+    queued = {0, 1, 2} - set(placed.assignments)
+    assert placed.assignments
+    assert all(f"expert {k} queued" in (placed.waiting or "") for k in queued)
+    assert all(a.pin and a.node in {"t4-0", "h100-0"} for a in placed.assignments.values())
+    for a in placed.assignments.values():
+        assert a.micro_batch is not None
+        assert a.grad_accum is not None
+        assert a.micro_batch * a.grad_accum * a.gpus == 64  # the tiny preset's global batch, kept exactly
+    again = place_experts(
+        spec, nodes, starting=[0, 1, 2], running={}, progress={}, cluster_sizes=[10, 10, 10], busy_gpus={}, now=now
+    )
+    assert again == placed
+    # A running expert stays where it is; only the restarted one is placed.
+    running = {0: Where(node="t4-0", gpus=1, micro_batch=64, grad_accum=1)}
+    one = place_experts(
+        spec, nodes, starting=[1], running=running, progress={}, cluster_sizes=[10, 10, 10], busy_gpus={"t4-0": 1},
+        now=now,
+    )  # fmt: skip
+    assert set(one.assignments) == {1}
+    none = place_experts(
+        spec.model_copy(update={"placement": PlacementSpec.model_validate({"gpu": {"minMemoryGiB": 200}})}),
+        nodes, starting=[0], running={}, progress={}, cluster_sizes=[10, 10, 10], busy_gpus={}, now=now,
+    )  # fmt: skip
+    assert not none.assignments
+    assert none.error is not None
+    assert "minMemoryGiB" in none.error

@@ -116,3 +116,16 @@ def test_labels_owner_and_security() -> None:
     assert container["allowPrivilegeEscalation"] is False
     assert container["capabilities"] == {"drop": ["ALL"]}
     assert "minio-credentials" in json.dumps(pod)  # the Secret's name, never a value from it
+
+
+def test_a_makespan_plan_pins_the_pod_to_its_node() -> None:
+    pinned = Assignment(
+        node="h100-1", gpu_product="NVIDIA-H100-80GB-HBM3", gpus=1, micro_batch=64, grad_accum=1, pin=True
+    )
+    pod = build_pod(attempt(assignment=pinned), SPEC, OperatorSettings())
+    term = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]
+    assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["h100-1"]}]
+    assert term["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"]
+    assert pod["metadata"]["annotations"]["atoll.dev/planned-node"] == "h100-1"

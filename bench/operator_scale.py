@@ -1,0 +1,253 @@
+"""Operator scale on kwok: 1000 simulated GPU nodes, 16 DDMRuns × 64 experts.
+
+    .venv/bin/python bench/operator_scale.py [--nodes 1000] [--runs 16] [--experts 64] [--json OUT.json]
+
+In one control plane (the pinned binaries of tests/env) it measures
+  * baseline: the same number of bare one-GPU pods (same shape as the operator's: GPU
+    request, product affinity, tolerations), created directly with the client from 16
+    threads, and the time until the kube-scheduler has bound every one;
+  * operator: `kubectl apply` of the DDMRuns, and the time until every expert pod is bound
+    (the operator creates 64 DDMExperts and 64 expert pods per run, places them, and
+    patches statuses and posts Events meanwhile);
+and prints their ratio and the operator's peak memory (VmHWM of its process). Pods are
+left to kwok's stages, never executed, so each run's partition is pre-seeded in its store
+(progress.json done + stats.json): the operator starts at "partition done".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from atoll import __version__  # noqa: E402
+from atoll.api.spec import DDMRunSpec  # noqa: E402
+from atoll.operator.crd import all_crds, render_crds  # noqa: E402
+from atoll.operator.kube import Kube  # noqa: E402
+from atoll.operator.planning import Assignment  # noqa: E402
+from atoll.operator.pods import Owner, StageAttempt, build_pod  # noqa: E402
+from atoll.operator.settings import OperatorSettings  # noqa: E402
+from atoll.progress import StageProgress  # noqa: E402
+from atoll.store import open_store  # noqa: E402
+from tests.env import fleet as fleet_builders  # noqa: E402
+from tests.env.cluster import ControlPlane  # noqa: E402
+from tests.env.process import kill_group, start_group  # noqa: E402
+
+WORKERS = 16
+
+
+def run_manifest(name: str, experts: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "atoll.dev/v1alpha1",
+        "kind": "DDMRun",
+        "metadata": {"name": name},
+        "spec": {
+            "dataset": {"uri": "builtin://digits", "resolution": 8},
+            "partition": {"clusters": experts, "features": "pixels"},
+            "expert": {"preset": "tiny", "steps": 1000, "checkpointEvery": 100},
+            "router": {"preset": "tiny", "steps": 500},
+        },
+    }
+
+
+def seed_partition(root: Path, namespace: str, name: str, experts: int) -> None:
+    """What a finished partition stage leaves in the store (its pod never runs under kwok)."""
+    store = open_store(str(root / namespace / name))
+    store.put_json("partition/stats.json", {"clusters": experts, "sizes": [1000 + k for k in range(experts)]})
+    done = StageProgress(stage="partition", state="done", step=1, total_steps=1)
+    store.put_bytes("partition/progress.json", done.to_json())
+
+
+def wait(check: Any, timeout: float, what: str, interval: float = 0.25) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what} not reached after {timeout:.0f}s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def bound(kube: Kube, namespace: str, selector: str) -> tuple[int, int]:
+    items = json.loads(kube.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False).data)[
+        "items"
+    ]
+    return len(items), sum(1 for pod in items if pod["spec"].get("nodeName"))
+
+
+def bare_pods(count: int, namespace: str, products: list[str]) -> list[dict[str, Any]]:
+    """Pods shaped like the operator's expert pods, without an owner, round-robin over products."""
+    spec = DDMRunSpec.model_validate(run_manifest("bare", 2)["spec"])
+    owner = Owner(api_version="v1", kind="None", name="none", uid="none")
+    pods = []
+    for index in range(count):
+        product = products[index % len(products)]
+        item = StageAttempt(
+            run="bare",
+            namespace=namespace,
+            stage="expert",
+            expert=index,
+            attempt=1,
+            spec_uri="/dev/null",
+            store_uri="/dev/null",
+            store_secret=None,
+            owner=owner,
+            assignment=Assignment(node="", gpu_product=product, gpus=1, micro_batch=None, grad_accum=None),
+        )
+        pod = build_pod(item, spec, OperatorSettings())
+        del pod["metadata"]["ownerReferences"]
+        pod["spec"]["affinity"]["nodeAffinity"].pop("preferredDuringSchedulingIgnoredDuringExecution")
+        pods.append(pod)
+    return pods
+
+
+def create_all(kube: Kube, pods: list[dict[str, Any]]) -> None:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(kube.create_pod, pods))
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_fleet(cluster: ControlPlane, kube: Kube, count: int) -> list[dict[str, Any]]:
+    """The kwok GPU nodes (all Ready), the CRDs and the two namespaces."""
+    started = time.monotonic()
+    nodes = fleet_builders.simulated_fleet(count)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(kube.core.create_node, nodes))
+
+    def all_ready() -> bool:
+        items = json.loads(kube.core.list_node(_preload_content=False).data)["items"]
+        ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True" for c in _conditions(n))]
+        return len(ready) >= count
+
+    wait(all_ready, 600, "every kwok node Ready", interval=2)
+    print(f"{count} kwok GPU nodes Ready after {time.monotonic() - started:.0f}s")
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=render_crds(all_crds()))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev")
+    for namespace in ("bench-bare", "bench-runs"):
+        cluster.kubectl("create", "namespace", namespace)
+    wait(lambda: cluster.kubectl("get", "sa", "default", "-n", "bench-runs", check=False).returncode == 0, 60, "sa")
+    return nodes
+
+
+def _conditions(node: dict[str, Any]) -> list[dict[str, Any]]:
+    conditions: list[dict[str, Any]] = node["status"].get("conditions") or []
+    return conditions
+
+
+def baseline(
+    cluster: ControlPlane, kube: Kube, nodes: list[dict[str, Any]], total: int, timeout: float
+) -> dict[str, float]:
+    """Bare pods created directly: seconds until created and until all bound."""
+    pods = bare_pods(total, "bench-bare", sorted(fleet_builders.products_of(nodes)))
+    t0 = time.monotonic()
+    create_all(kube, pods)
+    created = time.monotonic() - t0
+    wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[1] >= total, timeout, "bare pods bound")
+    done = time.monotonic() - t0
+    print(f"baseline: {total} bare pods created in {created:.1f}s, all bound after {done:.1f}s")
+    cluster.kubectl("delete", "pods", "--all", "-n", "bench-bare", "--grace-period=0", "--force", timeout=600)
+    return {"bare_created_seconds": round(created, 2), "bare_bound_seconds": round(done, 2)}
+
+
+def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The DDMRuns through the operator: seconds until every expert pod is bound, and peak memory."""
+    total = args.runs * args.experts
+    store = work / "store"
+    names = [f"bench-{i:02d}" for i in range(args.runs)]
+    for name in names:
+        seed_partition(store, "bench-runs", name, args.experts)
+    log = work / "operator.log"
+    command = [
+        sys.executable, "-m", "atoll", "operator", "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", "bench-runs", "--default-store", str(store), "--interval", "1", "--store-poll", "2",
+    ]  # fmt: skip
+    operator = start_group(command, log=log, cwd=REPO)
+    try:
+        wait(lambda: "Initial authentication has finished" in log.read_text(), 120, "operator started")
+        time.sleep(3)  # let kopf list nodes and pods into its indexes before the clock starts
+        documents = "\n---\n".join(yaml.safe_dump(run_manifest(name, args.experts)) for name in names)
+
+        def experts() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = json.loads(
+                cluster.kubectl("get", "ddmx", "-n", "bench-runs", "-o", "json").stdout
+            )["items"]
+            return items
+
+        t0 = time.monotonic()
+        cluster.kubectl("apply", "-n", "bench-runs", "-f", "-", input=documents)
+        created = wait(lambda: len(experts()) >= total, args.timeout, "every DDMExpert", interval=1)
+        wait(lambda: bound(kube, "bench-runs", "atoll.dev/stage=expert")[1] >= total, args.timeout, "pods bound")
+        done = time.monotonic() - t0
+        print(f"operator: {args.runs} runs × {args.experts} experts, every expert pod bound after {done:.1f}s")
+
+        def all_running() -> bool:
+            return sum(1 for x in experts() if (x.get("status") or {}).get("phase") == "Running") >= total
+
+        running = wait(all_running, args.timeout, "every DDMExpert Running", interval=1) + done
+        rss = peak_rss_mib(operator.pid)
+    finally:
+        kill_group(operator.pid, proc=operator)
+    print(f"every DDMExpert status Running after {running:.1f}s; operator peak RSS {rss:.0f} MiB")
+    return {
+        "operator_experts_created_seconds": round(created, 2),
+        "operator_bound_seconds": round(done, 2),
+        "operator_status_running_seconds": round(running, 2),
+        "operator_peak_rss_mib": round(rss, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=16)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    total = args.runs * args.experts
+    work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
+    results: dict[str, Any] = {
+        "nodes": args.nodes,
+        "runs": args.runs,
+        "experts_per_run": args.experts,
+        "expert_pods": total,
+        "atoll": __version__,
+        "python": platform.python_version(),
+        "cpu": subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()[:15],
+    }
+    cluster = ControlPlane(work / "cluster")
+    try:
+        cluster.start()
+        kube = Kube(cluster.api_client())
+        nodes = start_fleet(cluster, kube, args.nodes)
+        results.update(baseline(cluster, kube, nodes, total, args.timeout))
+        results.update(operated(cluster, kube, work, args))
+    finally:
+        cluster.close()
+    results["ratio_operator_to_bare"] = round(results["operator_bound_seconds"] / results["bare_bound_seconds"], 2)
+    print(f"ratio operator / bare pods: {results['ratio_operator_to_bare']:.2f}")
+    print(json.dumps({k: v for k, v in results.items() if k != "cpu"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The Helm chart, checked with the pinned helm, its RBAC and CRDs installed into the real API server."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.env import binaries
+from tests.env.cluster import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "atoll"
+VALUES = ["--set", "defaultStore=s3://atoll/runs", "--set", "defaultStoreSecret=minio-credentials"]
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        path = binaries.binary("helm")
+    except binaries.MissingPrerequisiteError as missing:
+        if missing.fatal:
+            pytest.fail(str(missing), pytrace=False)
+        pytest.skip(str(missing))
+    return subprocess.run([str(path), *args], capture_output=True, text=True, check=True, timeout=120)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    text = helm("template", "atoll", str(CHART), "--namespace", "atoll-system", *args).stdout
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_helm_lint() -> None:
+    result = helm("lint", "--strict", str(CHART), *VALUES)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    generated = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    assert chart == generated, "run `atoll crds --write charts/atoll/crds`"
+
+
+def test_template_wires_the_operator_flags() -> None:
+    documents = render(*VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3")
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/atoll-dev/atoll:1.2.3"
+    assert container["args"][0] == "operator"
+    for flag in (
+        "--default-store=s3://atoll/runs",
+        "--default-store-secret=minio-credentials",
+        "--namespace=team-a",
+        "--namespace=team-b",
+        "--image=ghcr.io/atoll-dev/atoll:1.2.3",
+    ):
+        assert flag in container["args"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    binding = next(d for d in documents if d["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "atoll-operator", "namespace": "atoll-system"}
+
+
+@pytest.mark.cluster
+def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: ControlPlane) -> None:
+    documents = render(*VALUES, "--include-crds")
+    control_plane.kubectl("create", "namespace", "atoll-system", check=False)
+    manifest = "\n---\n".join(yaml.safe_dump(d) for d in documents if d["kind"] != "Deployment")
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest)
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/ddmruns.atoll.dev", "--timeout=60s")
+    account = "system:serviceaccount:atoll-system:atoll-operator"
+
+    def can(verb: str, resource: str, namespace: str | None = "team-a") -> bool:
+        where = ["-n", namespace] if namespace else []
+        result = control_plane.kubectl("auth", "can-i", verb, resource, "--as", account, *where, check=False)
+        return result.stdout.strip() == "yes"
+
+    needed = [
+        ("watch", "ddmruns.atoll.dev"),
+        ("patch", "ddmruns.atoll.dev/status"),
+        ("update", "ddmruns.atoll.dev/finalizers"),
+        ("create", "ddmexperts.atoll.dev"),
+        ("patch", "ddmexperts.atoll.dev/status"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("get", "secrets"),
+        ("create", "events"),
+    ]
+    for verb, resource in needed:
+        assert can(verb, resource), f"the operator may not {verb} {resource}"
+    assert can("list", "nodes", None)
+    for verb, resource in (("list", "secrets"), ("delete", "secrets"), ("create", "deployments"), ("delete", "nodes")):
+        assert not can(verb, resource), f"the operator must not {verb} {resource}"
