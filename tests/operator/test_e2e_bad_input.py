@@ -44,7 +44,7 @@ def three_images(folder: Path) -> Path:
     return folder
 
 
-def test_bad_runtime_input_fails_clearly_without_retry_storm(
+def test_bad_runtime_input_fails_clearly_without_retry_storm(  # noqa: PLR0917 - fixtures
     control_plane: ControlPlane,
     atoll_crds: ControlPlane,
     fleet: fleet_builders.Fleet,
