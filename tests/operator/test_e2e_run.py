@@ -98,7 +98,9 @@ def test_quickstart_survives_faults_and_yields_a_model(  # noqa: PLR0917 - fixtu
 ) -> None:
     run = quickstart_small()
     name = run["metadata"]["name"]
-    operator = start_operator("--default-store", store_secret, "--default-store-secret", SECRET)
+    operator = start_operator(
+        "--default-store", store_secret, "--default-store-secret", SECRET, "--max-gpus-per-pod", "1"
+    )
     apply(control_plane, namespace, run)
     seen_attempts: dict[str, set[int]] = {}
 
