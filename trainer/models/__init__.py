@@ -11,6 +11,7 @@ from atoll.trainer.models.loading import (
     final_checkpoint,
     load_expert_for_sampling,
     load_router_for_sampling,
+    model_from_config,
     model_from_directory,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "final_checkpoint",
     "load_expert_for_sampling",
     "load_router_for_sampling",
+    "model_from_config",
     "model_from_directory",
     "velocity",
 ]

@@ -58,6 +58,19 @@ def model_from_directory(directory: Path, *, device: torch.device | str = "cpu")
     return cast("ModelMixin", model.to(device).eval())
 
 
+def model_from_config(directory: Path) -> ModelMixin:
+    """A freshly initialised model of the architecture a saved directory's config.json describes
+    (no weights read): for shape checks and for building a model to load weights into."""
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelConfigError(f"{config_path} is not a readable model config: {error}") from None
+    if "_class_name" not in config:
+        raise ModelConfigError(f"{config_path} does not name a model class (_class_name)")
+    return cast("ModelMixin", model_class(config["_class_name"]).from_config(config))
+
+
 def final_checkpoint(store: Store, stage_prefix: str) -> Checkpoint:
     """The stage's newest valid checkpoint, which must be its final one (training finished)."""
     latest = CheckpointStore(store, stage_prefix, read_only=True).latest()

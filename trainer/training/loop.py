@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers.training_utils import EMAModel
 
 from atoll.api.spec import Recipe
 from atoll.errors import AtollError
@@ -123,6 +122,10 @@ class _Loop:
         if self.plan.world != rank.world:
             raise TrainingError(f"the batch plan is for {self.plan.world} processes, this group has {rank.world}")
         self.order = ExampleOrder(task.examples, seed=settings.seed, global_batch=self.plan.global_batch)
+        # diffusers is imported here, not at module level, so that a stage that is already
+        # done answers without paying for the import.
+        from diffusers.training_utils import EMAModel
+
         self.model = task.build_model(settings.seed).to(self.device)
         self.model.train()
         self.ema = EMAModel(self.model.parameters(), decay=settings.recipe.ema_decay, foreach=True)

@@ -65,15 +65,23 @@ def synthetic_spec(
     )
 
 
-def cluster_examples(k: int, n: int, *, seed: int = 0, first_index: int = 0) -> ClusterData:
+def cluster_examples(
+    k: int,
+    n: int,
+    *,
+    seed: int = 0,
+    first_index: int = 0,
+    latent_shape: tuple[int, int, int] = LATENT_SHAPE,
+    text_shape: tuple[int, int] = TEXT_SHAPE,
+) -> ClusterData:
     """n examples of synthetic cluster k: its pattern + 0.1·noise, its caption embedding."""
-    pattern = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(1000 + k)).clamp(-1.5, 1.5)
-    noise = torch.randn(n, *LATENT_SHAPE, generator=torch.Generator().manual_seed(seed * 7919 + k))
-    caption = torch.randn(TEXT_SHAPE, generator=torch.Generator().manual_seed(2000 + k))
+    pattern = torch.randn(latent_shape, generator=torch.Generator().manual_seed(1000 + k)).clamp(-1.5, 1.5)
+    noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(seed * 7919 + k))
+    caption = torch.randn(text_shape, generator=torch.Generator().manual_seed(2000 + k))
     return ClusterData(
         latents=pattern + 0.1 * noise,
-        text=caption.expand(n, *TEXT_SHAPE).to(torch.float16).clone(),
-        text_mask=torch.ones(n, TEXT_SHAPE[0], dtype=torch.bool),
+        text=caption.expand(n, *text_shape).to(torch.float16).clone(),
+        text_mask=torch.ones(n, text_shape[0], dtype=torch.bool),
         labels=torch.full((n,), k, dtype=torch.int64),
         index=torch.arange(first_index, first_index + n, dtype=torch.int64),
     )
@@ -85,26 +93,29 @@ def write_synthetic_run(
     sizes: Sequence[int] = (48, 32),
     spec: DDMRunSpec | None = None,
     shard_size: int = 20,
+    latent_shape: tuple[int, int, int] = LATENT_SHAPE,
+    text_shape: tuple[int, int] = TEXT_SHAPE,
     **spec_options: Any,
 ) -> DDMRunSpec:
-    """Write spec.json, partition/stats.json and data/ for clusters of `sizes`; returns the spec."""
+    """Write spec.json, partition/stats.json and data/ for clusters of `sizes` ([C, H, W] latents,
+    [L, D] captions); returns the spec."""
     spec = spec or synthetic_spec(clusters=len(sizes), **spec_options)
     store.put_bytes(layout.SPEC, dump_spec_json(spec).encode())
     first = 0
     for k, n in enumerate(sizes):
         writer = ClusterWriter(store, k, shard_size=shard_size)
-        writer.add(cluster_examples(k, n, first_index=first))
+        writer.add(cluster_examples(k, n, first_index=first, latent_shape=latent_shape, text_shape=text_shape))
         writer.finish()
         first += n
-    write_null_text(store, torch.zeros(1, *TEXT_SHAPE), torch.zeros(1, TEXT_SHAPE[0], dtype=torch.bool))
+    write_null_text(store, torch.zeros(1, *text_shape), torch.zeros(1, text_shape[0], dtype=torch.bool))
     write_info(
         store,
         DataInfo(
-            latent_shape=LATENT_SHAPE,
-            text_shape=TEXT_SHAPE,
+            latent_shape=latent_shape,
+            text_shape=text_shape,
             vae="identity",
             text_encoder="hashed-bow",
-            resolution=LATENT_SHAPE[-1],
+            resolution=latent_shape[-1],
             clusters=len(sizes),
             examples=sum(sizes),
             sizes=tuple(sizes),

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from atoll.api.presets import PRESET_NAMES, PRESETS
-from atoll.trainer.models import ModelConfigError, build_expert, expert_parameter_count, model_from_directory, velocity
+from atoll.trainer.models import (
+    ModelConfigError,
+    build_expert,
+    expert_parameter_count,
+    model_from_config,
+    model_from_directory,
+    velocity,
+)
 from atoll.trainer.models.router import build_router, router_logits, router_parameter_count
 
 
@@ -68,3 +75,12 @@ def test_clear_errors_for_bad_shapes(tmp_path: Path) -> None:
         build_router("tiny", clusters=2, latent_shape=(3, 8, 16))
     with pytest.raises(ModelConfigError, match=r"config\.json is missing"):
         model_from_directory(tmp_path)
+
+
+def test_model_from_config_builds_the_architecture_only(tmp_path: Path) -> None:
+    expert = build_expert("tiny", latent_shape=(3, 8, 8), text_dim=16, seed=0)
+    expert.save_pretrained(tmp_path)
+    fresh = model_from_config(tmp_path)
+    assert type(fresh).__name__ == "PixArtTransformer2DModel"
+    assert fresh.config.caption_channels == 16
+    assert fresh.state_dict().keys() == expert.state_dict().keys()
