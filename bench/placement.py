@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from atoll.api import DDMRunSpec
@@ -74,33 +75,70 @@ def zipf_sizes(k: int, s: float = 1.0, total: int = 1_000_000) -> tuple[int, ...
 
 SUITE: tuple[Case, ...] = (
     Case("1 H100 node + T4/L4 tail", (Pool(H100, 1, 8), Pool(T4, 4, 4), Pool(L4, 2, 4)), 8),
-    Case("default kwok fleet, DiT-XL/2", (Pool(H100, 2, 8), Pool(A100_40, 2, 8), Pool(L4, 2, 4),
-         Pool(RTX4090, 2, 4), Pool(T4, 2, 4)), 8, preset="dit-xl/2"),
+    Case(
+        "default kwok fleet, DiT-XL/2",
+        (Pool(H100, 2, 8), Pool(A100_40, 2, 8), Pool(L4, 2, 4), Pool(RTX4090, 2, 4), Pool(T4, 2, 4)),
+        8,
+        preset="dit-xl/2",
+    ),
     Case("2 H100 nodes + 16 T4 nodes, DiT-L/2", (Pool(H100, 2, 8), Pool(T4, 16, 4)), 16, preset="dit-l/2"),
-    Case("64 experts, 5 products", (Pool(H100, 4, 8), Pool(A100_40, 8, 4), Pool(L4, 16, 1), Pool(T4, 16, 1),
-         Pool(RTX4090, 8, 2)), 64),
-    Case("unequal clusters (Zipf), proportional steps", (Pool(H100, 2, 8), Pool(A100_80, 2, 4), Pool(L4, 8, 2),
-         Pool(T4, 8, 4)), 16, sizes=zipf_sizes(16)),
+    Case(
+        "64 experts, 5 products",
+        (Pool(H100, 4, 8), Pool(A100_40, 8, 4), Pool(L4, 16, 1), Pool(T4, 16, 1), Pool(RTX4090, 8, 2)),
+        64,
+    ),
+    Case(
+        "unequal clusters (Zipf), proportional steps",
+        (Pool(H100, 2, 8), Pool(A100_80, 2, 4), Pool(L4, 8, 2), Pool(T4, 8, 4)),
+        16,
+        sizes=zipf_sizes(16),
+    ),
     Case("scarce GPUs: 32 experts on 14 GPUs", (Pool(H100, 1, 8), Pool(A100_40, 1, 4), Pool(RTX4090, 1, 2)), 32),
-    Case("fastest nodes cordoned/unhealthy/stale", (Pool(H100, 1, 8, "cordoned"), Pool(H100, 1, 8, "unhealthy"),
-         Pool(H100, 1, 8, "stale"), Pool(H100, 1, 8, "notready"), Pool(A100_40, 2, 8), Pool(L4, 4, 4),
-         Pool(T4, 8, 4)), 12),
-    Case("memory floor 40 GiB, DiT-XL/2", (Pool(H100, 1, 8), Pool(A100_40, 2, 8), Pool(L40S, 2, 4),
-         Pool(RTX4090, 8, 1), Pool(T4, 8, 1)), 12, preset="dit-xl/2", min_memory_gib=40),
-    Case("consumer cards + 2 A100", (Pool(RTX4090, 16, 1), Pool(RTX3090, 16, 1), Pool(A10G, 8, 1),
-         Pool(A100_80, 2, 8)), 24),
-    Case("48 experts, Zipf sizes, V100/T4 heavy", (Pool(H100, 2, 8), Pool(V100, 8, 8), Pool(T4, 16, 4),
-         Pool(L4, 8, 4)), 48, sizes=zipf_sizes(48, 0.7)),
+    Case(
+        "fastest nodes cordoned/unhealthy/stale",
+        (
+            Pool(H100, 1, 8, "cordoned"),
+            Pool(H100, 1, 8, "unhealthy"),
+            Pool(H100, 1, 8, "stale"),
+            Pool(H100, 1, 8, "notready"),
+            Pool(A100_40, 2, 8),
+            Pool(L4, 4, 4),
+            Pool(T4, 8, 4),
+        ),
+        12,
+    ),
+    Case(
+        "memory floor 40 GiB, DiT-XL/2",
+        (Pool(H100, 1, 8), Pool(A100_40, 2, 8), Pool(L40S, 2, 4), Pool(RTX4090, 8, 1), Pool(T4, 8, 1)),
+        12,
+        preset="dit-xl/2",
+        min_memory_gib=40,
+    ),
+    Case(
+        "consumer cards + 2 A100",
+        (Pool(RTX4090, 16, 1), Pool(RTX3090, 16, 1), Pool(A10G, 8, 1), Pool(A100_80, 2, 8)),
+        24,
+    ),
+    Case(
+        "48 experts, Zipf sizes, V100/T4 heavy",
+        (Pool(H100, 2, 8), Pool(V100, 8, 8), Pool(T4, 16, 4), Pool(L4, 8, 4)),
+        48,
+        sizes=zipf_sizes(48, 0.7),
+    ),
     Case("homogeneous A100 (control)", (Pool(A100_80, 8, 8),), 16, skewed=False),
     Case("small: 4 experts, H100/L4/T4", (Pool(H100, 1, 2), Pool(L4, 2, 1), Pool(T4, 2, 1)), 4, exact=True),
-    Case("small: 5 experts, A100/4090/T4", (Pool(A100_40, 1, 2), Pool(RTX4090, 2, 1), Pool(T4, 1, 2)), 5,
-         exact=True),
-    Case("small: 6 experts, Zipf, H100/L4", (Pool(H100, 1, 2), Pool(L4, 2, 2)), 6, sizes=zipf_sizes(6),
-         exact=True),
-    Case("small: 6 experts, scarce, 3 products", (Pool(H100, 1, 1), Pool(A100_40, 1, 2), Pool(T4, 1, 2)), 6,
-         exact=True),
-    Case("small: 7 experts, 4090/3090/A10G", (Pool(RTX4090, 2, 1), Pool(RTX3090, 2, 1), Pool(A10G, 1, 2)), 7,
-         sizes=zipf_sizes(7, 0.5), exact=True),
+    Case("small: 5 experts, A100/4090/T4", (Pool(A100_40, 1, 2), Pool(RTX4090, 2, 1), Pool(T4, 1, 2)), 5, exact=True),
+    Case("small: 6 experts, Zipf, H100/L4", (Pool(H100, 1, 2), Pool(L4, 2, 2)), 6, sizes=zipf_sizes(6), exact=True),
+    Case(
+        "small: 6 experts, scarce, 3 products", (Pool(H100, 1, 1), Pool(A100_40, 1, 2), Pool(T4, 1, 2)), 6, exact=True
+    ),
+    Case(
+        "small: 7 experts, 4090/3090/A10G",
+        (Pool(RTX4090, 2, 1), Pool(RTX3090, 2, 1), Pool(A10G, 1, 2)),
+        7,
+        sizes=zipf_sizes(7, 0.5),
+        exact=True,
+    ),
 )
 
 
@@ -232,7 +270,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args()
     print(f"# placement benchmark — {hardware()}")
-    header = "| fleet | experts | GPUs | makespan h | lower bound h | efficiency | spread h | speed-up | optimum h | gap | plan s |"
+    header = (
+        "| fleet | experts | GPUs | makespan h | lower bound h | efficiency | spread h | speed-up | optimum h | gap"
+        " | plan s |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     rows = []
@@ -250,16 +291,19 @@ def main() -> int:
     skewed = [r["speedup"] for r in rows if r["skewed"]]
     gaps = [r["gap"] for r in rows if "gap" in r]
     print()
-    print(f"mean speed-up over the spread on skewed fleets: {statistics.mean(skewed):.2f}× (geometric "
-          f"{statistics.geometric_mean(skewed):.2f}×, min {min(skewed):.2f}×)")
+    print(
+        f"mean speed-up over the spread on skewed fleets: {statistics.mean(skewed):.2f}× (geometric "
+        f"{statistics.geometric_mean(skewed):.2f}×, min {min(skewed):.2f}×)"
+    )
     print(f"min speed-up over all fleets: {min(r['speedup'] for r in rows):.3f}×")
     print(f"mean efficiency (lower bound / makespan): {statistics.mean(r['efficiency'] for r in rows):.3f}")
     if gaps:
-        print(f"gap to the optimum on {len(gaps)} small fleets: max {max(gaps) * 100:.2f} %, "
-              f"mean {statistics.mean(gaps) * 100:.2f} %")
+        print(
+            f"gap to the optimum on {len(gaps)} small fleets: max {max(gaps) * 100:.2f} %, "
+            f"mean {statistics.mean(gaps) * 100:.2f} %"
+        )
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(rows, out, indent=2)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 

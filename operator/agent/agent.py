@@ -73,35 +73,36 @@ class Agent:
     def report(self) -> dict[str, str]:
         """Read every GPU and publish; returns what was published."""
         summary = node_annotations(self.nvml.read(), self.watch, self.wall_clock())
+        self.next_report = self.clock() + self.interval_seconds  # also when publishing fails: retry then
         self.publish(summary)
         if self.last is None or self.last.get(labels.HEALTH) != summary[labels.HEALTH]:
             log.info("gpu health", health=summary[labels.HEALTH], free_mib=summary[labels.FREE_MIB])
         self.last = summary
-        self.next_report = self.clock() + self.interval_seconds
         return summary
 
     def step(self, wait_ms: int = EVENT_SLICE_MS) -> dict[str, str] | None:
         """Wait up to `wait_ms` for XIDs; report when one arrived or the interval has passed."""
-        remaining_ms = max(0, int((self.next_report - self.clock()) * 1000))
-        arrived = self.record(self.nvml.wait_events(min(wait_ms, remaining_ms)))
+        remaining = self.next_report - self.clock()
+        timeout_ms = 0 if remaining <= 0 else min(wait_ms, int(remaining * 1000))
+        arrived = self.record(self.nvml.wait_events(timeout_ms))
         if arrived or self.clock() >= self.next_report:
             return self.report()
         return None
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         """Report until `stop` is set (once: a single report). Transient API errors are retried."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
         while not stop.is_set():
             try:
-                published = self.report() if once else self.step()
-            except AgentError:
-                raise
-            except Exception as error:  # the API server being away must not kill a DaemonSet
+                self.report() if once else self.step()
+            except (ApiException, HTTPError, OSError) as error:
+                # The API server being away for a while must not kill a DaemonSet pod.
                 if once:
                     raise
                 log.warning("publishing failed; retrying at the next interval", error=str(error))
-                self.next_report = self.clock() + self.interval_seconds
-                published = None
-            if once and published is not None:
+            if once:
                 return
 
 

@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     result = plan_run(manifest.spec, nodes, cluster_sizes=sizes, now=now)
     json.dump(result.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
+    sys.stdout.flush()  # the JSON first, then the notes, when both go to a terminal
     for exclusion in result.excluded:
         print(f"not used: {exclusion.node}: {exclusion.reason}", file=sys.stderr)
     for product, source in sorted(result.speed_sources.items()):

@@ -33,7 +33,9 @@ from atoll.progress import StageProgress
 STALE_AFTER_SECONDS = 180.0
 """An agent heartbeat older than this makes a node stale (the agent reports every 30 s)."""
 EXACT_SEARCH_MAX_EXPERTS = 10
-EXACT_SEARCH_BUDGET = 100_000
+EXACT_SEARCH_BUDGET = 20_000
+"""Search nodes plus list schedules the exact search may spend (about a second) before the
+heuristic's plan is kept."""
 
 
 class PlacementError(AtollError):

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 EPS = 1e-9
@@ -223,6 +222,8 @@ class _Search:
             key=lambda j: (not self.jobs[j].pinned, -min(o.seconds for o in self.jobs[j].options), j),
         )
         self.memo: dict[tuple[object, ...], float] = {}
+        self.runs = 0
+        """List schedules run by best_order (the exact search's budget counts them)."""
         self.on_node: list[dict[int, list[tuple[int, Option]]]] = []
         for job in self.jobs:
             table: dict[int, list[tuple[int, Option]]] = {}
@@ -463,24 +464,65 @@ class _Search:
         finish = tuple(start[j] + self.jobs[j].options[choice[j]].seconds for j in range(len(self.jobs)))
         return Schedule(tuple(choice), tuple(start), finish, max(finish, default=0.0), False)
 
-    def best_order(self, node: int, entries: list[tuple[int, Option]]) -> tuple[float, dict[int, float], bool]:
-        """The best list-schedule order of one node's jobs; exact when few enough are queued."""
+    def best_order(
+        self, node: int, entries: list[tuple[int, Option]], below: float | None = None
+    ) -> tuple[float, dict[int, float], bool]:
+        """The best list-schedule order of one node's jobs; exact when few enough are queued.
+
+        With `below`, stops at the first order whose span is below it (a feasibility check).
+        Orders that only swap identical jobs are tried once. Counts schedules run in `runs`.
+        """
         capacity = self.problem.capacity[node]
         ordered = self.node_order(entries)
         span, starts = _run_order(capacity, ordered)
+        self.runs += 1
         pinned = [e for e in ordered if self.jobs[e[0]].pinned]
         queued = [e for e in ordered if not self.jobs[e[0]].pinned]
         longest = max(o.release + o.seconds for _, o in entries)
         bound = max(longest, sum(o.gpus * o.seconds for _, o in entries) / capacity)
         if span <= bound + EPS * max(1.0, bound) or len(queued) <= 1:
             return span, starts, True
+        if below is not None and (span < below or bound >= below):
+            return span, starts, True
         if len(queued) > PERMUTE_UP_TO:
             return span, starts, False
-        for order in itertools.permutations(queued):
+        for order in _distinct_orders(queued):
             candidate, candidate_starts = _run_order(capacity, [*pinned, *order])
+            self.runs += 1
             if candidate < span - EPS * max(1.0, span):
                 span, starts = candidate, candidate_starts
+                if below is not None and span < below:
+                    break
         return span, starts, True
+
+
+def _distinct_orders(entries: list[tuple[int, Option]]) -> Iterator[list[tuple[int, Option]]]:
+    """Every order of `entries`, once per order of their (gpus, seconds, release) shapes."""
+    groups: dict[tuple[int, float, float], list[tuple[int, Option]]] = {}
+    for entry in entries:
+        groups.setdefault((entry[1].gpus, entry[1].seconds, entry[1].release), []).append(entry)
+    shapes = list(groups)
+    counts = [len(groups[shape]) for shape in shapes]
+    sequence: list[int] = []
+
+    def extend() -> Iterator[list[tuple[int, Option]]]:
+        if len(sequence) == len(entries):
+            taken = [0] * len(shapes)
+            order = []
+            for shape in sequence:
+                order.append(groups[shapes[shape]][taken[shape]])
+                taken[shape] += 1
+            yield order
+            return
+        for shape, left in enumerate(counts):
+            if left:
+                counts[shape] -= 1
+                sequence.append(shape)
+                yield from extend()
+                sequence.pop()
+                counts[shape] += 1
+
+    yield from extend()
 
 
 def _peek_start(free: list[float], option: Option) -> float:
@@ -519,7 +561,6 @@ class _BranchAndBound:
         self.twin_of = [
             max((m for m in range(n) if node_sig[m] == node_sig[n]), default=n) for n in range(len(node_sig))
         ]
-        self.memo: dict[tuple[int, tuple[tuple[int, float, float, bool], ...]], tuple[float, bool]] = {}
 
     def run(self) -> Schedule | None:
         nodes = len(self.problem.capacity)
@@ -584,21 +625,19 @@ class _BranchAndBound:
             self.longest[node], self.gpu_seconds[node] = saved
 
     def _leaf(self) -> None:
-        span = 0.0
+        """Keep this assignment if every node has an order finishing before the incumbent."""
+        target = self.best_span - EPS * max(1.0, self.best_span)
+        before = self.search.runs
         for node, entries in enumerate(self.load):
             if not entries:
                 continue
-            key = (
-                node,
-                tuple(sorted((o.gpus, o.seconds, o.release, self.problem.jobs[j].pinned) for j, o in entries)),
-            )
-            if key not in self.memo:
-                node_span, _, exact = self.search.best_order(node, list(entries))
-                self.memo[key] = (node_span, exact)
-            node_span, exact = self.memo[key]
+            span, _, exact = self.search.best_order(node, list(entries), below=target)
             self.all_exact = self.all_exact and exact
-            span = max(span, node_span)
-            if span >= self.best_span - EPS * max(1.0, self.best_span):
-                return
-        self.best = self.search.finalise(list(self.choice))
-        self.best_span = self.best.makespan
+            if span >= target:
+                break
+        else:
+            self.visited += self.search.runs - before
+            self.best = self.search.finalise(list(self.choice))
+            self.best_span = self.best.makespan
+            return
+        self.visited += self.search.runs - before

@@ -1,0 +1,182 @@
+"""Re-planning a run in flight (failures, lost or unhealthy nodes) and migrating to faster free GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from atoll.api import DDMRunSpec
+from atoll.operator.placement import Assignment, migrations, plan_run, replan
+from atoll.progress import CheckpointRef, StageProgress
+from tests.placement.fleets import NOW, PRODUCTS, node
+
+H100, A100_40, L4, T4 = PRODUCTS[0], PRODUCTS[3], PRODUCTS[5], PRODUCTS[8]
+BATCH = 256
+STEPS = 10_000
+
+
+def run(clusters: int = 4) -> DDMRunSpec:
+    return DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "partition": {"clusters": clusters},
+            "expert": {"preset": "dit-b/2", "steps": STEPS, "globalBatchSize": BATCH, "checkpointEvery": 500},
+        }
+    )
+
+
+def progress(expert: int, step: int, checkpoint: int | None, state: str = "running") -> StageProgress:
+    ref = None
+    if checkpoint is not None:
+        ref = CheckpointRef(step=checkpoint, uri=f"s3://b/experts/{expert}/checkpoints/step-{checkpoint}", time=NOW)
+    return StageProgress(stage="expert", expert=expert, state=state, step=step, total_steps=STEPS, last_checkpoint=ref)
+
+
+FLEET = [node("a100-0", A100_40, 8), node("h100-0", H100, 8), node("l4-0", L4, 4)]
+
+
+def started(plan_assignments: tuple[Assignment, ...]) -> dict[int, Assignment]:
+    return {a.expert: a for a in plan_assignments if a.start_seconds == 0}
+
+
+def test_running_experts_stay_pinned_with_the_work_they_have_left() -> None:
+    spec = run()
+    first = plan_run(spec, FLEET, now=NOW)
+    running = started(first.assignments)
+    reports = {k: progress(k, step=4000, checkpoint=3500) for k in running}
+    again = replan(spec, FLEET, progress=reports, running=running, now=NOW)
+    for k, where in running.items():
+        now_ = again.assignment(k)
+        assert now_ is not None
+        assert (now_.node, now_.gpus, now_.micro_batch, now_.start_seconds) == (
+            where.node,
+            where.gpus,
+            where.micro_batch,
+            0,
+        )
+        assert now_.samples == (STEPS - 4000) * BATCH  # continues from its current step
+    queued = [a for a in again.assignments if a.expert not in running]
+    assert all(a.samples == STEPS * BATCH for a in queued)
+
+
+def test_a_deleted_node_places_its_expert_again_from_the_last_checkpoint() -> None:
+    spec = run(clusters=2)
+    running: dict[int, Any] = {
+        0: Assignment(
+            expert=0,
+            node="h100-0",
+            gpu_product=H100[0],
+            gpus=8,
+            micro_batch=32,
+            grad_accum=1,
+            samples=0,
+            start_seconds=0,
+            predicted_seconds=0,
+            samples_per_second=0,
+        ),
+        1: Assignment(
+            expert=1,
+            node="a100-0",
+            gpu_product=A100_40[0],
+            gpus=8,
+            micro_batch=32,
+            grad_accum=1,
+            samples=0,
+            start_seconds=0,
+            predicted_seconds=0,
+            samples_per_second=0,
+        ),
+    }
+    reports = {0: progress(0, step=4200, checkpoint=4000), 1: progress(1, step=4200, checkpoint=4000)}
+    without_h100 = [n for n in FLEET if n["metadata"]["name"] != "h100-0"]
+    again = replan(spec, without_h100, progress=reports, running=running, now=NOW)
+    moved, stayed = again.assignment(0), again.assignment(1)
+    assert moved is not None
+    assert stayed is not None
+    assert moved.node != "h100-0"
+    assert moved.samples == (STEPS - 4000) * BATCH  # the 200 steps since the checkpoint are lost
+    assert (stayed.node, stayed.start_seconds, stayed.samples) == ("a100-0", 0.0, (STEPS - 4200) * BATCH)
+
+
+@pytest.mark.parametrize(
+    ("state", "stays"), [("unhealthy", False), ("notready", False), ("cordoned", True), ("stale", True)]
+)
+def test_running_expert_moves_only_when_its_node_stops_pods(state: str, stays: bool) -> None:
+    spec = run(clusters=1)
+    fleet = [node("h100-0", H100, 8, state), node("a100-0", A100_40, 8)]
+    running = {0: _at("h100-0", 8)}
+    again = replan(spec, fleet, progress={0: progress(0, 3000, 2500)}, running=running, now=NOW)
+    (assignment,) = again.assignments
+    assert (assignment.node == "h100-0") is stays
+    assert assignment.samples == (STEPS - (3000 if stays else 2500)) * BATCH
+
+
+def test_finished_experts_are_left_out_and_a_finished_run_has_an_empty_plan() -> None:
+    spec = run(clusters=2)
+    reports = {0: progress(0, STEPS, STEPS, state="done"), 1: progress(1, 100, None, state="failed")}
+    again = replan(spec, FLEET, progress=reports, running={}, now=NOW)
+    assert [a.expert for a in again.assignments] == [1]
+    assert again.assignments[0].samples == STEPS * BATCH  # no checkpoint: from the start
+    done = {k: progress(k, STEPS, STEPS, state="done") for k in (0, 1)}
+    assert replan(spec, FLEET, progress=done, running={}, now=NOW).assignments == ()
+
+
+def test_an_expert_on_a_slow_gpu_migrates_to_a_fast_one_that_became_free() -> None:
+    spec = run(clusters=1)
+    fleet = [node("t4-0", T4, 4), node("h100-0", H100, 8)]
+    reports = {0: progress(0, step=1200, checkpoint=1000)}
+    moves = migrations(spec, fleet, progress=reports, running={0: _at("t4-0", 4)}, now=NOW)
+    (move,) = moves
+    assert (move.expert, move.from_node, move.to.node) == (0, "t4-0", "h100-0")
+    assert move.at_step == 1500  # the next checkpoint boundary (checkpointEvery 500)
+    assert move.to.samples == (STEPS - 1500) * BATCH
+    assert move.to.micro_batch * move.to.grad_accum * move.to.gpus == BATCH
+    assert move.gain_seconds > 0
+    assert move.to.start_seconds > 120  # until the boundary, plus the restart cost
+
+
+def test_no_migration_when_the_fast_gpus_are_taken_or_the_gain_is_small() -> None:
+    spec = run(clusters=1)
+    fleet = [node("t4-0", T4, 4), node("h100-0", H100, 8)]
+    busy = migrations(
+        spec,
+        fleet,
+        progress={0: progress(0, 1200, 1000)},
+        running={0: _at("t4-0", 4)},
+        used_gpus={"h100-0": 8},
+        now=NOW,
+    )
+    assert busy == []
+    nearly_done = migrations(
+        spec,
+        [node("a100-0", A100_40, 8), node("h100-0", H100, 8)],
+        progress={0: progress(0, 9_990, 9_500)},
+        running={0: _at("a100-0", 8)},
+        now=NOW,
+    )
+    assert nearly_done == []  # the last checkpoint boundary is the end of training
+
+
+def test_two_experts_never_migrate_onto_the_same_free_gpus() -> None:
+    spec = run(clusters=2)
+    fleet = [node("t4-0", T4, 4), node("t4-1", T4, 4), node("h100-0", H100, 8)]
+    reports = {0: progress(0, 1200, 1000), 1: progress(1, 1300, 1000)}
+    moves = migrations(spec, fleet, progress=reports, running={0: _at("t4-0", 4), 1: _at("t4-1", 4)}, now=NOW)
+    assert moves
+    assert sum(m.to.gpus for m in moves if m.to.node == "h100-0") <= 8
+
+
+def _at(node_name: str, gpus: int) -> Assignment:
+    return Assignment(
+        expert=0,
+        node=node_name,
+        gpu_product="",
+        gpus=gpus,
+        micro_batch=BATCH // gpus,
+        grad_accum=1,
+        samples=0,
+        start_seconds=0,
+        predicted_seconds=0,
+        samples_per_second=0,
+    )
