@@ -17,6 +17,8 @@ from torch import nn
 
 MAX_SIDE = 64
 """Images are resized to at most this side before classification (cost stays CPU-sized)."""
+EPOCHS, MIN_STEPS, MAX_STEPS = 60, 100, 400
+"""Default training length: ~60 epochs, at least 100 and at most 400 steps (~2 s of CPU per 100)."""
 
 
 class DomainClassifier(nn.Module):
@@ -79,12 +81,16 @@ def train_classifier(
     labels: torch.Tensor,
     *,
     seed: int = 0,
-    steps: int = 400,
+    steps: int | None = None,
     batch: int = 128,
     learning_rate: float = 2e-3,
     held_out_share: float = 0.15,
 ) -> TrainedClassifier:
-    """Train on real images [n, 3, R, R] with labels [n] (0..C-1), deterministic in `seed`."""
+    """Train on real images [n, 3, R, R] with labels [n] (0..C-1), deterministic in `seed`.
+
+    steps: about EPOCHS passes over the training images, within [MIN_STEPS, MAX_STEPS]
+    when unset (digits: ~360 steps, held-out accuracy ≈ 0.9).
+    """
     if images.shape[0] != labels.shape[0] or images.shape[0] < 4:
         raise ValueError(f"need at least 4 labelled images, got {images.shape[0]} images, {labels.shape[0]} labels")
     classes = int(labels.max().item()) + 1
@@ -92,6 +98,8 @@ def train_classifier(
     order = torch.randperm(images.shape[0], generator=generator)
     held = max(1, int(images.shape[0] * held_out_share))
     test, train = order[:held], order[held:]
+    if steps is None:
+        steps = min(MAX_STEPS, max(MIN_STEPS, EPOCHS * int(train.shape[0]) // batch))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DomainClassifier(classes)

@@ -83,7 +83,7 @@ def build_domain_metric(
     *,
     samples: int,
     seed: int,
-    classifier_steps: int = 400,
+    classifier_steps: int | None = None,
     inception: InceptionFeatures | None = None,
 ) -> DomainMetric:
     """Split the real data, train the classifier on the reference half and fit the reference."""

@@ -8,6 +8,7 @@ Nothing is downloaded: without the file, FID is reported as unavailable with the
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +42,10 @@ class InceptionFeatures:
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = torch.jit.load(str(path), map_location=self.device).eval()  # type: ignore[no-untyped-call]
+        # NVIDIA publishes this network only as TorchScript, which torch now marks deprecated.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load. is deprecated", category=FutureWarning)
+            self.model = torch.jit.load(str(path), map_location=self.device).eval()  # type: ignore[no-untyped-call]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
