@@ -5,7 +5,7 @@ renormalised after every update (spherical k-means), so "nearest" means highest 
 similarity — the metric DINOv2 and CLIP features are compared with, and a plain matmul.
 
 Levels: F fine clusters are fitted by Lloyd on a random sample (F = min(fineClusters,
-sample/4), at least K); the fine centroids, weighted by how many sample examples each holds,
+sample/4), at least K); the fine centroids, weighted by how many examples (all N) each holds,
 are grouped into K coarse clusters; every example goes to the coarse cluster of its nearest
 fine centroid. Balancing happens at the coarse level: each Lloyd step assigns fine clusters
 to coarse ones by entropic optimal transport (Sinkhorn) with equal column mass W/K, rounds
@@ -27,6 +27,8 @@ import torch
 
 CHUNK = 16384
 """Rows per distance block: 16384 × 1024 similarities are 64 MiB of float32."""
+CONVERGED = 1e-3
+"""Lloyd stops early once at most 0.1 % of the points change cluster in a sweep."""
 REPAIR_TOLERANCE = 0.02
 """Stop repairing once max/min load ≤ 1.02."""
 
@@ -139,6 +141,7 @@ def lloyd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spherical Lloyd k-means on unit rows of x: (centroids [k, D], labels [n]).
 
+    At most `iterations` sweeps; stops early when a sweep moves ≤ 0.1 % of the points.
     Initialised with k distinct random rows (or `init`); an emptied cluster is re-seeded
     with the row that fits its centroid worst, so all k clusters stay in use.
     """
@@ -155,14 +158,19 @@ def lloyd(
         if len(empty):
             worst = torch.argsort(best)[: len(empty)]
             new_labels[worst] = empty
-        if torch.equal(new_labels, labels):
-            break
+        changed = int((new_labels != labels).sum())
         labels = new_labels
+        if changed == 0:
+            break
         sums = torch.zeros(k, x.shape[1], device=device)
         for start in range(0, n, CHUNK):
-            block = x[start : start + CHUNK].to(device) * w[start : start + CHUNK, None]
+            block = x[start : start + CHUNK].to(device)
+            if weights is not None:
+                block = block * w[start : start + CHUNK, None]
             sums.index_add_(0, labels[start : start + CHUNK], block)
         centroids = _unit(sums)
+        if changed <= CONVERGED * n:  # centroids of the final labels are in; further sweeps move almost nothing
+            break
     return centroids, labels
 
 
@@ -270,14 +278,14 @@ def two_level_kmeans(
     generator = torch.Generator().manual_seed(seed)
     x, mean = normalize_features(features, inplace=inplace)
     sample_n = min(n, sample_size)
-    full_sample = sample_n == n
-    sample_idx = torch.arange(n) if full_sample else torch.randperm(n, generator=generator)[:sample_n].sort().values
+    sample_idx = torch.arange(n) if sample_n == n else torch.randperm(n, generator=generator)[:sample_n].sort().values
     sample = x[sample_idx].to(dev)
     f = min(sample_n, max(clusters, min(fine_clusters, sample_n // 4)))
     fine, _ = lloyd(sample, f, iterations=iterations, generator=generator, device=dev)
     fine_all, _ = nearest(x, fine, dev)
-    fine_sample = fine_all[sample_idx.to(dev)] if not full_sample else fine_all
-    weights = torch.bincount(fine_sample, minlength=f).float()
+    # Weights are fine-cluster sizes over *all* examples (not just the sample): the coarse
+    # level then balances the final partition exactly, not a sample estimate of it.
+    weights = torch.bincount(fine_all, minlength=f).float()
     coarse, fine_to_coarse = coarse_kmeans(
         fine, weights, clusters, iterations=iterations, balanced=balanced, generator=generator
     )
