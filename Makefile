@@ -57,6 +57,11 @@ lint: install ## ruff, import layering and mypy (strict on atoll)
 testenv: install ## build (or reuse) the pinned control plane, kwok, MinIO and helm binaries
 	$(PY) -m tests.env.build
 
+.PHONY: demo
+demo: install ## train a 4-expert DDM on handwritten digits here (CPU, ~10 min); prints metrics and grids
+	$(VENV)/bin/atoll run manifests/examples/quickstart.yaml --local --workdir .atoll
+	@echo "sample grid: .atoll/runs/digits-quickstart/eval/grid-top-2.png"
+
 .PHONY: test
 test: lint testenv ## install, build the test environment, lint and run every test
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ again. Without --local the manifest would go to Kubernetes (the operator's job).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 HELP = "run a DDMRun manifest: --local runs every stage on this machine"
@@ -42,23 +44,28 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.jobs is not None and args.jobs < 1:
         raise AtollError("--jobs must be at least 1")
-    console = Console()
+    # Pipes and logs get plain lines at a readable width; terminals get live bars.
+    console = Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", "120")))
     options = LocalOptions(workdir=args.workdir, store=args.store, jobs=args.jobs)
     runtime = LocalRuntime(manifest, options, make_board(console))
-    console.print(f"run {runtime.name}: store {runtime.store.uri}, logs {runtime.logs}", highlight=False)
+    console.print(
+        f"run {runtime.name}: store {runtime.store.uri}, logs {runtime.logs}", highlight=False, soft_wrap=True
+    )
     try:
         result = runtime.run()
     except StageFailedError as error:
-        console.print(f"[red]error:[/red] {error.job.label} failed: {error.reason}", highlight=False)
-        console.print(f"  log: {error.log_path}", highlight=False)
-        console.print("  fix the cause and run the same command again to resume", highlight=False)
+        console.print(f"[red]error:[/red] {error.job.label} failed: {error.reason}", highlight=False, soft_wrap=True)
+        console.print(f"  log: {error.log_path}", highlight=False, soft_wrap=True)
+        console.print("  fix the cause and run the same command again to resume", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        console.print("interrupted: stages stopped; run the same command again to resume", highlight=False)
+        console.print(
+            "interrupted: stages stopped; run the same command again to resume", highlight=False, soft_wrap=True
+        )
         return 130
     done = f"finished in {result.wall_seconds:.0f}s"
     if result.skipped:
         done += f" (already done: {', '.join(result.skipped)})"
-    console.print(done, highlight=False)
+    console.print(done, highlight=False, soft_wrap=True)
     print_results(console, result.store, read_metrics(result.store))
     return 0

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from atoll.store import Store
-from atoll.trainer.clusterdata import read_all_clusters, read_info
+from atoll.trainer.clusterdata import ClusterData, read_all_clusters, read_info
 from atoll.trainer.encoders import LatentCodec, vae_for
 from atoll.trainer.evaluation.classifier import TrainedClassifier, train_classifier
 from atoll.trainer.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
@@ -40,9 +40,17 @@ class RealData:
 
 
 def read_real_data(store: Store, codec: LatentCodec | None = None, batch: int = 256) -> RealData:
-    """All pre-encoded examples of the run, decoded back to images."""
+    """All pre-encoded examples of the run, decoded back to images, in dataset order.
+
+    Dataset order (not cluster order) makes the reference split, the classifier and the
+    evaluation captions the same for any partition of the same data, so runs with
+    different K (a DDM and its monolith baseline) are scored on identical terms.
+    """
     info = read_info(store)
-    data, clusters = read_all_clusters(store)
+    by_cluster, cluster_of = read_all_clusters(store)
+    order = torch.argsort(by_cluster.index)
+    data = ClusterData(**{name: tensor[order] for name, tensor in by_cluster.tensors().items()})
+    clusters = cluster_of[order]
     codec = codec or vae_for(info.vae)
     images = torch.cat([codec.decode(data.latents[i : i + batch]) for i in range(0, len(data), batch)]).clamp(-1, 1)
     labelled = bool((data.labels >= 0).all())

@@ -103,7 +103,7 @@ class PlainBoard:
         self.latest: dict[StageJob, StageProgress | None] = {}
 
     def _say(self, text: str) -> None:
-        self.console.print(f"[{time.monotonic() - self.start:5.0f}s] {text}", highlight=False)
+        self.console.print(f"[{time.monotonic() - self.start:5.0f}s] {text}", highlight=False, soft_wrap=True)
 
     def begin(self, jobs: list[StageJob]) -> None:
         self._say("stages: " + ", ".join(job.label for job in jobs))

@@ -260,7 +260,7 @@ class LocalRuntime:
         if code == EXIT_FENCED:
             return "fenced: a newer attempt of this stage exists (is another runtime running this run?)"
         progress = read_progress(self.store, item.job.stage, item.job.expert)
-        last = _last_line(item.log_path, item.log_offset)
+        last = _last_line(item.log_path, item.log_offset).removeprefix("error: ")
         if last:
             return last
         if progress is not None and progress.error:

@@ -61,13 +61,13 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 
 def print_results(console: Console, store: Store, metrics: dict[str, Any] | None) -> None:
     """Where the results are, then the metrics table and the notes that qualify it."""
-    console.print(f"model:    {store.uri_of(layout.MODEL)}", highlight=False)
-    console.print(f"metrics:  {store.uri_of(METRICS)}", highlight=False)
+    console.print(f"model:    {store.uri_of(layout.MODEL)}", highlight=False, soft_wrap=True)
+    console.print(f"metrics:  {store.uri_of(METRICS)}", highlight=False, soft_wrap=True)
     if metrics is None:
         return
     for name, row in metrics.get("strategies", {}).items():
         if row.get("grid"):
-            console.print(f"grid:     {store.uri_of(row['grid'])}  ({name})", highlight=False)
+            console.print(f"grid:     {store.uri_of(row['grid'])}  ({name})", highlight=False, soft_wrap=True)
     console.print(metrics_table(metrics))
     classifier = metrics.get("classifier", {})
     if classifier:
@@ -78,12 +78,14 @@ def print_results(console: Console, store: Store, metrics: dict[str, Any] | None
         )
     fid = metrics.get("fid", {})
     if fid and not fid.get("available", False):
-        console.print(f"FID: unavailable — {fid.get('reason', 'no Inception weights')}", highlight=False)
+        console.print(
+            f"FID: unavailable — {fid.get('reason', 'no Inception weights')}", highlight=False, soft_wrap=True
+        )
     router = metrics.get("router", {})
     buckets = router.get("accuracyBySigma")
     if isinstance(buckets, list) and buckets:
         accuracies = ", ".join(_bucket(b) for b in buckets)
-        console.print(f"router accuracy by σ: {accuracies}", highlight=False)
+        console.print(f"router accuracy by σ: {accuracies}", highlight=False, soft_wrap=True)
 
 
 def _bucket(bucket: Any) -> str:
