@@ -3,6 +3,12 @@
 Publishes GPU health, free memory and a heartbeat as annotations on its own Node (name
 from --node or NODE_NAME). `--print` writes the annotations to stdout instead (no
 Kubernetes needed). Exits with a clear message where NVML is absent.
+
+As a DaemonSet: NODE_NAME from the downward API (fieldRef spec.nodeName); a
+ServiceAccount allowed to `get` and `patch` `nodes`; every GPU visible through the
+NVIDIA container runtime (NVIDIA_VISIBLE_DEVICES=all) *without* requesting
+nvidia.com/gpu, so the agent holds no GPU; a toleration for the nvidia.com/gpu taint and
+nodeSelector nvidia.com/gpu.present=true.
 """
 
 from __future__ import annotations

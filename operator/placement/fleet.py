@@ -90,6 +90,20 @@ def as_dict(node: Any) -> Mapping[str, Any]:
     raise TypeError(f"expected a Node mapping or kubernetes V1Node, got {type(node).__name__}")
 
 
+def node_products(nodes: Iterable[Any]) -> dict[str, str]:
+    """Node name → GPU product (GFD label, else the agent's annotation) of every GPU node, usable or not."""
+    products: dict[str, str] = {}
+    for raw in nodes:
+        node = as_dict(raw)
+        name = _get(node, "metadata", "name")
+        product = _get(node, "metadata", "labels", labels.GPU_PRODUCT) or _get(
+            node, "metadata", "annotations", labels.AGENT_PRODUCT
+        )
+        if name and product:
+            products[str(name)] = canonical_product(str(product))
+    return products
+
+
 def read_fleet(
     nodes: Iterable[Any],
     *,

@@ -17,7 +17,7 @@ from typing import Any
 from atoll.api import DDMRunSpec
 from atoll.api.spec import PlacementSpec
 from atoll.errors import AtollError
-from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, read_fleet
+from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.schedule import Job, Option, Problem, lower_bound, solve
 from atoll.operator.placement.speeds import (
@@ -75,17 +75,10 @@ def experts_of(spec: DDMRunSpec, cluster_sizes: Sequence[int] | None = None) -> 
 
 def speed_table(spec: DDMRunSpec, *, progress: Iterable[StageProgress] = (), nodes: Iterable[Any] = ()) -> SpeedTable:
     """The run's speed table: built-in, spec.placement.speeds, corrected by reported samples/s."""
-    from atoll.operator.placement.fleet import as_dict
-
-    products: dict[str, str] = {}
-    for node in nodes:
-        data = as_dict(node)
-        name = (data.get("metadata") or {}).get("name")
-        product = ((data.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product")
-        if name and product:
-            products[name] = product
     return SpeedTable(
-        workload=workload_of(spec), overrides=dict(spec.placement.speeds), observed=observed_speeds(progress, products)
+        workload=workload_of(spec),
+        overrides=dict(spec.placement.speeds),
+        observed=observed_speeds(progress, node_products(nodes)),
     )
 
 

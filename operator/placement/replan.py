@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from atoll.api import DDMRunSpec
-from atoll.operator.placement.fleet import Fleet, as_dict, read_fleet
+from atoll.operator.placement.fleet import Fleet, as_dict, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.planner import (
     STALE_AFTER_SECONDS,
@@ -214,12 +214,7 @@ def _remaining_work(
     now: datetime | None,
 ) -> list[ExpertWork]:
     fleet = read_fleet(nodes, placement=spec.placement, used_gpus=used_gpus, now=now)
-    products = {n.name: n.product for n in fleet.nodes}
-    for node in nodes:
-        name = (node.get("metadata") or {}).get("name")
-        product = ((node.get("metadata") or {}).get("labels") or {}).get("nvidia.com/gpu.product")
-        if name and product:
-            products.setdefault(name, product)
+    products = node_products(nodes)
     batch = spec.expert.recipe().global_batch_size
     work: list[ExpertWork] = []
     for expert in experts_of(spec, cluster_sizes):
