@@ -143,8 +143,11 @@ class Nvml:
             return
         for handle, uuid in zip(self.handles, self.uuids, strict=True):
             try:
-                supported = nvml.nvmlDeviceGetSupportedEventTypes(handle)
-                nvml.nvmlDeviceRegisterEvents(handle, nvml.nvmlEventTypeXidCriticalError & supported, self.event_set)
+                supported = nvml.nvmlDeviceGetSupportedEventTypes(handle) & nvml.nvmlEventTypeXidCriticalError
+                if not supported:
+                    log.warning("gpu reports no XID events; ECC and remapping are still watched", gpu=uuid)
+                    continue
+                nvml.nvmlDeviceRegisterEvents(handle, supported, self.event_set)
             except nvml.NVMLError as error:
                 if _code(error) == nvml.NVML_ERROR_NOT_SUPPORTED:
                     log.warning("gpu too old for XID events; ECC and remapping are still watched", gpu=uuid)

@@ -36,6 +36,8 @@ class FakeGpu:
     retired_pending: int | None = None
     supported_events: int = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
     lost: bool = False
+    register_error: int | None = None
+    """NVML return code nvmlDeviceRegisterEvents fails with, if any."""
 
 
 @dataclass
@@ -178,8 +180,10 @@ class FakeNvml:
 
     def nvmlDeviceRegisterEvents(self, handle: _Handle, event_types: int, event_set: object) -> None:
         gpu = self._gpu(handle)
-        if not gpu.supported_events:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if gpu.register_error is not None:
+            raise pynvml.NVMLError(gpu.register_error)
+        if not event_types & gpu.supported_events:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         self.registered[handle.index] = event_types
 
     def nvmlEventSetWait_v2(self, event_set: object, timeout_ms: int) -> Any:

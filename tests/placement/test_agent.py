@@ -161,7 +161,16 @@ def test_gpu_without_event_support_is_still_watched_by_counters() -> None:
     fake = FakeNvml(gpus=gpus(1, supported_events=0, name="Tesla K80"))
     session = opened(fake)
     assert session.unwatched == {}
+    assert fake.registered == {}
     assert gpu_health(session.read()[0], Watch()) == "ok"
+    too_old = FakeNvml(gpus=gpus(1, register_error=pynvml.NVML_ERROR_NOT_SUPPORTED))
+    assert summary(too_old)[labels.HEALTH] == "ok"
+
+
+def test_failing_event_registration_is_reported() -> None:
+    fake = FakeNvml(gpus=gpus(2))
+    fake.gpus[1].register_error = pynvml.NVML_ERROR_NO_PERMISSION
+    assert summary(fake)[labels.HEALTH] == "gpu 1: xid events unavailable: Insufficient Permissions"
 
 
 def test_absent_nvml_with_the_real_pynvml_exits_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:
