@@ -96,7 +96,11 @@ class Agent:
 
         while not stop.is_set():
             try:
-                self.report() if once else self.step()
+                if once:  # events already queued count, then one report
+                    self.record(self.nvml.wait_events(0))
+                    self.report()
+                else:
+                    self.step()
             except (ApiException, HTTPError, OSError) as error:
                 # The API server being away for a while must not kill a DaemonSet pod.
                 if once:

@@ -12,6 +12,7 @@ import pynvml
 import pytest
 
 from atoll.cli import main as atoll_main
+from atoll.errors import AtollError
 from atoll.operator.agent import cli as agent_cli
 from atoll.operator.agent.agent import Agent
 from atoll.operator.agent.health import Watch, gpu_health, node_annotations
@@ -105,13 +106,15 @@ def test_application_xids_are_ignored_like_the_device_plugin() -> None:
 
 
 def test_extra_ignored_xids_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
-    fake = FakeNvml(gpus=gpus(1))
-    fake.xid(0, 94)
-    args = argparse.Namespace(node=None, interval=30.0, once=True, print=True, ignore_xids="94")
-    assert agent_cli.run(args, nvml_module=fake, stop=threading.Event()) == 0
-    # --once reports without waiting for events; the queued one is read on the next report.
-    assert json.loads(capsys.readouterr().out)[labels.HEALTH] == "ok"
-    assert fake.calls[-1] == "nvmlShutdown"
+    for ignored, health in (("94", "ok"), ("", "gpu 0: xid 94"), ("48, 94", "ok")):
+        fake = FakeNvml(gpus=gpus(1))
+        fake.xid(0, 94)  # contained ECC error: critical unless ignored
+        args = argparse.Namespace(node=None, interval=30.0, once=True, print=True, ignore_xids=ignored)
+        assert agent_cli.run(args, nvml_module=fake, stop=threading.Event()) == 0
+        assert json.loads(capsys.readouterr().out)[labels.HEALTH] == health
+        assert fake.calls[-1] == "nvmlShutdown"
+    with pytest.raises(AtollError, match="--ignore-xids must be comma-separated integers"):
+        agent_cli.run(argparse.Namespace(node=None, interval=30.0, once=True, print=True, ignore_xids="x"))
 
 
 def test_hardware_slowdown_is_unhealthy_software_power_cap_is_normal() -> None:
