@@ -169,7 +169,7 @@ def plan(
     return Plan(
         assignments=tuple(sorted(assignments, key=lambda a: a.expert)),
         makespan_seconds=schedule.makespan,
-        lower_bound_seconds=lower_bound(problem),
+        lower_bound_seconds=lower_bound(problem, fleet_rate=builder.full_rate),
         speeds={p: speeds.per_gpu(p, n.compute_major) for p, n in products.items()},
         speed_sources={p: speeds.source(p, n.compute_major) for p, n in products.items()},
         excluded=fleet.excluded + tuple(builder.too_small),
@@ -215,6 +215,7 @@ class _Builder:
         self.nodes: list[GpuNode] = list(fleet.nodes)
         self._pinned_nodes()
         self.choices: list[list[_Choice]] = []
+        self.full_rate = 0.0
 
     def _pinned_nodes(self) -> None:
         """Nodes that only pinned experts may use (cordoned, full) join the problem with their GPUs."""
@@ -235,9 +236,10 @@ class _Builder:
         self.usable = usable
 
     def problem(self) -> Problem:
+        splits = self._splits()
+        self._drop_unneeded(splits)
         node_index = {n.name: i for i, n in enumerate(self.nodes)}
         per_gpu = [self.speeds.per_gpu(n.product, n.compute_major) for n in self.nodes]
-        splits = self._splits()
         jobs = []
         for expert in self.experts:
             choices: list[_Choice] = []
@@ -274,6 +276,34 @@ class _Builder:
                     " (used_gpus must count other runs' pods only)"
                 )
         return Problem(capacity=capacity, rate=tuple(per_gpu), jobs=tuple(jobs))
+
+    def _drop_unneeded(self, splits: Mapping[tuple[str, int], list[tuple[int, tuple[int, int]]]]) -> None:
+        """Leave out nodes no expert fits, and identical nodes beyond what the experts could use.
+
+        n unpinned experts never use more than n nodes of one kind (product, memory, free
+        GPUs, compute capability), and nodes of a kind are interchangeable: keeping the
+        first n of each kind by name changes no optimum, and shrinks a 1000-node fleet of a
+        few pools to a problem of tens of nodes. The issue's lower bound still counts the
+        speed of every usable GPU (`full_rate`).
+        """
+        pinned_here = {e.pinned.node for e in self.experts if e.pinned is not None}
+        free_experts = sum(1 for e in self.experts if e.pinned is None)
+        fitting = [
+            n
+            for n in self.nodes
+            if n.name in pinned_here or any(splits.get((n.name, e.global_batch)) for e in self.experts)
+        ]
+        self.full_rate = sum(n.free_gpus * self.speeds.per_gpu(n.product, n.compute_major) for n in fitting)
+        kinds: dict[tuple[str, int, int, int | None], int] = {}
+        kept = []
+        for node in fitting:
+            kind = (node.product, node.memory_mib, node.free_gpus, node.compute_major)
+            if node.name in pinned_here:
+                kept.append(node)
+            elif kinds.get(kind, 0) < free_experts:
+                kinds[kind] = kinds.get(kind, 0) + 1
+                kept.append(node)
+        self.nodes = kept
 
     def _splits(self) -> dict[tuple[str, int], list[tuple[int, tuple[int, int]]]]:
         """Per (usable node, global batch): the feasible GPU counts with their micro-batch split."""

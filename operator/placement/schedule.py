@@ -101,16 +101,18 @@ class Schedule:
     proven_optimal: bool
 
 
-def lower_bound(problem: Problem) -> float:
+def lower_bound(problem: Problem, *, fleet_rate: float | None = None) -> float:
     """The larger of: the longest job on its fastest option; all work over the whole fleet.
 
     Work of a job = its smallest rate-weighted GPU-seconds (g·d·rate), which is at least
-    its samples because g GPUs together never exceed g× one GPU's rate.
+    its samples because g GPUs together never exceed g× one GPU's rate. `fleet_rate`:
+    Σ capacity × rate of the whole fleet when the problem holds only part of it.
     """
     if not problem.jobs:
         return 0.0
     longest = max(min(o.release + o.seconds for o in job.options) for job in problem.jobs)
-    fleet_rate = sum(c * r for c, r in zip(problem.capacity, problem.rate, strict=True))
+    if fleet_rate is None:
+        fleet_rate = sum(c * r for c, r in zip(problem.capacity, problem.rate, strict=True))
     work = sum(_min_consumption(problem, job) for job in problem.jobs)
     return max(longest, work / fleet_rate if fleet_rate > 0 else 0.0)
 

@@ -124,3 +124,15 @@ def test_node_affinity_pins_the_node_and_product() -> None:
     assert selector["matchExpressions"] == [
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
     ]
+
+
+def test_identical_nodes_beyond_the_experts_change_no_plan_and_still_count_in_the_bound() -> None:
+    spec = run(clusters=3)
+    tail = [node(f"t4-{i:02d}", T4, 1) for i in range(30)]
+    many = plan_run(spec, [node("h100", H100, 8), *tail], now=NOW)
+    few = plan_run(spec, [node("h100", H100, 8), *tail[:3]], now=NOW)
+    assert many.makespan_seconds == pytest.approx(few.makespan_seconds)
+    assert [a.node for a in many.assignments] == [a.node for a in few.assignments]
+    # issue 6's bound: all samples over the speed of every usable GPU (all 30 T4s count)
+    speed = 8 * many.speeds["NVIDIA-H100-80GB-HBM3"] + 30 * many.speeds["Tesla-T4"]
+    assert many.lower_bound_seconds == pytest.approx(3 * 10_000 * 256 / speed)
