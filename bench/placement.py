@@ -126,6 +126,11 @@ SUITE: tuple[Case, ...] = (
         sizes=zipf_sizes(48, 0.7),
     ),
     Case("homogeneous A100 (control)", (Pool(A100_80, 8, 8),), 16, skewed=False),
+    Case(
+        "1000 nodes × 8 GPUs, 5 products (scale)",
+        (Pool(H100, 200, 8), Pool(A100_40, 200, 8), Pool(L4, 200, 8), Pool(RTX4090, 200, 8), Pool(T4, 200, 8)),
+        64,
+    ),
     Case("small: 4 experts, H100/L4/T4", (Pool(H100, 1, 2), Pool(L4, 2, 1), Pool(T4, 2, 1)), 4, exact=True),
     Case("small: 5 experts, A100/4090/T4", (Pool(A100_40, 1, 2), Pool(RTX4090, 2, 1), Pool(T4, 1, 2)), 5, exact=True),
     Case("small: 6 experts, Zipf, H100/L4", (Pool(H100, 1, 2), Pool(L4, 2, 2)), 6, sizes=zipf_sizes(6), exact=True),
