@@ -52,7 +52,7 @@ def read_spec(store: LocalStore):  # type: ignore[no-untyped-def]
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[float]]:
     """Expert 0 trained 40 steps on its synthetic cluster."""
     store = LocalStore(tmp_path_factory.mktemp("trained"))
-    write_synthetic_run(store, steps=40, checkpoint_every=20)
+    write_synthetic_run(store, steps=40, checkpoint_every=20, global_batch=8, expert={"learningRate": 2e-3})
     result = train_expert(store)
     assert result is not None
     return store, result.losses
@@ -68,7 +68,7 @@ def test_expert_learns_its_cluster(trained: tuple[LocalStore, list[float]]) -> N
     assert progress.state == "done"
     assert progress.step == 40
     assert progress.gpu == "cpu"
-    assert progress.micro_batch == 16
+    assert progress.micro_batch == 8
     assert progress.grad_accum == 1
     assert progress.last_checkpoint is not None
     assert progress.last_checkpoint.step == 40
