@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from atoll import __version__  # noqa: E402
 from atoll.api.spec import DDMRunSpec  # noqa: E402
 from atoll.operator.crd import all_crds, render_crds  # noqa: E402
-from atoll.operator.kube import Kube  # noqa: E402
+from atoll.operator.kube import Kube, load_config  # noqa: E402
 from atoll.operator.planning import Assignment  # noqa: E402
 from atoll.operator.pods import Owner, StageAttempt, build_pod  # noqa: E402
 from atoll.operator.settings import OperatorSettings  # noqa: E402
@@ -58,6 +58,8 @@ def run_manifest(name: str, experts: int) -> dict[str, Any]:
             "partition": {"clusters": experts, "features": "pixels"},
             "expert": {"preset": "tiny", "steps": 1000, "checkpointEvery": 100},
             "router": {"preset": "tiny", "steps": 500},
+            # One GPU per expert, like the bare pods it is compared with.
+            "placement": {"gpu": {"maxPerExpert": 1}},
         },
     }
 
@@ -235,7 +237,7 @@ def main() -> int:
     cluster = ControlPlane(work / "cluster")
     try:
         cluster.start()
-        kube = Kube(cluster.api_client())
+        kube = Kube(load_config(str(cluster.kubeconfig)))
         nodes = start_fleet(cluster, kube, args.nodes)
         results.update(baseline(cluster, kube, nodes, total, args.timeout))
         results.update(operated(cluster, kube, work, args))

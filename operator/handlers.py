@@ -18,7 +18,15 @@ from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.kube import Kube, connection_info
-from atoll.operator.observe import GROUP, LABEL_RUN, ExpertView, NodeView, PodView
+from atoll.operator.observe import (
+    ANNOTATION_PLANNED_NODE,
+    GPU_RESOURCE,
+    GROUP,
+    LABEL_RUN,
+    ExpertView,
+    NodeView,
+    PodView,
+)
 from atoll.operator.reconciler import Observed, Reconciler, RunMemory
 from atoll.operator.settings import OperatorSettings
 from atoll.store import StoreError
@@ -76,12 +84,18 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         view = PodView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
 
-    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="gpu_pods", registry=registry)
-    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, int]:
-        view = PodView.from_body(body)
-        if view is None or view.node is None or not view.active or not view.gpus:
+    @kopf.index("pods", id="gpu_pods", registry=registry)
+    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, tuple[str, int]]:
+        """Every pod that holds GPUs (atoll's or not), by node (its pinned node while unbound)."""
+        gpus = sum(
+            int(str(((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE, 0)) or 0)
+            for c in body.get("spec", {}).get("containers") or []
+        )
+        phase = body.get("status", {}).get("phase")
+        node = body.get("spec", {}).get("nodeName") or (body.metadata.annotations or {}).get(ANNOTATION_PLANNED_NODE)
+        if not gpus or not node or phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp"):
             return {}
-        return {view.node: view.gpus}
+        return {node: (f"{body.metadata.namespace}/{body.metadata.name}", gpus)}
 
     @kopf.index("nodes", id="gpu_nodes", registry=registry)
     def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
@@ -99,19 +113,23 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
     def reconcile_run(*, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
         # The indexes arrive as keyword arguments named by their ids.
         run_pods: kopf.Index[Any, PodView] = kwargs["run_pods"]
-        gpu_pods: kopf.Index[Any, int] = kwargs["gpu_pods"]
+        gpu_pods: kopf.Index[Any, tuple[str, int]] = kwargs["gpu_pods"]
         gpu_nodes: kopf.Index[Any, NodeView] = kwargs["gpu_nodes"]
         run_experts: kopf.Index[Any, ExpertView] = kwargs["run_experts"]
         memory: RunMemory = memo.setdefault(MEMORY, RunMemory())
         key = (body.metadata.namespace, body.metadata.name)
         busy: dict[str, int] = {}
+        holders: set[str] = set()
         for node, values in gpu_pods.items():
-            busy[node] = sum(values)
+            for pod, gpus in values:
+                busy[node] = busy.get(node, 0) + gpus
+                holders.add(pod)
         observed = Observed(
             pods=_values(run_pods, key),
             experts=_values(run_experts, key),
             nodes=list(_all(gpu_nodes)),
             busy_gpus=busy,
+            gpu_pods=holders,
         )
         outcome = reconciler.reconcile(body, memory, observed)
         status = outcome.status.model_dump(by_alias=True, mode="json")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from atoll.operator.attempts import StageDecision, StageInputs, decide_stage
 from atoll.operator.conditions import Trouble, changed, run_conditions
 from atoll.operator.experts import build_expert
 from atoll.operator.kube import Kube
+from atoll.operator.ledger import GpuLedger
 from atoll.operator.machine import TERMINAL, RunFacts, advance, run_progress, stage_ready
 from atoll.operator.observe import ExpertView, NodeView, PodView
 from atoll.operator.planning import (
@@ -106,7 +107,9 @@ class Observed:
     """This run's DDMExperts."""
     nodes: Sequence[NodeView]
     busy_gpus: Mapping[str, int]
-    """GPUs held by atoll's active pods, per node."""
+    """GPUs held by active pods, per node."""
+    gpu_pods: Collection[str] = ()
+    """namespace/name of every pod counted in busy_gpus."""
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Reconciler:
     ) -> None:
         self.kube = kube
         self.settings = settings
+        self.ledger = GpuLedger()
         self.clock = clock
         self.monotonic = monotonic
 
@@ -175,6 +179,7 @@ class _Tick:
 
     def __init__(self, owner: Reconciler, body: Mapping[str, Any], memory: RunMemory, observed: Observed) -> None:
         self.kube = owner.kube
+        self.ledger = owner.ledger
         self.settings = owner.settings
         self.monotonic = owner.monotonic
         self.now = owner.clock()
@@ -476,13 +481,39 @@ class _Tick:
             for name in decision.delete_pods:
                 log.warning("deleting pod stranded on a vanished node", pod=name, namespace=self.namespace)
                 self.kube.delete_pod(self.namespace, name, grace_seconds=0)
-        starting = {key: d for key, d in decisions.items() if d.create_attempt is not None}
-        plan = self._plan(starting)
+        starting = {key: self._claimed(key, d) for key, d in decisions.items() if d.create_attempt is not None}
+        if not starting:
+            return decisions
+        # Plan and reserve under the ledger's lock: runs plan one after the other, each
+        # seeing the GPUs the ones before it promised (their pods may not be watched yet).
+        ledger = self.ledger
+        with ledger.lock:
+            busy = ledger.busy(self.observed.busy_gpus, self.observed.gpu_pods)
+            plan = self._plan(starting, busy)
+            for key, assignment in plan.items():
+                ledger.reserve(self._pod_key(key, starting[key]), assignment.node, assignment.gpus)
         for key, decision in starting.items():
             decisions[key] = self._start(key, decision, plan.get(key))
         return decisions
 
-    def _plan(self, starting: Mapping[str, StageDecision]) -> dict[str, Assignment]:
+    def _pod_key(self, key: str, decision: StageDecision) -> str:
+        stage, expert = _parse_key(key)
+        return f"{self.namespace}/{pod_name(self.name, stage, expert, decision.create_attempt or 1)}"
+
+    def _claimed(self, key: str, decision: StageDecision) -> StageDecision:
+        """A training stage's next attempt lies above every attempt its store has seen claimed."""
+        assert self.store is not None
+        stage, expert = _parse_key(key)
+        attempt = decision.create_attempt or 1
+        if stage in TRAINING_STAGES:
+            # Unreadable claim: fencing still protects, a stale attempt number exits 3.
+            with contextlib.suppress(StoreError):
+                attempt = max(attempt, storage.claimed_attempt(self.store, stage, expert) + 1)
+        if attempt == decision.create_attempt:
+            return decision
+        return StageDecision(decision.status.model_copy(update={"attempt": attempt}), attempt, decision.delete_pods)
+
+    def _plan(self, starting: Mapping[str, StageDecision], busy_gpus: Mapping[str, int]) -> dict[str, Assignment]:
         """Experts through the makespan planner, then the short stages on what is left."""
         assert self.spec is not None
         experts = {view.expert for view in self.observed.experts}
@@ -494,11 +525,11 @@ class _Tick:
             running=self._running_experts(),
             progress={k: p for k in experts if (p := self.memory.progress.get(stage_key("expert", k))) is not None},
             cluster_sizes=self.status.cluster_sizes or None,
-            busy_gpus=self.observed.busy_gpus,
+            busy_gpus=busy_gpus,
             now=self.now,
         )
         self.expert_placement = placement
-        busy = dict(self.observed.busy_gpus)
+        busy = dict(busy_gpus)
         plan: dict[str, Assignment] = {}
         for k, assignment in placement.assignments.items():
             plan[stage_key("expert", k)] = assignment
@@ -554,10 +585,6 @@ class _Tick:
         if stage in PLACED_STAGES and assignment is None:
             return StageDecision(previous.model_copy(update={"phase": "Pending", "message": self._no_node_message()}))
         attempt = decision.create_attempt or 1
-        if stage in TRAINING_STAGES:
-            # Unreadable claim: fencing still protects, a stale attempt number exits 3.
-            with contextlib.suppress(StoreError):
-                attempt = max(attempt, storage.claimed_attempt(self.store, stage, expert) + 1)
         views = {view.expert: view for view in self.observed.experts}
         owner = self.owner
         if expert is not None and expert in views and views[expert].uid:
@@ -581,6 +608,7 @@ class _Tick:
         try:
             created = self.kube.create_pod(manifest)
         except ApiException as error:
+            self.ledger.release(self._pod_key(key, decision))
             message = f"cannot create pod {manifest['metadata']['name']}: {error.status} {error.reason}"
             self.troubles.append(Trouble("PodCreationFailed", message))
             return StageDecision(previous.model_copy(update={"phase": "Pending", "message": message}))

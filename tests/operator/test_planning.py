@@ -96,3 +96,33 @@ def test_experts_go_through_the_makespan_planner_pinned_to_their_node() -> None:
     assert not none.assignments
     assert none.error is not None
     assert "minMemoryGiB" in none.error
+
+
+def test_identical_nodes_are_planned_over_at_most_once_per_expert() -> None:
+    from atoll.operator.planning import distinct_nodes
+
+    pool = [node(f"l4-{i}", "NVIDIA-L4", 23034, 4) for i in range(50)]
+    busy = {"l4-7": 2}
+    chosen = distinct_nodes([*pool, *NODES], keep={"l4-40"}, per_kind=3, busy_gpus=busy)
+    names = [n.name for n in chosen]
+    assert "l4-40" in names  # running experts' nodes always stay
+    assert "l4-7" in names  # a node with other free GPUs is another kind
+    assert len([n for n in names if n.startswith("l4-")]) == 5  # 3 of the idle kind + l4-7 + l4-40
+    assert {"t4-0", "a100-0", "a100-1", "h100-0", "cpu-0"} <= set(names)
+
+
+def test_the_ledger_counts_promised_gpus_until_the_watch_shows_the_pod() -> None:
+    from atoll.operator.ledger import GpuLedger
+
+    now = [0.0]
+    ledger = GpuLedger(ttl_seconds=60, clock=lambda: now[0])
+    ledger.reserve("ns/r-expert-0-a1", "h100-0", 2)
+    ledger.reserve("ns/r-expert-1-a1", "h100-0", 1)
+    assert ledger.busy({"h100-0": 1}, {"other/pod"}) == {"h100-0": 4}
+    # Once the watch shows a pod its count comes from the index, not from the ledger.
+    assert ledger.busy({"h100-0": 3}, {"ns/r-expert-0-a1"}) == {"h100-0": 4}
+    ledger.release("ns/r-expert-1-a1")
+    assert ledger.busy({}, ()) == {}
+    ledger.reserve("ns/r-router-a1", "t4-0", 1)
+    now[0] = 61
+    assert ledger.busy({}, ()) == {}, "a reservation whose pod never appeared expires"
