@@ -10,6 +10,7 @@ atomic in S3, so single-object writes are; large files go up as multipart upload
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -129,7 +130,9 @@ class S3Store(Store):
 
             check_bucket_name(bucket, strict=True)
         except ValueError as error:
-            raise StoreError(f"{uri}: invalid bucket name {bucket!r} (3-63 lowercase letters, digits, dots, hyphens)") from error
+            raise StoreError(
+                f"{uri}: invalid bucket name {bucket!r} (3-63 lowercase letters, digits, dots, hyphens)"
+            ) from error
         return cls(client, bucket, parts.path, endpoint=endpoint, secure=secure, region=region, policy=policy)
 
     # --- keys ---------------------------------------------------------------------------
@@ -288,14 +291,21 @@ class S3Store(Store):
                 raise StoreError(f"deleting under {self.uri_of(prefix)}: {errors[0]} ({len(errors)} objects failed)")
 
     def child(self, prefix: str) -> S3Store:
+        return self._derive(join_key(self.prefix, prefix), self.policy)
+
+    def with_retry_deadline(self, seconds: float) -> S3Store:
+        return self._derive(self.prefix, dataclasses.replace(self.policy, deadline_seconds=seconds))
+
+    def _derive(self, prefix: str, policy: RetryPolicy) -> S3Store:
+        """A store on the same client, bucket and settings (shared bucket-created state)."""
         return S3Store(
             self.client,
             self.bucket,
-            join_key(self.prefix, prefix),
+            prefix,
             endpoint=self.endpoint,
             secure=self.secure,
             region=self.region,
-            policy=self.policy,
+            policy=policy,
             part_size=self.part_size,
             parallel_uploads=self.parallel_uploads,
             _bucket=self._bucket,

@@ -171,3 +171,17 @@ def test_missing_bucket_is_created_on_first_write(minio: MinioServer, s3_env: di
     assert client.bucket_exists(bucket)
     store.delete("spec.json")
     client.remove_bucket(bucket)
+
+
+@pytest.mark.minio
+def test_short_deadline_view_for_heartbeats() -> None:
+    from tests.env.process import free_port
+
+    env = {"MINIO_ENDPOINT": f"127.0.0.1:{free_port()}", "MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b"}
+    store = S3Store.from_uri("s3://bucket/runs", env=env, policy=RetryPolicy(deadline_seconds=600))
+    heartbeat_store = store.with_retry_deadline(0.5)
+    assert (heartbeat_store.uri, store.policy.deadline_seconds) == (store.uri, 600)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError):
+        heartbeat_store.put_bytes("experts/0/progress.json", b"{}")
+    assert time.monotonic() - started < 5
