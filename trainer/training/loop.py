@@ -344,7 +344,9 @@ def _autocast(precision: Precision, device: torch.device) -> Callable[[], contex
         return contextlib.nullcontext
     if precision == "fp32":
         return contextlib.nullcontext
-    if not torch.cuda.is_bf16_supported():
+    # Native bf16 only (compute capability ≥ 8): torch's default check also counts the slow
+    # emulation on T4/V100, where fp32 is faster — and the planner assumes fp32 there.
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
         if precision == "bf16":
             raise TrainingError(f"{torch.cuda.get_device_name(device)} does not support bf16: set precision fp32")
         return contextlib.nullcontext
