@@ -121,3 +121,22 @@ def test_more_clusters_than_examples_fails_naming_partition_clusters(tmp_path: P
     assert progress.state == "failed"
     assert "partition.clusters" in (progress.error or "")
     assert not store.exists(layout.PARTITION_STATS)
+
+
+def test_partition_into_an_s3_store(minio_bucket: str, s3_env: dict[str, str]) -> None:
+    from atoll.store import open_store
+
+    store = open_store(f"s3://{minio_bucket}/runs/digits")
+    spec = DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://digits", "resolution": 8, "maxExamples": 200},
+            "partition": {"clusters": 2, "features": "pixels", "fineClusters": 16},
+        }
+    )
+    partition.run(StageContext(spec=spec, store=store))
+    info = clusterdata.read_info(store)
+    assert info.examples == 200
+    data, labels = clusterdata.read_all_clusters(store)
+    assert sorted(data.index.tolist()) == list(range(200))
+    assert labels.bincount(minlength=2).tolist() == list(info.sizes)
+    assert store.exists(layout.PARTITION_DONE)
