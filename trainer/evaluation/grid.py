@@ -13,6 +13,8 @@ import torch
 
 MIN_TILE = 64
 """Tiles are enlarged to at least this side."""
+GAP = 2
+"""Pixels of grey between tiles, so neighbouring samples never read as one image."""
 
 
 def tensor_to_images(images: torch.Tensor) -> list[PIL.Image.Image]:
@@ -22,17 +24,19 @@ def tensor_to_images(images: torch.Tensor) -> list[PIL.Image.Image]:
 
 
 def to_grid(images: Sequence[PIL.Image.Image], columns: int) -> PIL.Image.Image:
-    """Tile equally sized images row by row (enlarged to at least MIN_TILE pixels)."""
+    """Tile equally sized images row by row (enlarged to at least MIN_TILE pixels, GAP apart)."""
     if not images or columns < 1:
         raise ValueError("a grid needs at least one image and one column")
     width, height = images[0].size
     scale = max(1, MIN_TILE // max(width, height))
     tile_w, tile_h = width * scale, height * scale
     rows = -(-len(images) // columns)
-    grid = PIL.Image.new("RGB", (min(columns, len(images)) * tile_w, rows * tile_h), "white")
+    used = min(columns, len(images))
+    size = (used * tile_w + (used - 1) * GAP, rows * tile_h + (rows - 1) * GAP)
+    grid = PIL.Image.new("RGB", size, (128, 128, 128))
     for i, image in enumerate(images):
         tile = image.convert("RGB").resize((tile_w, tile_h), PIL.Image.Resampling.NEAREST)
-        grid.paste(tile, ((i % columns) * tile_w, (i // columns) * tile_h))
+        grid.paste(tile, ((i % columns) * (tile_w + GAP), (i // columns) * (tile_h + GAP)))
     return grid
 
 
@@ -54,5 +58,5 @@ def grid_order(labels: torch.Tensor, *, per_row: int = 8, max_rows: int = 16) ->
 
 def grid_png(images: Sequence[PIL.Image.Image], order: list[int], columns: int) -> PIL.Image.Image:
     """The grid of images[order]; -1 entries stay blank (a class with fewer samples)."""
-    blank = PIL.Image.new("RGB", images[0].size, "white")
+    blank = PIL.Image.new("RGB", images[0].size, (128, 128, 128))
     return to_grid([images[i] if i >= 0 else blank for i in order], columns)

@@ -244,6 +244,9 @@ class LocalRuntime:
             "MKL_NUM_THREADS": str(threads),
             "ATOLL_TORCH_THREADS": str(threads),
             "PYTHONUNBUFFERED": "1",
+            # Idle OpenMP threads sleep instead of spinning: with the cores shared (by the
+            # other stages, or other users) spinning made a 2-thread stage 5-12× slower here.
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         }
         log.debug("starting stage", job=job.label, argv=argv, threads=threads)
         # Own session: Ctrl-C reaches only the runtime, which then stops every stage itself.

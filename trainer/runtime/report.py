@@ -34,7 +34,9 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table.add_column("experts/step", justify="right")
     table.add_column("s/image", justify="right")
     table.add_column("grid")
-    for name, row in metrics.get("strategies", {}).items():
+    strategies = metrics.get("strategies", {})
+    for name in metrics.get("strategyOrder", list(strategies)):
+        row = strategies.get(name, {})
         if row.get("skipped"):
             table.add_row(name, "—", "—", "—", "—", f"skipped: {row['skipped']}")
             continue
@@ -65,7 +67,9 @@ def print_results(console: Console, store: Store, metrics: dict[str, Any] | None
     console.print(f"metrics:  {store.uri_of(METRICS)}", highlight=False, soft_wrap=True)
     if metrics is None:
         return
-    for name, row in metrics.get("strategies", {}).items():
+    strategies = metrics.get("strategies", {})
+    for name in metrics.get("strategyOrder", list(strategies)):
+        row = strategies.get(name, {})
         if row.get("grid"):
             console.print(f"grid:     {store.uri_of(row['grid'])}  ({name})", highlight=False, soft_wrap=True)
     console.print(metrics_table(metrics))

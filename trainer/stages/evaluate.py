@@ -85,6 +85,7 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
         "reference": _reference(real, metric),
         "fid": {"available": inception is not None, **({"weights": str(inception_path)} if inception_path else {})},
         "strategies": {},
+        "strategyOrder": list(spec.evaluation.strategies),  # JSON objects are stored with sorted keys
         "router": _router_metrics(store),
     }
     if inception is None:

@@ -73,6 +73,6 @@ def test_grid_one_row_per_class() -> None:
     assert order == [1, 4, 0, 2, 3, -1]
     images = tensor_to_images(torch.zeros(6, 3, 16, 16))
     grid = to_grid(images, columns=2)
-    assert grid.size == (2 * 64, 3 * 64)
+    assert grid.size == (2 * 64 + 2, 3 * 64 + 2 * 2)  # tiles 2 px apart
     unlabeled, _ = grid_order(torch.full((100,), -1))
     assert unlabeled == list(range(64))
