@@ -3,9 +3,11 @@
     .venv/bin/python bench/operator_scale.py [--nodes 1000] [--runs 16] [--experts 64] [--json OUT.json]
 
 In one control plane (the pinned binaries of tests/env) it measures
-  * baseline: the same number of bare one-GPU pods (same shape as the operator's: GPU
-    request, product affinity, tolerations), created directly with the client from 16
-    threads, and the time until the kube-scheduler has bound every one;
+  * baselines: the same number of bare one-GPU pods (the operator's pod shape: GPU request,
+    tolerations, security context), created directly with the client from 16 threads, and
+    the time until the kube-scheduler has bound every one: once naming only a GPU product
+    (the scheduler picks among ~200 nodes per pod) and once pinned to a node by name like
+    the operator's planned pods (the scheduler checks one node);
   * operator: `kubectl apply` of the DDMRuns, and the time until every expert pod is bound
     (the operator creates 64 DDMExperts and 64 expert pods per run, places them, and
     patches statuses and posts Events meanwhile);
@@ -72,7 +74,7 @@ def seed_partition(root: Path, namespace: str, name: str, experts: int) -> None:
     store.put_bytes("partition/progress.json", done.to_json())
 
 
-def wait(check: Any, timeout: float, what: str, interval: float = 0.25) -> float:
+def wait(check: Any, timeout: float, what: str, interval: float = 0.5) -> float:
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
@@ -88,13 +90,21 @@ def bound(kube: Kube, namespace: str, selector: str) -> tuple[int, int]:
     return len(items), sum(1 for pod in items if pod["spec"].get("nodeName"))
 
 
-def bare_pods(count: int, namespace: str, products: list[str]) -> list[dict[str, Any]]:
-    """Pods shaped like the operator's expert pods, without an owner, round-robin over products."""
+def bare_pods(
+    count: int, namespace: str, products: list[str], pinned_to: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Pods shaped like the operator's expert pods, without an owner, round-robin over products
+    (or, `pinned_to` nodes given, each pinned to one of them by name like a planned pod)."""
     spec = DDMRunSpec.model_validate(run_manifest("bare", 2)["spec"])
     owner = Owner(api_version="v1", kind="None", name="none", uid="none")
     pods = []
     for index in range(count):
         product = products[index % len(products)]
+        node = ""
+        if pinned_to:
+            target = pinned_to[index % len(pinned_to)]
+            node = target["metadata"]["name"]
+            product = target["metadata"]["labels"]["nvidia.com/gpu.product"]
         item = StageAttempt(
             run="bare",
             namespace=namespace,
@@ -105,11 +115,13 @@ def bare_pods(count: int, namespace: str, products: list[str]) -> list[dict[str,
             store_uri="/dev/null",
             store_secret=None,
             owner=owner,
-            assignment=Assignment(node="", gpu_product=product, gpus=1, micro_batch=None, grad_accum=None),
+            assignment=Assignment(
+                node=node, gpu_product=product, gpus=1, micro_batch=None, grad_accum=None, pin=bool(node)
+            ),
         )
         pod = build_pod(item, spec, OperatorSettings())
         del pod["metadata"]["ownerReferences"]
-        pod["spec"]["affinity"]["nodeAffinity"].pop("preferredDuringSchedulingIgnoredDuringExecution")
+        pod["spec"]["affinity"]["nodeAffinity"].pop("preferredDuringSchedulingIgnoredDuringExecution", None)
         pods.append(pod)
     return pods
 
@@ -154,18 +166,25 @@ def _conditions(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def baseline(
-    cluster: ControlPlane, kube: Kube, nodes: list[dict[str, Any]], total: int, timeout: float
+    cluster: ControlPlane, kube: Kube, nodes: list[dict[str, Any]], total: int, timeout: float, *, pinned: bool
 ) -> dict[str, float]:
-    """Bare pods created directly: seconds until created and until all bound."""
-    pods = bare_pods(total, "bench-bare", sorted(fleet_builders.products_of(nodes)))
+    """Bare pods created directly: seconds until created and until all bound.
+
+    pinned=False: each pod names only a GPU product, the kube-scheduler picks the node (what
+    one does without a planner). pinned=True: each pod is pinned to a node by name, exactly
+    like the operator's planned pods, so the difference to the operator is its own overhead.
+    """
+    label = "pinned" if pinned else "bare"
+    pods = bare_pods(total, "bench-bare", sorted(fleet_builders.products_of(nodes)), nodes if pinned else None)
     t0 = time.monotonic()
     create_all(kube, pods)
     created = time.monotonic() - t0
-    wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[1] >= total, timeout, "bare pods bound")
+    wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[1] >= total, timeout, f"{label} pods bound")
     done = time.monotonic() - t0
-    print(f"baseline: {total} bare pods created in {created:.1f}s, all bound after {done:.1f}s")
-    cluster.kubectl("delete", "pods", "--all", "-n", "bench-bare", "--grace-period=0", "--force", timeout=600)
-    return {"bare_created_seconds": round(created, 2), "bare_bound_seconds": round(done, 2)}
+    print(f"baseline ({label}): {total} pods created in {created:.1f}s, all bound after {done:.1f}s")
+    cluster.kubectl("delete", "pods", "--all", "-n", "bench-bare", "--grace-period=0", "--force", "--wait=false")
+    wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[0] == 0, 600, "bare pods deleted", interval=2)
+    return {f"{label}_created_seconds": round(created, 2), f"{label}_bound_seconds": round(done, 2)}
 
 
 def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -239,12 +258,17 @@ def main() -> int:
         cluster.start()
         kube = Kube(load_config(str(cluster.kubeconfig)))
         nodes = start_fleet(cluster, kube, args.nodes)
-        results.update(baseline(cluster, kube, nodes, total, args.timeout))
+        results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=False))
+        results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=True))
         results.update(operated(cluster, kube, work, args))
     finally:
         cluster.close()
     results["ratio_operator_to_bare"] = round(results["operator_bound_seconds"] / results["bare_bound_seconds"], 2)
-    print(f"ratio operator / bare pods: {results['ratio_operator_to_bare']:.2f}")
+    results["ratio_operator_to_pinned"] = round(results["operator_bound_seconds"] / results["pinned_bound_seconds"], 2)
+    print(
+        f"ratio operator / bare pods: {results['ratio_operator_to_bare']:.2f};"
+        f" operator / pinned bare pods: {results['ratio_operator_to_pinned']:.2f}"
+    )
     print(json.dumps({k: v for k, v in results.items() if k != "cpu"}, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

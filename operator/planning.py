@@ -98,7 +98,13 @@ def place_experts(
     try:
         plan = replan(
             spec,
-            distinct_nodes(nodes, keep={w.node for w in running.values()}, per_kind=unplaced, busy_gpus=busy_gpus),
+            distinct_nodes(
+                nodes,
+                keep={w.node for w in running.values()},
+                experts=unplaced,
+                max_gpus=spec.placement.gpu.max_per_expert,
+                busy_gpus=busy_gpus,
+            ),
             progress=progress,
             running=running,
             cluster_sizes=cluster_sizes,
@@ -136,14 +142,21 @@ def place_experts(
 
 
 def distinct_nodes(
-    nodes: Sequence[NodeView], *, keep: Collection[str], per_kind: int, busy_gpus: Mapping[str, int]
+    nodes: Sequence[NodeView],
+    *,
+    keep: Collection[str],
+    experts: int,
+    max_gpus: int,
+    busy_gpus: Mapping[str, int],
 ) -> list[NodeView]:
-    """The nodes worth planning over: `keep`, plus at most `per_kind` of each kind of identical node.
+    """The nodes worth planning over: `keep`, plus enough of each kind of identical node.
 
-    An expert runs on one node, so no plan for n experts needs more than n nodes that look
-    the same to the planner (product, memory, GPUs, free GPUs, labels, taints, health).
-    On a 1000-node fleet of a few pools this shrinks the planner's problem by an order of
-    magnitude without changing what it can find.
+    Nodes that look the same to the planner (product, memory, GPUs, free GPUs, labels,
+    taints, health) are interchangeable. A node with f free GPUs runs at least
+    ⌊f / max_gpus⌋ experts at once (each uses at most max_gpus), so ⌈experts / that⌉ nodes
+    of a kind (at most `experts`: one each) can host every expert at the same time, and no
+    plan needs more of them. On a 1000-node fleet of a few pools this shrinks the planner's
+    problem by one to two orders of magnitude without changing what it can find.
     """
     kinds: dict[tuple[object, ...], int] = {}
     chosen = []
@@ -163,7 +176,10 @@ def distinct_nodes(
             tuple(sorted((k, v) for k, v in node.annotations.items() if k not in _VOLATILE_ANNOTATIONS)),
             tuple(sorted(str(sorted(t.items())) for t in node.taints)),
         )
-        if kinds.get(kind, 0) < per_kind:
+        free = node.gpus - busy_gpus.get(node.name, 0)
+        per_node = free // max(1, max_gpus)
+        needed = experts if per_node < 1 else -(-experts // per_node)
+        if kinds.get(kind, 0) < needed:
             kinds[kind] = kinds.get(kind, 0) + 1
             chosen.append(node)
     return sorted(chosen, key=lambda n: n.name)

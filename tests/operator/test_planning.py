@@ -103,11 +103,14 @@ def test_identical_nodes_are_planned_over_at_most_once_per_expert() -> None:
 
     pool = [node(f"l4-{i}", "NVIDIA-L4", 23034, 4) for i in range(50)]
     busy = {"l4-7": 2}
-    chosen = distinct_nodes([*pool, *NODES], keep={"l4-40"}, per_kind=3, busy_gpus=busy)
+    chosen = distinct_nodes([*pool, *NODES], keep={"l4-40"}, experts=3, max_gpus=8, busy_gpus=busy)
     names = [n.name for n in chosen]
     assert "l4-40" in names  # running experts' nodes always stay
     assert "l4-7" in names  # a node with other free GPUs is another kind
     assert len([n for n in names if n.startswith("l4-")]) == 5  # 3 of the idle kind + l4-7 + l4-40
+    # One GPU per expert: a 4-GPU node hosts 4 experts at once, so 10 experts need 3 such nodes.
+    one_each = distinct_nodes(pool, keep=(), experts=10, max_gpus=1, busy_gpus={})
+    assert len(one_each) == 3
     assert {"t4-0", "a100-0", "a100-1", "h100-0", "cpu-0"} <= set(names)
 
 
