@@ -40,6 +40,8 @@ class StageInputs:
     """Names of the nodes that exist (None: unknown, nothing is declared lost)."""
     policy: FailurePolicy
     now: datetime
+    moving: bool = False
+    """The operator ended the current attempt itself to move the stage to faster GPUs."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
     elif current is not None and current.active:
         return StageDecision(_running(status, current, attempt), delete_pods=stranded)
 
+    if inputs.moving and lost is None and (current is None or not current.active):
+        # Ended on purpose at a checkpoint: not a failure, the next attempt starts at once.
+        moved = status.model_copy(update={"moves": status.moves + 1, "message": "moving to faster GPUs"})
+        return _start(moved, inputs, first=False, after=attempt, delete=stranded)
     reason = failure_reason(current, progress, attempt, lost)
     if status.last_failure_attempt == attempt:
         # Already recorded at an earlier tick: only the backoff is left to wait out.
@@ -187,8 +193,11 @@ def _give_up(
     """The reason to stop retrying this stage, or None to restart it."""
     if current is not None and current.exit_code == EXIT_USAGE:
         return f"the stage rejected its arguments (exit 2): {reason}"
-    if attempt - 1 >= policy.max_restarts:
-        return f"failed {attempt} attempt(s), failurePolicy.maxRestarts is {policy.max_restarts}; the last: {reason}"
+    # Attempts of this run object that ended unfinished, this one included, moves excluded
+    # (attempt numbers may start higher: a re-applied run continues above the store's claim).
+    failures = status.restarts - status.moves + 1
+    if failures - 1 >= policy.max_restarts:
+        return f"failed {failures} attempt(s), failurePolicy.maxRestarts is {policy.max_restarts}; the last: {reason}"
     # Bad input (a dataset that does not exist, more clusters than examples, …) fails the
     # same way before any training step on every attempt: stop after the second time
     # instead of working through every restart.

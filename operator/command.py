@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--service-account", metavar="NAME", help="ServiceAccount of the stage pods")
     parser.add_argument(
+        "--move-check",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds between checks for faster free GPUs (0: off)",
+    )
+    parser.add_argument(
         "--max-gpus-per-pod", type=int, metavar="N", help="cap GPUs per stage pod (1 on fleets with fake GPUs)"
     )
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
@@ -76,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
         heartbeat_stale_seconds=args.heartbeat_stale,
         service_account=args.service_account,
         max_gpus_per_pod=args.max_gpus_per_pod,
+        move_check_seconds=args.move_check,
     )
     log = get_logger("atoll.operator")
     if not args.verbose:

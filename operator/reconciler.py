@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from atoll import layout
 from atoll.api.errors import format_validation_error
 from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
-from atoll.api.status import CheckpointStatus, DDMExpertStatus, DDMRunStatus, StageStatus
+from atoll.api.status import CheckpointStatus, DDMExpertStatus, DDMRunStatus, MoveStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.attempts import StageDecision, StageInputs, decide_stage
@@ -37,6 +37,7 @@ from atoll.operator.planning import (
     ExpertPlacement,
     PlacementJob,
     Where,
+    distinct_nodes,
     place_experts,
     plan_stages,
 )
@@ -85,6 +86,7 @@ class RunMemory:
     checkpoints: dict[str, CheckpointStatus | None] = field(default_factory=dict)
     store_down_since: datetime | None = None
     store_error: str | None = None
+    last_move_check: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,10 @@ class _Tick:
         stage, expert = _parse_key(key)
         pods = [p for p in self.observed.pods if p.stage == stage and p.expert == expert]
         pods = self._confirm_missing(status, pods)
+        current = next((p for p in pods if p.attempt == status.attempt), None)
+        moving = isinstance(status, DDMExpertStatus) and status.move is not None
         return StageInputs(
+            moving=moving and (current is None or not current.active),
             ready=ready,
             pods=pods,
             status=status,
@@ -391,6 +396,7 @@ class _Tick:
         )
         if decisions["partition"].status.phase == "Succeeded":
             self._ensure_experts()
+        self._execute_moves()
         statuses = self._expert_statuses()
         for k, expert_status in sorted(statuses.items()):
             key = stage_key("expert", k)
@@ -402,7 +408,93 @@ class _Tick:
         decisions["evaluate"] = decide_stage(
             self._inputs("evaluate", stages.evaluate, stage_ready("evaluate", facts()))
         )
-        return self._act(decisions)
+        return self._plan_moves(self._act(decisions))
+
+    # --- moving experts to faster GPUs ------------------------------------------------------
+
+    def _execute_moves(self) -> None:
+        """Stop an expert whose move is planned once its checkpoint of the move's step exists."""
+        pods = {(p.expert, p.attempt): p for p in self.observed.pods if p.stage == "expert"}
+        for k, status in self._expert_statuses().items():
+            move = status.move
+            pod = pods.get((k, status.attempt))
+            if move is None or pod is None or not pod.active or pod.phase != "Running":
+                continue
+            checkpoint = self.memory.checkpoints.get(stage_key("expert", k))
+            if checkpoint is None or checkpoint.step < move.at_step:
+                continue
+            log.info("moving expert to faster GPUs", run=self.name, expert=k, pod=pod.name, to=move.node)
+            self.kube.delete_pod(self.namespace, pod.name)
+            self._event(
+                stage_key("expert", k),
+                "Normal",
+                "Moving",
+                f"expert {k} stops after its checkpoint at step {checkpoint.step} to move from {pod.node} to"
+                f" {move.gpus}× {move.gpu_product} on {move.node}",
+            )
+
+    def _plan_moves(self, decisions: dict[str, StageDecision]) -> dict[str, StageDecision]:
+        """Every move_check_seconds: which running experts gain from faster GPUs that became free."""
+        from atoll.operator.placement import migrations
+
+        every = self.settings.move_check_seconds
+        running = {k: w for k, w in self._running_experts().items() if self._running_pod(k)}
+        if every <= 0 or not running or self.monotonic() - self.memory.last_move_check < every:
+            return decisions
+        self.memory.last_move_check = self.monotonic()
+        spec = self._placement_spec()
+        with self.ledger.lock:
+            busy = self.ledger.busy(self.observed.busy_gpus, self.observed.gpu_pods)
+        mine: dict[str, int] = {}
+        for where in running.values():
+            mine[where.node] = mine.get(where.node, 0) + where.gpus
+        others = {node: max(0, used - mine.get(node, 0)) for node, used in busy.items()}
+        nodes = distinct_nodes(
+            self.observed.nodes,
+            keep={w.node for w in running.values()},
+            experts=len(running),
+            max_gpus=spec.placement.gpu.max_per_expert,
+            busy_gpus=busy,
+        )
+        progress = {k: p for k in running if (p := self.memory.progress.get(stage_key("expert", k))) is not None}
+        for move in migrations(
+            spec,
+            nodes,
+            progress=progress,
+            running=running,
+            cluster_sizes=self.status.cluster_sizes or None,
+            used_gpus=others,
+            now=self.now,
+        ):
+            key = stage_key("expert", move.expert)
+            decision = decisions.get(key)
+            if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:
+                continue
+            target = move.to
+            planned = MoveStatus(
+                node=target.node,
+                gpu_product=target.gpu_product,
+                gpus=target.gpus,
+                micro_batch=target.micro_batch,
+                grad_accum=target.grad_accum,
+                at_step=move.at_step,
+                gain_seconds=round(move.gain_seconds, 1),
+            )
+            decisions[key] = StageDecision(decision.status.model_copy(update={"move": planned}))
+            self._event(
+                key,
+                "Normal",
+                "MovePlanned",
+                f"expert {move.expert} will move from {move.from_node} to {target.gpus}× {target.gpu_product} on"
+                f" {target.node} after its checkpoint at step {move.at_step}: predicted to finish"
+                f" {move.gain_seconds:.0f} s sooner",
+            )
+        return decisions
+
+    def _running_pod(self, expert: int) -> bool:
+        return any(
+            p.stage == "expert" and p.expert == expert and p.phase == "Running" and p.active for p in self.observed.pods
+        )
 
     def _facts(self, store_ready: bool, decisions: Mapping[str, StageDecision]) -> RunFacts:
         assert self.spec is not None
@@ -514,23 +606,42 @@ class _Tick:
         return StageDecision(decision.status.model_copy(update={"attempt": attempt}), attempt, decision.delete_pods)
 
     def _plan(self, starting: Mapping[str, StageDecision], busy_gpus: Mapping[str, int]) -> dict[str, Assignment]:
-        """Experts through the makespan planner, then the short stages on what is left."""
+        """Experts moving to planned faster GPUs first, the other experts through the makespan
+        planner, then the short stages on what is left."""
         assert self.spec is not None
-        experts = {view.expert for view in self.observed.experts}
-        starting_experts = [_parse_key(key)[1] for key in starting if key.startswith("expert-")]
+        statuses = self._expert_statuses()
+        capacity = {node.name: node.gpus for node in self.observed.nodes}
+        busy = dict(busy_gpus)
+        plan: dict[str, Assignment] = {}
+        placed_anew: list[int] = []
+        for key in starting:
+            stage, k = _parse_key(key)
+            if stage != "expert" or k is None:
+                continue
+            move = statuses[k].move if k in statuses else None
+            if move is not None and busy.get(move.node, 0) + move.gpus <= capacity.get(move.node, 0):
+                plan[key] = Assignment(
+                    node=move.node,
+                    gpu_product=move.gpu_product,
+                    gpus=move.gpus,
+                    micro_batch=move.micro_batch,
+                    grad_accum=move.grad_accum,
+                    pin=True,
+                )
+                busy[move.node] = busy.get(move.node, 0) + move.gpus
+            else:
+                placed_anew.append(k)
         placement = place_experts(
             self._placement_spec(),
             self.observed.nodes,
-            starting=[k for k in starting_experts if k is not None],
+            starting=placed_anew,
             running=self._running_experts(),
-            progress={k: p for k in experts if (p := self.memory.progress.get(stage_key("expert", k))) is not None},
+            progress={k: p for k in statuses if (p := self.memory.progress.get(stage_key("expert", k))) is not None},
             cluster_sizes=self.status.cluster_sizes or None,
-            busy_gpus=busy_gpus,
+            busy_gpus=busy,
             now=self.now,
         )
         self.expert_placement = placement
-        busy = dict(busy_gpus)
-        plan: dict[str, Assignment] = {}
         for k, assignment in placement.assignments.items():
             plan[stage_key("expert", k)] = assignment
             busy[assignment.node] = busy.get(assignment.node, 0) + assignment.gpus
@@ -621,6 +732,7 @@ class _Tick:
                     micro_batch=assignment.micro_batch,
                     grad_accum=assignment.grad_accum,
                     predicted_seconds=assignment.predicted_seconds,
+                    move=None,
                 )
         status = decision.status.model_copy(update=update)
         if created:

@@ -33,6 +33,8 @@ class OperatorSettings:
     """A run whose store was never reachable for this long fails (a wrong endpoint, not an outage)."""
     heartbeat_stale_seconds: float = 120.0
     """A running stage whose progress.json is older than this makes the run Degraded."""
+    move_check_seconds: float = 60.0
+    """How often a training run looks for faster GPUs that became free (0: never move experts)."""
     max_gpus_per_pod: int | None = None
     """Cap on the GPUs of one stage pod (None: spec.placement.gpu.maxPerExpert alone). Fake
     fleets whose "GPUs" are CPU processes (the dev environment) set 1: each GPU of a pod

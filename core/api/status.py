@@ -77,7 +77,12 @@ class StageStatus(StatusModel):
         ),
     )
     attempt: int = Field(default=0, ge=0, description="Attempt number of the newest pod (fencing token, from 1).")
-    restarts: int = Field(default=0, ge=0, description="Attempts started after a failed or lost one.")
+    restarts: int = Field(
+        default=0, ge=0, description="Attempts started after the previous one ended unfinished (failed, lost, moved)."
+    )
+    moves: int = Field(
+        default=0, ge=0, description="Attempts ended on purpose to move to faster GPUs (not failures; experts only)."
+    )
     pod: str | None = Field(default=None, description="Name of the newest attempt's pod.")
     node: str | None = Field(default=None, description="Node the newest attempt runs (or ran) on.")
     gpu: str | None = Field(default=None, description="GPU product the stage runs on (nvidia.com/gpu.product).")
@@ -136,6 +141,18 @@ class DDMRunStatus(StatusModel):
     observed_generation: int | None = Field(default=None, ge=0, description="The generation last reconciled.")
 
 
+class MoveStatus(StatusModel):
+    """A planned move of a running expert to faster GPUs that became free."""
+
+    node: str = Field(description="Node the expert moves to.")
+    gpu_product: str = Field(description="GPU product of that node.")
+    gpus: int = Field(ge=1, description="GPUs it will use there.")
+    micro_batch: int = Field(ge=1, description="Micro-batch per GPU there.")
+    grad_accum: int = Field(ge=1, description="Gradient accumulation there (the global batch is kept).")
+    at_step: int = Field(ge=0, description="The move happens once the checkpoint of this step is committed.")
+    gain_seconds: float = Field(description="Predicted finish time saved, restart cost included.")
+
+
 class DDMExpertSpec(StatusModel):
     """One expert of a run: the operator creates it when the partition is done."""
 
@@ -154,3 +171,4 @@ class DDMExpertStatus(StageStatus):
     predicted_seconds: float | None = Field(
         default=None, ge=0, description="Training time the placement plan predicts on this GPU."
     )
+    move: MoveStatus | None = Field(default=None, description="A planned move to faster GPUs, if any.")

@@ -142,3 +142,15 @@ def test_a_deleted_pod_counts_as_a_failed_attempt() -> None:
 def test_the_same_observation_gives_the_same_decision() -> None:
     observation = inputs(StageStatus(attempt=1, phase="Running"), [failed(1)], now=T0 + timedelta(seconds=1))
     assert decide_stage(observation) == decide_stage(observation)
+
+
+def test_a_move_to_faster_gpus_is_no_failure_and_restarts_at_once() -> None:
+    status = StageStatus(attempt=1, phase="Running", pod="r-expert-0-a1")
+    stopping = pod(1, deleting=True)
+    decision = decide_stage(inputs(status, [stopping], moving=True))
+    assert decision.create_attempt == 2
+    assert (decision.status.restarts, decision.status.moves) == (1, 1)
+    assert decision.status.last_failure is None
+    # Moves do not use up failurePolicy.maxRestarts (2 here): three moves, then a real failure restarts.
+    moved = StageStatus(attempt=4, restarts=3, moves=3, phase="Running")
+    assert not decide_stage(inputs(moved, [failed(4)], now=T0 + timedelta(minutes=5))).failed

@@ -30,20 +30,6 @@ from tests.operator.conftest import SECRET, OperatorProcess, apply, condition, p
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "quickstart.yaml"
-# The quickstart's shape as DESIGN.md §3 publishes it (used only while quickstart.yaml is absent).
-DESIGN_EXAMPLE = """
-apiVersion: atoll.dev/v1alpha1
-kind: DDMRun
-metadata: {name: digits-quickstart}
-spec:
-  dataset:   {uri: builtin://digits, resolution: 16}
-  partition: {clusters: 4, features: pixels, seed: 0}
-  expert:    {preset: tiny, steps: 800, globalBatchSize: 64, learningRate: 3.0e-4, checkpointEvery: 100}
-  router:    {preset: tiny, steps: 400}
-  sampling:  {strategy: top-2, steps: 30, guidance: 2.0}
-  placement: {gpu: {minMemoryGiB: 16}}
-  failurePolicy: {maxRestarts: 3}
-"""
 EVERY = 10
 STEPS = 60
 
@@ -53,8 +39,7 @@ def quickstart_small() -> dict[str, Any]:
 
     Same data, presets and pipeline; K=2, resolution 8, fewer steps and samples.
     """
-    text = QUICKSTART.read_text() if QUICKSTART.exists() else DESIGN_EXAMPLE
-    run: dict[str, Any] = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "DDMRun")
+    run: dict[str, Any] = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d and d["kind"] == "DDMRun")
     run = copy.deepcopy(run)
     assert "storage" not in run["spec"] or not run["spec"]["storage"].get("uri"), (
         "the quickstart uses the default store"
@@ -65,9 +50,9 @@ def quickstart_small() -> dict[str, Any]:
     spec["expert"].update(
         preset="tiny", steps=STEPS, globalBatchSize=16, checkpointEvery=EVERY, keepCheckpoints={"last": 10}
     )
-    spec["router"] = {"preset": "tiny", "steps": 20, "globalBatchSize": 16, "checkpointEvery": EVERY}
-    spec["sampling"] = {"strategy": "top-2", "steps": 4, "guidance": 2.0}
-    spec["evaluation"] = {"samples": 8, "strategies": ["top-1", "top-2"]}
+    spec["router"].update(preset="tiny", steps=20, globalBatchSize=16, checkpointEvery=EVERY)
+    spec["sampling"].update(steps=4)
+    spec.setdefault("evaluation", {}).update(samples=8, strategies=["top-1", "top-2"])
     spec["failurePolicy"] = {"maxRestarts": 3, "backoffSeconds": 1, "maxBackoffSeconds": 4}
     return run
 
