@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,7 @@ def main() -> int:
     parser.add_argument("--experts", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, operator.log)")
     args = parser.parse_args()
     total = args.runs * args.experts
     work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
@@ -263,6 +265,10 @@ def main() -> int:
         results.update(operated(cluster, kube, work, args))
     finally:
         cluster.close()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     results["ratio_operator_to_bare"] = round(results["operator_bound_seconds"] / results["bare_bound_seconds"], 2)
     results["ratio_operator_to_pinned"] = round(results["operator_bound_seconds"] / results["pinned_bound_seconds"], 2)
     print(
