@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     from atoll.log import get_logger
     from atoll.operator.handlers import build_registry, kopf_settings
     from atoll.operator.kube import Kube, load_config
-    from atoll.operator.reconciler import Reconciler
+    from atoll.operator.reconcile import Reconciler
     from atoll.operator.settings import OperatorSettings
 
     settings = OperatorSettings(

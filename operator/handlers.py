@@ -1,6 +1,6 @@
 """The kopf wiring: indexes of what the operator watches, one timer per DDMRun, a finalizer.
 
-Handlers only decide and apply through atoll.operator.reconciler; everything here is the
+Handlers only decide and apply through atoll.operator.reconcile; everything here is the
 glue kopf needs. Level-based: the timer looks at the whole observed state every tick, so
 missed watch events and operator restarts cost nothing.
 """
@@ -27,7 +27,7 @@ from atoll.operator.observe import (
     NodeView,
     PodView,
 )
-from atoll.operator.reconciler import Observed, Reconciler, RunMemory
+from atoll.operator.reconcile import Observed, Reconciler, RunMemory
 from atoll.operator.settings import OperatorSettings
 from atoll.store import StoreError
 
