@@ -271,19 +271,23 @@ class LocalRuntime:
         return f"exited with status {code}"
 
     def _stop_all(self, items: list[_Running]) -> None:
-        """SIGTERM every stage's process group, then SIGKILL what is left after a grace period."""
+        """SIGTERM every stage's process group (training stages finish their checkpoint upload),
+        then SIGKILL what is left after a grace period, or at once on a second Ctrl-C."""
         for item in items:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(item.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        for item in items:
-            try:
-                item.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(item.process.pid, signal.SIGKILL)
-                item.process.wait()
-            item.handle.close()
+        try:
+            for item in items:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    item.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for item in items:
+                if item.process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(item.process.pid, signal.SIGKILL)
+                    item.process.wait()
+                item.handle.close()
 
 
 def _last_line(path: Path, offset: int) -> str:

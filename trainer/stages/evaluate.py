@@ -79,7 +79,7 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
             "labels": "digit class" if spec.dataset.uri == "builtin://digits" else real.label_kind,
             "classes": metric.classifier.classes,
             "accuracy": metric.classifier.accuracy,
-            "features": 64,
+            "features": metric.classifier.model.head.in_features,
             "trainExamples": metric.classifier.train_examples,
         },
         "reference": _reference(real, metric),
