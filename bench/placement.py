@@ -27,6 +27,7 @@ from typing import Any
 
 from atoll.api import DDMRunSpec
 from atoll.operator.placement import experts_of, plan, read_fleet, speed_table, workload_of
+from atoll.operator.placement.planner import START_SECONDS
 from atoll.operator.placement.speeds import trains_in_bf16
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -233,7 +234,7 @@ def spread_makespan(case: Case, spec: DDMRunSpec, nodes: list[dict[str, Any]]) -
     for work in experts_of(spec, case.sizes):
         slot = work.expert % len(slots)
         node = slots[slot]
-        busy_until[slot] += work.samples / speeds.per_gpu(node.product, node.compute_major)
+        busy_until[slot] += work.samples / speeds.per_gpu(node.product, node.compute_major) + START_SECONDS
     return max(busy_until)
 
 

@@ -3,14 +3,15 @@
 Builds the makespan problem of `atoll.operator.placement.schedule` from Node objects, the
 experts' work and the speed table: for every usable node and every GPU count g (g divides
 the global batch, g ≤ placement.gpu.maxPerExpert and the node's free GPUs, and the
-largest fitting micro-batch exists) one option lasting samples / speed(g). Pure and
+largest fitting micro-batch exists) one option lasting samples / speed(g), plus
+START_SECONDS for an expert not yet running. Pure and
 deterministic: equal inputs (`now` included) give equal plans.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +33,25 @@ from atoll.progress import StageProgress
 
 STALE_AFTER_SECONDS = 180.0
 """An agent heartbeat older than this makes a node stale (the agent reports every 30 s)."""
+START_SECONDS = 60.0
+"""What starting an expert costs whatever its size: scheduling, image, imports, loading the
+cluster's data and resuming from its checkpoint. Without it, small experts look free to
+queue behind each other on the fastest GPUs, which is never true in practice."""
 EXACT_SEARCH_MAX_EXPERTS = 10
 EXACT_SEARCH_BUDGET = 20_000
 """Search nodes plus list schedules the exact search may spend (about a second) before the
 heuristic's plan is kept."""
+
+
+def _without_start(problem: Problem) -> Problem:
+    """The problem with training time alone: issue 6's lower bound counts samples over speed."""
+    jobs = tuple(
+        job
+        if job.pinned
+        else Job(options=tuple(replace(o, seconds=o.seconds - START_SECONDS) for o in job.options), pinned=False)
+        for job in problem.jobs
+    )
+    return replace(problem, jobs=jobs)
 
 
 class PlacementError(AtollError):
@@ -169,7 +185,7 @@ def plan(
     return Plan(
         assignments=tuple(sorted(assignments, key=lambda a: a.expert)),
         makespan_seconds=schedule.makespan,
-        lower_bound_seconds=lower_bound(problem, fleet_rate=builder.full_rate),
+        lower_bound_seconds=lower_bound(_without_start(problem), fleet_rate=builder.full_rate),
         speeds={p: speeds.per_gpu(p, n.compute_major) for p, n in products.items()},
         speed_sources={p: speeds.source(p, n.compute_major) for p, n in products.items()},
         excluded=fleet.excluded + tuple(builder.too_small),
@@ -260,7 +276,10 @@ class _Builder:
                 Job(
                     options=tuple(
                         Option(
-                            node=c.node, gpus=c.gpus, seconds=expert.samples / c.speed, release=expert.release_seconds
+                            node=c.node,
+                            gpus=c.gpus,
+                            seconds=expert.samples / c.speed + (0.0 if expert.pinned is not None else START_SECONDS),
+                            release=expert.release_seconds,
                         )
                         for c in choices
                     ),
