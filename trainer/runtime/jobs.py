@@ -9,7 +9,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from atoll import layout
 from atoll.progress import StageName
+
+# The object each stage writes last, which proves it finished; experts have none beyond
+# their progress.json (written done only after the final checkpoint is committed).
+DONE_MARKERS: dict[str, str] = {
+    "partition": layout.PARTITION_DONE,
+    "router": f"{layout.ROUTER}/metrics.json",
+    "assemble": f"{layout.MODEL}/assembled.json",
+    "evaluate": f"{layout.EVAL}/metrics.json",
+}
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -30,7 +30,7 @@ from atoll.log import get_logger
 from atoll.store import NotFoundError, Store, open_store
 from atoll.trainer.heartbeat import read_progress
 from atoll.trainer.runtime.board import Board
-from atoll.trainer.runtime.jobs import StageJob, dependencies, run_jobs
+from atoll.trainer.runtime.jobs import DONE_MARKERS, StageJob, dependencies, run_jobs
 
 log = get_logger(__name__)
 
@@ -221,7 +221,9 @@ class LocalRuntime:
         return result
 
     def _already_done(self, job: StageJob) -> bool:
-        """A stage that reported done for this spec does not need a subprocess again."""
+        """A stage whose last output exists needs no subprocess again (the stage would return at once)."""
+        if job.stage in DONE_MARKERS:
+            return self.store.exists(DONE_MARKERS[job.stage])
         progress = read_progress(self.store, job.stage, job.expert)
         return progress is not None and progress.state == "done"
 

@@ -67,6 +67,15 @@ def test_job_graph() -> None:
     assert command == ["py", "-m", "atoll.trainer", "expert", "--run", "s/spec.json", "--store", "s", "--expert", "2"]
 
 
+def test_done_markers_are_what_the_stages_write_last() -> None:
+    from atoll.trainer.runtime.jobs import DONE_MARKERS
+    from atoll.trainer.stages import assemble, evaluate, router
+
+    assert DONE_MARKERS["assemble"] == assemble.MARKER_KEY
+    assert DONE_MARKERS["evaluate"] == evaluate.METRICS
+    assert DONE_MARKERS["router"] == router.METRICS
+
+
 def test_bad_manifest_lists_every_field_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = _manifest(
         tmp_path / "bad.yaml",
