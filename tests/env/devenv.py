@@ -1,9 +1,12 @@
 """`make dev-up` / `make dev-down`: the test environment in the background for a person —
-control plane, GPU fleet, MinIO and the pod process runtime — with its state under .dev/.
+control plane, GPU fleet, MinIO, the pod process runtime, Atoll's CRDs and the operator —
+with its state under .dev/.
 
 `up` writes .dev/kubeconfig and .dev/env and a Secret `minio-credentials` in namespace
-default; `down` stops everything `up` started and checks that no process is left. It never
-signals a process that does not belong to .dev/ (pids are checked against their command line).
+default, applies crds/ and starts `atoll operator` with the dev MinIO as its default store,
+so `kubectl apply -f manifests/examples/quickstart.yaml` trains a run. `down` stops
+everything `up` started and checks that no process is left. It never signals a process
+that does not belong to .dev/ (pids are checked against their command line).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from tests.env import fleet, kube
 from tests.env.binaries import MissingPrerequisiteError
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
-from tests.env.process import stop_group
+from tests.env.process import start_group, stop_group
 from tests.env.runtime_process import REPO_ROOT, PodRuntimeProcess
 
 DEV = REPO_ROOT / ".dev"
 STATE = DEV / "state.json"
 CLUSTER_NAME = "atoll-dev"
+DEFAULT_STORE = "s3://atoll/runs"
+OPERATOR_MARKER = "atoll operator"
 
 
 def _cmdline(pid: int) -> str:
@@ -82,6 +87,7 @@ def is_up(state: dict[str, Any] | None) -> bool:
         bool(alive)
         and _ours(state["minio"]["pid"], str(DEV / "minio"))
         and _ours(state["runtime"]["pid"], "tests.env.podruntime")
+        and _ours((state.get("operator") or {}).get("pid", 0), OPERATOR_MARKER)
     )
 
 
@@ -91,9 +97,12 @@ def _usage() -> str:
             "Atoll dev environment is up:",
             "  source .dev/env    # KUBECONFIG, MINIO_*, and the pinned kubectl first on PATH",
             "  kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.memory",
+            "  kubectl apply -f manifests/examples/quickstart.yaml && kubectl get ddm,ddmx -w",
             f"kubectl: {shlex.quote(str(_kubectl()))}",
             "MinIO credentials: Secret minio-credentials (accessKey, secretKey, endpoint) in namespace default",
-            "logs: .dev/cluster/kwok/clusters/atoll-dev/logs/, .dev/minio/minio.log, .dev/runtime/ (pod logs)",
+            f"the operator's default store: {DEFAULT_STORE} (runs without storage.uri)",
+            "logs: .dev/operator.log, .dev/cluster/kwok/clusters/atoll-dev/logs/, .dev/minio/minio.log,"
+            " .dev/runtime/ (pod logs)",
             "stop everything: make dev-down",
         ]
     )
@@ -132,6 +141,10 @@ def up() -> int:
         core: Any = client.CoreV1Api(cluster.api_client())
         names = fleet.apply(core, fleet.default_fleet())
         kube.wait_nodes_ready(core, names, timeout=120)
+        print("applying Atoll's CRDs and starting the operator…", flush=True)
+        cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+        operator = _start_operator(minio)
+        _write_state(cluster, minio, runtime, operator)
         core.create_namespaced_secret(
             "default",
             {
@@ -145,7 +158,8 @@ def up() -> int:
         )
     except BaseException:
         print("dev-up failed; stopping what it started", file=sys.stderr)
-        _write_state(cluster, minio, runtime)
+        if not STATE.exists():
+            _write_state(cluster, minio, runtime)
         down(quiet=True)
         raise
     env = {"KUBECONFIG": str(DEV / "kubeconfig"), **minio.env(), "PATH": f"{_kubectl().parent}:$PATH"}
@@ -158,11 +172,33 @@ def up() -> int:
     return 0
 
 
-def _write_state(cluster: ControlPlane, minio: MinioServer, runtime: PodRuntimeProcess) -> None:
+def _start_operator(minio: MinioServer) -> int:
+    """`atoll operator` in its own session, its log in .dev/operator.log; returns its pid."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", str(DEV)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "KUBECONFIG": str(DEV / "kubeconfig"),
+        **minio.env(),
+    }
+    command = [
+        sys.executable, "-m", "atoll", "operator",
+        "--default-store", DEFAULT_STORE, "--default-store-secret", "minio-credentials",
+        # Every GPU of a pod becomes a training process on this machine's CPU: one each.
+        "--max-gpus-per-pod", "1",
+    ]  # fmt: skip
+    process = start_group(command, log=DEV / "operator.log", env=env, cwd=DEV)
+    return process.pid
+
+
+def _write_state(
+    cluster: ControlPlane, minio: MinioServer, runtime: PodRuntimeProcess, operator: int | None = None
+) -> None:
     state = {
         "cluster": {"name": cluster.name, "kubeconfig": str(cluster.kubeconfig), "ports": cluster.ports},
         "minio": {"pid": minio.pid, "endpoint": minio.endpoint},
         "runtime": {"pid": runtime.pid},
+        "operator": {"pid": operator},
     }
     DEV.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=2))
@@ -170,8 +206,13 @@ def _write_state(cluster: ControlPlane, minio: MinioServer, runtime: PodRuntimeP
 
 def down(*, quiet: bool = False) -> int:
     state = _read_state() or {}
-    # The runtime first: it stops the pod processes it started.
-    for key, marker in (("runtime", "tests.env.podruntime"), ("minio", str(DEV / "minio"))):
+    # The operator first (it would recreate pods), then the runtime: it stops the pod
+    # processes it started.
+    for key, marker in (
+        ("operator", OPERATOR_MARKER),
+        ("runtime", "tests.env.podruntime"),
+        ("minio", str(DEV / "minio")),
+    ):
         pid = (state.get(key) or {}).get("pid")
         if pid and _ours(pid, marker):
             stop_group(pid, grace=15)
