@@ -8,7 +8,7 @@ few hundred digits for a few steps, once per session, for assemble and evaluate.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,21 @@ def tiny_spec(**overrides: Any) -> DDMRunSpec:
     return DDMRunSpec.model_validate(document)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine a spinning
+    OpenMP thread made these tests 3-5× slower; stages in subprocesses size their own pools."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ATOLL_TORCH_THREADS", "1")  # what in-process stages size their pool from
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="package")
 def make_pipeline() -> Callable[..., Any]:
     """build(K, strategy=…) → a DDMPipeline of K random tiny experts (and a router when K > 1)."""
     from atoll.trainer.encoders import text_encoder_for, vae_for
@@ -64,7 +78,7 @@ def make_pipeline() -> Callable[..., Any]:
     return build
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> StageContext:
     """A run whose partition, experts (K=2) and router have really trained (a few steps)."""
     from atoll.trainer.stages import expert, partition, router

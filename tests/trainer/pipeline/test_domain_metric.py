@@ -19,7 +19,7 @@ from atoll.trainer.evaluation.grid import grid_order, tensor_to_images, to_grid
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[RealData, DomainMetric]:
+def digits(_one_torch_thread: None) -> tuple[RealData, DomainMetric]:
     dataset = DigitsDataset(16)
     indices = list(range(len(dataset)))
     labels = torch.tensor([dataset.label(i) for i in indices])
