@@ -186,3 +186,25 @@ def test_router_must_match_the_experts(make_pipeline: Callable[..., DDMPipeline]
         DDMPipeline(**parts)
     with pytest.raises(ModelDirError, match="classifies 3 clusters but there are 2 experts"):
         DDMPipeline(router=pipeline.router, **parts)
+
+
+def test_atoll_sample_writes_a_png(
+    make_pipeline: Callable[..., DDMPipeline], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import PIL.Image
+
+    from atoll.cli import main as atoll_main
+
+    make_pipeline(3).save_pretrained(tmp_path / "model")
+    out = tmp_path / "samples" / "sevens.png"
+    args = ["sample", str(tmp_path / "model"), "--prompt", "a handwritten 7", "--strategy", "top-2", "--steps", "3"]
+    assert atoll_main([*args, "--seed", "4", "--num", "4", "--out", str(out)]) == 0
+    assert "2.00 of 3 experts run per step" in capsys.readouterr().out
+    with PIL.Image.open(out) as grid:
+        assert grid.size == (4 * 64 + 3 * 2, 64)  # four 8×8 samples enlarged to 64 px, 2 px apart
+    single = tmp_path / "one.png"
+    assert atoll_main([*args, "--out", str(single)]) == 0
+    with PIL.Image.open(single) as image:
+        assert image.size == (8, 8)
+    assert atoll_main([*args[:-2], "--strategy", "top-k:4", "--out", str(single)]) == 1
+    assert "selects 4 experts but the model has only 3" in capsys.readouterr().err
