@@ -17,7 +17,8 @@ from atoll.errors import AtollError
 
 # name → module implementing it. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
-    "run": "atoll.trainer.commands.run",
+    "run": "atoll.commands.run",
+    "status": "atoll.operator.status_command",
     "sample": "atoll.trainer.commands.sample",
     "crds": "atoll.operator.crd.command",
     "operator": "atoll.operator.command",

@@ -1,7 +1,9 @@
-"""`atoll run FILE --local`: validate a DDMRun manifest and run its whole pipeline on this machine.
+"""`atoll run FILE`: validate a DDMRun manifest, then run it on this machine or on Kubernetes.
 
-Re-running the same command resumes an interrupted run; a finished run prints its results
-again. Without --local the manifest would go to Kubernetes (the operator's job).
+With --local every stage runs here as a subprocess (atoll.trainer.runtime); re-running the
+same command resumes an interrupted run and a finished run prints its results again.
+Without --local the DDMRun is applied to the current kube-context, where the operator
+runs it (atoll.operator.submit). This module sits above both and imports each lazily.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-HELP = "run a DDMRun manifest: --local runs every stage on this machine"
+if TYPE_CHECKING:
+    from atoll.api import DDMRunManifest
+
+HELP = "run a DDMRun manifest: on the current kube-context, or with --local on this machine"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,22 +32,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store root (path or s3://bucket/prefix) overriding spec.storage.uri; the run writes under URI/<name>",
     )
     parser.add_argument("--jobs", type=int, metavar="N", help="most stages at once (default: the CPU cores)")
+    parser.add_argument("-n", "--namespace", help="Kubernetes namespace (default: the manifest's, else the context's)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from atoll.api import load_manifest
+
+    manifest = load_manifest(args.file)
+    if not args.local:
+        return submit(manifest, args)
+    return run_locally(manifest, args)
+
+
+def submit(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
+    """Apply the DDMRun to the current kube-context and say how to follow it."""
+    from atoll.errors import AtollError
+    from atoll.operator.submit import apply_run
+
+    for flag, value in (("--workdir", args.workdir != Path(".atoll")), ("--store", args.store), ("--jobs", args.jobs)):
+        if value:
+            raise AtollError(f"{flag} applies to --local runs only (on Kubernetes, set spec.storage)")
+    done = apply_run(manifest, namespace=args.namespace, kubeconfig=args.kubeconfig)
+    print(f"ddmrun.atoll.dev/{done.name} {done.action} in namespace {done.namespace}")
+    print(f"follow it: atoll status {done.name} -n {done.namespace} --watch   (or: kubectl get ddm,ddmx -w)")
+    return 0
+
+
+def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
+    """Every stage on this machine, with live progress; resumable."""
     from rich.console import Console
 
-    from atoll.api import load_manifest
     from atoll.errors import AtollError
     from atoll.trainer.runtime.board import make_board
     from atoll.trainer.runtime.local import LocalOptions, LocalRuntime, StageFailedError
     from atoll.trainer.runtime.report import print_results, read_metrics
 
-    manifest = load_manifest(args.file)
-    if not args.local:
-        raise AtollError(
-            "submitting to Kubernetes is not available from this command yet: use --local to run on this machine"
-        )
+    if args.namespace or args.kubeconfig:
+        raise AtollError("--namespace and --kubeconfig apply to Kubernetes runs, not --local")
     if args.jobs is not None and args.jobs < 1:
         raise AtollError("--jobs must be at least 1")
     # Pipes and logs get plain lines at a readable width; terminals get live bars.
