@@ -51,7 +51,8 @@ def test_run_applies_the_manifest_and_status_reads_it(atoll_crds: ControlPlane, 
     changed.write_text(yaml.safe_dump(document))
     refused = atoll("run", str(changed), "-n", namespace, kubeconfig=kubeconfig)
     assert refused.returncode == 1
-    assert "spec.expert" in refused.stderr and "immutable" in refused.stderr
+    assert "spec.expert" in refused.stderr
+    assert "immutable" in refused.stderr
     assert "Traceback" not in refused.stderr
 
     status = atoll("status", "digits-quickstart", "-n", namespace, kubeconfig=kubeconfig)
