@@ -106,6 +106,11 @@ def test_failed_stage_stops_the_run_with_its_error(tmp_path: Path, capsys: pytes
     assert sorted(p.name for p in log.parent.glob("*.log")) == ["partition.log"]
 
 
+RESTORE_SIGINT_AND_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 @pytest.mark.e2e
 def test_interrupted_run_resumes_to_the_end(tmp_path: Path) -> None:
     manifest = _manifest(
@@ -118,7 +123,11 @@ def test_interrupted_run_resumes_to_the_end(tmp_path: Path) -> None:
     work = tmp_path / "work"
     store = work / "runs" / "e2e"
     command = [sys.executable, "-m", "atoll", "run", str(manifest), "--local", "--workdir", str(work)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # Ctrl-C as from a terminal: a shell that starts `make test` in the background hands its
+    # children SIGINT ignored, and Python then installs no KeyboardInterrupt handler; so the
+    # run starts behind an exec that restores the default first.
+    interruptible = [sys.executable, "-c", RESTORE_SIGINT_AND_EXEC, *command]
+    first = subprocess.Popen(interruptible, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # interrupt once expert 0 has committed a checkpoint and is still training
         deadline = time.monotonic() + 600
