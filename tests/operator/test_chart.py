@@ -45,8 +45,8 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 def test_template_wires_the_operator_flags() -> None:
     documents = render(*VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3")
-    kinds = sorted(d["kind"] for d in documents)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+    assert sorted(d["kind"] for d in operator) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/atoll-dev/atoll:1.2.3"
@@ -61,15 +61,38 @@ def test_template_wires_the_operator_flags() -> None:
         assert flag in container["args"]
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    binding = next(d for d in documents if d["kind"] == "ClusterRoleBinding")
+    binding = next(d for d in operator if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "atoll-operator", "namespace": "atoll-system"}
+
+
+def test_template_runs_the_agent_on_every_gpu_node_without_taking_a_gpu() -> None:
+    documents = render(*VALUES, "--set", "agent.ignoreXids=79", "--set", "agent.runtimeClassName=nvidia")
+    agent = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"]
+    assert sorted(d["kind"] for d in agent) == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+    daemonset = next(d for d in agent if d["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["agent", "--interval=30", "--ignore-xids=79"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert "nvidia.com/gpu" not in str(container["resources"]), "the agent must not hold a GPU"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["serviceAccountName"] == "atoll-agent"
+    role = next(d for d in agent if d["kind"] == "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+
+    assert not [d for d in render(*VALUES, "--set", "agent.enabled=false") if d["kind"] == "DaemonSet"]
 
 
 @pytest.mark.cluster
 def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: ControlPlane) -> None:
     documents = render(*VALUES, "--include-crds")
     control_plane.kubectl("create", "namespace", "atoll-system", check=False)
-    manifest = "\n---\n".join(yaml.safe_dump(d) for d in documents if d["kind"] != "Deployment")
+    workloads = ("Deployment", "DaemonSet")  # no image to run here: RBAC and CRDs only
+    manifest = "\n---\n".join(yaml.safe_dump(d) for d in documents if d["kind"] not in workloads)
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest)
     control_plane.kubectl("wait", "--for=condition=Established", "crd/ddmruns.atoll.dev", "--timeout=60s")
     account = "system:serviceaccount:atoll-system:atoll-operator"
@@ -95,3 +118,10 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
     assert can("list", "nodes", None)
     for verb, resource in (("list", "secrets"), ("delete", "secrets"), ("create", "deployments"), ("delete", "nodes")):
         assert not can(verb, resource), f"the operator must not {verb} {resource}"
+
+    agent = "system:serviceaccount:atoll-system:atoll-agent"
+    for verb, allowed in (("get", True), ("patch", True), ("delete", False), ("list", False)):
+        result = control_plane.kubectl("auth", "can-i", verb, "nodes", "--as", agent, check=False)
+        assert (result.stdout.strip() == "yes") is allowed, f"agent {verb} nodes"
+    result = control_plane.kubectl("auth", "can-i", "get", "secrets", "--as", agent, "-A", check=False)
+    assert result.stdout.strip() == "no", "the agent must not read secrets"

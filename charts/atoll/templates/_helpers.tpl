@@ -24,3 +24,22 @@ app.kubernetes.io/name: atoll
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
+
+{{- define "atoll.agentName" -}}
+{{- printf "%s-agent" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "atoll.agentLabels" -}}
+app.kubernetes.io/name: atoll
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "atoll.agentSelector" -}}
+app.kubernetes.io/name: atoll
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agent
+{{- end -}}
