@@ -65,6 +65,7 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("top-k:0", _set("spec.sampling.strategy", "top-k:0"), "spec.sampling.strategy"),
     ("threshold above 1", _set("spec.sampling.strategy", "threshold:1.5"), "spec.sampling.strategy"),
     ("zero clusters", _set("spec.partition.clusters", 0), "spec.partition.clusters"),
+    ("more clusters than maxExamples", _set("spec.dataset.maxExamples", 3), "spec.partition"),
     ("resolution not a multiple of 8", _set("spec.dataset.resolution", 20), "spec.dataset.resolution"),
     ("http dataset", _set("spec.dataset.uri", "http://example.com/data"), "spec.dataset.uri"),
     ("unknown builtin dataset", _set("spec.dataset.uri", "builtin://cats"), "spec.dataset.uri"),

@@ -390,6 +390,18 @@ class DDMRunSpec(SpecModel):
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
 
+    @field_validator("partition")
+    @classmethod
+    def _clusters_fit_examples(cls, value: PartitionSpec, info: ValidationInfo) -> PartitionSpec:
+        dataset = info.data.get("dataset")
+        limit = dataset.max_examples if isinstance(dataset, DatasetSpec) else None
+        if limit is not None and value.clusters > limit:
+            raise ValueError(
+                f"partition.clusters ({value.clusters}) exceeds dataset.maxExamples ({limit}):"
+                " every expert needs examples"
+            )
+        return value
+
     @field_validator("sampling")
     @classmethod
     def _sampling_fits_clusters(cls, value: SamplingSpec, info: ValidationInfo) -> SamplingSpec:
