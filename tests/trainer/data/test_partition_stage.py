@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from atoll import layout
@@ -113,9 +115,18 @@ def test_finished_partition_is_idempotent_and_an_interrupted_one_resumes_per_clu
 
 
 def test_more_clusters_than_examples_fails_naming_partition_clusters(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    # Known from the spec alone: refused when the spec is read.
+    with pytest.raises(ValidationError, match=r"partition\.clusters \(4\) exceeds dataset\.maxExamples \(3\)"):
+        _spec(maxExamples=3)
+    # Known only once the data is read: a folder of 3 images for 4 clusters.
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for index, colour in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (8, 8), colour).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(f"a {colour} square")
+    store = LocalStore(tmp_path / "store")
     with pytest.raises(AtollError, match=r"partition\.clusters \(4\) exceeds the 3 examples"):
-        partition.run(StageContext(spec=_spec(maxExamples=3), store=store))
+        partition.run(StageContext(spec=_spec(uri=str(folder)), store=store))
     progress = read_progress(store, "partition")
     assert progress is not None
     assert progress.state == "failed"
