@@ -22,10 +22,8 @@ from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import ClusterData, read_cluster, read_info, read_null_text
 from atoll.trainer.context import StageContext
-from atoll.trainer.training.batching import plan_batch
 from atoll.trainer.training.data_order import ExampleDraws, derive_seed
-from atoll.trainer.training.loop import LoopSettings
-from atoll.trainer.training.runner import TrainingJob, run_training
+from atoll.trainer.training.runner import TrainingJob, run_training, training_job
 
 
 class StageInputError(AtollError):
@@ -59,32 +57,15 @@ def expert_job(ctx: StageContext) -> TrainingJob:
     if sizes[k] < 1:
         raise StageInputError(f"cluster {k} is empty: there is nothing for expert {k} to learn")
     spec = ctx.spec.expert
-    recipe = spec.recipe()
-    plan = plan_batch(
-        recipe.global_batch_size,
-        world=ctx.gpus,
-        micro_batch=ctx.micro_batch if ctx.micro_batch is not None else spec.micro_batch_size,
-        grad_accum=ctx.grad_accum,
-        field="expert",
-    )
-    settings = LoopSettings(
-        recipe=recipe,
-        total_steps=spec.steps_for(k, sizes),
-        batch=plan,
-        # Each expert gets its own initialisation, data order and noise.
-        seed=derive_seed(spec.seed, k),
-        grad_clip=spec.grad_clip,
-        precision=spec.precision,
-        section="expert",
-    )
-    return TrainingJob(
+    return training_job(
+        ctx,
+        spec,
         stage="expert",
         expert=k,
-        store_uri=ctx.store.uri,
+        total_steps=spec.steps_for(k, sizes),
+        # Each expert gets its own initialisation, data order and noise.
+        seed=derive_seed(spec.seed, k),
         make_task=functools.partial(expert_task, spec=ctx.spec, k=k),
-        settings=settings,
-        attempt=ctx.attempt,
-        retention=spec.keep_checkpoints,
     )
 
 

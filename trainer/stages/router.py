@@ -25,10 +25,8 @@ from atoll.trainer import flow
 from atoll.trainer.clusterdata import ClusterData, read_all_clusters, read_null_text
 from atoll.trainer.context import StageContext
 from atoll.trainer.stages.expert import StageInputError, cluster_sizes
-from atoll.trainer.training.batching import plan_batch
 from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
-from atoll.trainer.training.loop import LoopSettings
-from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training
+from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 
 log = get_logger(__name__)
 
@@ -44,31 +42,14 @@ def router_job(ctx: StageContext) -> TrainingJob:
     if len(sizes) < 2:
         raise StageInputError(f"the router needs at least 2 clusters, the partition has {len(sizes)}")
     spec = ctx.spec.router
-    recipe = spec.recipe()
-    plan = plan_batch(
-        recipe.global_batch_size,
-        world=ctx.gpus,
-        micro_batch=ctx.micro_batch if ctx.micro_batch is not None else spec.micro_batch_size,
-        grad_accum=ctx.grad_accum,
-        field="router",
-    )
-    settings = LoopSettings(
-        recipe=recipe,
-        total_steps=spec.steps,
-        batch=plan,
-        seed=spec.seed,
-        grad_clip=spec.grad_clip,
-        precision=spec.precision,
-        section="router",
-    )
-    return TrainingJob(
+    return training_job(
+        ctx,
+        spec,
         stage="router",
         expert=None,
-        store_uri=ctx.store.uri,
+        total_steps=spec.steps,
+        seed=spec.seed,
         make_task=functools.partial(router_task, spec=ctx.spec),
-        settings=settings,
-        attempt=ctx.attempt,
-        retention=spec.keep_checkpoints,
     )
 
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from types import FrameType
 
 from atoll import layout
-from atoll.api.spec import RetentionSpec
+from atoll.api.spec import RetentionSpec, TrainingSpec
 from atoll.errors import AtollError
 from atoll.log import get_logger
 from atoll.progress import CheckpointRef, StageName
 from atoll.store import FencedError, Store, open_store
 from atoll.store.checkpoint import Checkpoint, CheckpointStore
+from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
+from atoll.trainer.training.batching import plan_batch
 from atoll.trainer.training.distributed import Rank, launch, single_process
 from atoll.trainer.training.loop import LoopSettings, StepHook, TrainResult, train
 from atoll.trainer.training.task import TrainingTask
@@ -49,6 +51,46 @@ class TrainingJob:
     @property
     def prefix(self) -> str:
         return layout.stage_prefix(self.stage, self.expert)
+
+
+def training_job(
+    ctx: StageContext,
+    spec: TrainingSpec,
+    *,
+    stage: StageName,
+    expert: int | None,
+    total_steps: int,
+    seed: int,
+    make_task: Callable[[Store], TrainingTask],
+) -> TrainingJob:
+    """A training stage's job: the spec's recipe, its global batch split over this invocation's
+    GPUs (micro-batch and accumulation from the placement plan, else from the spec)."""
+    recipe = spec.recipe()
+    plan = plan_batch(
+        recipe.global_batch_size,
+        world=ctx.gpus,
+        micro_batch=ctx.micro_batch if ctx.micro_batch is not None else spec.micro_batch_size,
+        grad_accum=ctx.grad_accum,
+        field=stage,
+    )
+    settings = LoopSettings(
+        recipe=recipe,
+        total_steps=total_steps,
+        batch=plan,
+        seed=seed,
+        grad_clip=spec.grad_clip,
+        precision=spec.precision,
+        section=stage,
+    )
+    return TrainingJob(
+        stage=stage,
+        expert=expert,
+        store_uri=ctx.store.uri,
+        make_task=make_task,
+        settings=settings,
+        attempt=ctx.attempt,
+        retention=spec.keep_checkpoints,
+    )
 
 
 def finished_checkpoint(store: Store, job: TrainingJob) -> Checkpoint | None:
