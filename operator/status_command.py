@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from atoll.operator.submit import RunView
 
 HELP = "show a DDMRun's phase, conditions, stages and experts (from the current kube-context)"
 TERMINAL = ("Succeeded", "Failed")
@@ -35,15 +41,12 @@ def main(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
-def render(view: object) -> object:
+def render(view: RunView) -> RenderableType:
     """A rich renderable of a RunView: summary, conditions, stages and experts."""
-    from rich.console import Group, RenderableType
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    from atoll.operator.submit import RunView
-
-    assert isinstance(view, RunView)
     status = view.status
     summary = Text.assemble(
         (f"{view.namespace}/{view.name}", "bold"),

@@ -23,9 +23,7 @@ HELP = "run a DDMRun manifest: on the current kube-context, or with --local on t
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="a DDMRun manifest (YAML)")
     parser.add_argument("--local", action="store_true", help="run every stage here as subprocesses")
-    parser.add_argument(
-        "--workdir", type=Path, default=Path(".atoll"), metavar="DIR", help="logs and the default store (.atoll)"
-    )
+    parser.add_argument("--workdir", type=Path, metavar="DIR", help="logs and the default store (default: .atoll)")
     parser.add_argument(
         "--store",
         metavar="URI",
@@ -50,8 +48,8 @@ def submit(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     from atoll.errors import AtollError
     from atoll.operator.submit import apply_run
 
-    for flag, value in (("--workdir", args.workdir != Path(".atoll")), ("--store", args.store), ("--jobs", args.jobs)):
-        if value:
+    for flag, value in (("--workdir", args.workdir), ("--store", args.store), ("--jobs", args.jobs)):
+        if value is not None:
             raise AtollError(f"{flag} applies to --local runs only (on Kubernetes, set spec.storage)")
     done = apply_run(manifest, namespace=args.namespace, kubeconfig=args.kubeconfig)
     print(f"ddmrun.atoll.dev/{done.name} {done.action} in namespace {done.namespace}")
@@ -74,7 +72,7 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
         raise AtollError("--jobs must be at least 1")
     # Pipes and logs get plain lines at a readable width; terminals get live bars.
     console = Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", "120")))
-    options = LocalOptions(workdir=args.workdir, store=args.store, jobs=args.jobs)
+    options = LocalOptions(workdir=args.workdir or Path(".atoll"), store=args.store, jobs=args.jobs)
     runtime = LocalRuntime(manifest, options, make_board(console))
     console.print(
         f"run {runtime.name}: store {runtime.store.uri}, logs {runtime.logs}", highlight=False, soft_wrap=True
