@@ -195,6 +195,17 @@ class TrainingSpec(SpecModel):
     ema_decay: float | None = Field(
         default=None, ge=0, lt=1, description="Weight EMA decay; the preset's recipe when unset."
     )
+    shuffle_buffer: int = Field(
+        default=4096,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Examples each training process holds in memory and shuffles together: shards are read"
+            " in a fresh random order every epoch and each window of this many examples (every"
+            " cluster in proportion, for the router) is shuffled. Memory grows with this, never with"
+            " the dataset. It is part of the data order: a checkpoint resumes only with the same value."
+        ),
+    )
 
     @field_validator("micro_batch_size")
     @classmethod
