@@ -111,7 +111,7 @@ def test_no_run_can_erase_data_it_does_not_own(  # noqa: PLR0917 - fixtures
             what="the hostile run's spec.json",
         )
         control_plane.kubectl("delete", "ddmrun", "hostile", "-n", namespace, "--timeout=120s")
-    assert objects(minio_client, minio_bucket, prefix) == retained, "the retained run's data survived"
+    assert objects(minio_client, minio_bucket, prefix) == retained, "the hostile run erased the retained run's data"
     assert refused.returncode != 0, "a storage URI with a query was admitted"
     assert "spec.storage.uri" in refused.stderr
     assert f"{prefix}owner.json" in retained, "the owner is recorded when the run's store is set up"
@@ -125,7 +125,7 @@ def test_no_run_can_erase_data_it_does_not_own(  # noqa: PLR0917 - fixtures
     assert "spec.storage.adoptRetained" in failed["status"]["message"]
     second_uid = failed["metadata"]["uid"]
     control_plane.kubectl("delete", "ddmrun", "first", "-n", namespace, "--timeout=120s")
-    assert objects(minio_client, minio_bucket, prefix) == retained, "a re-created run cannot delete the data"
+    assert objects(minio_client, minio_bucket, prefix) == retained, "the re-created run deleted data it does not own"
 
     # Opting in continues the retained run (same spec) but never makes it the owner.
     adopting = run("first", "Delete")
@@ -141,7 +141,7 @@ def test_no_run_can_erase_data_it_does_not_own(  # noqa: PLR0917 - fixtures
     )
     third_uid = started["metadata"]["uid"]
     control_plane.kubectl("delete", "ddmrun", "first", "-n", namespace, "--timeout=120s")
-    assert retained <= objects(minio_client, minio_bucket, prefix), "the adopting run did not delete the data"
+    assert retained <= objects(minio_client, minio_bucket, prefix), "the adopting run deleted data it does not own"
     refusals = {
         event["involvedObject"]["uid"]: event["message"]
         for event in kube.events_for(core_v1, namespace, "first")
