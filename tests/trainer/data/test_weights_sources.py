@@ -103,3 +103,12 @@ def test_partition_stage_loads_pretrained_encoders_from_an_s3_prefix(
     assert store.get_json("data/info.json")["latentShape"] == [4, 8, 8]
     assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == ["dinov2-vitl14", "sd-vae-ft-mse"]
     shutil.rmtree(tmp_path / "run")
+
+
+def test_a_spec_with_every_default_partitions_without_weights(tmp_path: Path) -> None:
+    """Only dataset.uri set: the default features (pixels), VAE and caption encoder need nothing."""
+    spec = DDMRunSpec.model_validate({"dataset": {"uri": "builtin://digits"}})
+    (tmp_path / "spec.json").write_text(dump_spec_json(spec))
+    assert main(["partition", "--run", str(tmp_path / "spec.json"), "--store", str(tmp_path / "run")]) == 0
+    stats = LocalStore(tmp_path / "run").get_json(layout.PARTITION_STATS)
+    assert (stats["features"], stats["clusters"], stats["examples"]) == ("pixels", 8, 1797)
