@@ -76,7 +76,7 @@ def _cluster(ctx: StageContext, dataset: ImageDataset, device: torch.device, hea
     spec, store = ctx.spec, ctx.store
     n = len(dataset)
     started = time.monotonic()
-    encoder = feature_encoder_for(spec.partition.features, spec.dataset.resolution, str(device))
+    encoder = feature_encoder_for(spec.partition.features, spec.dataset.resolution, str(device), weights=spec.weights)
     batch = 1024 if spec.partition.features == "pixels" else ENCODE_BATCH
     parts = []
     for start in range(0, n, batch):
@@ -157,8 +157,8 @@ def _encode(
     """Pre-encode every cluster not yet committed, then data/info.json and partition/done.json."""
     spec, store = ctx.spec, ctx.store
     n, k = len(dataset), spec.partition.clusters
-    vae = vae_for(spec.dataset.vae, device)
-    text_encoder = text_encoder_for(spec.dataset.text_encoder, device)
+    vae = vae_for(spec.dataset.vae, device, weights=spec.weights)
+    text_encoder = text_encoder_for(spec.dataset.text_encoder, device, weights=spec.weights)
     latent_shape = vae.latent_shape(spec.dataset.resolution)
     null_text, null_mask = text_encoder.encode_prompts([""])
     clusterdata.write_null_text(store, null_text, null_mask)
