@@ -24,6 +24,7 @@ from atoll.trainer import flow
 from atoll.trainer.clusterdata import DataInfo, cluster_shards, read_info, read_null_text
 from atoll.trainer.context import StageContext
 from atoll.trainer.training.data_order import ExampleDraws, derive_seed
+from atoll.trainer.training.gpu import to_device
 from atoll.trainer.training.runner import TrainingJob, run_training, training_job
 from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
 
@@ -113,16 +114,16 @@ class ExpertTask:
     ) -> torch.Tensor:
         from atoll.trainer.models.expert import velocity
 
-        x0 = batch["latents"].to(device)
+        x0 = to_device(batch["latents"], device)
         text, mask = batch["text"], batch["text_mask"]
         drop = draws.uniform < self.caption_dropout
         if bool(drop.any()):
             text = torch.where(drop[:, None, None], self.null_text, text)
             mask = torch.where(drop[:, None], self.null_mask, mask)
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
-        sigma, noise = sigma.to(device), draws.noise.to(device)
+        sigma, noise = to_device(sigma, device), to_device(draws.noise, device)
         x_t = flow.add_noise(x0, noise, sigma)
-        prediction = velocity(model, x_t, sigma, text.to(device).float(), mask.to(device))
+        prediction = velocity(model, x_t, sigma, to_device(text, device).float(), to_device(mask, device))
         return flow.flow_matching_loss(prediction, x0, noise)
 
     def describe(self) -> dict[str, Any]:
