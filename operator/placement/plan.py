@@ -83,7 +83,8 @@ class Plan:
     proven_optimal: bool = False
     """True when the search proved no placement finishes sooner (under the planner's model)."""
     speed_sources: Mapping[str, str] = field(default_factory=dict)
-    """Per product: observed, spec, built-in or calibrated."""
+    """Per product: where its speed came from (SpeedTable.note: the source — observed, spec, measured,
+    scaled, built-in or calibrated — then what measured or derived it)."""
 
     def assignment(self, expert: int) -> Assignment | None:
         return next((a for a in self.assignments if a.expert == expert), None)

@@ -187,7 +187,7 @@ def plan(
         makespan_seconds=schedule.makespan,
         lower_bound_seconds=lower_bound(_without_start(problem), fleet_rate=builder.full_rate),
         speeds={p: speeds.per_gpu(p, n.compute_major) for p, n in products.items()},
-        speed_sources={p: speeds.source(p, n.compute_major) for p, n in products.items()},
+        speed_sources={p: speeds.note(p, n.compute_major) for p, n in products.items()},
         excluded=fleet.excluded + tuple(builder.too_small),
         proven_optimal=schedule.proven_optimal,
     )
