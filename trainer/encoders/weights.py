@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 
 WEIGHTS_ENV = "ATOLL_WEIGHTS_DIR"
 """Directory of save_pretrained copies, one sub-directory per Atoll model name."""
@@ -20,7 +20,7 @@ WEIGHTS_ENV = "ATOLL_WEIGHTS_DIR"
 _T = TypeVar("_T")
 
 
-class WeightsNotFoundError(AtollError):
+class WeightsNotFoundError(BadInputError):
     """A pretrained model's weights are not on this machine."""
 
 

@@ -16,21 +16,24 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from atoll import layout
 from atoll.api import DDMRunSpec
 from atoll.log import get_logger
 from atoll.progress import StageName
+from atoll.stages import StageJob
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import ClusterData, read_all_clusters, read_null_text
 from atoll.trainer.context import StageContext
+from atoll.trainer.fence import write_done
 from atoll.trainer.stages.expert import StageInputError, cluster_sizes
 from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
 from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 
 log = get_logger(__name__)
 
-METRICS = f"{layout.ROUTER}/metrics.json"
+JOB = StageJob("router")
+METRICS = JOB.done_marker
+"""router/metrics.json: the router's done marker, written after its final checkpoint."""
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_LIMIT = 2048
 SIGMA_BUCKETS = 10
@@ -67,7 +70,7 @@ def run(ctx: StageContext) -> None:
         pass
     metrics = evaluate_router(ctx.store, ctx.spec)
     metrics["step"] = final.step
-    ctx.store.put_json(METRICS, metrics)
+    write_done(ctx.store, JOB, ctx.attempt, metrics)
     log.info("router evaluated", accuracy=round(metrics["accuracy"], 4), chance=round(metrics["chance"], 4))
 
 

@@ -8,11 +8,8 @@ and records failures in progress.json. A fenced attempt stops without writing an
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 
 from atoll import layout
 from atoll.api.spec import RetentionSpec, TrainingSpec
@@ -23,6 +20,7 @@ from atoll.store import FencedError, Store, open_store
 from atoll.store.checkpoint import Checkpoint, CheckpointStore
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
+from atoll.trainer.interrupts import sigterm_raises
 from atoll.trainer.training.batching import plan_batch
 from atoll.trainer.training.distributed import Rank, launch, single_process
 from atoll.trainer.training.loop import LoopSettings, StepHook, TrainResult, train
@@ -109,7 +107,7 @@ def run_training(job: TrainingJob, store: Store, *, on_step: StepHook | None = N
         log.info("already trained", stage=job.stage, expert=job.expert, step=done.step)
         _report_done(store, job, done)
         return None
-    with _sigterm_interrupts():
+    with sigterm_raises(lambda: StageInterruptedError("SIGTERM")):
         if job.settings.batch.world > 1:
             if on_step is not None:
                 raise ValueError("on_step hooks are not supported across processes")
@@ -160,21 +158,3 @@ def _report_done(store: Store, job: TrainingJob, checkpoint: Checkpoint) -> None
         ),
         message="already trained",
     )
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into StageInterruptedError so staged checkpoints finish uploading before exit."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise StageInterruptedError("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
