@@ -116,26 +116,33 @@ def open_run_store(target: StoreTarget, env: Mapping[str, str] | None) -> Store:
         raise RunSetupError("StoreInvalid", f"cannot open {target.run_uri}: {error}", permanent=True) from error
 
 
-def ensure_spec(store: Store, spec: DDMRunSpec) -> bool:
-    """Write spec.json unless the same spec is already there; True if it was written now.
+def stored_spec(store: Store, spec: DDMRunSpec) -> bool:
+    """Whether spec.json holds `spec` (False: there is none yet; StoreError if unreadable).
 
     RunSetupError (permanent) if the prefix holds a different run's spec: its data and
     checkpoints would be mixed into this run.
     """
-    text = dump_spec_json(spec)
     try:
         stored = store.get_bytes(layout.SPEC)
     except NotFoundError:
-        store.put_bytes(layout.SPEC, text.encode())
-        return True
-    if json.loads(stored) != json.loads(text):
+        return False
+    if json.loads(stored) != json.loads(dump_spec_json(spec)):
         raise RunSetupError(
             "StoreConflict",
             f"{store.uri_of(layout.SPEC)} holds a different spec: another run used this name; delete that"
             " prefix or rename the run",
             permanent=True,
         )
-    return False
+    return True
+
+
+def ensure_spec(store: Store, spec: DDMRunSpec) -> bool:
+    """Write spec.json unless the same spec is already there; True if it was written now
+    (RunSetupError as `stored_spec` when another spec is there)."""
+    if stored_spec(store, spec):
+        return False
+    store.put_bytes(layout.SPEC, dump_spec_json(spec).encode())
+    return True
 
 
 def classify_store_error(error: StoreError, target: StoreTarget) -> RunSetupError:
@@ -158,11 +165,8 @@ def read_progress(store: Store, stage: str, expert: int | None) -> StageProgress
 
 
 def claimed_attempt(store: Store, stage: str, expert: int | None) -> int:
-    """The newest attempt that claimed a training stage (0: none)."""
-    try:
-        return read_claim(store, layout.stage_prefix(stage, expert)).attempt
-    except NotFoundError:
-        return 0
+    """The newest attempt that claimed a stage (attempt.json; 0: none)."""
+    return read_claim(store, layout.stage_prefix(stage, expert)).attempt
 
 
 def last_checkpoint(store: Store, stage: str, expert: int | None) -> CheckpointStatus | None:
