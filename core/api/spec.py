@@ -202,23 +202,23 @@ class TrainingSpec(SpecModel):
         preset = info.data.get("preset")
         if value is None or preset not in PRESETS:
             return value
-        batch = _or(info.data.get("global_batch_size"), PRESETS[preset].global_batch_size)
+        batch = _or(info.data.get("global_batch_size"), PRESETS[preset].recipe.global_batch_size)
         if value > batch:
             raise ValueError(f"{value} exceeds globalBatchSize ({batch})")
         return value
 
     def recipe(self) -> Recipe:
-        """This stage's hyper-parameters with the preset's published defaults filled in."""
-        preset = PRESETS[self.preset]
+        """This stage's hyper-parameters with the preset's recipe filling what the spec leaves unset."""
+        published = PRESETS[self.preset].recipe
         return Recipe(
             preset=self.preset,
             steps=self.steps,
-            global_batch_size=_or(self.global_batch_size, preset.global_batch_size),
-            learning_rate=_or(self.learning_rate, preset.learning_rate),
-            warmup_steps=_or(self.warmup_steps, preset.warmup_steps),
-            weight_decay=_or(self.weight_decay, preset.weight_decay),
-            ema_decay=_or(self.ema_decay, preset.ema_decay),
-            checkpoint_every=_or(self.checkpoint_every, preset.checkpoint_every),
+            global_batch_size=_or(self.global_batch_size, published.global_batch_size),
+            learning_rate=_or(self.learning_rate, published.learning_rate),
+            warmup_steps=_or(self.warmup_steps, published.warmup_steps),
+            weight_decay=_or(self.weight_decay, published.weight_decay),
+            ema_decay=_or(self.ema_decay, published.ema_decay),
+            checkpoint_every=_or(self.checkpoint_every, published.checkpoint_every),
         )
 
 

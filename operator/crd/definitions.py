@@ -56,7 +56,7 @@ IMMUTABLE = Rule("self == oldSelf", "is immutable once the run exists", reason="
 
 def _preset_batch() -> str:
     """A CEL expression of the preset's default global batch (`self` is an expert/router spec)."""
-    table = ", ".join(f"'{name}': {preset.global_batch_size}" for name, preset in PRESETS.items())
+    table = ", ".join(f"'{name}': {preset.recipe.global_batch_size}" for name, preset in PRESETS.items())
     return f"(has(self.globalBatchSize) ? self.globalBatchSize : {{{table}}}[self.preset])"
 
 
