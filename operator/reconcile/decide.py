@@ -12,6 +12,7 @@ move is due, place and start the attempts that must start, plan moves, then repo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -73,14 +74,7 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
     experts = record_stages(tick, status, decisions, out)
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
-    remembered = RunMemory(
-        status=status,
-        written=memory.written,
-        experts=experts,
-        store_down_since=down_since,
-        last_move_check=last_move_check,
-        creation_failures=memory.creation_failures,
-    )
+    remembered = replace(memory, experts=experts, store_down_since=down_since, last_move_check=last_move_check)
     return _decision(tick, status, out, remembered)
 
 
@@ -89,14 +83,7 @@ def _decision(tick: Tick, status: DDMRunStatus, out: Outcome, memory: RunMemory)
     written = tick.memory.written or parse_status(tick.obs.run.status)
     if status != written:
         out.actions.append(PatchRunStatus(status))
-    remembered = RunMemory(
-        status=status,
-        written=status,
-        experts=memory.experts,
-        store_down_since=memory.store_down_since,
-        last_move_check=memory.last_move_check,
-        creation_failures=memory.creation_failures,
-    )
+    remembered = replace(memory, status=status, written=status)
     return Decision(tuple(out.actions), status, tuple(out.events), remembered)
 
 
