@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     import kopf
 
     from atoll.log import get_logger
-    from atoll.operator.handlers import build_registry, kopf_settings, post_event
+    from atoll.operator.handlers import build_registry, kopf_settings
     from atoll.operator.kube import Kube, load_config
     from atoll.operator.reconcile import Reconciler
     from atoll.operator.settings import OperatorSettings
@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         # kopf logs every timer run at INFO ("Timer 'reconcile' succeeded."): one line per run per tick.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = Kube(load_config(args.kubeconfig))
-    registry = build_registry(Reconciler(kube, settings, post=post_event), kube, settings)
+    registry = build_registry(Reconciler(kube, settings), kube, settings)
     log.info(
         "operator starting",
         namespaces=list(settings.namespaces) or "all",

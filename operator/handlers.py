@@ -1,8 +1,9 @@
 """The kopf wiring: indexes of what the operator watches, one worker per DDMRun, a finalizer.
 
 Each run has a daemon that reconciles it (atoll.operator.reconcile: observe → decide →
-act) every `interval_seconds`, and at once when one of its pods changes (a pod event wakes
-it), so a DDMExpert shows Running as soon as its pod does. The indexes are copied in the
+act, on a worker thread) every `interval_seconds`, and at once when one of its pods changes
+(the pod index wakes it), so a DDMExpert shows Running as soon as its pod does; the tick's
+Events are posted from the event loop. The indexes are copied in the
 event loop, where kopf updates them, so a reconciliation on its worker thread never reads
 an index while it changes. Level-based: every tick looks at the whole observed state, so
 missed events and operator restarts cost nothing. Everything here is the glue kopf needs.
@@ -11,9 +12,7 @@ missed events and operator restarts cost nothing. Everything here is the glue ko
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
-import functools
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 
 
 def post_event(event: Event) -> None:
-    """Queue an Event for kopf's poster (thread-safe; needs the context of a kopf handler)."""
+    """Queue an Event for kopf's poster (call it in a kopf handler's context)."""
     kopf.event(kopf.Body(cast(Any, event.target)), type=event.type, reason=event.reason, message=event.message)
 
 
@@ -89,13 +88,21 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         info: kopf.ConnectionInfo = connection_info(kube.configuration)
         return info
 
+    # The index handlers are async: cheap and pure, they run in the event loop itself instead
+    # of a worker thread per watch event (thousands of pod events at scale).
+
     @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="run_pods", registry=registry)
-    def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+    async def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+        """A run's pods, by (namespace, run); a change wakes the run's reconciler at once."""
         view = PodView.from_body(body)
-        return {(view.namespace, view.run): view} if view is not None else {}
+        if view is None:
+            return {}
+        if (woken := wakes.get((view.namespace, view.run))) is not None:
+            woken.set()
+        return {(view.namespace, view.run): view}
 
     @kopf.index("pods", id="gpu_pods", registry=registry)
-    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, GpuHolder]:
+    async def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, GpuHolder]:
         """Every pod that holds GPUs (atoll's or not), by namespace/name: its node (pinned node while unbound)."""
         gpus = pod_gpus(body.get("spec", {}))
         phase = body.get("status", {}).get("phase")
@@ -105,20 +112,13 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         return {f"{body.metadata.namespace}/{body.metadata.name}": GpuHolder(node=node, gpus=gpus)}
 
     @kopf.index("nodes", id="gpu_nodes", registry=registry)
-    def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
+    async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
         return {body["metadata"]["name"]: NodeView.from_body(body)}
 
     @kopf.index(API_GROUP, API_VERSION, EXPERT.plural, id="run_experts", registry=registry)
-    def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
+    async def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
         view = ExpertView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
-
-    @kopf.on.event("pods", labels={LABEL_RUN: kopf.PRESENT}, id="wake", registry=registry)
-    async def wake(body: kopf.Body, **_: Any) -> None:
-        """A pod of a run changed: reconcile the run now rather than at its next interval."""
-        event = wakes.get((body.metadata.namespace or "", (body.metadata.labels or {}).get(LABEL_RUN, "")))
-        if event is not None:
-            event.set()
 
     @kopf.daemon(
         API_GROUP, API_VERSION, RUN.plural, id="reconcile", cancellation_backoff=30, cancellation_timeout=10,
@@ -166,11 +166,13 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
         woken.clear()
         raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
         copied = snapshot(key, indexes)
-        call = functools.partial(contextvars.copy_context().run, reconciler.tick, raw, copied, memory)
         try:
-            memory = await loop.run_in_executor(workers, call)
+            memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, memory)
         except Exception:
             log.exception("reconciliation failed; retried at the next tick", run=key[1], namespace=key[0])
+        else:
+            for event in events:
+                post_event(event)  # from the event loop: straight onto kopf's posting queue
         await _pause(woken, stopped, settings.interval_seconds)
 
 

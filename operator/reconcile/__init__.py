@@ -50,7 +50,6 @@ class Reconciler:
         kube: Kube,
         settings: OperatorSettings,
         *,
-        post: Callable[[Event], None],
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         ledger: GpuLedger | None = None,
@@ -59,16 +58,17 @@ class Reconciler:
         self.ledger = ledger or GpuLedger()
         self.stores = RunStores()
         self.observer = Observer(kube, settings, self.stores)
-        self.executor = Executor(kube, self.ledger, self.stores, post)
+        self.executor = Executor(kube, self.ledger, self.stores)
         self.clock = clock
         self.monotonic = monotonic
 
-    def tick(self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory) -> RunMemory:
-        """Bring one run one step closer to done; returns what to remember for the next tick."""
+    def tick(self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory) -> tuple[RunMemory, list[Event]]:
+        """Bring one run one step closer to done: what to remember for the next tick, and the
+        Events to post."""
         observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
         decision = self.decide(observation, indexes, memory)
         applied = self.executor.apply(observation.run, decision)
-        return remember(memory, decision, applied)
+        return remember(memory, decision, applied), applied.events
 
     def decide(self, observation: Observation, indexes: IndexSnapshot, memory: RunMemory) -> Decision:
         return decide_reserving(self.ledger, observation, indexes.gpu_holders, memory, self.settings)

@@ -112,3 +112,5 @@ class Applied:
     """Experts whose status patch failed (patched again next tick)."""
     run_status_written: bool = True
     errors: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    """The Events to post: the decision's, and AttemptStarted for each pod created now."""

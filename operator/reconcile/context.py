@@ -7,6 +7,7 @@ and append actions, Events and troubles to one `Outcome`. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,14 +92,15 @@ class Tick:
     def owner(self) -> Owner:
         return Owner(api_version=API_GROUP_VERSION, kind="DDMRun", name=self.obs.run.name, uid=self.obs.run.uid)
 
-    def expert_statuses(self) -> dict[int, DDMExpertStatus]:
+    @functools.cached_property
+    def expert_statuses(self) -> Mapping[int, DDMExpertStatus]:
         """Every DDMExpert's status at the end of the last tick (what this operator wrote, else the stored one)."""
         return {k: self.memory.experts.get(k, view.status) for k, view in self.experts.items()}
 
     def stage_status(self, job: StageJob, status: DDMRunStatus) -> StageStatus:
         """A stage's status at the end of the last tick."""
         if job.expert is not None:
-            return self.expert_statuses().get(job.expert, DDMExpertStatus())
+            return self.expert_statuses.get(job.expert, DDMExpertStatus())
         stage: StageStatus = getattr(status.stages, job.stage)
         return stage
 
@@ -126,8 +128,8 @@ class Tick:
     def running_experts(self, *, bound_only: bool = False) -> dict[int, Assignment]:
         """Experts whose pod exists and holds (or waits for) its GPUs, where it is (re-planning
         keeps them there). `bound_only`: only pods that run already (what a move may stop)."""
-        statuses = self.expert_statuses()
-        nodes = self.nodes_known()
+        statuses = self.expert_statuses
+        nodes = self.nodes_known
         running: dict[int, Assignment] = {}
         for pod in self.pods:
             if pod.stage != "expert" or pod.expert is None or not pod.active:
@@ -148,6 +150,8 @@ class Tick:
             )
         return running
 
+    @functools.cached_property
     def nodes_known(self) -> frozenset[str] | None:
+        """Names of the nodes that exist (None: not known yet, so nothing is declared lost)."""
         nodes: Sequence[Any] | None = self.obs.nodes
         return frozenset(node.name for node in nodes) if nodes else None

@@ -12,6 +12,7 @@ move is due, place and start the attempts that must start, plan moves, then repo
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import datetime
 
@@ -68,9 +69,12 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         return _decision(tick, status, out, memory)
     decisions = start_attempts(tick, decisions, out)
     last_move_check = memory.last_move_check
-    if move_check_due(tick) and tick.running_experts(bound_only=True):
-        decisions = plan_expert_moves(tick, decisions, out)
-        last_move_check = obs.monotonic
+    if tick.settings.move_check_seconds > 0 and tick.running_experts(bound_only=True):
+        if math.isinf(last_move_check):
+            last_move_check = obs.monotonic  # the first check comes one interval after experts run
+        elif move_check_due(tick):
+            decisions = plan_expert_moves(tick, decisions, out)
+            last_move_check = obs.monotonic
     experts = record_stages(tick, status, decisions, out)
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
@@ -124,7 +128,7 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         progress=store.progress.get(job.slug),
         done=store.done.get(job.slug),
         claimed_attempt=store.claims.get(job.slug, 0),
-        nodes=tick.nodes_known(),
+        nodes=tick.nodes_known,
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
         moving=moving and (current is None or not current.active),

@@ -1,7 +1,8 @@
 """The act step: apply one decision's actions, in a fixed order, and say which ones failed.
 
 Order: spec.json, DDMExperts, pod deletions, pod creations (a failed create releases its
-GPU reservation), DDMExpert statuses, the run's status, then the Events. Creates are
+GPU reservation), DDMExpert statuses, the run's status; the Events to post are returned
+with the outcome (posted by the kopf glue, from its event loop). Creates are
 create-if-absent (a pod of the same name owned by another object is a failure, not ours),
 deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
 tries again. The only module of the reconciler that writes.
@@ -10,6 +11,7 @@ tries again. The only module of the reconciler that writes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from atoll.log import get_logger
@@ -22,7 +24,6 @@ from atoll.operator.reconcile.actions import (
     CreatePod,
     Decision,
     DeletePod,
-    Event,
     PatchExpertStatus,
     PatchRunStatus,
     WriteSpec,
@@ -41,13 +42,16 @@ def _api_error(error: Exception) -> str:
 
 
 class Executor:
-    """Applies decisions through the Kubernetes API, the run's store and the Event poster."""
+    """Applies decisions through the Kubernetes API and the run's store; the Events to post
+    come back in `Applied.events` (the kopf glue posts them from its event loop)."""
 
-    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, post: Callable[[Event], None]) -> None:
+    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 8) -> None:
         self.kube = kube
         self.ledger = ledger
         self.stores = stores
-        self.post = post
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
+        """Pod creations and status patches of one tick go out side by side (64 experts turning
+        Running at once are 64 patches: one after the other they would delay the last by seconds)."""
 
     def apply(self, run: RunObject, decision: Decision) -> Applied:
         applied = Applied()
@@ -62,19 +66,25 @@ class Executor:
                 applied, f"deleting pod {delete.name}", self.kube.delete_pod, run.namespace, delete.name,
                 grace_seconds=delete.grace_seconds,
             )  # fmt: skip
-        for create in decision.of(CreatePod):
-            self._create(run, create, applied)
-        for patch in decision.of(PatchExpertStatus):
-            status = patch.status.model_dump(by_alias=True, mode="json")
-            if not self._call(applied, f"DDMExpert {patch.name} status", self.kube.patch_expert_status,
-                              run.namespace, patch.name, status):  # fmt: skip
+        creates: list[CreatePod] = decision.of(CreatePod)
+        outcomes = self.pool.map(lambda create: self._create(run, create), creates)
+        for create, (created, failure) in zip(creates, outcomes, strict=True):
+            if failure is not None:
+                self.ledger.release(create.key)
+                applied.failed_pods[create.stage] = failure
+                applied.errors.append(failure)
+            elif created and create.started is not None:
+                applied.events.append(create.started)
+        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
+        patched = self.pool.map(lambda patch: self._patch_expert(run, patch, applied), patches)
+        for patch, ok in zip(patches, patched, strict=True):
+            if not ok:
                 applied.failed_experts.add(patch.expert)
         for run_status in decision.of(PatchRunStatus):
             status = run_status.status.model_dump(by_alias=True, mode="json")
             if not self._call(applied, "DDMRun status", self.kube.patch_run_status, run.namespace, run.name, status):
                 applied.run_status_written = False
-        for event in decision.events:
-            self.post(event)
+        applied.events.extend(decision.events)
         for error in applied.errors:
             log.warning("action failed, retried next tick", run=run.name, namespace=run.namespace, error=error)
         return applied
@@ -90,6 +100,11 @@ class Executor:
             return False
         return True
 
+    def _patch_expert(self, run: RunObject, patch: PatchExpertStatus, applied: Applied) -> bool:
+        status = patch.status.model_dump(by_alias=True, mode="json")
+        what = f"DDMExpert {patch.name} status"
+        return self._call(applied, what, self.kube.patch_expert_status, run.namespace, patch.name, status)
+
     def _write_spec(self, run: RunObject, write: WriteSpec, applied: Applied) -> None:
         store = self.stores.store(run)
         if store is None:
@@ -99,23 +114,18 @@ class Executor:
         except (storage.RunSetupError, StoreError) as error:
             applied.errors.append(f"spec.json not written: {error}")
 
-    def _create(self, run: RunObject, create: CreatePod, applied: Applied) -> None:
+    def _create(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None]:
+        """(created now, why it could not be created)."""
         from kubernetes.client.exceptions import ApiException
 
         name = create.manifest["metadata"]["name"]
-        failure = None
         try:
             created = self.kube.create_pod(dict(create.manifest))
             if not created and not self._ours(run.namespace, name, create):
-                failure = f"cannot create pod {name}: a pod of that name that is not this run's still exists"
+                return False, f"cannot create pod {name}: a pod of that name that is not this run's still exists"
         except ApiException as error:
-            created, failure = False, f"cannot create pod {name}: {_api_error(error)}"
-        if failure is not None:
-            self.ledger.release(create.key)
-            applied.failed_pods[create.stage] = failure
-            applied.errors.append(failure)
-        elif created and create.started is not None:
-            self.post(create.started)
+            return False, f"cannot create pod {name}: {_api_error(error)}"
+        return created, None
 
     def _ours(self, namespace: str, name: str, create: CreatePod) -> bool:
         """Whether the existing pod of that name is the one this action would have created."""

@@ -48,7 +48,7 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     """Experts moving to planned faster GPUs first, the other experts through the makespan
     planner, then the short stages on what is left."""
     obs = tick.obs
-    statuses = tick.expert_statuses()
+    statuses = tick.expert_statuses
     nodes = obs.nodes or ()
     capacity = {node.name: node.gpus for node in nodes}
     busy = dict(obs.busy_gpus)

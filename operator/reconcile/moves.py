@@ -17,7 +17,7 @@ from atoll.stages import StageJob
 def stop_moving_experts(tick: Tick, out: Outcome) -> None:
     """Stop an expert whose move is planned once its checkpoint of the move's step exists."""
     pods = {(p.expert, p.attempt): p for p in tick.pods if p.stage == "expert"}
-    for k, status in tick.expert_statuses().items():
+    for k, status in tick.expert_statuses.items():
         move = status.move
         pod = pods.get((k, status.attempt))
         if move is None or pod is None or not pod.active or pod.phase != "Running":
@@ -39,6 +39,8 @@ def stop_moving_experts(tick: Tick, out: Outcome) -> None:
 
 
 def move_check_due(tick: Tick) -> bool:
+    """move_check_seconds have passed since the last check (the first comes one interval after
+    the run's experts started: a run that just started has nothing to gain yet)."""
     every = tick.settings.move_check_seconds
     return every > 0 and tick.obs.monotonic - tick.memory.last_move_check >= every
 

@@ -28,7 +28,7 @@ def stage_phases(tick: Tick, status: DDMRunStatus, decisions: Mapping[str, Stage
             return decisions[job.slug].status.phase
         return tick.stage_status(job, status).phase
 
-    experts = tick.expert_statuses()
+    experts = tick.expert_statuses
     complete = len(experts) == tick.spec.partition.clusters
     failure = None
     for slug, decision in decisions.items():
@@ -54,7 +54,7 @@ def record_stages(
     when it differs from what it holds; an Event per stage transition. Returns every
     DDMExpert's status after this tick."""
     checkpoints = tick.obs.store.checkpoints
-    previous = tick.expert_statuses()
+    previous = tick.expert_statuses
     experts = dict(previous)
     for slug, decision in decisions.items():
         job = StageJob.from_slug(slug)

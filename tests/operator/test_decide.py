@@ -295,23 +295,24 @@ FAST = {"NVIDIA-H100-80GB-HBM3": 1000.0, "NVIDIA-A100-SXM4-40GB": 1.0, "Tesla-T4
 def test_move_planned_when_faster_gpus_are_free() -> None:
     status, experts, pods = running_experts()
     beats = {f"expert-{k}": heartbeat("expert", 1, expert_index=k, step=3, total_steps=100) for k in (0, 1)}
-    decision = step(
-        observe(
-            run_with(status, placement={"gpu": {"maxPerExpert": 1}, "speeds": FAST}),
-            experts=experts,
-            pods=pods,
-            busy={"a100-0": 3},
-            snapshot=store(progress=beats, cluster_sizes=(100, 101)),
-        )
+    world = observe(
+        run_with(status, placement={"gpu": {"maxPerExpert": 1}, "speeds": FAST}),
+        experts=experts,
+        pods=pods,
+        busy={"a100-0": 3},
+        snapshot=store(progress=beats, cluster_sizes=(100, 101)),
     )
+    started = step(world)
+    assert "MovePlanned" not in reasons(started), "the first check comes one interval after the experts run"
+    assert started.memory.last_move_check == 1000.0
+    soon = step(later(world, 30), started.memory)
+    assert "MovePlanned" not in reasons(soon)
+    decision = step(later(world, 60), started.memory)
     moves = {p.expert: p.status.move for p in decision.of(PatchExpertStatus)}
     assert set(moves) == {0, 1}
     assert all(m is not None and m.node == "h100-0" and m.at_step == 10 for m in moves.values())
     assert reasons(decision).count("MovePlanned") == 2
-    assert decision.memory.last_move_check == 1000.0
-    # Not checked again before move_check_seconds.
-    soon = step(later(observe(run_with(decision.status), experts=experts, pods=pods), 30), decision.memory)
-    assert "MovePlanned" not in reasons(soon)
+    assert decision.memory.last_move_check == 1060.0
 
 
 def test_move_executed_at_its_checkpoint_then_restarted_on_the_planned_gpus() -> None:
