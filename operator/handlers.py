@@ -27,6 +27,7 @@ from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.kube import Kube, connection_info
 from atoll.operator.ledger import GpuHolder
 from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
+from atoll.operator.reconcile.observer import GpuHolders
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import ANNOTATION_PLANNED_NODE, LABEL_RUN, ExpertView, NodeView, PodView, pod_gpus
 from atoll.store import StoreError
@@ -63,17 +64,28 @@ def post_event(event: Event) -> None:
 
 def snapshot(key: tuple[str, str], indexes: Mapping[str, Any]) -> IndexSnapshot:
     """What the indexes show for one run, copied at once (call it in the event loop)."""
-    holders: dict[str, GpuHolder] = {}
-    for pod, values in indexes["gpu_pods"].items():
-        for holder in values:
-            holders[pod] = holder
-    nodes = tuple(view for values in indexes["gpu_nodes"].values() for view in values)
     return IndexSnapshot(
         pods=tuple(indexes["run_pods"].get(key, ())),
         experts=tuple(indexes["run_experts"].get(key, ())),
-        nodes=nodes,
-        gpu_holders=holders,
+        nodes=tuple(view for values in indexes["gpu_nodes"].values() for view in values),
     )
+
+
+def gpu_holders(index: Mapping[str, Any]) -> dict[str, GpuHolder]:
+    """Every GPU holder the index shows, copied at once (call it in the event loop)."""
+    return {pod: holder for pod, values in index.items() for holder in values}
+
+
+def holders_from(loop: asyncio.AbstractEventLoop, index: Mapping[str, Any]) -> GpuHolders:
+    """For a worker thread: a copy of the GPU holders, made in the event loop when called."""
+
+    async def copy_now() -> dict[str, GpuHolder]:
+        return gpu_holders(index)
+
+    def read() -> dict[str, GpuHolder]:
+        return asyncio.run_coroutine_threadsafe(copy_now(), loop).result(timeout=60)
+
+    return read
 
 
 def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -162,12 +174,13 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
     key = (body.metadata.namespace or "default", body.metadata.name or "")
     memory = RunMemory()
     loop = asyncio.get_running_loop()
+    holders = holders_from(loop, indexes["gpu_pods"])
     while not stopped:
         woken.clear()
         raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
         copied = snapshot(key, indexes)
         try:
-            memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, memory)
+            memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, holders, memory)
         except Exception:
             log.exception("reconciliation failed; retried at the next tick", run=key[1], namespace=key[0])
         else:

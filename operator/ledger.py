@@ -3,11 +3,12 @@
 Every run reconciles on its own worker thread from the same indexes. Without a shared
 ledger, two runs deciding at once (or one run deciding again before the watch delivered
 its new pods) would both see the same GPUs free and pin pods to them. A run decides under
-`deciding()` (one run at a time: it reads the usage, plans, and reserves what it will
-create before the next run reads); every method takes the same lock, so a release from
-another thread never races a read. A reservation ends when its pod appears among the GPU
-holders the index shows (whose count then takes over) or after a timeout (a pod that was
-never created).
+`deciding()` (one run at a time: it reads the index's GPU holders and the usage, plans,
+and reserves what it will create before the next run reads); every method takes the same
+lock, so a release from another thread never races a read. A reservation ends when its pod
+appears among the GPU holders read under that lock (whose count then takes over: every
+later reader reads a copy at least as new, so the pod is never lost between the two) or
+after a timeout (a pod that was never created).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class _Reservation:
 class GpuLedger:
     """Pending GPU reservations of one operator process, shared by every run."""
 
-    def __init__(self, ttl_seconds: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.RLock()
         self._ttl = ttl_seconds
         self._clock = clock

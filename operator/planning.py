@@ -115,19 +115,25 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
     return ExpertPlacement(assignments, waiting)
 
 
-def plan_moves(fleet: FleetState) -> list[Migration]:
-    """Running experts that gain from faster GPUs that became free (placement's `migrations`)."""
-    if not fleet.running:
+def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
+    """Experts in `movable` (their pods run) that gain from faster GPUs that became free
+    (placement's `migrations`). Every expert in `fleet.running` holds its GPUs, a pod that
+    still waits for its node included; a fleet the planner cannot place over moves nothing."""
+    if not movable:
         return []
-    return migrations(
-        fleet.spec,
-        fleet.planning_nodes(len(fleet.running)),
-        progress={k: p for k, p in fleet.progress.items() if k in fleet.running},
-        running=fleet.running,
-        cluster_sizes=fleet.cluster_sizes,
-        used_gpus=fleet.others(),
-        now=fleet.now,
-    )
+    try:
+        moves = migrations(
+            fleet.spec,
+            fleet.planning_nodes(len(fleet.running)),
+            progress={k: p for k, p in fleet.progress.items() if k in fleet.running},
+            running=fleet.running,
+            cluster_sizes=fleet.cluster_sizes,
+            used_gpus=fleet.others(),
+            now=fleet.now,
+        )
+    except PlacementError:
+        return []
+    return [move for move in moves if move.expert in movable]
 
 
 def distinct_nodes(

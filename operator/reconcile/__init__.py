@@ -5,8 +5,10 @@ the run, its pods and DDMExperts, the nodes, the GPUs every pod holds or was pro
 run's store, the clock. Decide (atoll.operator.reconcile.decide): a pure function of the
 observation and the memory of earlier ticks that returns the actions, the run's status and
 its Events. Act (atoll.operator.reconcile.executor): apply the actions. The GPU usage is
-read, the decision made and its GPUs reserved under the shared ledger's lock, so runs
-deciding on other threads never promise the same GPUs twice.
+read (a fresh copy of the index's GPU holders, plus the ledger's promises), the decision
+made and its GPUs reserved under the shared ledger's lock, so runs deciding on other
+threads never promise the same GPUs twice: a reservation is dropped only by a copy of the
+index that shows its pod, and every later decision reads a copy at least that new.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atoll.operator.kube import Kube
-from atoll.operator.ledger import GpuHolder, GpuLedger
+from atoll.operator.ledger import GpuLedger
 from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
 from atoll.operator.reconcile.decide import decide
 from atoll.operator.reconcile.executor import Executor
 from atoll.operator.reconcile.observation import Observation, RunMemory
-from atoll.operator.reconcile.observer import IndexSnapshot, Observer, RunStores
+from atoll.operator.reconcile.observer import GpuHolders, IndexSnapshot, Observer, RunStores
 from atoll.operator.settings import OperatorSettings
 
 __all__ = [
@@ -62,16 +64,15 @@ class Reconciler:
         self.clock = clock
         self.monotonic = monotonic
 
-    def tick(self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory) -> tuple[RunMemory, list[Event]]:
+    def tick(
+        self, body: Mapping[str, Any], indexes: IndexSnapshot, holders: GpuHolders, memory: RunMemory
+    ) -> tuple[RunMemory, list[Event]]:
         """Bring one run one step closer to done: what to remember for the next tick, and the
-        Events to post."""
+        Events to post. `holders` copies the index's GPU holders when called."""
         observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
-        decision = self.decide(observation, indexes, memory)
+        decision = decide_reserving(self.ledger, observation, holders, memory, self.settings)
         applied = self.executor.apply(observation.run, decision)
         return remember(memory, decision, applied), applied.events
-
-    def decide(self, observation: Observation, indexes: IndexSnapshot, memory: RunMemory) -> Decision:
-        return decide_reserving(self.ledger, observation, indexes.gpu_holders, memory, self.settings)
 
     def forget(self, body: Mapping[str, Any]) -> None:
         """The run is gone: drop its store client."""
@@ -83,14 +84,14 @@ class Reconciler:
 def decide_reserving(
     ledger: GpuLedger,
     observation: Observation,
-    holders: Mapping[str, GpuHolder],
+    holders: GpuHolders,
     memory: RunMemory,
     settings: OperatorSettings,
 ) -> Decision:
-    """Under the ledger's lock: the GPU usage (every holder the index shows, plus what was
-    promised and is not shown yet), the decision on it, and its GPUs reserved."""
+    """Under the ledger's lock: the GPU usage (every holder the index shows now, plus what
+    was promised and is not shown yet), the decision on it, and its GPUs reserved."""
     with ledger.deciding():
-        observation = replace(observation, busy_gpus=ledger.usage(holders))
+        observation = replace(observation, busy_gpus=ledger.usage(holders()))
         decision = decide(observation, memory, settings)
         for create in decision.of(CreatePod):
             if create.node is not None:

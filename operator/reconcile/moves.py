@@ -48,7 +48,7 @@ def move_check_due(tick: Tick) -> bool:
 def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outcome) -> dict[str, StageDecision]:
     """Which running experts gain from faster GPUs that became free (when the check is due)."""
     obs = tick.obs
-    running = tick.running_experts(bound_only=True)
+    running = tick.running_experts()
     fleet = FleetState(
         spec=tick.placement_spec(),
         nodes=obs.nodes or (),
@@ -59,7 +59,7 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         now=obs.now,
     )
     decided = dict(decisions)
-    for move in plan_moves(fleet):
+    for move in plan_moves(fleet, movable=set(tick.running_experts(bound_only=True))):
         job = StageJob("expert", move.expert)
         decision = decided.get(job.slug)
         if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:

@@ -5,14 +5,14 @@ mutates them meanwhile), the run's body and the memory of earlier ticks, and rea
 the indexes cannot show: the run's Secret and store (spec.json until it is stored; then
 heartbeats, claims, done markers, checkpoints and cluster sizes, throttled to
 store_poll_seconds) and, from the API server, a pod the index may not show yet. The GPU
-usage is filled in by the reconciler under the GPU ledger's lock. Credentials go into the
+usage is read by the reconciler under the GPU ledger's lock, right before deciding. Credentials go into the
 store client only: never into logs, status or Events. Never writes anything.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -39,13 +39,16 @@ FINAL = ("Succeeded", "Failed")
 
 @dataclass(frozen=True)
 class IndexSnapshot:
-    """A copy of what the kopf indexes show for one run, taken at one instant."""
+    """A copy of what the kopf indexes show for one run, taken at one instant (the GPU holders
+    are read apart, under the GPU ledger's lock: see atoll.operator.reconcile)."""
 
     pods: tuple[PodView, ...] = ()
     experts: tuple[ExpertView, ...] = ()
     nodes: tuple[NodeView, ...] = ()
-    gpu_holders: Mapping[str, GpuHolder] = field(default_factory=dict)
-    """Every pod that holds GPUs (atoll's or not), by namespace/name."""
+
+
+GpuHolders = Callable[[], Mapping[str, GpuHolder]]
+"""A fresh copy of every pod that holds GPUs (atoll's or not), by namespace/name."""
 
 
 @dataclass

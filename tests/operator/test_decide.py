@@ -4,6 +4,7 @@ no store, no clock — one observation and the memory in, the actions, status an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -433,10 +434,32 @@ def test_gpus_promised_to_a_pod_the_index_already_shows_count_once() -> None:
     observation = observe(
         run_with(status), experts=(expert(0), expert(1)), pods=(pod("router", 1, node="h100-0"),), nodes=h100_only
     )
-    decision = decide_reserving(ledger, observation, holders, RunMemory(), SETTINGS)
+    decision = decide_reserving(ledger, observation, lambda: holders, RunMemory(), SETTINGS)
     placed = {slug: a.node for slug, a in created(decision).items() if slug.startswith("expert-")}
     assert placed == {"expert-0": "h100-0"}, "the one free GPU is used (the other expert queues)"
     assert ledger.usage(holders) == {"h100-0": 8}
+
+
+def test_the_gpu_holders_are_read_under_the_ledgers_lock() -> None:
+    """A reservation is dropped once a copy of the index shows its pod; a run deciding later on
+    an older copy (taken before its tick waited for the lock) would count that pod nowhere and
+    promise its GPUs again. So the copy is taken under the lock, right before deciding."""
+    ledger = GpuLedger()
+    others: list[threading.Thread] = []
+    blocked: list[bool] = []
+
+    def holders() -> dict[str, GpuHolder]:
+        other = threading.Thread(target=lambda: ledger.reserve("ns/other", "t4-0", 1))
+        other.start()
+        other.join(timeout=0.2)
+        blocked.append(other.is_alive())  # another thread cannot reserve while the copy is read
+        others.append(other)
+        return {}
+
+    decide_reserving(ledger, observe(), holders, RunMemory(), SETTINGS)
+    others[0].join(timeout=5)
+    assert blocked == [True]
+    assert ledger.usage({})["t4-0"] == 1, "it reserved once the decision was made"
 
 
 def test_expert_statuses_are_patched_only_when_they_change() -> None:
