@@ -3,8 +3,9 @@
 `python -m atoll.trainer expert --run SPEC --store RUN --expert K [--micro-batch M]
 [--grad-accum A] [--gpus G]`. Reads partition/stats.json and streams data/cluster-<k>/'s
 shards, trains `expert.steps_for(k, sizes)` steps with the shared loop, commits checkpoints
-under experts/<k>/ and rewrites experts/<k>/progress.json. Never loads its whole cluster
-into memory, never talks to other experts.
+under experts/<k>/, rewrites experts/<k>/progress.json and, once the final checkpoint is
+committed, writes its done marker experts/<k>/done.json under its claim. Never loads its
+whole cluster into memory, never talks to other experts.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ import torch
 
 from atoll import layout
 from atoll.api import DDMRunSpec
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 from atoll.progress import StageName
+from atoll.stages import StageJob
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import DataInfo, cluster_shards, read_info, read_null_text
 from atoll.trainer.context import StageContext
+from atoll.trainer.fence import write_done
 from atoll.trainer.training.data_order import ExampleDraws, derive_seed
 from atoll.trainer.training.gpu import to_device
-from atoll.trainer.training.runner import TrainingJob, run_training, training_job
+from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
 
 CAPTIONED = ("latents", "text", "text_mask")
 """The shard tensors a text-conditioned model trains on."""
 
 
-class StageInputError(AtollError):
-    """The stage's arguments or inputs are missing or inconsistent."""
+class StageInputError(BadInputError):
+    """The stage's inputs are missing or do not match its arguments or the spec: no retry helps."""
 
 
 def cluster_sizes(store: Store) -> list[int]:
@@ -76,8 +79,14 @@ def expert_job(ctx: StageContext) -> TrainingJob:
 
 
 def run(ctx: StageContext) -> None:
-    """Train expert k to its final checkpoint (returns at once when it is already there)."""
-    run_training(expert_job(ctx), ctx.store)
+    """Train expert k to its final checkpoint (returns at once when it is already there),
+    then write its done marker."""
+    job = expert_job(ctx)
+    run_training(job, ctx.store)
+    final = finished_checkpoint(ctx.store, job)
+    if final is None:  # pragma: no cover - run_training returns only once the final checkpoint is committed
+        raise StageInputError(f"expert {job.expert} finished training but its final checkpoint is not readable")
+    write_done(ctx.store, StageJob("expert", job.expert), ctx.attempt, {"step": final.step})
 
 
 @dataclass

@@ -17,14 +17,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from atoll import layout
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 from atoll.log import get_logger
+from atoll.stages import StageJob, is_done
 from atoll.store import Store
 from atoll.trainer import clusterdata
 from atoll.trainer.clusterdata import ClusterData, ClusterWriter, DataInfo
 from atoll.trainer.context import StageContext
 from atoll.trainer.data import ImageDataset, open_dataset
 from atoll.trainer.encoders import feature_encoder_for, text_encoder_for, vae_for
+from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.kmeans import Partition, balance, cluster_sizes, two_level_kmeans
 
@@ -33,12 +35,13 @@ log = get_logger(__name__)
 SHARD_BYTES = 64 * 2**20
 """Aim for shards of about 64 MiB: few objects, yet small enough to stream."""
 ENCODE_BATCH = 64
+JOB = StageJob("partition")
 
 
 def run(ctx: StageContext) -> None:
     """Partition the run's dataset into partition.clusters clusters and pre-encode each one."""
     store = ctx.store
-    if store.exists(layout.PARTITION_DONE):
+    if is_done(store, JOB):
         log.info("partition already done", store=store.uri)
         return
     heartbeat = Heartbeat(store, "partition", attempt=ctx.attempt or 1)
@@ -60,7 +63,7 @@ def _partition(ctx: StageContext, heartbeat: Heartbeat) -> None:
     dataset = open_dataset(spec.dataset)
     n, k = len(dataset), spec.partition.clusters
     if k > n:
-        raise AtollError(f"partition.clusters ({k}) exceeds the {n} examples of dataset.uri {spec.dataset.uri!r}")
+        raise BadInputError(f"partition.clusters ({k}) exceeds the {n} examples of dataset.uri {spec.dataset.uri!r}")
     heartbeat.update(total_steps=2 * n, force=True)
 
     assignments = _stored_assignments(store, n, k)
@@ -142,7 +145,7 @@ def _stored_assignments(store: Store, n: int, k: int) -> torch.Tensor | None:
         return None
     stats = store.get_json(layout.PARTITION_STATS)
     if stats.get("clusters") != k or stats.get("examples") != n:
-        raise AtollError(
+        raise BadInputError(
             f"{store.uri_of(layout.PARTITION_STATS)} holds a partition into {stats.get('clusters')} clusters of"
             f" {stats.get('examples')} examples, but the spec asks for {k} of {n}: use a fresh store for a changed"
             " partition.clusters or dataset"
@@ -211,7 +214,7 @@ def _encode(
     )
     clusterdata.write_info(store, info)
     summary: dict[str, Any] = {"clusters": k, "examples": n, "sizes": sizes, "balance": balance(sizes)}
-    store.put_json(layout.PARTITION_DONE, {**summary, "encodeSeconds": round(time.monotonic() - started, 3)})
+    write_done(store, JOB, ctx.attempt, {**summary, "encodeSeconds": round(time.monotonic() - started, 3)})
     heartbeat.done(step=2 * n, message=f"{k} clusters, sizes {sizes}, balance {summary['balance']:.3f}")
 
 

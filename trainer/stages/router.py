@@ -17,14 +17,15 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from atoll import layout
 from atoll.api import DDMRunSpec
 from atoll.log import get_logger
 from atoll.progress import StageName
+from atoll.stages import StageJob
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import ShardRef, cluster_shards, read_info
 from atoll.trainer.context import StageContext
+from atoll.trainer.fence import write_done
 from atoll.trainer.shardfiles import ShardFiles
 from atoll.trainer.stages.expert import CAPTIONED, StageInputError, cluster_sizes, null_caption
 from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
@@ -34,7 +35,9 @@ from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource
 
 log = get_logger(__name__)
 
-METRICS = f"{layout.ROUTER}/metrics.json"
+JOB = StageJob("router")
+METRICS = JOB.done_marker
+"""router/metrics.json: the router's done marker, written after its final checkpoint."""
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_LIMIT = 2048
 SIGMA_BUCKETS = 10
@@ -71,7 +74,7 @@ def run(ctx: StageContext) -> None:
         pass
     metrics = evaluate_router(ctx.store, ctx.spec)
     metrics["step"] = final.step
-    ctx.store.put_json(METRICS, metrics)
+    write_done(ctx.store, JOB, ctx.attempt, metrics)
     log.info("router evaluated", accuracy=round(metrics["accuracy"], 4), chance=round(metrics["chance"], 4))
 
 

@@ -9,11 +9,8 @@ stops without writing anything.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 
 from atoll import layout
 from atoll.api.spec import RetentionSpec, TrainingSpec
@@ -24,6 +21,7 @@ from atoll.store import FencedError, Store, open_store
 from atoll.store.checkpoint import Checkpoint, CheckpointStore
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
+from atoll.trainer.interrupts import sigterm_raises
 from atoll.trainer.training.batching import BatchPlanError, plan_batch
 from atoll.trainer.training.distributed import (
     Rank,
@@ -118,7 +116,7 @@ def run_training(job: TrainingJob, store: Store, *, on_step: StepHook | None = N
         log.info("already trained", stage=job.stage, expert=job.expert, step=done.step)
         _report_done(store, job, done)
         return None
-    with _sigterm_interrupts():
+    with sigterm_raises(lambda: StageInterruptedError("SIGTERM")):
         torchrun = torchrun_rank()
         if torchrun is not None:
             if torchrun.world != job.settings.batch.world:
@@ -181,21 +179,3 @@ def _report_done(store: Store, job: TrainingJob, checkpoint: Checkpoint) -> None
         ),
         message="already trained",
     )
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into StageInterruptedError so staged checkpoints finish uploading before exit."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise StageInterruptedError("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
