@@ -28,7 +28,7 @@ from atoll.trainer.context import StageContext
 from atoll.trainer.fence import write_done
 from atoll.trainer.shardfiles import ShardFiles
 from atoll.trainer.stages.expert import CAPTIONED, StageInputError, cluster_sizes, null_caption
-from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
+from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_rows
 from atoll.trainer.training.gpu import to_device
 from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
@@ -162,8 +162,7 @@ def router_sources(store: Store, spec: DDMRunSpec) -> tuple[StreamSource, ...]:
     """
     shards = [cluster_shards(store, k) for k in range(len(cluster_sizes(store)))]
     total = sum(s.examples for cluster in shards for s in cluster)
-    _, held = held_out_split(total, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT)
-    held_rows = held.tolist()
+    held_rows = held_out_rows(total, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT).tolist()
     sources, first, at = [], 0, 0
     for cluster in shards:
         marked: dict[int, tuple[int, ...]] = {}
@@ -248,7 +247,7 @@ def sigma_bucket_accuracy(
     *,
     seed: int,
     buckets: int = SIGMA_BUCKETS,
-    batch: int = 256,
+    batch: int = 64,
 ) -> list[dict[str, float]]:
     """Accuracy and cross-entropy of `router` on the held-out examples, per σ bucket [b/B, (b+1)/B).
 
