@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from atoll.errors import AtollError
+from atoll.extras import MissingExtraError, require_train
 
 # stage → module with `run(ctx: StageContext) -> None`.
 STAGES: dict[str, str] = {
@@ -45,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     log = get_logger("atoll.trainer")
+    try:
+        require_train("python -m atoll.trainer")
+    except MissingExtraError as error:  # the operator install: no stage can run here
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         from atoll.store import open_store, read_spec
         from atoll.trainer.context import StageContext
