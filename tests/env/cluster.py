@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.env import binaries
-from tests.env.process import free_port
+from tests.env.process import free_port, port_bindable
 
 KUBE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
@@ -38,6 +38,20 @@ _BINARY_OPTIONS = {
     "etcdBinary": "etcd",
     "kwokControllerBinary": "kwok",
 }
+
+
+class ControlPlaneError(RuntimeError):
+    """kwokctl could not create, start or delete the cluster; the message carries its output."""
+
+
+_PORT_OPTIONS = (
+    "kubeApiserverPort",
+    "etcdPort",
+    "etcdPeerPort",
+    "kubeControllerManagerPort",
+    "kubeSchedulerPort",
+    "kwokControllerPort",
+)
 _COMPONENT_BINARIES = {
     "etcd": "etcd",
     "kube-apiserver": "kube-apiserver",
@@ -45,10 +59,6 @@ _COMPONENT_BINARIES = {
     "kube-scheduler": "kube-scheduler",
     "kwok-controller": "kwok",
 }
-
-
-class ControlPlaneError(RuntimeError):
-    """kwokctl could not create, start or delete the cluster; the message carries its output."""
 
 
 class ControlPlane:
@@ -82,14 +92,8 @@ class ControlPlane:
     def configuration(self) -> dict[str, Any]:
         """The KwokctlConfiguration: local binaries, loopback ports, kwok on annotated nodes only."""
         if not self.ports:
-            self.ports = {
-                "kubeApiserverPort": free_port(),
-                "etcdPort": free_port(),
-                "etcdPeerPort": free_port(),
-                "kubeControllerManagerPort": free_port(),
-                "kubeSchedulerPort": free_port(),
-                "kwokControllerPort": free_port(),
-            }
+            for option in _PORT_OPTIONS:
+                self.ports[option] = free_port(taken=set(self.ports.values()))
         options: dict[str, Any] = {
             "runtime": "binary",
             "kubeVersion": KUBE_VERSION,
@@ -163,16 +167,69 @@ class ControlPlane:
             raise ControlPlaneError(f"kwokctl delete cluster {self.name} failed:\n{result.stderr[-2000:]}")
 
     def restart(self, *, timeout: float = 120.0) -> None:
-        """Stop every component and start them again (etcd keeps its data): an API server outage."""
-        for verb in ("stop", "start"):
-            result = self._kwokctl(verb, "cluster", timeout=timeout)
-            if result.returncode != 0:
-                raise ControlPlaneError(f"kwokctl {verb} cluster {self.name} failed:\n{result.stderr[-2000:]}")
+        """Stop every component and start them again (etcd keeps its data): an API server outage.
+
+        `kwokctl stop` SIGKILLs the components and returns without waiting for them to exit. A
+        component still exiting (a thread in an fsync or a page fault on a loaded machine) still
+        holds its port, the new one that `kwokctl start` launches dies on "bind: address already
+        in use", and kwokctl never notices: it waits two minutes for an API server that cannot
+        come up. So the old processes must be gone and every port free before the start, and a
+        component that dies after it fails the restart at once, with its log.
+        """
         deadline = time.monotonic() + timeout
+        before = self.pids()
+        result = self._kwokctl("stop", "cluster", timeout=timeout)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"kwokctl stop cluster {self.name} failed:\n{result.stderr[-2000:]}")
+        self._wait_released(before, deadline)
+        self._start_watched(deadline)
         while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
+            self._check_running()
             if time.monotonic() > deadline:
-                raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart")
+                raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart:\n{self._tails()}")
             time.sleep(0.3)
+
+    def _wait_released(self, before: dict[str, int], deadline: float) -> None:
+        """Until every process of the stopped cluster has exited and every one of its ports is free."""
+        while True:
+            alive = {name: pid for name, pid in before.items() if _running(pid)}
+            busy = [port for port in self.ports.values() if not port_bindable(port)]
+            if not alive and not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"after kwokctl stop cluster {self.name}: still running {alive}, ports still in use {busy}"
+                )
+            time.sleep(0.05)
+
+    def _start_watched(self, deadline: float) -> None:
+        """kwokctl start cluster, stopped early (with the log of the culprit) when a component dies."""
+        command = [str(self.paths["kwokctl"]), "--name", self.name, "start", "cluster"]
+        with subprocess.Popen(command, env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as start:
+            try:
+                while start.poll() is None:
+                    self._check_running()
+                    if time.monotonic() > deadline:
+                        raise ControlPlaneError(f"kwokctl start cluster {self.name} did not finish:\n{self._tails()}")
+                    time.sleep(0.2)
+            finally:
+                if start.poll() is None:
+                    start.kill()
+                output = start.communicate()[0].decode(errors="replace")
+        if start.returncode != 0:
+            raise ControlPlaneError(f"kwokctl start cluster {self.name} failed:\n{output[-2000:]}")
+
+    def _check_running(self) -> None:
+        """ControlPlaneError with its log when a component kwokctl started has exited."""
+        for component, pid in self.pids().items():
+            if not _running(pid):
+                raise ControlPlaneError(
+                    f"{component} (pid {pid}) exited after the restart of {self.name}; its log ends:\n"
+                    + _tail(self.log_path(component))
+                )
+
+    def _tails(self) -> str:
+        return "\n".join(f"--- {c}:\n{_tail(self.log_path(c))}" for c in _COMPONENT_BINARIES)
 
     def close(self) -> None:
         """Stop and remove the directory if this control plane created it."""
@@ -244,3 +301,18 @@ class ControlPlane:
 
         new_client: Any = config.new_client_from_config
         return new_client(config_file=str(self.kubeconfig))
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid exists and is not a zombie (an exited child not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
