@@ -60,6 +60,14 @@ lint: install ## ruff, import layering and mypy (strict on atoll)
 testenv: install ## build (or reuse) the pinned control plane, kwok, MinIO and helm binaries
 	$(PY) -m tests.env.build
 
+.PHONY: images
+images: install ## build the operator and trainer images; OCI archives in build/images/
+	$(PY) -m images.build operator trainer
+
+.PHONY: image-operator
+image-operator: install ## build the operator image only (build/images/atoll-operator.oci.tar)
+	$(PY) -m images.build operator
+
 .PHONY: demo
 demo: install ## train a 4-expert DDM on handwritten digits here (CPU, ~10 min); prints metrics and grids
 	$(VENV)/bin/atoll run manifests/examples/quickstart.yaml --local --workdir .atoll

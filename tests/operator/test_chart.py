@@ -44,19 +44,23 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 def test_template_wires_the_operator_flags() -> None:
-    documents = render(*VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3")
+    documents = render(
+        *VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3",
+        "--set", "imagePullSecrets[0].name=registry",
+    )  # fmt: skip
     operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     assert sorted(d["kind"] for d in operator) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "ghcr.io/atoll-dev/atoll:1.2.3"
+    assert container["image"] == "ghcr.io/atoll-dev/atoll-operator:1.2.3"
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry"}]
     assert container["args"][0] == "operator"
     for flag in (
         "--default-store=s3://atoll/runs",
         "--default-store-secret=minio-credentials",
         "--namespace=team-a",
         "--namespace=team-b",
-        "--image=ghcr.io/atoll-dev/atoll:1.2.3",
+        "--image=ghcr.io/atoll-dev/atoll-trainer:0.1.0",  # the stages run the trainer image
     ):
         assert flag in container["args"]
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
