@@ -44,6 +44,16 @@ class ControlPlaneError(RuntimeError):
     """kwokctl could not create, start or delete the cluster; the message carries its output."""
 
 
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Every request a ServiceAccount makes (an operator in cluster, a pod's token), nothing else.
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
+ADMISSION_PLUGINS = "OwnerReferencesPermissionEnforcement"
+"""Besides the defaults: blockOwnerDeletion needs `update` on the owner's finalizers, as on hardened clusters."""
+
 _PORT_OPTIONS = (
     "kubeApiserverPort",
     "etcdPort",
@@ -103,6 +113,7 @@ class ControlPlane:
             "cacheDir": str(self.directory / "kwok-cache"),
             "quietPull": True,
             "kubeControllerManagerNodeMonitorPeriodMilliseconds": int(self.node_monitor_period_s * 1000),
+            "kubeAuditPolicy": str(self.directory / "audit-policy.yaml"),
             **self.ports,
             **{option: str(self.paths[name]) for option, name in _BINARY_OPTIONS.items()},
         }
@@ -114,12 +125,16 @@ class ControlPlane:
             "options": options,
             "componentsPatches": [
                 {
+                    "name": "kube-apiserver",
+                    "extraArgs": [{"key": "enable-admission-plugins", "value": ADMISSION_PLUGINS}],
+                },
+                {
                     "name": "kwok-controller",
                     "extraArgs": [
                         {"key": "manage-all-nodes", "value": "false", "override": True},
                         {"key": "manage-nodes-with-annotation-selector", "value": KWOK_NODE_SELECTOR},
                     ],
-                }
+                },
             ],
         }
 
@@ -143,6 +158,7 @@ class ControlPlane:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "kwokctl.yaml"
         config.write_text(yaml.safe_dump(self.configuration(), sort_keys=False))
+        (self.directory / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         result = self._kwokctl(
             "create", "cluster", "--config", str(config), "--kubeconfig", str(self.kubeconfig),
             "--wait", f"{int(timeout)}s", "--timeout", f"{int(timeout)}s",
@@ -274,6 +290,13 @@ class ControlPlane:
     def log_path(self, component: str) -> Path:
         """The log file of one component (etcd, kube-apiserver, kube-scheduler, kwok-controller, …)."""
         return self.cluster_dir / "logs" / f"{component}.log"
+
+    def audit_events(self, username: str | None = None) -> list[dict[str, Any]]:
+        """The API server's audit events (every ServiceAccount request, metadata only), of one user if given."""
+        path = self.log_path("audit")
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in events if username is None or e.get("user", {}).get("username") == username]
 
     def pids(self) -> dict[str, int]:
         """component → pid, from kwokctl's pid files (for tests that check nothing is left)."""

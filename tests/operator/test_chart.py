@@ -49,7 +49,11 @@ def test_template_wires_the_operator_flags() -> None:
         "--set", "imagePullSecrets[0].name=registry",
     )  # fmt: skip
     operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
-    assert sorted(d["kind"] for d in operator) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert sorted(d["kind"] for d in operator) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment",
+        "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount",
+    ]  # fmt: skip
+    assert sorted(d["metadata"]["namespace"] for d in operator if d["kind"] == "Role") == ["team-a", "team-b"]
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/atoll-dev/atoll-operator:1.2.3"
@@ -72,7 +76,10 @@ def test_template_wires_the_operator_flags() -> None:
 def test_template_runs_the_agent_on_every_gpu_node_without_taking_a_gpu() -> None:
     documents = render(*VALUES, "--set", "agent.ignoreXids=79", "--set", "agent.runtimeClassName=nvidia")
     agent = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"]
-    assert sorted(d["kind"] for d in agent) == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+    assert sorted(d["kind"] for d in agent) == [
+        "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+    ]  # fmt: skip
     daemonset = next(d for d in agent if d["kind"] == "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -86,7 +93,7 @@ def test_template_runs_the_agent_on_every_gpu_node_without_taking_a_gpu() -> Non
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["serviceAccountName"] == "atoll-agent"
     role = next(d for d in agent if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]  # own Node: the policy
 
     assert not [d for d in render(*VALUES, "--set", "agent.enabled=false") if d["kind"] == "DaemonSet"]
 
