@@ -181,7 +181,9 @@ def build(image: Image, *, engine: Engine, base: str = "auto", out: Path | None 
             containerfile=image.containerfile, context=REPO, tags=tags,
             build_args={"BASE_IMAGE": base_ref}, volumes=build_volumes(), log=log,
         )  # fmt: skip
-        engine.save_oci(ref, archive, log)
+        partial = archive.with_name(f"{archive.name}.{os.getpid()}.partial")
+        engine.save_oci(ref, partial, log)
+        partial.replace(archive)  # atomic: a concurrent build of the same inputs never sees half a file
         _prune(engine, image, keep=archive)
     if out is not None:
         target = out / f"{image.name}.oci.tar"

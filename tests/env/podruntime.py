@@ -7,6 +7,8 @@ Failed, and kills the process when the pod is deleted. It keeps the marked nodes
 
 Run it as `python -m tests.env.podruntime --kubeconfig K --workdir D`; it never touches
 pods on other nodes (kwok simulates those) and leaves no child process behind on exit.
+(One loop over a pod's whole life, so one file of about 580 lines; what it decides from
+is pure and lives in pods.py and containers.py, image containers in imagepods.py.)
 """
 
 from __future__ import annotations
