@@ -110,8 +110,10 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
 
     def can(verb: str, resource: str, namespace: str | None = "team-a") -> bool:
         where = ["-n", namespace] if namespace else []
-        result = control_plane.kubectl("auth", "can-i", verb, resource, "--as", account, *where, check=False)
-        return result.stdout.strip() == "yes"
+        kind, _, sub = resource.partition("/")  # kubectl reads TYPE/NAME: a subresource is a flag
+        subresource = [f"--subresource={sub}"] if sub else []
+        command = ["auth", "can-i", verb, kind, "--as", account, *where, *subresource]
+        return control_plane.kubectl(*command, check=False).stdout.strip() == "yes"
 
     needed = [
         ("watch", "ddmruns.atoll.dev"),
@@ -119,6 +121,7 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
         ("update", "ddmruns.atoll.dev/finalizers"),
         ("create", "ddmexperts.atoll.dev"),
         ("patch", "ddmexperts.atoll.dev/status"),
+        ("update", "ddmexperts.atoll.dev/finalizers"),
         ("create", "pods"),
         ("delete", "pods"),
         ("get", "secrets"),
@@ -131,7 +134,7 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
         assert not can(verb, resource), f"the operator must not {verb} {resource}"
 
     agent = "system:serviceaccount:atoll-system:atoll-agent"
-    for verb, allowed in (("get", True), ("patch", True), ("delete", False), ("list", False)):
+    for verb, allowed in (("get", False), ("patch", True), ("delete", False), ("list", False)):
         result = control_plane.kubectl("auth", "can-i", verb, "nodes", "--as", agent, check=False)
         assert (result.stdout.strip() == "yes") is allowed, f"agent {verb} nodes"
     result = control_plane.kubectl("auth", "can-i", "get", "secrets", "--as", agent, "-A", check=False)

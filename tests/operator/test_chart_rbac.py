@@ -191,6 +191,16 @@ def test_agent_changes_only_atoll_annotations_of_its_own_node(
     api.patch_node(own, {"metadata": {"annotations": {key: "ok"}}})
     assert core_v1.read_node(own).metadata.annotations[key] == "ok"
 
+    def in_force() -> bool:
+        # A new policy is enforced once the API server has loaded and type-checked it (a moment).
+        try:
+            api.patch_node(other, {"metadata": {"annotations": {f"{key}-wait": "x"}}})
+        except ApiException as error:
+            return error.status in (403, 422)
+        return False
+
+    kube.wait_for(in_force, timeout=60, what="the agent's admission policy in force", interval=1)
+
     refused = [
         (other, {"metadata": {"annotations": {key: "not mine"}}}, "only the Node its pod runs on"),
         (own, {"metadata": {"annotations": {"example.com/x": "y"}}}, "only atoll.dev/ annotations"),
@@ -203,6 +213,7 @@ def test_agent_changes_only_atoll_annotations_of_its_own_node(
         assert denied.value.status in (403, 422), denied.value.body
         assert message in denied.value.body, denied.value.body
     core_v1.patch_node(own, {"metadata": {"annotations": {key: None}}})
+    core_v1.patch_node(other, {"metadata": {"annotations": {f"{key}-wait": None}}})
 
 
 def test_stage_pods_may_block_their_owners_deletion_only_with_its_finalizers(
