@@ -6,26 +6,30 @@ relative to the run's store:
     data/info.json                         DataInfo (camelCase)
     data/null-text.safetensors             {"text": [1, L, D] float16, "text_mask": [1, L] bool}
     data/cluster-<k>/shard-<nnnnn>.safetensors
-        latents [m, C, H, W] float32 · text [m, L, D] float16 · text_mask [m, L] bool ·
-        labels [m] int64 (-1: unknown) · index [m] int64 (example id in dataset order)
+        latents [m, C, H, W] (images) or [m, C, T, H, W] (clips) float32 · text [m, L, D] float16 ·
+        text_mask [m, L] bool · labels [m] int64 (-1: unknown) · index [m] int64 (example id)
     data/cluster-<k>/index.json            {"examples": n, "shards": [{"key": ..., "examples": m}]}
 
 A cluster's `index.json` is written after all its shards, so it is the cluster's commit
 marker: a cluster without one is partial and is rewritten on resume. `info.json` is
-written after every cluster. The readers load whole clusters into memory (fine for the
-sizes this project trains on one node); very large runs would stream shard by shard with
-`iter_cluster_shards`. This module only moves tensors: it never encodes or trains.
+written after every cluster. Training streams the shards (`cluster_shards` lists them,
+atoll.trainer.shardfiles reads row ranges, atoll.trainer.training.stream orders them);
+`read_cluster` and `read_all_clusters` load whole clusters for evaluation and tests.
+This module only moves tensors: it never encodes or trains.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
 
 from atoll import layout
 from atoll.errors import AtollError
@@ -43,8 +47,9 @@ class ClusterDataError(AtollError):
 class DataInfo:
     """data/info.json: the shapes and encoders every consumer of the shards must agree on."""
 
-    latent_shape: tuple[int, int, int]
-    """[C, H, W] of one latent (the VAE's scaled latent, or the image itself for identity)."""
+    latent_shape: tuple[int, ...]
+    """[C, H, W] of one image latent or [C, T, H, W] of a clip's (the VAE's scaled latent, or the
+    pixels themselves for identity)."""
     text_shape: tuple[int, int]
     """[L, D]: caption tokens and embedding width."""
     vae: str
@@ -86,10 +91,12 @@ class DataInfo:
     def from_json(cls, doc: dict[str, Any]) -> DataInfo:
         """Parse data/info.json."""
         try:
-            c, h, w = (int(v) for v in doc["latentShape"])
+            latent_shape = tuple(int(v) for v in doc["latentShape"])
+            if len(latent_shape) not in (3, 4):
+                raise ValueError(f"latentShape {list(latent_shape)} is neither [C, H, W] nor [C, T, H, W]")
             length, dim = (int(v) for v in doc["textShape"])
             return cls(
-                latent_shape=(c, h, w),
+                latent_shape=latent_shape,
                 text_shape=(length, dim),
                 vae=str(doc["vae"]),
                 text_encoder=str(doc["textEncoder"]),
@@ -110,7 +117,7 @@ class ClusterData:
     """Pre-encoded examples (one cluster, or several concatenated), as stored."""
 
     latents: torch.Tensor
-    """[n, C, H, W] float32."""
+    """[n, C, H, W] or [n, C, T, H, W] float32."""
     text: torch.Tensor
     """[n, L, D] float16 as stored (cast with `.float()` before use)."""
     text_mask: torch.Tensor
@@ -135,6 +142,14 @@ class ClusterData:
         return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in SHARD_TENSORS})
 
 
+@dataclass(frozen=True, slots=True)
+class ShardRef:
+    """One committed shard of a cluster, as its index.json lists it."""
+
+    key: str
+    examples: int
+
+
 def shard_key(k: int, shard: int) -> str:
     """Key of cluster k's shard number `shard`."""
     return join_key(layout.cluster_data(k), f"shard-{shard:05d}.safetensors")
@@ -145,10 +160,22 @@ def cluster_index_key(k: int) -> str:
     return join_key(layout.cluster_data(k), "index.json")
 
 
+STORED_DTYPES = {
+    "latents": torch.float32,
+    "text": torch.float16,
+    "text_mask": torch.bool,
+    "labels": torch.int64,
+    "index": torch.int64,
+}
+"""How each shard tensor is stored."""
+
+
 class ClusterWriter:
     """Writes one cluster's shards as examples arrive; `finish()` commits the cluster.
 
-    Call `add` with batches in any size; every `shard_size` examples become one shard.
+    Call `add` with batches in any size; every `shard_size` examples become one shard. The
+    examples wait in one preallocated shard-sized buffer, so a writer holds at most one
+    shard (and its serialised bytes while it is written), whatever the cluster's size.
     Nothing is committed until `finish` writes index.json, so an interrupted writer leaves a
     partial cluster that `cluster_complete` reports as absent (`clear_cluster` removes it).
     """
@@ -159,44 +186,53 @@ class ClusterWriter:
         self.store = store
         self.k = k
         self.shard_size = shard_size
-        self._pending: list[ClusterData] = []
-        self._pending_count = 0
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._filled = 0
         self._shards: list[dict[str, Any]] = []
         self._examples = 0
 
     def add(self, batch: ClusterData) -> None:
         """Buffer a batch, writing full shards as they fill up."""
         _check_batch(batch)
-        self._pending.append(batch)
-        self._pending_count += len(batch)
-        while self._pending_count >= self.shard_size:
-            merged = ClusterData.concat(self._pending)
-            head = ClusterData(**{n: t[: self.shard_size] for n, t in merged.tensors().items()})
-            rest = ClusterData(**{n: t[self.shard_size :] for n, t in merged.tensors().items()})
-            self._write_shard(head)
-            self._pending = [rest] if len(rest) else []
-            self._pending_count = len(rest)
+        rows = {name: t.detach().to("cpu", STORED_DTYPES[name]) for name, t in batch.tensors().items()}
+        if not self._buffer:
+            self._buffer = {
+                name: torch.empty((self.shard_size, *t.shape[1:]), dtype=t.dtype) for name, t in rows.items()
+            }
+        for name, tensor in rows.items():
+            if tensor.shape[1:] != self._buffer[name].shape[1:]:
+                raise ValueError(
+                    f"{name} rows are {list(tensor.shape[1:])}, earlier ones were {list(self._buffer[name].shape[1:])}"
+                )
+        at, n = 0, len(batch)
+        while at < n:
+            take = min(n - at, self.shard_size - self._filled)
+            for name, tensor in rows.items():
+                self._buffer[name][self._filled : self._filled + take] = tensor[at : at + take]
+            self._filled += take
+            at += take
+            if self._filled == self.shard_size:
+                self._write_shard()
 
     def finish(self) -> int:
         """Write the remaining shard and index.json; returns the cluster's example count."""
-        if self._pending_count:
-            self._write_shard(ClusterData.concat(self._pending))
-            self._pending, self._pending_count = [], 0
+        if self._filled:
+            self._write_shard()
+        self._buffer = {}
         self.store.put_json(cluster_index_key(self.k), {"examples": self._examples, "shards": self._shards})
         return self._examples
 
-    def _write_shard(self, data: ClusterData) -> None:
+    def _write_shard(self) -> None:
         key = shard_key(self.k, len(self._shards))
-        tensors = {
-            "latents": data.latents.detach().to("cpu", torch.float32).contiguous(),
-            "text": data.text.detach().to("cpu", torch.float16).contiguous(),
-            "text_mask": data.text_mask.detach().to("cpu", torch.bool).contiguous(),
-            "labels": data.labels.detach().to("cpu", torch.int64).contiguous(),
-            "index": data.index.detach().to("cpu", torch.int64).contiguous(),
-        }
-        self.store.put_bytes(key, save_safetensors(tensors))
-        self._shards.append({"key": key, "examples": len(data)})
-        self._examples += len(data)
+        tensors = {name: buffer[: self._filled] for name, buffer in self._buffer.items()}
+        # Through a local file, not bytes in memory: the shard is never held twice.
+        with tempfile.TemporaryDirectory(prefix="atoll-shard-") as scratch:
+            path = Path(scratch) / "shard.safetensors"
+            save_file(tensors, str(path))
+            self.store.put_file(key, path)
+        self._shards.append({"key": key, "examples": self._filled})
+        self._examples += self._filled
+        self._filled = 0
 
 
 def _check_batch(batch: ClusterData) -> None:
@@ -204,7 +240,7 @@ def _check_batch(batch: ClusterData) -> None:
     for name, tensor in batch.tensors().items():
         if tensor.shape[0] != n:
             raise ValueError(f"{name} has {tensor.shape[0]} rows, latents {n}")
-    if batch.latents.ndim != 4 or batch.text.ndim != 3 or batch.text_mask.shape != batch.text.shape[:2]:
+    if batch.latents.ndim not in (4, 5) or batch.text.ndim != 3 or batch.text_mask.shape != batch.text.shape[:2]:
         raise ValueError(
             f"bad shard shapes: latents {tuple(batch.latents.shape)}, text {tuple(batch.text.shape)},"
             f" text_mask {tuple(batch.text_mask.shape)}"
@@ -252,24 +288,44 @@ def read_null_text(store: Store) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["text"], tensors["text_mask"]
 
 
-def iter_cluster_shards(store: Store, k: int) -> Iterator[ClusterData]:
-    """Cluster k's shards one at a time, in order (for streaming large clusters)."""
+def cluster_shards(store: Store, k: int) -> list[ShardRef]:
+    """Cluster k's shards in order, from its index.json (a clear error when it was not committed)."""
+    key = cluster_index_key(k)
     try:
-        index = store.get_json(cluster_index_key(k))
+        index = store.get_json(key)
     except NotFoundError:
         raise ClusterDataError(
-            f"{store.uri_of(cluster_index_key(k))} is missing: cluster {k} was not pre-encoded"
+            f"{store.uri_of(key)} is missing: cluster {k} was not pre-encoded"
             " (run the partition stage, and check partition.clusters)"
         ) from None
-    for shard in index["shards"]:
-        tensors = _load(store, shard["key"])
+    prefix = layout.cluster_data(k) + "/"
+    try:
+        shards = [ShardRef(key=str(s["key"]), examples=int(s["examples"])) for s in index["shards"]]
+        examples = int(index["examples"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ClusterDataError(f"{store.uri_of(key)} does not follow the data contract: {error!r}") from None
+    for shard in shards:
+        rest = shard.key.removeprefix(prefix)
+        if rest == shard.key or "/" in rest or rest in ("", ".", "..") or shard.examples < 0:
+            raise ClusterDataError(f"{store.uri_of(key)} lists {shard.key!r}, which is not a shard of cluster {k}")
+    if sum(s.examples for s in shards) != examples:
+        raise ClusterDataError(
+            f"{store.uri_of(key)} says {examples} examples but its shards hold {sum(s.examples for s in shards)}"
+        )
+    return shards
+
+
+def iter_cluster_shards(store: Store, k: int) -> Iterator[ClusterData]:
+    """Cluster k's shards one at a time, in order, each wholly in memory."""
+    for shard in cluster_shards(store, k):
+        tensors = _load(store, shard.key)
         missing = [name for name in SHARD_TENSORS if name not in tensors]
         if missing:
-            raise ClusterDataError(f"{store.uri_of(shard['key'])} lacks tensors {missing}")
+            raise ClusterDataError(f"{store.uri_of(shard.key)} lacks tensors {missing}")
         data = ClusterData(**{name: tensors[name] for name in SHARD_TENSORS})
-        if len(data) != shard["examples"]:
+        if len(data) != shard.examples:
             raise ClusterDataError(
-                f"{store.uri_of(shard['key'])} holds {len(data)} examples, index.json says {shard['examples']}"
+                f"{store.uri_of(shard.key)} holds {len(data)} examples, index.json says {shard.examples}"
             )
         yield data
 

@@ -1,34 +1,100 @@
-"""Named model presets and their published training recipes, as plain data.
+"""Named model presets: an architecture registry and a training-recipe registry, as plain data.
 
-The trainer builds diffusers models from these numbers, the planner estimates memory and
-speed from them, and the API fills preset-dependent defaults from them. Pure data: this
-module must never import torch.
+The torchtitan way: a model's shape (family, width, depth, heads, patch) is one thing, the
+recipe that trains it (learning rate, global batch, warm-up, EMA, checkpoint interval) is
+another, and a preset names one of each. The DiT/Paris recipe is written once, the CPU
+recipe of `tiny` once. The trainer builds diffusers models from `Preset.architecture`, the
+planner estimates memory and speed from it, and the spec fills unset hyper-parameters
+from `Preset.recipe` (`TrainingSpec.recipe()`). Pure data: this module must never import
+torch.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+ModelFamily = Literal["dit", "wan"]
+"""dit: a 2-D diffusion transformer over image latents [C, H, W] (diffusers' PixArtTransformer2DModel
+for experts); wan: a 3-D video transformer over clip latents [C, T, H, W] (diffusers'
+WanTransformer3DModel)."""
 
 PresetName = Literal["tiny", "dit-s/2", "dit-b/2", "dit-l/2", "dit-xl/2"]
 PRESET_NAMES: tuple[PresetName, ...] = ("tiny", "dit-s/2", "dit-b/2", "dit-l/2", "dit-xl/2")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Preset:
-    """Architecture and training recipe of one transformer preset."""
+class PresetError(ValueError):
+    """An unknown preset name, or a latent shape a preset cannot patch."""
 
-    name: str
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Architecture:
+    """The shape of one transformer: what the trainer builds and the planner costs."""
+
+    family: ModelFamily
     hidden_size: int
     """Width of the transformer (DiT's `hidden_size`)."""
     depth: int
     """Number of transformer blocks."""
     heads: int
     """Attention heads; hidden_size // heads is the head dimension."""
-    patch_size: int
-    """Side of the square latent patch that becomes one token."""
+    patch: tuple[int, ...]
+    """Latent patch that becomes one token: (h, w) for image families, (t, h, w) for video ones."""
+    mlp_ratio: float = 4.0
+    """Width of each block's feed-forward layer over hidden_size."""
+
+    def __post_init__(self) -> None:
+        sides = 3 if self.family == "wan" else 2
+        if len(self.patch) != sides or min(self.patch) < 1:
+            raise PresetError(f"a {self.family} patch has {sides} positive sides, got {self.patch}")
+        if self.hidden_size % self.heads:
+            raise PresetError(f"hidden_size {self.hidden_size} is not divisible by {self.heads} heads")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.heads
+
+    @property
+    def patch_volume(self) -> int:
+        """Latent elements per channel in one token."""
+        return math.prod(self.patch)
+
+    def tokens(self, latent_shape: Sequence[int]) -> int:
+        """Tokens of one latent [C, H, W] (image families) or [C, T, H, W] (video families)."""
+        sides = tuple(int(s) for s in latent_shape[1:])
+        if len(sides) != len(self.patch):
+            raise PresetError(
+                f"a {self.family} model takes latents [C, {', '.join('THW'[-len(self.patch) :])}],"
+                f" got {list(latent_shape)}"
+            )
+        return math.prod(max(1, side // p) for side, p in zip(sides, self.patch, strict=True))
+
+    def approx_parameters(self, in_channels: int = 4, text_dim: int = 768) -> int:
+        """Parameter count of the text-conditioned transformer, to within a few percent.
+
+        Per block: self-attention (4·h²), cross-attention over the caption after it is
+        projected to width h (4·h²) and the feed-forward layer (2·ratio·h²); plus the patch
+        embedding, caption projection, timestep embedding and final layer. Good enough
+        for memory planning.
+        """
+        h = self.hidden_size
+        per_block = 4 * h * h + 4 * h * h + round(2 * self.mlp_ratio * h * h)
+        patch = self.patch_volume * in_channels * h
+        caption = text_dim * h + h * h
+        timestep = 256 * h + h * h + 6 * h * h
+        final = h * self.patch_volume * in_channels
+        return self.depth * per_block + patch + caption + timestep + final
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingRecipe:
+    """The published optimisation hyper-parameters a family of presets is trained with."""
+
+    name: str
     learning_rate: float
-    """AdamW learning rate of the published recipe."""
+    """AdamW learning rate."""
     global_batch_size: int
     """Examples per optimizer step, summed over all GPUs and accumulation steps."""
     warmup_steps: int
@@ -40,32 +106,47 @@ class Preset:
     checkpoint_every: int
     """Default checkpoint interval in optimizer steps."""
 
-    def approx_parameters(self, in_channels: int = 4, text_dim: int = 768) -> int:
-        """Parameter count of the text-conditioned transformer, to within a few percent.
 
-        Per block: self-attention (4·h²), cross-attention over the caption after it is
-        projected to width h (4·h²) and an MLP of ratio 4 (8·h²); plus the patch
-        embedding, caption projection, timestep embedding and final layer. Good enough
-        for memory planning.
-        """
-        h = self.hidden_size
-        per_block = 4 * h * h + 4 * h * h + 8 * h * h
-        patch = self.patch_size * self.patch_size * in_channels * h
-        caption = text_dim * h + h * h
-        timestep = 256 * h + h * h + 6 * h * h
-        final = h * self.patch_size * self.patch_size * in_channels
-        return self.depth * per_block + patch + caption + timestep + final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Preset:
+    """A named architecture and the recipe it trains with."""
+
+    name: str
+    architecture: Architecture
+    recipe: TrainingRecipe
 
 
-# DiT (Peebles & Xie, 2023): AdamW, lr 1e-4, no weight decay, batch 256, EMA 0.9999;
-# Paris 1.0 trains DiT-XL/2 experts and a DiT-B/2 router with the same recipe.
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny",
-        hidden_size=64,
-        depth=2,
-        heads=2,
-        patch_size=2,
+def _dit(hidden_size: int, depth: int, heads: int, patch: int = 2) -> Architecture:
+    return Architecture(family="dit", hidden_size=hidden_size, depth=depth, heads=heads, patch=(patch, patch))
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    # A CPU-sized debug model: one training step of a batch of 64 at 16 px takes well under a second.
+    "tiny": _dit(64, 2, 2),
+    # DiT (Peebles & Xie, 2023), Table 1.
+    "dit-s/2": _dit(384, 12, 6),
+    "dit-b/2": _dit(768, 12, 12),
+    "dit-l/2": _dit(1024, 24, 16),
+    "dit-xl/2": _dit(1152, 28, 16),
+}
+"""Every preset's architecture, by preset name."""
+
+RECIPES: dict[str, TrainingRecipe] = {
+    # DiT (Peebles & Xie, 2023): AdamW, lr 1e-4, no weight decay, batch 256, EMA 0.9999; Paris 1.0
+    # trains DiT-XL/2 experts and a DiT-B/2 router with the same recipe.
+    "dit": TrainingRecipe(
+        name="dit",
+        learning_rate=1e-4,
+        global_batch_size=256,
+        warmup_steps=0,
+        weight_decay=0.0,
+        ema_decay=0.9999,
+        checkpoint_every=5000,
+    ),
+    # What trains the tiny preset on a laptop CPU in minutes: a larger step, a short warm-up and
+    # an EMA that forgets within a few hundred steps.
+    "cpu": TrainingRecipe(
+        name="cpu",
         learning_rate=3e-4,
         global_batch_size=64,
         warmup_steps=50,
@@ -73,56 +154,31 @@ PRESETS: dict[str, Preset] = {
         ema_decay=0.995,
         checkpoint_every=100,
     ),
-    "dit-s/2": Preset(
-        name="dit-s/2",
-        hidden_size=384,
-        depth=12,
-        heads=6,
-        patch_size=2,
-        learning_rate=1e-4,
-        global_batch_size=256,
-        warmup_steps=0,
-        weight_decay=0.0,
-        ema_decay=0.9999,
-        checkpoint_every=5000,
-    ),
-    "dit-b/2": Preset(
-        name="dit-b/2",
-        hidden_size=768,
-        depth=12,
-        heads=12,
-        patch_size=2,
-        learning_rate=1e-4,
-        global_batch_size=256,
-        warmup_steps=0,
-        weight_decay=0.0,
-        ema_decay=0.9999,
-        checkpoint_every=5000,
-    ),
-    "dit-l/2": Preset(
-        name="dit-l/2",
-        hidden_size=1024,
-        depth=24,
-        heads=16,
-        patch_size=2,
-        learning_rate=1e-4,
-        global_batch_size=256,
-        warmup_steps=0,
-        weight_decay=0.0,
-        ema_decay=0.9999,
-        checkpoint_every=5000,
-    ),
-    "dit-xl/2": Preset(
-        name="dit-xl/2",
-        hidden_size=1152,
-        depth=28,
-        heads=16,
-        patch_size=2,
-        learning_rate=1e-4,
-        global_batch_size=256,
-        warmup_steps=0,
-        weight_decay=0.0,
-        ema_decay=0.9999,
-        checkpoint_every=5000,
-    ),
 }
+"""Training recipes by name."""
+
+PRESET_RECIPES: dict[str, str] = {
+    "tiny": "cpu",
+    "dit-s/2": "dit",
+    "dit-b/2": "dit",
+    "dit-l/2": "dit",
+    "dit-xl/2": "dit",
+}
+"""The recipe each preset trains with."""
+
+if not set(PRESET_NAMES) == set(ARCHITECTURES) == set(PRESET_RECIPES):  # pragma: no cover - a registry typo
+    raise PresetError("PRESET_NAMES, ARCHITECTURES and PRESET_RECIPES must name the same presets")
+
+PRESETS: dict[str, Preset] = {
+    name: Preset(name=name, architecture=ARCHITECTURES[name], recipe=RECIPES[PRESET_RECIPES[name]])
+    for name in PRESET_NAMES
+}
+"""The one lookup every consumer uses: preset name → architecture and recipe."""
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset, or a PresetError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise PresetError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}") from None

@@ -2,8 +2,9 @@
 
 Shards in a local directory are read in place; shards in s3:// are downloaded once into a
 temporary directory that lives as long as the dataset. Opening a dataset indexes every
-shard (member offsets, captions, labels); images are decoded on demand by seeking into
-the shard. Examples come shard by shard (shards sorted by key), in member order.
+shard into flat arrays (member offsets and sizes, labels: about 40 bytes per example, so
+millions of examples index in tens of MB); images and captions are read on demand by
+seeking into the shard. Examples come shard by shard (shards sorted by key), in member order.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import shutil
 import tarfile
 import tempfile
 import weakref
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -25,16 +26,6 @@ from atoll.trainer.data.base import IMAGE_EXTENSIONS, DatasetError, ImageDataset
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Example:
-    shard: Path
-    key: str
-    offset: int
-    size: int
-    caption: str
-    label: int
-
-
 class TarShardDataset(ImageDataset):
     """The examples of a list of tar shards in one store."""
 
@@ -42,11 +33,15 @@ class TarShardDataset(ImageDataset):
         self.uri = uri
         self.resolution = resolution
         self._downloads: Path | None = None
-        self._examples: list[_Example] = []
+        self._shards: list[Path] = []
+        self._shard = array("i")
+        self._image = array("q")  # offset, size, offset, size, …
+        self._caption = array("q")  # offset, size (-1: no caption)
+        self._label = array("q")
         for shard_key in sorted(shard_keys):
-            self._examples.extend(_index_shard(self._local_path(store, shard_key), store.uri_of(shard_key)))
-        labels = [e.label for e in self._examples]
-        self.class_names = tuple(str(c) for c in range(max(labels) + 1)) if labels and max(labels) >= 0 else ()
+            self._index_shard(self._local_path(store, shard_key), store.uri_of(shard_key))
+        top = max(self._label, default=-1)
+        self.class_names = tuple(str(c) for c in range(top + 1)) if top >= 0 else ()
 
     def _local_path(self, store: Store, key: str) -> Path:
         if isinstance(store, LocalStore):
@@ -59,57 +54,62 @@ class TarShardDataset(ImageDataset):
         return path
 
     def __len__(self) -> int:
-        return len(self._examples)
+        return len(self._label)
 
     def image(self, i: int) -> torch.Tensor:
-        example = self._examples[self._check(i)]
-        with example.shard.open("rb") as handle:
-            handle.seek(example.offset)
-            data = handle.read(example.size)
-        return decode_image(data, self.resolution, f"{example.key} in {example.shard.name}")
+        i = self._check(i)
+        shard = self._shards[self._shard[i]]
+        offset = self._image[2 * i]
+        data = _read(shard, offset, self._image[2 * i + 1])
+        return decode_image(data, self.resolution, f"example {i} (member data at byte {offset}) in {shard.name}")
 
     def caption(self, i: int) -> str:
-        return self._examples[self._check(i)].caption
+        i = self._check(i)
+        offset, size = self._caption[2 * i], self._caption[2 * i + 1]
+        if size < 0:
+            return ""
+        return _read(self._shards[self._shard[i]], offset, size).decode("utf-8", errors="replace").strip()
 
     def label(self, i: int) -> int:
-        return self._examples[self._check(i)].label
+        return self._label[self._check(i)]
+
+    def _index_shard(self, path: Path, where: str) -> None:
+        """One pass over a shard: group members by WebDataset key (basename up to its first '.')."""
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        number = len(self._shards)
+        self._shards.append(path)
+        no_image = 0
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_path = PurePosixPath(member.name)
+                    stem, dot, ext = member_path.name.partition(".")
+                    if not dot or stem.startswith("."):
+                        continue
+                    groups.setdefault(str(member_path.parent / stem), {})[ext.lower()] = member
+                tar.members = []  # type: ignore[attr-defined]  # `groups` holds them; no second list
+                for key, members in groups.items():
+                    image = next((members[e] for e in (x.lstrip(".") for x in IMAGE_EXTENSIONS) if e in members), None)
+                    if image is None:
+                        no_image += 1
+                        continue
+                    text = members.get("txt")
+                    self._shard.append(number)
+                    self._image.extend((image.offset_data, image.size))
+                    self._caption.extend((text.offset_data, text.size) if text is not None else (0, -1))
+                    self._label.append(_label(tar, members.get("cls"), f"{key}.cls in {where}"))
+        except (tarfile.TarError, OSError) as error:
+            raise DatasetError(f"cannot read tar shard {where}: {error}") from None
+        if no_image:
+            log.warning("tar samples without an image are skipped", shard=where, count=no_image)
 
 
-def _index_shard(path: Path, where: str) -> list[_Example]:
-    """One pass over a shard: group members by WebDataset key (basename up to its first '.')."""
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_path = PurePosixPath(member.name)
-                stem, dot, ext = member_path.name.partition(".")
-                if not dot or stem.startswith("."):
-                    continue
-                groups.setdefault(str(member_path.parent / stem), {})[ext.lower()] = member
-            examples = []
-            no_image = 0
-            for key, members in groups.items():
-                image = next((members[e] for e in (x.lstrip(".") for x in IMAGE_EXTENSIONS) if e in members), None)
-                if image is None:
-                    no_image += 1
-                    continue
-                examples.append(
-                    _Example(
-                        shard=path,
-                        key=key,
-                        offset=image.offset_data,
-                        size=image.size,
-                        caption=_text(tar, members.get("txt")),
-                        label=_label(tar, members.get("cls"), f"{key}.cls in {where}"),
-                    )
-                )
-    except (tarfile.TarError, OSError) as error:
-        raise DatasetError(f"cannot read tar shard {where}: {error}") from None
-    if no_image:
-        log.warning("tar samples without an image are skipped", shard=where, count=no_image)
-    return examples
+def _read(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
 
 
 def _text(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> str:

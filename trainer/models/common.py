@@ -7,20 +7,32 @@ from contextlib import contextmanager
 
 import torch
 
-from atoll.api.presets import PRESETS, Preset
-from atoll.errors import AtollError
+from atoll.api.presets import Architecture, PresetError, get_preset
+from atoll.errors import BadInputError
 
 
-class ModelConfigError(AtollError):
+class ModelConfigError(BadInputError):
     """A model cannot be built for the data it is asked to fit (shape or preset mismatch)."""
 
 
-def preset(name: str) -> Preset:
-    """The named preset, or a clear error listing the known ones."""
+def image_architecture(name: str, latent_shape: Sequence[int]) -> tuple[Architecture, int, int]:
+    """Preset `name`'s architecture, a 2-D (dit) one with square patches, and (C, side) of the
+    square latent [C, H, W] it must patch; a clear error otherwise."""
     try:
-        return PRESETS[name]
-    except KeyError:
-        raise ModelConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}") from None
+        arch = get_preset(name).architecture
+    except PresetError as error:
+        raise ModelConfigError(str(error)) from None
+    if arch.family != "dit":
+        raise ModelConfigError(f"preset {name} is a {arch.family} model, this builder takes dit presets")
+    channels, height, width = check_latent_shape(latent_shape)
+    if height != width:
+        raise ModelConfigError(f"preset {name} needs square latents, got {height}×{width}")
+    side = arch.patch[0]
+    if arch.patch != (side, side):
+        raise ModelConfigError(f"preset {name} has a non-square patch {arch.patch}")
+    if height % side:
+        raise ModelConfigError(f"latent side {height} is not a multiple of preset {name}'s patch size {side}")
+    return arch, channels, height
 
 
 def check_latent_shape(shape: Sequence[int]) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, check_latent_shape, preset, seeded
+from atoll.trainer.models.common import ModelConfigError, image_architecture, seeded
 
 if TYPE_CHECKING:
     from diffusers import PixArtTransformer2DModel
@@ -21,24 +21,19 @@ if TYPE_CHECKING:
 
 def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> dict[str, Any]:
     """The PixArtTransformer2DModel config of preset `name` for latents [C, H, W] and captions of width D."""
-    p = preset(name)
-    channels, height, width = check_latent_shape(latent_shape)
-    if height != width:
-        raise ModelConfigError(f"experts need square latents, got {height}×{width}")
-    if height % p.patch_size:
-        raise ModelConfigError(f"latent side {height} is not a multiple of preset {name}'s patch size {p.patch_size}")
+    arch, channels, side = image_architecture(name, latent_shape)
     if text_dim < 1:
         raise ModelConfigError(f"text embedding width must be positive, got {text_dim}")
     return {
-        "num_attention_heads": p.heads,
-        "attention_head_dim": p.hidden_size // p.heads,
+        "num_attention_heads": arch.heads,
+        "attention_head_dim": arch.head_dim,
         "in_channels": channels,
         "out_channels": channels,  # velocity only: no learned variance channels
-        "num_layers": p.depth,
-        "cross_attention_dim": p.hidden_size,  # the caption is projected to the width first
+        "num_layers": arch.depth,
+        "cross_attention_dim": arch.hidden_size,  # the caption is projected to the width first
         "caption_channels": text_dim,
-        "sample_size": height,
-        "patch_size": p.patch_size,
+        "sample_size": side,
+        "patch_size": arch.patch[0],
         # PixArt switches on resolution/aspect-ratio conditioning when sample_size == 128;
         # our experts condition on the timestep and caption only, at every size.
         "use_additional_conditions": False,

@@ -20,7 +20,7 @@ from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, check_latent_shape, preset, seeded
+from atoll.trainer.models.common import ModelConfigError, image_architecture, seeded
 
 
 class RouterModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
@@ -122,20 +122,15 @@ def router_config(
     name: str, *, clusters: int, latent_shape: Sequence[int], text_dim: int | None = None
 ) -> dict[str, Any]:
     """The RouterModel config of preset `name` for K clusters (text_dim set: condition on the caption)."""
-    p = preset(name)
-    channels, height, width = check_latent_shape(latent_shape)
-    if height != width:
-        raise ModelConfigError(f"the router needs square latents, got {height}×{width}")
-    if height % p.patch_size:
-        raise ModelConfigError(f"latent side {height} is not a multiple of preset {name}'s patch size {p.patch_size}")
+    arch, channels, side = image_architecture(name, latent_shape)
     return {
         "num_clusters": clusters,
         "in_channels": channels,
-        "sample_size": height,
-        "patch_size": p.patch_size,
-        "num_attention_heads": p.heads,
-        "attention_head_dim": p.hidden_size // p.heads,
-        "num_layers": p.depth,
+        "sample_size": side,
+        "patch_size": arch.patch[0],
+        "num_attention_heads": arch.heads,
+        "attention_head_dim": arch.head_dim,
+        "num_layers": arch.depth,
         "caption_channels": text_dim,
     }
 

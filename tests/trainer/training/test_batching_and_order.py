@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atoll.trainer.training.batching import BatchPlanError, plan_batch
-from atoll.trainer.training.data_order import ExampleOrder, draw_examples, held_out_split
+from atoll.trainer.training.data_order import draw_examples, held_out_rows
 
 
 def test_plan_batch_resolves_and_rejects() -> None:
@@ -28,18 +28,6 @@ def test_plan_batch_resolves_and_rejects() -> None:
         plan_batch(64, micro_batch=5)
 
 
-def test_example_order_is_a_pure_epoch_permutation() -> None:
-    order = ExampleOrder(10, seed=3, global_batch=4)
-    seen = torch.cat([order.indices(step) for step in range(5)])  # 20 positions = 2 epochs
-    assert sorted(seen[:10].tolist()) == list(range(10))
-    assert sorted(seen[10:].tolist()) == list(range(10))
-    again = ExampleOrder(10, seed=3, global_batch=4)
-    assert torch.equal(again.indices(4), order.indices(4))  # no hidden state: any step, any order
-    assert not torch.equal(ExampleOrder(10, seed=4, global_batch=4).indices(0), order.indices(0))
-    big = ExampleOrder(3, seed=0, global_batch=7)  # a step spanning three epochs
-    assert big.indices(0).shape == (7,)
-
-
 def test_draws_depend_only_on_step_and_position() -> None:
     whole = draw_examples(1, 5, range(8), (2, 4, 4))
     left, right = draw_examples(1, 5, range(4), (2, 4, 4)), draw_examples(1, 5, range(4, 8), (2, 4, 4))
@@ -51,10 +39,13 @@ def test_draws_depend_only_on_step_and_position() -> None:
     assert abs(float(draw_examples(0, 0, range(4000), (1,)).uniform.mean()) - 0.5) < 0.03
 
 
-def test_held_out_split_is_disjoint_and_seeded() -> None:
-    train, held = held_out_split(100, seed=0, fraction=0.1, limit=50)
+def test_held_out_rows_are_seeded_bounded_and_distinct() -> None:
+    held = held_out_rows(100, seed=0, fraction=0.1, limit=50)
     assert len(held) == 10
-    assert len(train) == 90
-    assert set(train.tolist()).isdisjoint(held.tolist())
-    assert torch.equal(held_out_split(100, seed=0, fraction=0.1, limit=50)[1], held)
-    assert len(held_out_split(100, seed=0, fraction=0.5, limit=8)[1]) == 8
+    assert held.tolist() == sorted(set(held.tolist()))
+    assert all(0 <= row < 100 for row in held.tolist())
+    assert torch.equal(held_out_rows(100, seed=0, fraction=0.1, limit=50), held)
+    assert not torch.equal(held_out_rows(100, seed=1, fraction=0.1, limit=50), held)
+    assert len(held_out_rows(100, seed=0, fraction=0.5, limit=8)) == 8
+    assert len(held_out_rows(2, seed=0, fraction=0.01, limit=8)) == 1
+    assert len(held_out_rows(10**12, seed=0, fraction=0.1, limit=2048)) == 2048  # no permutation of 10^12 rows

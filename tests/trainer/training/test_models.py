@@ -23,7 +23,7 @@ from atoll.trainer.models.router import build_router, router_logits, router_para
 def test_every_preset_has_the_published_size(name: str) -> None:
     # Built on the meta device: dit-xl/2 is counted exactly without allocating 2.4 GB.
     experts = expert_parameter_count(name, latent_shape=(4, 32, 32), text_dim=768)
-    assert experts == pytest.approx(PRESETS[name].approx_parameters(4, 768), rel=0.02)
+    assert experts == pytest.approx(PRESETS[name].architecture.approx_parameters(4, 768), rel=0.02)
     routers = router_parameter_count(name, clusters=8, latent_shape=(4, 32, 32))
     assert 0.5 * experts < routers < experts  # no cross-attention, no caption projection
 
