@@ -85,10 +85,10 @@ class Engine:
                 tail = log.read_text(errors="replace")[-3000:]
                 raise EngineError(f"{' '.join(command[:4])} … failed ({result.returncode}); {log}:\n{tail}")
             return ""
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        if result.returncode != 0:
-            raise EngineError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        return result.stdout
+        captured = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        if captured.returncode != 0:
+            raise EngineError(f"{' '.join(command)} failed ({captured.returncode}):\n{captured.stderr[-3000:]}")
+        return captured.stdout
 
     def image_id(self, ref: str) -> str | None:
         """The local image's ID, or None when it is not in this engine's storage."""

@@ -4,12 +4,19 @@ read-only root, with the chart's ServiceAccount token); a small DDMRun applied w
 Succeeds and is then deleted. The API server enforces OwnerReferencesPermissionEnforcement,
 and its audit log shows every request the operator made: none refused, none outside the
 chart's RBAC, and no rule of the chart left unused.
+
+The run is applied before `helm install`, so the test also measures the time from `helm
+install` to the operator's first reconcile of it, and the operator's peak memory in cluster;
+it prints both and, when ATOLL_BENCH_OUT names a file, writes them there as JSON
+(`bench/in_cluster.py` runs it that way).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,13 +116,29 @@ def test_helm_installed_operator_runs_a_ddmrun_with_only_its_rbac(  # noqa: PLR0
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     install = ["install", name, str(CHART), "-n", system, "--create-namespace", "--skip-crds", "-f", str(values_file)]
+    run = quickstart_small()
+    apply(atoll_crds, namespace, run)  # before the operator exists: its first reconcile is timed
+    started = time.monotonic()
     helm(atoll_crds, *install)
+
+    def operator_pod() -> str:
+        selector = ["-l", "app.kubernetes.io/component=operator"]
+        pods = atoll_crds.kubectl_json("get", "pods", "-n", system, *selector)["items"]
+        return str(pods[0]["metadata"]["name"]) if pods else ""
+
+    try:
+        wait_run(
+            atoll_crds, namespace, run["metadata"]["name"], lambda r: phase(r) is not None, timeout=300,
+            what="the operator's first reconcile",
+        )  # fmt: skip
+    except pytest.fail.Exception as error:
+        pytest.fail(f"{error}\noperator log:\n{pod_runtime.logs(system, operator_pod())[-3000:]}", pytrace=False)
+    first_reconcile = time.monotonic() - started
     deployment = f"deployment/{name}-operator"
     waited = atoll_crds.kubectl(
         "wait", "--for=condition=Available", deployment, "-n", system, "--timeout=240s", check=False, timeout=300
     )
-    pod = atoll_crds.kubectl_json("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator")["items"]
-    pod_name = pod[0]["metadata"]["name"] if pod else ""
+    pod_name = operator_pod()
     assert waited.returncode == 0, f"{waited.stderr}\n{pod_runtime.logs(system, pod_name)[-3000:]}"
     state = pod_runtime.state(system, pod_name)
     assert state is not None
@@ -124,13 +147,20 @@ def test_helm_installed_operator_runs_a_ddmrun_with_only_its_rbac(  # noqa: PLR0
     container = json.loads((Path(state["workingDir"]) / "container.json").read_text())
     assert (container["uid"], container["gid"], container["readOnlyRoot"]) == (65532, 65532, True)
 
-    run = quickstart_small()
-    apply(atoll_crds, namespace, run)
     done = wait_run(
         atoll_crds, namespace, run["metadata"]["name"], lambda r: phase(r) == "Succeeded", timeout=900,
         what="the run Succeeded",
     )  # fmt: skip
     assert done["status"]["modelUri"].startswith(store_secret)
+    measured = {
+        "operator_image": operator_image,
+        "helm_install_to_first_reconcile_s": round(first_reconcile, 1),
+        "operator_peak_rss_mib": round(peak_rss(int(state["pid"])) / 2**20, 1),
+        "run_wall_s": round(time.monotonic() - started, 1),
+    }
+    print(f"operator in cluster: {json.dumps(measured)}")
+    if out := os.environ.get("ATOLL_BENCH_OUT"):
+        Path(out).write_text(json.dumps(measured, indent=2) + "\n")
     atoll_crds.kubectl("delete", "ddmrun", run["metadata"]["name"], "-n", namespace, "--timeout=180s", timeout=240)
     log = pod_runtime.logs(system, pod_name)
     assert "Forbidden" not in log, log[-3000:]
@@ -143,6 +173,14 @@ def test_helm_installed_operator_runs_a_ddmrun_with_only_its_rbac(  # noqa: PLR0
     used = requested(events)
     assert used <= rules, f"requests outside the chart's RBAC: {sorted(used - rules)}"
     assert rules == used | NOT_IN_A_CLEAN_RUN, f"granted but never used: {sorted(rules - used - NOT_IN_A_CLEAN_RUN)}"
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of the container's process (chroot_exec execs the command: the pod's pid is it), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 NOT_IN_A_CLEAN_RUN: set[Rule] = {
