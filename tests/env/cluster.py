@@ -40,6 +40,13 @@ _BINARY_OPTIONS = {
 }
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A kubectl command failed; unlike CalledProcessError its message ends with kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()[-2000:]}"
+
+
 class ControlPlaneError(RuntimeError):
     """kwokctl could not create, start or delete the cluster; the message carries its output."""
 
@@ -308,11 +315,12 @@ class ControlPlane:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this cluster; CalledProcessError (with stderr) if check fails."""
+        """Run the pinned kubectl against this cluster; KubectlError (a CalledProcessError whose
+        message shows kubectl's stderr) if check fails."""
         command = [str(self.paths["kubectl"]), "--kubeconfig", str(self.kubeconfig), *args]
         result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
+            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
         return result
 
     def kubectl_json(self, *args: str) -> Any:
