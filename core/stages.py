@@ -45,6 +45,10 @@ class ExitCode(IntEnum):
     """The store stayed unreachable past the stage's retry deadline: retried with backoff, and
     counted against failurePolicy.maxRestarts only once the outage outlasts
     failurePolicy.storeOutageSeconds."""
+    STOPPED = 6
+    """SIGTERM stopped the attempt (pod deletion, eviction, preemption); a training stage first
+    committed a checkpoint at its next step boundary. Not a failure: the next attempt resumes
+    from it at once, counted against nothing."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

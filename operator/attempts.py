@@ -3,7 +3,7 @@
 `decide_stage` looks at a stage's pods, its last status, its current heartbeat and its done
 marker and says what the stage is and what to do next (create attempt N, delete a pod
 stranded on a vanished node). A stage is done when its done marker exists (atoll.stages);
-the exit codes of the stage contract decide the rest: 3 (fenced) is no failure, 2 and 4
+the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped) are no failure, 2 and 4
 (bad arguments, bad input) fail at once, 5 (store unreachable) is retried with backoff and
 counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
 API server refuses for good fails the stage; a pinned pod Pending past
@@ -214,13 +214,16 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         # Ended on purpose at a checkpoint: not a failure, the next attempt starts at once.
         moved = status.model_copy(update={"moves": status.moves + 1, "message": "moving to faster GPUs"})
         return _start(moved, inputs, first=False, after=attempt, delete=stranded)
-    if lost is None and current is not None and current.exit_code == ExitCode.FENCED:
-        # A newer attempt claimed the stage (another operator, a re-applied run): not a
-        # failure; the next attempt starts above the claim at once and counts as no restart.
-        fenced = status.model_copy(
-            update={"message": f"attempt {attempt} was fenced by attempt {inputs.claimed_attempt} (exit 3)"}
+    if lost is None and current is not None and current.exit_code in (ExitCode.FENCED, ExitCode.STOPPED):
+        # Fenced: a newer attempt claimed the stage (another operator, a re-applied run).
+        # Stopped: SIGTERM (an eviction, a preemption) after a checkpoint. Neither is a
+        # failure: the next attempt starts above the claim at once and counts as no restart.
+        why = (
+            f"attempt {attempt} was fenced by attempt {inputs.claimed_attempt} (exit 3)"
+            if current.exit_code == ExitCode.FENCED
+            else f"attempt {attempt} was stopped by SIGTERM (exit 6): resuming from its checkpoint"
         )
-        return _start(fenced, inputs, first=True, after=attempt, delete=stranded)
+        return _start(status.model_copy(update={"message": why}), inputs, first=True, after=attempt, delete=stranded)
     return _ended(status, inputs, attempt=attempt, current=current, lost=lost, stranded=stranded)
 
 

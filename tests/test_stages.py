@@ -53,7 +53,7 @@ def test_the_command_line() -> None:
 
 
 def test_exit_codes() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
     assert ExitCode.BAD_INPUT.name == "BAD_INPUT"
     assert ExitCode.STORE_UNAVAILABLE.name == "STORE_UNAVAILABLE"
 

@@ -255,3 +255,23 @@ def test_a_running_attempt_that_reached_the_store_ends_the_outage() -> None:
     decision = step(observe(run_with(status), experts=experts, pods=pods, snapshot=store(progress={"expert-0": beat})))
     patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
     assert patched[0].store_outage_since is None
+
+
+# --- a stage stopped by SIGTERM (an eviction, a preemption) -----------------------------------------
+
+
+def test_an_attempt_stopped_by_sigterm_resumes_at_once_and_uses_no_restart() -> None:
+    status, experts, pods = running_experts(expert0={"restarts": 2})
+    stopped = pod(
+        "expert",
+        1,
+        "Failed",
+        expert_index=0,
+        exit_code=ExitCode.STOPPED,
+        message="error: stopped by SIGTERM at step 40",
+    )
+    decision = step(observe(run_with(status), experts=experts, pods=[stopped, *pods[1:]]))
+    assert decision.status.phase == "Training", "maxRestarts is 2 and restarts is 2: a stop is no failure"
+    assert created(decision)["expert-0"].manifest["metadata"]["name"] == "r-expert-0-a2"
+    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    assert (patched[0].attempt, patched[0].restarts) == (2, 2)
