@@ -49,7 +49,8 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     planner, then the short stages on what is left."""
     obs = tick.obs
     statuses = tick.expert_statuses
-    nodes = obs.nodes or ()
+    lost = tick.lost_nodes
+    nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
     capacity = {node.name: node.gpus for node in nodes}
     busy = dict(obs.busy_gpus)
     plan: dict[str, Assignment] = {}

@@ -201,6 +201,8 @@ def test_a_node_whose_gpu_agent_fell_silent_counts_as_lost() -> None:
     nodes = [n for n in FLEET if n.name != "a100-0"] + [silent]
     decision = step(observe(run_with(status), experts=experts, pods=pods, nodes=nodes))
     assert {d.name for d in decision.of(DeletePod)} == {"r-expert-0-a1", "r-expert-1-a1", "r-router-a1"}
+    for slug in ("expert-0", "expert-1", "router"):
+        assert created(decision)[slug].node != "a100-0", "nothing new goes to a lost node"
 
 
 # --- a store outage longer than the trainer's retry deadline --------------------------------------
