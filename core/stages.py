@@ -41,6 +41,14 @@ class ExitCode(IntEnum):
     BAD_INPUT = 4
     """The spec or the data is wrong (missing dataset, too few examples, missing weights, a
     spec that does not match the stored data): fail the run at once, never retry."""
+    STORE_UNAVAILABLE = 5
+    """The store stayed unreachable past the stage's retry deadline: retried with backoff, and
+    counted against failurePolicy.maxRestarts only once the outage outlasts
+    failurePolicy.storeOutageSeconds."""
+    STOPPED = 6
+    """SIGTERM stopped the attempt (pod deletion, eviction, preemption); a training stage first
+    committed a checkpoint at its next step boundary. Not a failure: the next attempt resumes
+    from it at once, counted against nothing."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

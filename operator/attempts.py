@@ -3,15 +3,19 @@
 `decide_stage` looks at a stage's pods, its last status, its current heartbeat and its done
 marker and says what the stage is and what to do next (create attempt N, delete a pod
 stranded on a vanished node). A stage is done when its done marker exists (atoll.stages);
-the exit codes of the stage contract decide the rest: 3 (fenced) is no failure, 2 and 4
-(bad arguments, bad input) fail at once. Level-based and pure: the same observation always
+the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped) are no failure, 2 and 4
+(bad arguments, bad input) fail at once, 5 (store unreachable) is retried with backoff and
+counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
+API server refuses for good fails the stage; a pinned pod Pending past
+failurePolicy.pendingTimeoutSeconds, or on a node lost for failurePolicy.nodeLostSeconds, is
+deleted and the stage placed again. Level-based and pure: the same observation always
 gives the same decision, so a restarted operator continues where the last one was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from atoll.api.spec import FailurePolicy
@@ -42,12 +46,18 @@ class StageInputs:
     """The newest attempt claimed in the store (attempt.json; 0: none or unknown)."""
     nodes: frozenset[str] | None
     """Names of the nodes that exist (None: unknown, nothing is declared lost)."""
+    lost_nodes: Mapping[str, str] = field(default_factory=dict)
+    """Nodes that exist but are lost (NotReady or their agent silent for
+    failurePolicy.nodeLostSeconds) → why: their pods are deleted and restarted elsewhere."""
     policy: FailurePolicy
     now: datetime
     moving: bool = False
     """The operator ended the current attempt itself to move the stage to faster GPUs."""
     creation_failed: str | None = None
     """Why the pod of the current attempt could not be created (it is created again)."""
+    creation_refused: str | None = None
+    """The API server refused the pod of the current attempt for good (a 4xx other than 409
+    and 429, with its message): the stage fails."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,8 @@ class StageDecision:
     create_attempt: int | None = None
     """Create the pod of this attempt now."""
     delete_pods: tuple[str, ...] = field(default=())
-    """Pods to delete (stranded on a node that no longer exists)."""
+    """Pods to delete (stranded on a lost node, or Pending past the pending timeout)."""
+    delete_why: str = "its node is lost (gone, NotReady or its GPU agent silent)"
 
     @property
     def failed(self) -> bool:
@@ -109,10 +120,52 @@ def _with_progress(status: StageStatus, progress: StageProgress | None) -> Stage
     return status.model_copy(update=update)
 
 
-def _node_gone(pod: PodView, nodes: frozenset[str] | None) -> bool:
-    """The pod's node (or, unbound, the node its plan pins it to) no longer exists."""
+def _node_lost(pod: PodView, inputs: StageInputs) -> str | None:
+    """Why the pod's node (or, unbound, the node its plan pins it to) is lost, or None."""
     where = pod.node or pod.planned_node
-    return nodes is not None and where is not None and where not in nodes
+    if where is None:
+        return None
+    if inputs.nodes is not None and where not in inputs.nodes:
+        return f"node {where} no longer exists"
+    if pod.node is not None and where in inputs.lost_nodes:
+        return f"node {where} is lost ({inputs.lost_nodes[where]})"
+    return None
+
+
+def _pending_too_long(pod: PodView, inputs: StageInputs) -> str | None:
+    """Why a pinned pod that no node took within the pending timeout is given up, or None."""
+    if pod.phase != "Pending" or pod.node is not None or pod.planned_node is None or pod.created_at is None:
+        return None
+    waited = (inputs.now - pod.created_at).total_seconds()
+    if waited < inputs.policy.pending_timeout_seconds:
+        return None
+    why = f": {_last_line(pod.unschedulable)}" if pod.unschedulable else ""
+    return (
+        f"pod {pod.name} was Pending for {waited:.0f} s on its planned node {pod.planned_node}"
+        f" (failurePolicy.pendingTimeoutSeconds is {inputs.policy.pending_timeout_seconds}){why}; placed again"
+    )
+
+
+def _not_created(
+    status: StageStatus, inputs: StageInputs, attempt: int, stranded: tuple[str, ...]
+) -> StageDecision | None:
+    """The current attempt's pod could not be created: the stage fails when the API server
+    refused it for good, else the pod is created again (None: nothing failed)."""
+    if inputs.creation_refused is not None:
+        refused = status.model_copy(
+            update={
+                "phase": "Failed",
+                "message": f"the API server refused the pod of attempt {attempt}: {inputs.creation_refused}",
+                "completion_time": inputs.now,
+                "restart_after": None,
+            }
+        )
+        return StageDecision(refused, delete_pods=stranded)
+    if inputs.creation_failed is not None:
+        # Our own create of this attempt failed (an API error): create it again, no failure.
+        retry = status.model_copy(update={"phase": "Pending", "message": inputs.creation_failed})
+        return StageDecision(retry, create_attempt=attempt, delete_pods=stranded)
+    return None
 
 
 def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one return per outcome
@@ -138,17 +191,20 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
     if attempt == 0:
         return _start(status, inputs, first=True)
 
-    stranded = tuple(p.name for p in pods if p.active and _node_gone(p, inputs.nodes))
+    stranded = tuple(p.name for p in pods if p.active and _node_lost(p, inputs))
     current = next((p for p in pods if p.attempt == attempt), None)
-    if current is None and inputs.creation_failed is not None:
-        # Our own create of this attempt failed (an API error): create it again, no failure.
-        retry = status.model_copy(update={"phase": "Pending", "message": inputs.creation_failed})
-        return StageDecision(retry, create_attempt=attempt, delete_pods=stranded)
+    if current is None and (not_created := _not_created(status, inputs, attempt, stranded)) is not None:
+        return not_created
     lost = None
     if current is not None and current.name in stranded:
-        lost = f"node {current.node or current.planned_node} of attempt {attempt} no longer exists"
+        lost = f"{_node_lost(current, inputs)}: attempt {attempt} is restarted elsewhere"
+    elif current is not None and current.active and (late := _pending_too_long(current, inputs)) is not None:
+        # Not the stage's failure: the placement was wrong. Placed again at once, no restart counted.
+        replaced = status.model_copy(update={"message": late, "last_failure": late, "last_failure_attempt": attempt})
+        decision = _start(replaced, inputs, first=True, after=attempt, delete=(*stranded, current.name))
+        return replace(decision, delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds")
     elif current is not None and current.active:
-        return StageDecision(_running(status, current, attempt), delete_pods=stranded)
+        return StageDecision(_running(status, current, attempt, inputs.progress), delete_pods=stranded)
     elif current is not None and current.phase == "Succeeded" and inputs.done is None:
         # Exited 0: done once the store shows its done marker (read on the next look).
         finishing = _running(status, current, attempt).model_copy(update={"phase": "Running", "message": "finishing"})
@@ -158,14 +214,25 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         # Ended on purpose at a checkpoint: not a failure, the next attempt starts at once.
         moved = status.model_copy(update={"moves": status.moves + 1, "message": "moving to faster GPUs"})
         return _start(moved, inputs, first=False, after=attempt, delete=stranded)
-    if lost is None and current is not None and current.exit_code == ExitCode.FENCED:
-        # A newer attempt claimed the stage (another operator, a re-applied run): not a
-        # failure; the next attempt starts above the claim at once and counts as no restart.
-        fenced = status.model_copy(
-            update={"message": f"attempt {attempt} was fenced by attempt {inputs.claimed_attempt} (exit 3)"}
+    if lost is None and current is not None and current.exit_code in (ExitCode.FENCED, ExitCode.STOPPED):
+        # Fenced: a newer attempt claimed the stage (another operator, a re-applied run).
+        # Stopped: SIGTERM (an eviction, a preemption) after a checkpoint. Neither is a
+        # failure: the next attempt starts above the claim at once and counts as no restart.
+        why = (
+            f"attempt {attempt} was fenced by attempt {inputs.claimed_attempt} (exit 3)"
+            if current.exit_code == ExitCode.FENCED
+            else f"attempt {attempt} was stopped by SIGTERM (exit 6): resuming from its checkpoint"
         )
-        return _start(fenced, inputs, first=True, after=attempt, delete=stranded)
+        return _start(status.model_copy(update={"message": why}), inputs, first=True, after=attempt, delete=stranded)
     return _ended(status, inputs, attempt=attempt, current=current, lost=lost, stranded=stranded)
+
+
+def _outage_since(status: StageStatus, current: PodView | None, lost: str | None, now: datetime) -> datetime | None:
+    """Since when attempts have ended because the store was unreachable, this one included
+    (None: this attempt ended for another reason)."""
+    if lost is not None or current is None or current.exit_code != ExitCode.STORE_UNAVAILABLE:
+        return None
+    return status.store_outage_since or current.finished_at or now
 
 
 def _ended(
@@ -177,17 +244,27 @@ def _ended(
     lost: str | None,
     stranded: tuple[str, ...],
 ) -> StageDecision:
-    """The current attempt ended unfinished: restart it after its backoff, or give up."""
+    """The current attempt ended unfinished: restart it after its backoff, or give up. An
+    attempt that ended because the store was unreachable (exit 5) counts as no restart while
+    the outage is shorter than failurePolicy.storeOutageSeconds."""
     progress = inputs.progress
     reason = failure_reason(current, progress, attempt, lost)
     if current is not None and current.phase == "Succeeded":
         reason = f"attempt {attempt} exited 0 but its done marker is missing"
+    outage_since = _outage_since(status, current, lost, inputs.now)
+    forgiven = (
+        outage_since is not None and (inputs.now - outage_since).total_seconds() < inputs.policy.store_outage_seconds
+    )
     if status.last_failure_attempt == attempt:
         # Already recorded at an earlier tick: only the backoff is left to wait out.
         restart_after = status.restart_after or inputs.now
     else:
-        gave_up = _give_up(
-            status=status, current=current, progress=progress, attempt=attempt, reason=reason, policy=inputs.policy
+        gave_up = (
+            None
+            if forgiven
+            else _give_up(
+                status=status, current=current, progress=progress, attempt=attempt, reason=reason, policy=inputs.policy
+            )
         )
         if gave_up is not None:
             failed = status.model_copy(
@@ -204,18 +281,24 @@ def _ended(
         ended = current.finished_at if current is not None and current.finished_at else inputs.now
         restart_after = inputs.now if lost or current is None else ended + backoff(inputs.policy, attempt - 1)
         status = status.model_copy(
-            update={"last_failure": reason, "last_failure_attempt": attempt, "restart_after": restart_after}
+            update={
+                "last_failure": reason,
+                "last_failure_attempt": attempt,
+                "restart_after": restart_after,
+                "store_outage_since": outage_since,
+            }
         )
     if inputs.now < restart_after:
+        counted = "" if not forgiven else " (the store is unreachable: not counted as a restart)"
         waiting = status.model_copy(
             update={
                 "phase": "Restarting",
                 "message": f"attempt {attempt} failed ({reason}); attempt {attempt + 1} starts at "
-                f"{restart_after.isoformat(timespec='seconds')}",
+                f"{restart_after.isoformat(timespec='seconds')}{counted}",
             }
         )
         return StageDecision(waiting, delete_pods=stranded)
-    return _start(status, inputs, first=False, after=attempt, delete=stranded)
+    return _start(status, inputs, first=forgiven, after=attempt, delete=stranded)
 
 
 def _give_up(
@@ -241,7 +324,13 @@ def _give_up(
     # the stage cannot tell from an outage): stop after the second time instead of working
     # through every restart.
     made_progress = progress is not None and progress.attempt == attempt and progress.step > 0
-    if status.last_failure_attempt == attempt - 1 and status.last_failure == reason and not made_progress:
+    classified = current is not None and current.exit_code == ExitCode.STORE_UNAVAILABLE
+    if (
+        not classified
+        and status.last_failure_attempt == attempt - 1
+        and status.last_failure == reason
+        and not made_progress
+    ):
         return f"failed twice in a row with the same error before any progress, not retrying: {reason}"
     return None
 
@@ -263,7 +352,7 @@ def _start(
     return StageDecision(status.model_copy(update=update), create_attempt=attempt, delete_pods=delete)
 
 
-def _running(status: StageStatus, pod: PodView, attempt: int) -> StageStatus:
+def _running(status: StageStatus, pod: PodView, attempt: int, progress: StageProgress | None = None) -> StageStatus:
     phase = "Running" if pod.phase == "Running" else "Pending"
     message = None
     if phase == "Pending" and pod.message:
@@ -271,6 +360,8 @@ def _running(status: StageStatus, pod: PodView, attempt: int) -> StageStatus:
     elif phase == "Pending" and pod.reason:
         message = pod.reason
     update: dict[str, object] = {"phase": phase, "attempt": attempt, "pod": pod.name, "message": message}
+    if progress is not None and progress.attempt == attempt:
+        update["store_outage_since"] = None  # this attempt reached the store: an outage ended
     if pod.node:
         update["node"] = pod.node
     if pod.gpu_product:

@@ -1,4 +1,5 @@
-"""The standard conditions of a DDMRun (Ready, Progressing, Degraded, Complete, Failed).
+"""The standard conditions of a DDMRun (Ready, Progressing, Degraded, Complete, Failed) and
+Schedulable (False while the scheduler cannot place one of its pods, with its reason).
 
 Computed from the phase and what is wrong right now; a condition keeps its
 lastTransitionTime until its status changes (metav1.Condition semantics). Pure.
@@ -55,8 +56,10 @@ def run_conditions(
     trouble: Trouble | None,
     now: datetime,
     generation: int | None,
+    unschedulable: str | None = None,
 ) -> list[Condition]:
-    """All five conditions for a run in `phase`."""
+    """All six conditions for a run in `phase` (`unschedulable`: the scheduler's reason for
+    one of its pods, None when every created pod could be scheduled)."""
     old = {c.type: c for c in previous}
     final = phase in ("Succeeded", "Failed")
     failed_reason = reason or "Failed"
@@ -82,6 +85,9 @@ def run_conditions(
         "Failed": make("Failed", "True", failed_reason, message)
         if phase == "Failed"
         else make("Failed", "False", "AsExpected", "no stage has failed for good"),
+        "Schedulable": make("Schedulable", "False", "Unschedulable", unschedulable)
+        if unschedulable is not None and not final
+        else make("Schedulable", "True", "AsExpected", "every created pod could be scheduled"),
     }
     return [conditions[kind] for kind in CONDITION_TYPES]
 

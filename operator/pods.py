@@ -2,7 +2,9 @@
 
 Store credentials reach a pod only through secretKeyRef (never a value in the manifest);
 placement becomes plain Kubernetes (GPU requests, node affinity on the GPU product,
-tolerations). Pod names are deterministic per stage and attempt, so a restarted operator
+tolerations); CPU, memory, /dev/shm, scratch and the grace period come from
+atoll.operator.pod_resources (requests equal to limits: Guaranteed QoS), with a read-only
+root filesystem. Pod names are deterministic per stage and attempt, so a restarted operator
 creates nothing twice. Pure: no API calls.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 from atoll.api.spec import DDMRunSpec
 from atoll.operator.placement import Assignment, labels
+from atoll.operator.pod_resources import SCRATCH, SHM, pod_resources, runtime_env, weights_env
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.template import apply_template
 from atoll.operator.views import (
@@ -29,7 +32,6 @@ from atoll.stages import StageJob, stage_args
 Manifest = dict[str, Any]
 
 CONTAINER = "stage"
-SCRATCH = "/tmp"  # noqa: S108 - the pod's own emptyDir, not the host's /tmp
 SECRET_KEYS = {"MINIO_ENDPOINT": "endpoint", "MINIO_ACCESS_KEY": "accessKey", "MINIO_SECRET_KEY": "secretKey"}
 """Environment variable of the stage → key in the store Secret (atoll.store reads these)."""
 OPTIONAL_SECRET_KEYS = {"MINIO_SECURE": "secure"}
@@ -108,13 +110,15 @@ def stage_command(item: StageAttempt) -> list[str]:
     )
 
 
-def _env(item: StageAttempt) -> list[dict[str, Any]]:
+def _env(item: StageAttempt, spec: DDMRunSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "ATOLL_LOG_FORMAT", "value": "json"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    overrides = {variable["name"]: variable for variable in weights_env(spec)}
+    env += [overrides.pop(v["name"], v) for v in runtime_env(CONTAINER)] + list(overrides.values())
     if item.store_secret:
         for variable, key in SECRET_KEYS.items():
             required: dict[str, Any] = {"name": item.store_secret, "key": key}
@@ -160,6 +164,7 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
     annotations: dict[str, str] = {}
     plan = item.assignment
     gpus = plan.gpus if plan is not None else 0
+    sizes = pod_resources(spec, item.job, gpus)
     if plan is not None:
         annotations[ANNOTATION_GPU_PRODUCT] = plan.gpu_product
     if plan is not None and item.pinned:
@@ -172,25 +177,22 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "atoll.trainer"],
         "args": stage_command(item),
-        "env": _env(item),
+        "env": _env(item, spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+        "resources": sizes.container(labels.GPU_RESOURCE, gpus),
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": SHM}],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,  # every cache points at the scratch volume
         },
     }
-    if gpus:
-        container["resources"] = {
-            "limits": {labels.GPU_RESOURCE: str(gpus)},
-            "requests": {labels.GPU_RESOURCE: str(gpus)},
-        }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the operator restarts stages itself, with fencing and backoff
         "automountServiceAccountToken": False,  # stages never talk to the Kubernetes API
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": sizes.grace_seconds,  # SIGTERM: commit a checkpoint, exit
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": settings.run_as_user,
@@ -199,7 +201,7 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "volumes": sizes.volumes(),
         "tolerations": _tolerations(spec),
     }
     if spec.placement.node_selector:

@@ -28,7 +28,7 @@ from atoll.api.uris import uri_problem
 from atoll.errors import AtollError
 from atoll.operator.settings import OperatorSettings
 from atoll.progress import StageProgress
-from atoll.store import NotFoundError, Store, StoreAuthError, StoreError, open_store
+from atoll.store import NotFoundError, Store, StoreAuthError, StoreError, StoreUnavailableError, open_store
 from atoll.store.checkpoint import CheckpointStore
 from atoll.store.fencing import read_claim
 from atoll.store.retry import RetryPolicy
@@ -268,6 +268,14 @@ def classify_store_error(error: StoreError, target: StoreTarget) -> RunSetupErro
     if isinstance(error, StoreAuthError):
         return RunSetupError("StoreAccessDenied", f"{target.root} refused the credentials: {error}", permanent=True)
     return RunSetupError("StoreUnavailable", f"{target.root} is unreachable: {error}", permanent=False)
+
+
+def classify_write_error(error: StoreError, uri: str) -> RunSetupError:
+    """A failed write of the run's setup (owner.json, spec.json): an outage is waited out, any
+    other refusal (no permission, a bucket that cannot be created) is final."""
+    if isinstance(error, StoreUnavailableError):
+        return RunSetupError("StoreUnavailable", f"cannot write {uri}: {error}", permanent=False)
+    return RunSetupError("StoreUnwritable", f"cannot write {uri}: {error}", permanent=True)
 
 
 def read_progress(store: Store, stage: str, expert: int | None) -> StageProgress | None:

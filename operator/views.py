@@ -72,19 +72,24 @@ class NodeView:
     """Allocatable nvidia.com/gpu."""
     unschedulable: bool = False
     ready: bool = True
+    not_ready_since: datetime | None = None
+    """When the Ready condition last left True (None: Ready, or never reported)."""
     taints: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
         metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        ready = conditions.get("Ready") or {}
+        is_ready = ready.get("status", "True") == "True"
         return cls(
             name=metadata["name"],
             labels=dict(metadata.get("labels") or {}),
             annotations={k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(API_GROUP)},
             gpus=_int((status.get("allocatable") or {}).get(labels.GPU_RESOURCE)),
             unschedulable=bool(spec.get("unschedulable")),
-            ready=conditions.get("Ready", "True") == "True",
+            ready=is_ready,
+            not_ready_since=None if is_ready else parse_time(ready.get("lastTransitionTime")),
             taints=tuple(dict(t) for t in spec.get("taints") or []),
         )
 
@@ -110,6 +115,8 @@ class PodView:
     reason: str | None = None
     """Why the pod ended or waits (Error, Evicted, CreateContainerConfigError, Unschedulable…)."""
     message: str | None = None
+    unschedulable: str | None = None
+    """The scheduler's reason while it cannot place the pod (PodScheduled=False), else None."""
     created_at: datetime | None = None
     finished_at: datetime | None = None
     deleting: bool = False
@@ -146,10 +153,12 @@ class PodView:
                 reason = state["waiting"].get("reason")
                 message = state["waiting"].get("message") or message
             break
+        unschedulable = None
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
                 reason = condition.get("reason") or reason
                 message = condition.get("message") or message
+                unschedulable = condition.get("message") or condition.get("reason") or "Unschedulable"
         annotations = metadata.get("annotations") or {}
         return cls(
             name=metadata["name"],
@@ -166,6 +175,7 @@ class PodView:
             exit_code=exit_code,
             reason=reason,
             message=message,
+            unschedulable=unschedulable,
             created_at=parse_time(metadata.get("creationTimestamp")),
             finished_at=finished_at,
             deleting=metadata.get("deletionTimestamp") is not None,

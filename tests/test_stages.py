@@ -53,8 +53,9 @@ def test_the_command_line() -> None:
 
 
 def test_exit_codes() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
     assert ExitCode.BAD_INPUT.name == "BAD_INPUT"
+    assert ExitCode.STORE_UNAVAILABLE.name == "STORE_UNAVAILABLE"
 
 
 def test_a_heartbeat_counts_only_while_its_attempt_holds_the_claim() -> None:

@@ -3,7 +3,8 @@
 The contract (arguments, done markers, exit codes) is `atoll.stages`; this module parses the
 arguments, claims the stage's attempt (fencing, for every stage), runs the stage and maps
 what happened onto `ExitCode`: 0 done, 1 failed (its reason is the last line on stderr and
-in progress.json), 2 bad arguments, 3 fenced (a newer attempt exists), 4 bad input.
+in progress.json), 2 bad arguments, 3 fenced (a newer attempt exists), 4 bad input, 5 the
+store stayed unreachable past the retry deadline, 6 stopped by SIGTERM (after a checkpoint).
 """
 
 from __future__ import annotations
@@ -86,12 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_code(error: AtollError) -> ExitCode:
     """The contract's exit status for an expected failure."""
-    from atoll.store import FencedError
+    from atoll.store import FencedError, StoreUnavailableError
+    from atoll.trainer.interrupts import StageStoppedError
 
     if isinstance(error, FencedError):
         return ExitCode.FENCED
+    if isinstance(error, StageStoppedError):
+        return ExitCode.STOPPED
     if isinstance(error, BadInputError):
         return ExitCode.BAD_INPUT
+    cause: BaseException | None = error
+    while cause is not None:  # an outage may surface wrapped (a failed upload, a failed read)
+        if isinstance(cause, StoreUnavailableError):
+            return ExitCode.STORE_UNAVAILABLE
+        cause = cause.__cause__ or cause.__context__
     return ExitCode.FAILED
 
 

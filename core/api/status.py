@@ -31,8 +31,8 @@ StagePhase = Literal["Waiting", "Pending", "Running", "Restarting", "Succeeded",
 """Waiting: its inputs are not ready; Pending: its pod is created but not running;
 Restarting: the last attempt failed and the next one waits out its backoff."""
 
-ConditionType = Literal["Ready", "Progressing", "Degraded", "Complete", "Failed"]
-CONDITION_TYPES: tuple[ConditionType, ...] = ("Ready", "Progressing", "Degraded", "Complete", "Failed")
+ConditionType = Literal["Ready", "Progressing", "Degraded", "Complete", "Failed", "Schedulable"]
+CONDITION_TYPES: tuple[ConditionType, ...] = ("Ready", "Progressing", "Degraded", "Complete", "Failed", "Schedulable")
 
 
 class StatusModel(BaseModel):
@@ -44,7 +44,7 @@ class StatusModel(BaseModel):
 class Condition(StatusModel):
     """A standard Kubernetes condition (metav1.Condition)."""
 
-    type: ConditionType = Field(description="Ready, Progressing, Degraded, Complete or Failed.")
+    type: ConditionType = Field(description="Ready, Progressing, Degraded, Complete, Failed or Schedulable.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
         pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
@@ -98,6 +98,10 @@ class StageStatus(StatusModel):
     )
     last_failure: str | None = Field(default=None, description="Why the newest failed attempt failed.")
     last_failure_attempt: int | None = Field(default=None, ge=0, description="The attempt lastFailure belongs to.")
+    store_outage_since: datetime | None = Field(
+        default=None,
+        description="Since when attempts have ended because the store was unreachable (exit 5), none in between.",
+    )
     message: str | None = Field(default=None, description="What the stage is doing or waiting for.")
     start_time: datetime | None = Field(default=None, description="When the first attempt's pod was created.")
     completion_time: datetime | None = Field(default=None, description="When the stage succeeded or failed.")

@@ -108,4 +108,6 @@ def remember(before: RunMemory, decision: Decision, applied: Applied) -> RunMemo
         experts=experts,
         written=memory.written if applied.run_status_written else before.written,
         creation_failures=dict(applied.failed_pods),
+        creation_refusals=dict(applied.refused_pods),
+        spec_write_failure=applied.spec_write_failure,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from atoll.api.spec import DDMRunSpec
 from atoll.api.status import DDMExpertStatus, DDMRunStatus
-from atoll.operator.reconcile.observation import RunMemory
+from atoll.operator.reconcile.observation import RunMemory, StoreProblem
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,12 @@ class Applied:
     """What went wrong while applying a decision (everything else was applied)."""
 
     failed_pods: dict[str, str] = field(default_factory=dict)
-    """Stage slug → why its pod could not be created."""
+    """Stage slug → why its pod could not be created (a transient error: created again)."""
+    refused_pods: dict[str, str] = field(default_factory=dict)
+    """Stage slug → the API server's message when it refused the pod for good (a 4xx other
+    than 404, 408, 409, 425, 429): the stage fails."""
+    spec_write_failure: StoreProblem | None = None
+    """Why spec.json (or owner.json) could not be written."""
     failed_experts: set[int] = field(default_factory=set)
     """Experts whose status patch failed (patched again next tick)."""
     run_status_written: bool = True

@@ -18,12 +18,12 @@ from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
-from atoll.operator.placement import Assignment
+from atoll.operator.placement import Assignment, labels
 from atoll.operator.pods import Owner
 from atoll.operator.reconcile.actions import Action, Event
 from atoll.operator.reconcile.observation import Observation, RunMemory, RunObject
 from atoll.operator.settings import OperatorSettings
-from atoll.operator.views import ExpertView, PodView
+from atoll.operator.views import ExpertView, PodView, parse_time
 from atoll.stages import StageJob
 
 log = get_logger("atoll.operator.reconcile")
@@ -149,6 +149,26 @@ class Tick:
                 grad_accum=status.grad_accum,
             )
         return running
+
+    @functools.cached_property
+    def lost_nodes(self) -> Mapping[str, str]:
+        """Nodes that exist but count as lost → why: NotReady, or their GPU agent silent, for
+        failurePolicy.nodeLostSeconds (whatever the pods tolerate: the taint eviction waits 300 s)."""
+        limit = self.spec.failure_policy.node_lost_seconds
+        lost: dict[str, str] = {}
+        for node in self.obs.nodes or ():
+            if not node.ready and node.not_ready_since is not None:
+                waited = (self.obs.now - node.not_ready_since).total_seconds()
+                if waited >= limit:
+                    lost[node.name] = f"NotReady for {waited:.0f} s, failurePolicy.nodeLostSeconds is {limit}"
+                    continue
+            try:
+                beat = parse_time(node.annotations.get(labels.HEARTBEAT))
+            except ValueError:
+                beat = None  # unreadable: the fleet rule excludes the node from placement, nothing more
+            if beat is not None and (silent := (self.obs.now - beat).total_seconds()) >= limit:
+                lost[node.name] = f"its GPU agent silent for {silent:.0f} s, failurePolicy.nodeLostSeconds is {limit}"
+        return lost
 
     @functools.cached_property
     def nodes_known(self) -> frozenset[str] | None:

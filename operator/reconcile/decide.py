@@ -103,10 +103,16 @@ def _settle_store(tick: Tick, status: DDMRunStatus, out: Outcome) -> datetime | 
         if store.outage is not None:
             out.troubles.append(Trouble("StoreUnavailable", store.outage))
         return None
+    written = tick.memory.spec_write_failure
     if store.spec == "absent":
+        if written is not None and written.permanent:
+            raise _RunFailed(written.reason, written.message)  # a local path or a bucket it cannot create
         out.actions.append(WriteSpec(tick.spec))
-        return None
-    problem = store.setup.message if store.setup is not None else store.outage or "the store was not read yet"
+        if written is None:
+            return None
+        problem = written.message  # an outage while writing: waited out like one while reading
+    else:
+        problem = store.setup.message if store.setup is not None else store.outage or "the store was not read yet"
     since = tick.memory.store_down_since or tick.obs.now
     waited = (tick.obs.now - since).total_seconds()
     if waited >= tick.settings.store_grace_seconds:
@@ -129,10 +135,12 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         done=store.done.get(job.slug),
         claimed_attempt=store.claims.get(job.slug, 0),
         nodes=tick.nodes_known,
+        lost_nodes=tick.lost_nodes,
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
         moving=moving and (current is None or not current.active),
         creation_failed=tick.memory.creation_failures.get(job.slug),
+        creation_refused=tick.memory.creation_refusals.get(job.slug),
     )
 
 

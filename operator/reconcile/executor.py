@@ -10,6 +10,8 @@ tries again. The only module of the reconciler that writes.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,17 +30,33 @@ from atoll.operator.reconcile.actions import (
     PatchRunStatus,
     WriteSpec,
 )
-from atoll.operator.reconcile.observation import RunObject
+from atoll.operator.reconcile.observation import RunObject, StoreProblem
 from atoll.operator.reconcile.observer import RunStores, run_owner
 from atoll.store import StoreError
 
 log = get_logger("atoll.operator.reconcile")
 
 
+TRANSIENT_4XX = frozenset({404, 408, 409, 425, 429})
+"""Client errors that may go away by themselves (a conflict, throttling, a namespace cache)."""
+
+
 def _api_error(error: Exception) -> str:
     status = getattr(error, "status", None)
     reason = getattr(error, "reason", None)
     return f"{status} {reason}" if status is not None else str(error)
+
+
+def permanent_refusal(error: Exception) -> str | None:
+    """The API server's message when it refused a request for good (a 4xx that retrying the
+    same object cannot fix: invalid, forbidden by admission or quota), else None."""
+    status = getattr(error, "status", None)
+    if not isinstance(status, int) or not 400 <= status < 500 or status in TRANSIENT_4XX:
+        return None
+    message = None
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        message = json.loads(getattr(error, "body", None) or "{}").get("message")
+    return f"{status} {getattr(error, 'reason', None) or 'refused'}: {message or 'no message'}"
 
 
 class Executor:
@@ -68,8 +86,12 @@ class Executor:
             )  # fmt: skip
         creates: list[CreatePod] = decision.of(CreatePod)
         outcomes = self.pool.map(lambda create: self._create(run, create), creates)
-        for create, (created, failure) in zip(creates, outcomes, strict=True):
-            if failure is not None:
+        for create, (created, failure, refused) in zip(creates, outcomes, strict=True):
+            if refused is not None:
+                self.ledger.release(create.key)
+                applied.refused_pods[create.stage] = refused
+                applied.errors.append(f"pod of {create.stage} refused: {refused}")
+            elif failure is not None:
                 self.ledger.release(create.key)
                 applied.failed_pods[create.stage] = failure
                 applied.errors.append(failure)
@@ -111,21 +133,37 @@ class Executor:
             return
         try:
             storage.ensure_spec(store, write.spec, owner=run_owner(run))
-        except (storage.RunSetupError, StoreError) as error:
-            applied.errors.append(f"spec.json not written: {error}")
+        except storage.RunSetupError as error:
+            problem = StoreProblem(reason=error.reason, message=error.message, permanent=error.permanent)
+        except StoreError as error:
+            refused = storage.classify_write_error(error, store.uri)
+            problem = StoreProblem(reason=refused.reason, message=refused.message, permanent=refused.permanent)
+        except OSError as error:  # a local path the operator cannot write (read-only, not a directory, …)
+            problem = StoreProblem(
+                reason="StoreUnwritable",
+                message=f"cannot write {store.uri}: {error.strerror or error} (a local path is the operator's own"
+                " filesystem: use an s3:// store on a cluster)",
+                permanent=True,
+            )
+        else:
+            return
+        applied.spec_write_failure = problem
+        applied.errors.append(f"spec.json not written: {problem.message}")
 
-    def _create(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None]:
-        """(created now, why it could not be created)."""
+    def _create(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None, str | None]:
+        """(created now, why it could not be created, the API server's refusal for good)."""
         from kubernetes.client.exceptions import ApiException
 
         name = create.manifest["metadata"]["name"]
         try:
             created = self.kube.create_pod(dict(create.manifest))
             if not created and not self._ours(run.namespace, name, create):
-                return False, f"cannot create pod {name}: a pod of that name that is not this run's still exists"
+                return False, f"cannot create pod {name}: a pod of that name that is not this run's still exists", None
         except ApiException as error:
-            return False, f"cannot create pod {name}: {_api_error(error)}"
-        return created, None
+            if (refused := permanent_refusal(error)) is not None:
+                return False, None, refused
+            return False, f"cannot create pod {name}: {_api_error(error)}", None
+        return created, None, None
 
     def _ours(self, namespace: str, name: str, create: CreatePod) -> bool:
         """Whether the existing pod of that name is the one this action would have created."""

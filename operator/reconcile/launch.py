@@ -1,6 +1,6 @@
 """Starting stage attempts, as decisions: place them (experts through the makespan planner,
 moves to their planned GPUs first), build their pods, and ask to delete pods stranded on
-vanished nodes. Pure: returns CreatePod / DeletePod actions, the executor applies them.
+lost nodes or Pending past their timeout. Pure: returns CreatePod / DeletePod actions, the executor applies them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     """The decisions with every attempt to start placed and its pod asked for."""
     for decision in decisions.values():
         for name in decision.delete_pods:
-            out.actions.append(DeletePod(name, why="its node no longer exists", grace_seconds=0))
+            out.actions.append(DeletePod(name, why=decision.delete_why, grace_seconds=0))
     starting = {slug: d for slug, d in decisions.items() if d.create_attempt is not None}
     if not starting:
         return decisions
@@ -49,7 +49,8 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     planner, then the short stages on what is left."""
     obs = tick.obs
     statuses = tick.expert_statuses
-    nodes = obs.nodes or ()
+    lost = tick.lost_nodes
+    nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
     capacity = {node.name: node.gpus for node in nodes}
     busy = dict(obs.busy_gpus)
     plan: dict[str, Assignment] = {}
@@ -74,7 +75,8 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     fleet = FleetState(
         spec=tick.placement_spec(),
         nodes=nodes,
-        running=tick.running_experts(),
+        # An expert starting a new attempt no longer runs where its old pod is (being deleted).
+        running={k: a for k, a in tick.running_experts().items() if k not in placed_anew},
         progress={k: p for k in statuses if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
         busy_gpus=busy,

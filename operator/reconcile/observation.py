@@ -130,3 +130,7 @@ class RunMemory:
     last_move_check: float = -math.inf
     creation_failures: Mapping[str, str] = field(default_factory=dict)
     """Stage slug → why the pod of its current attempt could not be created (retried as is)."""
+    creation_refusals: Mapping[str, str] = field(default_factory=dict)
+    """Stage slug → the API server's message when it refused that pod for good (the stage fails)."""
+    spec_write_failure: StoreProblem | None = None
+    """Why the last attempt to write spec.json (and owner.json) failed (None: it did not)."""

@@ -211,6 +211,7 @@ def transition(
         trouble=out.troubles[0] if out.troubles else None,
         now=tick.obs.now,
         generation=tick.obs.run.generation,
+        unschedulable=_unschedulable(tick),
     )
     was_degraded = any(c.type == "Degraded" and c.status == "True" for c in previous)
     for condition in changed(previous, conditions):
@@ -220,6 +221,14 @@ def transition(
             out.events.append(tick.event(None, kind, why, condition.message))
     status.conditions = conditions
     status.observed_generation = tick.obs.run.generation
+
+
+def _unschedulable(tick: Tick) -> str | None:
+    """The scheduler's reason for the first of the run's pods it cannot place (None: none)."""
+    for pod in sorted(tick.pods, key=lambda p: p.name):
+        if pod.active and pod.node is None and pod.unschedulable:
+            return f"pod {pod.name}: {pod.unschedulable}"
+    return None
 
 
 def _fraction(status: StageStatus) -> float:

@@ -102,6 +102,9 @@ def pod(
     deleting: bool = False,
     run_uid: str = UID,
     finished_at: str = "2026-03-01T11:59:00Z",
+    created_at: str = "2026-03-01T11:50:00Z",
+    planned_node: str | None = None,
+    unschedulable: str | None = None,
 ) -> PodView:
     """A stage pod as the watch delivers it (the runtime's container status included)."""
     job = StageJob(stage, expert_index)  # type: ignore[arg-type]
@@ -115,14 +118,19 @@ def pod(
         if message:
             terminated["message"] = message
         status["containerStatuses"] = [{"state": {"terminated": terminated}}]
+    if unschedulable is not None:
+        scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        status["conditions"] = [scheduled]
     metadata: dict[str, Any] = {
         "name": f"{RUN}-{job.slug}-a{attempt}",
         "namespace": NAMESPACE,
         "labels": labels,
         "annotations": {"atoll.dev/gpu-product": "NVIDIA-A100-SXM4-40GB"},
         "ownerReferences": [{"uid": owner, "controller": True}],
-        "creationTimestamp": "2026-03-01T11:50:00Z",
+        "creationTimestamp": created_at,
     }
+    if planned_node is not None:
+        metadata["annotations"]["atoll.dev/planned-node"] = planned_node
     if deleting:
         metadata["deletionTimestamp"] = "2026-03-01T12:00:00Z"
     spec: dict[str, Any] = {"containers": [{"name": "stage", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}

@@ -83,7 +83,7 @@ def test_credentials_only_by_secret_reference() -> None:
 def test_placement_becomes_gpu_requests_affinity_and_tolerations() -> None:
     pod = build_pod(attempt(), SPEC, OperatorSettings())
     spec = pod["spec"]
-    assert spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     required = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert required["nodeSelectorTerms"][0]["matchExpressions"] == [
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-40GB"]}
@@ -94,7 +94,7 @@ def test_placement_becomes_gpu_requests_affinity_and_tolerations() -> None:
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["nodeSelector"] == {"pool": "gpu"}
     no_gpu = build_pod(attempt(job=StageJob("assemble"), assignment=None), SPEC, OperatorSettings())
-    assert "resources" not in no_gpu["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in no_gpu["spec"]["containers"][0]["resources"]["limits"]
     assert "affinity" not in no_gpu["spec"]
 
 

@@ -52,8 +52,8 @@ def test_the_overlay_lands_and_atoll_keeps_its_own() -> None:
     assert spec["imagePullSecrets"] == [{"name": "registry"}]
     assert spec["priorityClassName"] == "training-high"
     assert spec["terminationGracePeriodSeconds"] == 300
-    assert [v["name"] for v in spec["volumes"]] == ["scratch", "weights"]
-    assert spec["volumes"][1] == {
+    assert [v["name"] for v in spec["volumes"]] == ["scratch", "dshm", "weights"]
+    assert spec["volumes"][2] == {
         "name": "weights",
         "persistentVolumeClaim": {"claimName": "weights", "readOnly": True},
     }
@@ -68,6 +68,7 @@ def test_the_overlay_lands_and_atoll_keeps_its_own() -> None:
     assert "value" not in env["MINIO_ACCESS_KEY"]
     assert container["volumeMounts"] == [
         {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "weights", "mountPath": "/weights", "readOnly": True},
     ]
     assert container["args"] == original["spec"]["containers"][0]["args"], "the command is Atoll's"

@@ -35,6 +35,7 @@ from atoll.trainer.encoders import FeatureEncoder, feature_encoder_for, text_enc
 from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.kmeans import Partition, balance, cluster_sizes
+from atoll.trainer.training.distributed import configure_threads
 
 log = get_logger(__name__)
 
@@ -46,6 +47,7 @@ JOB = StageJob("partition")
 
 def run(ctx: StageContext) -> None:
     """Partition the run's dataset into partition.clusters clusters and pre-encode each one."""
+    configure_threads()  # the pod's CPU limit, or the local runtime's share of the cores
     store = ctx.store
     if is_done(store, JOB):
         log.info("partition already done", store=store.uri)

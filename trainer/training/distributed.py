@@ -69,12 +69,14 @@ def available_cores() -> int:
 def configure_threads(world: int = 1) -> int:
     """Size torch's intra-op thread pool to this process's share of the cores; returns it.
 
-    ATOLL_TORCH_THREADS (set by the local runtime when it runs stages side by side) overrides
-    the cores this stage may use.
+    ATOLL_TORCH_THREADS (set by the local runtime when it runs stages side by side, and by the
+    operator from the pod's CPU limit), else OMP_NUM_THREADS, overrides the cores this stage
+    may use.
     """
     budget = available_cores()
-    with contextlib.suppress(ValueError):
-        budget = max(1, int(os.environ.get("ATOLL_TORCH_THREADS", "")))
+    for variable in ("OMP_NUM_THREADS", "ATOLL_TORCH_THREADS"):  # the last one set wins
+        with contextlib.suppress(ValueError):
+            budget = max(1, int(os.environ.get(variable, "")))
     threads = max(1, budget // max(1, world))
     torch.set_num_threads(threads)
     return threads

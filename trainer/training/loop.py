@@ -29,6 +29,7 @@ from atoll.api.spec import Recipe
 from atoll.errors import AtollError
 from atoll.log import get_logger
 from atoll.store.checkpoint import CheckpointStore
+from atoll.trainer import interrupts
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.telemetry import GpuTelemetry
 from atoll.trainer.training.batching import BatchPlan
@@ -173,18 +174,24 @@ class _Loop:
         self.stream = ExampleStream(self.task.data, seed=self.settings.seed, global_batch=self.plan.global_batch)
         readback = LossReadback(self.device)
         try:
-            with pulse:
+            # One process: SIGTERM checkpoints at the next step boundary. Several: ranks could see
+            # it at different steps, so SIGTERM interrupts at once (the last checkpoint stands).
+            graceful = interrupts.stop_at_step_boundary() if not self.rank.distributed else contextlib.nullcontext()
+            with pulse, graceful:
                 pulse.start(start)
                 for step in range(start, total):
                     done = step + 1
                     readback.push(done, self._step(step))
-                    checkpoint = done == total or done % every == 0
+                    stop = interrupts.stop_requested() and done < total  # SIGTERM: checkpoint, then stop
+                    checkpoint = done == total or done % every == 0 or stop
                     for settled, loss_sum in readback.settled(through=done if checkpoint else None):
                         loss = self._settle(settled, loss_sum, result, pulse)
                         if settled == done and checkpoint:
                             self._checkpoint(done, loss, final=done == total)
                         if self.on_step is not None:
                             self.on_step(settled, loss)
+                    if stop:
+                        self._stop(done)
                 if self.checkpoints is not None:
                     self.checkpoints.flush()
         finally:
@@ -196,6 +203,13 @@ class _Loop:
         if self.heartbeat is not None:
             self.heartbeat.done(**pulse.fields(), message=f"trained {total} steps")
         return result
+
+    def _stop(self, step: int) -> None:
+        """SIGTERM: the checkpoint of `step` is committed; wait for its upload, then stop."""
+        if self.checkpoints is not None:
+            self.checkpoints.flush()
+        total = self.settings.total_steps
+        raise interrupts.StageStoppedError(f"stopped by SIGTERM at step {step}/{total} after committing its checkpoint")
 
     def _settle(self, step: int, loss_sum: float, result: TrainResult, pulse: Pulse) -> float:
         """Step `step`'s mean loss, now that it is known: checked, recorded, reported."""

@@ -21,7 +21,7 @@ from atoll.store import FencedError, Store, open_store
 from atoll.store.checkpoint import Checkpoint, CheckpointStore
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
-from atoll.trainer.interrupts import sigterm_raises
+from atoll.trainer.interrupts import StageStoppedError, sigterm_raises
 from atoll.trainer.training.batching import BatchPlanError, plan_batch
 from atoll.trainer.training.distributed import (
     Rank,
@@ -37,7 +37,7 @@ from atoll.trainer.training.task import TrainingTask
 log = get_logger(__name__)
 
 
-class StageInterruptedError(AtollError):
+class StageInterruptedError(StageStoppedError):
     """SIGTERM arrived (pod deletion, local runtime stopping): stop after uploading what is staged."""
 
 
@@ -116,7 +116,7 @@ def run_training(job: TrainingJob, store: Store, *, on_step: StepHook | None = N
         log.info("already trained", stage=job.stage, expert=job.expert, step=done.step)
         _report_done(store, job, done)
         return None
-    with sigterm_raises(lambda: StageInterruptedError("SIGTERM")):
+    with sigterm_raises(lambda: StageInterruptedError("SIGTERM"), graceful=True):
         torchrun = torchrun_rank()
         if torchrun is not None:
             if torchrun.world != job.settings.batch.world:
@@ -161,6 +161,9 @@ def _train_rank(rank: Rank, job: TrainingJob, store: Store, on_step: StepHook | 
         raise  # a newer attempt owns progress.json now: write nothing
     except StageInterruptedError:
         heartbeat.failed("interrupted (SIGTERM): resumes from the last checkpoint when run again")
+        raise
+    except StageStoppedError as stopped:
+        heartbeat.failed(str(stopped))
         raise
     except BaseException as error:
         heartbeat.failed(str(error) if isinstance(error, AtollError) else f"{type(error).__name__}: {error}")
