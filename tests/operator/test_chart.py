@@ -46,7 +46,9 @@ def test_chart_crds_are_the_generated_ones() -> None:
 def test_template_wires_the_operator_flags() -> None:
     documents = render(*VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3")
     operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
-    assert sorted(d["kind"] for d in operator) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert sorted(d["kind"] for d in operator) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount",
+    ]  # fmt: skip
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/atoll-dev/atoll:1.2.3"
@@ -59,7 +61,7 @@ def test_template_wires_the_operator_flags() -> None:
         "--image=ghcr.io/atoll-dev/atoll:1.2.3",
     ):
         assert flag in container["args"]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election: one replica acts
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     binding = next(d for d in operator if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "atoll-operator", "namespace": "atoll-system"}
