@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -205,6 +205,7 @@ class OperatorMetrics:
         self.runs = RunCollector(leadership, wall)
         self.wall = wall
         self.registry.register(self.runs)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds, open fds
         self.reconcile_seconds = Histogram(
             "atoll_reconcile_seconds",
             "Wall time of one reconcile tick of one run (observe, decide, act).",

@@ -31,10 +31,10 @@ def lease_holder(control_plane: ControlPlane, namespace: str) -> str | None:
 
 def crash(candidate: LeaderElector) -> float:
     """Stop renewing without releasing (a SIGKILLed replica); returns when its fence closes."""
-    candidate._stopping.set()  # noqa: SLF001 - the thread stops, the fence is left to close on its own
-    assert candidate._thread is not None  # noqa: SLF001
-    candidate._thread.join(timeout=10)  # noqa: SLF001
-    closes: float = candidate._valid_until  # noqa: SLF001 - the fence's deadline, read for the proof
+    candidate._stopping.set()
+    assert candidate._thread is not None
+    candidate._thread.join(timeout=10)
+    closes: float = candidate._valid_until
     return closes
 
 
@@ -45,7 +45,8 @@ def test_one_leader_and_a_fenced_takeover(control_plane: ControlPlane, namespace
     try:
         deadline = time.monotonic() + 3 * FAST.lease_seconds
         while time.monotonic() < deadline:  # the leader renews: the standby never acts
-            assert first.acting() and not second.acting()
+            assert first.acting()
+            assert not second.acting()
             time.sleep(0.2)
         assert lease_holder(control_plane, namespace) == "replica-a"
         assert (first.term, second.term) == (1, 0)
@@ -77,9 +78,7 @@ def test_one_leader_and_a_fenced_takeover(control_plane: ControlPlane, namespace
         first.stop(release=False)
 
 
-def test_the_fence_refuses_writes_while_not_leading(
-    control_plane: ControlPlane, namespace: str, core_v1: Any
-) -> None:
+def test_the_fence_refuses_writes_while_not_leading(control_plane: ControlPlane, namespace: str, core_v1: Any) -> None:
     holder = elector(control_plane, namespace, "holder").start()
     standby = elector(control_plane, namespace, "standby").start()
     try:
