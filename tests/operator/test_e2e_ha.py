@@ -106,13 +106,15 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def ready(port: int) -> str:
-    """/readyz's answer (503 while not ready: the body says why)."""
+    """/readyz's answer (503 while not ready: the body says why; nothing while the process starts)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
             body: str = response.read().decode()
     except urllib.error.HTTPError as error:
         with error:
             body = error.read().decode()
+    except urllib.error.URLError:
+        return "not serving yet"
     return body
 
 
