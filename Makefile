@@ -18,6 +18,9 @@ export ATOLL_CACHE
 # is when the editable link tree under build/ has to be rebuilt.
 PACKAGE_DIRS := $(shell find core trainer operator -type d -not -name __pycache__ 2>/dev/null)
 PYTEST_ARGS ?=
+# Every extra: the training stages (torch, diffusers, …) and the tools. `pip install atoll`
+# alone is the operator install (see docs/testing.md).
+EXTRAS := --extra train --extra dev
 
 .PHONY: help
 help: ## list the targets
@@ -29,11 +32,11 @@ $(UV):
 	$(UV_HOME)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced: pyproject.toml uv.lock setup.py | $(UV)
-	$(UV) sync --locked --extra dev --python $(PYTHON)
+	$(UV) sync --locked $(EXTRAS) --python $(PYTHON)
 	@touch $@
 
 $(VENV)/.linked: $(VENV)/.synced $(PACKAGE_DIRS)
-	$(UV) sync --locked --extra dev --python $(PYTHON) --reinstall-package atoll --quiet
+	$(UV) sync --locked $(EXTRAS) --python $(PYTHON) --reinstall-package atoll --quiet
 	@touch $@
 
 .PHONY: install
@@ -56,6 +59,14 @@ lint: install ## ruff, import layering and mypy (strict on atoll)
 .PHONY: testenv
 testenv: install ## build (or reuse) the pinned control plane, kwok, MinIO and helm binaries
 	$(PY) -m tests.env.build
+
+.PHONY: images
+images: install ## build the operator and trainer images; OCI archives in build/images/
+	$(PY) -m images.build operator trainer
+
+.PHONY: image-operator
+image-operator: install ## build the operator image only (build/images/atoll-operator.oci.tar)
+	$(PY) -m images.build operator
 
 .PHONY: demo
 demo: install ## train a 4-expert DDM on handwritten digits here (CPU, ~10 min); prints metrics and grids

@@ -2,7 +2,9 @@
 
 Each command module defines HELP (one line), `add_arguments(parser)` and
 `main(args) -> int`, and keeps heavy imports (torch, kopf) inside `main`, so
-`atoll --help` stays instant.
+`atoll --help` stays instant and every command parses in the operator install (no
+torch). A command that needs the `train` extra calls `atoll.extras.require_train`
+first and exits 2 with one line saying how to install it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 from atoll import __version__
 from atoll.errors import AtollError
+from atoll.extras import MissingExtraError
 
 # name → module implementing it. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
@@ -52,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args._module.main(args)
+    except MissingExtraError as error:  # the operator install without `atoll[train]`
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except AtollError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

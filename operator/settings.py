@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from atoll import __version__
 
-DEFAULT_IMAGE = f"ghcr.io/atoll-dev/atoll:{__version__}"
+DEFAULT_IMAGE = f"ghcr.io/atoll-dev/atoll-trainer:{__version__}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from atoll.errors import AtollError, BadInputError
+from atoll.extras import MissingExtraError, require_train
 from atoll.stages import STAGES, ExitCode, StageJob
 
 # stage → module with `run(ctx: StageContext) -> None`.
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args, job = parse(argv)
     log = get_logger("atoll.trainer")
+    try:
+        require_train("python -m atoll.trainer")
+    except MissingExtraError as error:  # the operator install: no stage can run here
+        print(f"error: {error}", file=sys.stderr)
+        return ExitCode.USAGE
     try:
         from atoll.store import open_store, read_spec
         from atoll.trainer.context import StageContext

@@ -61,6 +61,9 @@ def submit(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
 
 def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     """Every stage on this machine, with live progress; resumable."""
+    from atoll.extras import require_train
+
+    require_train("atoll run --local")  # before anything imports the training stack
     from rich.console import Console
 
     from atoll.errors import AtollError

@@ -131,7 +131,7 @@ class NodePublisher:
             if error.status in (401, 403):
                 raise AgentError(
                     f"not allowed to patch node {self.node} ({error.status} {error.reason}): the agent's"
-                    " ServiceAccount needs `get` and `patch` on `nodes`"
+                    " ServiceAccount needs `patch` on `nodes`"
                 ) from None
             raise
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.env import binaries
-from tests.env.process import free_port
+from tests.env.process import free_port, port_bindable
 
 KUBE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
@@ -38,6 +38,37 @@ _BINARY_OPTIONS = {
     "etcdBinary": "etcd",
     "kwokControllerBinary": "kwok",
 }
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A kubectl command failed; unlike CalledProcessError its message ends with kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()[-2000:]}"
+
+
+class ControlPlaneError(RuntimeError):
+    """kwokctl could not create, start or delete the cluster; the message carries its output."""
+
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Every request a ServiceAccount makes (an operator in cluster, a pod's token), nothing else.
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
+ADMISSION_PLUGINS = "OwnerReferencesPermissionEnforcement"
+"""Besides the defaults: blockOwnerDeletion needs `update` on the owner's finalizers, as on hardened clusters."""
+
+_PORT_OPTIONS = (
+    "kubeApiserverPort",
+    "etcdPort",
+    "etcdPeerPort",
+    "kubeControllerManagerPort",
+    "kubeSchedulerPort",
+    "kwokControllerPort",
+)
 _COMPONENT_BINARIES = {
     "etcd": "etcd",
     "kube-apiserver": "kube-apiserver",
@@ -45,10 +76,6 @@ _COMPONENT_BINARIES = {
     "kube-scheduler": "kube-scheduler",
     "kwok-controller": "kwok",
 }
-
-
-class ControlPlaneError(RuntimeError):
-    """kwokctl could not create, start or delete the cluster; the message carries its output."""
 
 
 class ControlPlane:
@@ -82,14 +109,8 @@ class ControlPlane:
     def configuration(self) -> dict[str, Any]:
         """The KwokctlConfiguration: local binaries, loopback ports, kwok on annotated nodes only."""
         if not self.ports:
-            self.ports = {
-                "kubeApiserverPort": free_port(),
-                "etcdPort": free_port(),
-                "etcdPeerPort": free_port(),
-                "kubeControllerManagerPort": free_port(),
-                "kubeSchedulerPort": free_port(),
-                "kwokControllerPort": free_port(),
-            }
+            for option in _PORT_OPTIONS:
+                self.ports[option] = free_port(taken=set(self.ports.values()))
         options: dict[str, Any] = {
             "runtime": "binary",
             "kubeVersion": KUBE_VERSION,
@@ -99,6 +120,7 @@ class ControlPlane:
             "cacheDir": str(self.directory / "kwok-cache"),
             "quietPull": True,
             "kubeControllerManagerNodeMonitorPeriodMilliseconds": int(self.node_monitor_period_s * 1000),
+            "kubeAuditPolicy": str(self.directory / "audit-policy.yaml"),
             **self.ports,
             **{option: str(self.paths[name]) for option, name in _BINARY_OPTIONS.items()},
         }
@@ -110,12 +132,16 @@ class ControlPlane:
             "options": options,
             "componentsPatches": [
                 {
+                    "name": "kube-apiserver",
+                    "extraArgs": [{"key": "enable-admission-plugins", "value": ADMISSION_PLUGINS}],
+                },
+                {
                     "name": "kwok-controller",
                     "extraArgs": [
                         {"key": "manage-all-nodes", "value": "false", "override": True},
                         {"key": "manage-nodes-with-annotation-selector", "value": KWOK_NODE_SELECTOR},
                     ],
-                }
+                },
             ],
         }
 
@@ -139,6 +165,7 @@ class ControlPlane:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "kwokctl.yaml"
         config.write_text(yaml.safe_dump(self.configuration(), sort_keys=False))
+        (self.directory / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         result = self._kwokctl(
             "create", "cluster", "--config", str(config), "--kubeconfig", str(self.kubeconfig),
             "--wait", f"{int(timeout)}s", "--timeout", f"{int(timeout)}s",
@@ -163,16 +190,69 @@ class ControlPlane:
             raise ControlPlaneError(f"kwokctl delete cluster {self.name} failed:\n{result.stderr[-2000:]}")
 
     def restart(self, *, timeout: float = 120.0) -> None:
-        """Stop every component and start them again (etcd keeps its data): an API server outage."""
-        for verb in ("stop", "start"):
-            result = self._kwokctl(verb, "cluster", timeout=timeout)
-            if result.returncode != 0:
-                raise ControlPlaneError(f"kwokctl {verb} cluster {self.name} failed:\n{result.stderr[-2000:]}")
+        """Stop every component and start them again (etcd keeps its data): an API server outage.
+
+        `kwokctl stop` SIGKILLs the components and returns without waiting for them to exit. A
+        component still exiting (a thread in an fsync or a page fault on a loaded machine) still
+        holds its port, the new one that `kwokctl start` launches dies on "bind: address already
+        in use", and kwokctl never notices: it waits two minutes for an API server that cannot
+        come up. So the old processes must be gone and every port free before the start, and a
+        component that dies after it fails the restart at once, with its log.
+        """
         deadline = time.monotonic() + timeout
+        before = self.pids()
+        result = self._kwokctl("stop", "cluster", timeout=timeout)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"kwokctl stop cluster {self.name} failed:\n{result.stderr[-2000:]}")
+        self._wait_released(before, deadline)
+        self._start_watched(deadline)
         while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
+            self._check_running()
             if time.monotonic() > deadline:
-                raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart")
+                raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart:\n{self._tails()}")
             time.sleep(0.3)
+
+    def _wait_released(self, before: dict[str, int], deadline: float) -> None:
+        """Until every process of the stopped cluster has exited and every one of its ports is free."""
+        while True:
+            alive = {name: pid for name, pid in before.items() if _running(pid)}
+            busy = [port for port in self.ports.values() if not port_bindable(port)]
+            if not alive and not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"after kwokctl stop cluster {self.name}: still running {alive}, ports still in use {busy}"
+                )
+            time.sleep(0.05)
+
+    def _start_watched(self, deadline: float) -> None:
+        """kwokctl start cluster, stopped early (with the log of the culprit) when a component dies."""
+        command = [str(self.paths["kwokctl"]), "--name", self.name, "start", "cluster"]
+        with subprocess.Popen(command, env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as start:
+            try:
+                while start.poll() is None:
+                    self._check_running()
+                    if time.monotonic() > deadline:
+                        raise ControlPlaneError(f"kwokctl start cluster {self.name} did not finish:\n{self._tails()}")
+                    time.sleep(0.2)
+            finally:
+                if start.poll() is None:
+                    start.kill()
+                output = start.communicate()[0].decode(errors="replace")
+        if start.returncode != 0:
+            raise ControlPlaneError(f"kwokctl start cluster {self.name} failed:\n{output[-2000:]}")
+
+    def _check_running(self) -> None:
+        """ControlPlaneError with its log when a component kwokctl started has exited."""
+        for component, pid in self.pids().items():
+            if not _running(pid):
+                raise ControlPlaneError(
+                    f"{component} (pid {pid}) exited after the restart of {self.name}; its log ends:\n"
+                    + _tail(self.log_path(component))
+                )
+
+    def _tails(self) -> str:
+        return "\n".join(f"--- {c}:\n{_tail(self.log_path(c))}" for c in _COMPONENT_BINARIES)
 
     def close(self) -> None:
         """Stop and remove the directory if this control plane created it."""
@@ -218,6 +298,13 @@ class ControlPlane:
         """The log file of one component (etcd, kube-apiserver, kube-scheduler, kwok-controller, …)."""
         return self.cluster_dir / "logs" / f"{component}.log"
 
+    def audit_events(self, username: str | None = None) -> list[dict[str, Any]]:
+        """The API server's audit events (every ServiceAccount request, metadata only), of one user if given."""
+        path = self.log_path("audit")
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in events if username is None or e.get("user", {}).get("username") == username]
+
     def pids(self) -> dict[str, int]:
         """component → pid, from kwokctl's pid files (for tests that check nothing is left)."""
         pid_dir = self.cluster_dir / "pids"
@@ -228,11 +315,12 @@ class ControlPlane:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this cluster; CalledProcessError (with stderr) if check fails."""
+        """Run the pinned kubectl against this cluster; KubectlError (a CalledProcessError whose
+        message shows kubectl's stderr) if check fails."""
         command = [str(self.paths["kubectl"]), "--kubeconfig", str(self.kubeconfig), *args]
         result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
+            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
         return result
 
     def kubectl_json(self, *args: str) -> Any:
@@ -244,3 +332,18 @@ class ControlPlane:
 
         new_client: Any = config.new_client_from_config
         return new_client(config_file=str(self.kubeconfig))
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid exists and is not a zombie (an exited child not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

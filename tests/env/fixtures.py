@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from tests.env import binaries, kube
 from tests.env import fleet as fleet_builders
-from tests.env import kube
 from tests.env.binaries import MissingPrerequisiteError
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
 from tests.env.runtime_process import PodRuntimeProcess
 
-CLUSTER_FIXTURES = frozenset({"control_plane", "fleet", "pod_runtime", "namespace", "core_v1"})
+CLUSTER_FIXTURES = frozenset({"control_plane", "fleet", "pod_runtime", "namespace", "core_v1", "operator_image"})
 MINIO_FIXTURES = frozenset({"minio", "minio_client", "minio_bucket", "s3_env"})
 
 
@@ -138,3 +138,22 @@ def namespace(core_v1: Any) -> Iterator[str]:
     )
     yield name
     core_v1.delete_namespace(name)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def operator_image() -> str:
+    """The operator image built from the current sources (cached by its inputs: a warm run builds
+    nothing), in Atoll's local container storage, where the pod runtime runs it from."""
+    from images.build import ensure
+    from images.engine import EngineError
+
+    try:
+        return ensure("operator")
+    except EngineError as error:
+        message = f"cannot build the operator image: {error}"
+        if binaries.in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)

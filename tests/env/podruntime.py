@@ -1,10 +1,14 @@
 """The pod process runtime: a stand-in kubelet for the fake GPU nodes marked
-`atoll.dev/execute: "true"`. It runs each bound pod's first container command as a local
-process (the image is ignored), reports Running / Succeeded / Failed, and kills the process
-when the pod is deleted. It keeps the marked nodes Ready (status + Lease heartbeats).
+`atoll.dev/execute: "true"`. It runs each bound pod's first container as a local process —
+from the pod's image when that image is in Atoll's local container storage (as root, see
+tests/env/imagepods.py), else its command on the host — reports Running / Succeeded /
+Failed, and kills the process when the pod is deleted. It keeps the marked nodes Ready
+(status + Lease heartbeats).
 
 Run it as `python -m tests.env.podruntime --kubeconfig K --workdir D`; it never touches
 pods on other nodes (kwok simulates those) and leaves no child process behind on exit.
+(One loop over a pod's whole life, so one file of about 580 lines; what it decides from
+is pure and lives in pods.py and containers.py, image containers in imagepods.py.)
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 from tests.env import pods
 from tests.env.fleet import EXECUTE_LABEL
+from tests.env.imagepods import ImagePods, Launch
 from tests.env.nodeheartbeat import NodeHeartbeat
 from tests.env.process import kill_group, signal_group
 from tests.env.watching import Informer
@@ -69,6 +74,8 @@ class PodProcess:
     api_retry_at: float = 0.0
     """No new try of an unreported status or a pending delete before this (API server away)."""
     warned: set[str] = field(default_factory=set)
+    cleanup: Callable[[], None] | None = None
+    """Undoes what starting the container made (an image container's root filesystem)."""
 
     @property
     def uid(self) -> str:
@@ -123,6 +130,7 @@ class PodRuntime:
             self.client.CoreV1Api(self._new_client()), self.client.CoordinationV1Api(self._new_client())
         )
         self.synced: set[str] = set()
+        self.images = ImagePods(self.core, str(self.core.api_client.configuration.host), workdir)
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -295,9 +303,14 @@ class PodRuntime:
     def _start(self, process: PodProcess) -> None:
         pod = process.pod
         container = pod["spec"]["containers"][0]
+        pod_dir = self.workdir / "pods" / process.key[0] / f"{process.key[1]}-{process.uid[:8]}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        launch: Launch | None = None
         try:
             env = pods.resolve_env(pod, container, secret=self._lookup("secret"), config_map=self._lookup("configmap"))
-            argv = pods.command_of(container, env)
+            if (image := self.images.lookup(container.get("image"))) is not None:
+                launch = self.images.prepare(pod, image, env, pod_dir)
+            argv = launch.argv if launch is not None else pods.command_of(container, env)
         except pods.ContainerConfigError as error:
             self._config_error(process, str(error))
             return
@@ -306,16 +319,18 @@ class PodRuntime:
             print(f"reading config of {process.key}: {error}", file=sys.stderr, flush=True)
             return
         working_dir = Path(container.get("workingDir") or "/nonexistent")
-        if not working_dir.is_dir():
-            working_dir = self.workdir / "pods" / process.key[0] / f"{process.key[1]}-{process.uid[:8]}"
-            working_dir.mkdir(parents=True, exist_ok=True)
+        if launch is not None or not working_dir.is_dir():
+            working_dir = pod_dir
+        process.cleanup = launch.cleanup if launch is not None else None
+        # chroot_exec's own environment; the container's is in its spec
+        host_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         process.log.parent.mkdir(parents=True, exist_ok=True)
         process.started_at = pods.now()
         try:
             with process.log.open("ab") as log:
                 process.proc = subprocess.Popen(
                     argv,
-                    env={**self._base_env(pod), **env},
+                    env=host_env if launch is not None else {**self._base_env(pod), **env},
                     cwd=working_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -326,9 +341,10 @@ class PodRuntime:
         except OSError as error:
             with process.log.open("a") as log:
                 log.write(f"{COMPONENT}: cannot start {argv[0]!r}: {error}\n")
+            self._release(process)
             self._finish(process, 128, f"cannot start {argv[0]!r}: {error}", reason="StartError")
             return
-        self._write_state(process, argv, working_dir)
+        self._write_state(process, argv, working_dir, launch)
         status = pods.running_status(
             pod,
             started_at=process.started_at,
@@ -358,6 +374,7 @@ class PodRuntime:
         assert process.proc is not None
         code = process.proc.returncode
         kill_group(process.proc.pid)  # what the container left behind in its group goes with it
+        self._release(process)
         if process.pod["metadata"].get("deletionTimestamp"):
             process.proc = None
             process.kill_at = None
@@ -416,7 +433,18 @@ class PodRuntime:
         """The pod is gone (or its node is): kill its process at once and stop tracking it."""
         if process.proc is not None:
             kill_group(process.proc.pid, process.proc)
+        self._release(process)
         self.processes.pop(process.uid, None)
+
+    @staticmethod
+    def _release(process: PodProcess) -> None:
+        """Remove what the container's start made (an image container's root filesystem), once."""
+        cleanup, process.cleanup = process.cleanup, None
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception as error:
+                print(f"cleaning up {process.key}: {error}", file=sys.stderr, flush=True)
 
     # --- API writes ----------------------------------------------------------------------
 
@@ -493,7 +521,7 @@ class PodRuntime:
         with contextlib.suppress(Exception):
             self.core.create_namespaced_event(namespace, event, _request_timeout=10)
 
-    def _write_state(self, process: PodProcess, argv: list[str], working_dir: Path) -> None:
+    def _write_state(self, process: PodProcess, argv: list[str], working_dir: Path, launch: Launch | None) -> None:
         assert process.proc is not None
         namespace, name = process.key
         path = self.workdir / "pods" / namespace / f"{name}.json"
@@ -503,7 +531,10 @@ class PodRuntime:
             "pid": process.proc.pid,
             "pgid": process.proc.pid,
             "log": str(process.log),
-            "command": argv,
+            "command": launch.container_argv if launch is not None else argv,
+            "image": launch.image if launch is not None else None,
+            "container": launch.container if launch is not None else None,
+            "rootfs": launch.rootfs if launch is not None else None,
             "workingDir": str(working_dir),
             "node": process.pod["spec"]["nodeName"],
             "restarts": process.restarts,
@@ -524,6 +555,8 @@ class PodRuntime:
             time.sleep(0.05)
         for proc in running:
             kill_group(proc.pid, proc)
+        for process in self.processes.values():
+            self._release(process)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,10 @@
 """Small process helpers shared by the test environment: free loopback ports, waiting for
 an HTTP endpoint, and stopping a whole process group (SIGTERM, then SIGKILL).
 
+Server ports are chosen outside the kernel's ephemeral range: a port from that range
+(what bind(0) returns) can be taken by any outgoing connection or any other bind(0) on the
+machine while its server is down for a restart, and the server then cannot come back.
+
 Every server the environment starts runs in its own process group so that stopping it
 never leaves a child behind; nothing here ever signals a process it did not start.
 """
@@ -8,7 +12,9 @@ never leaves a child behind; nothing here ever signals a process it did not star
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,13 +24,43 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_RANDOM = random.SystemRandom()  # never the seeded `random`: concurrent test sessions must not pick alike
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections and bind(0) (Linux's default 32768-60999)."""
+    try:
+        low, high = (int(value) for value in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on host:port now (SO_REUSEADDR, as Go servers bind: TIME_WAIT is no obstacle)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+        return True
+
+
+def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range and not in taken."""
+    low, high = ephemeral_ports()
+    # The larger of the two gaps around the ephemeral range (10000-32767 with Linux's defaults).
+    below, above = (10000, low - 1), (high + 1, 65535)
+    start, end = below if below[1] - below[0] >= above[1] - above[0] else above
+    for _ in range(1000):
+        port = _RANDOM.randint(start, end)
+        if port not in taken and port_bindable(port):
+            return port
+    raise RuntimeError(f"no free TCP port in {start}-{end} on 127.0.0.1")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -44,21 +44,28 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 def test_template_wires_the_operator_flags() -> None:
-    documents = render(*VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3")
+    documents = render(
+        *VALUES, "--set", "watchNamespaces={team-a,team-b}", "--set", "image.tag=1.2.3",
+        "--set", "imagePullSecrets[0].name=registry",
+    )  # fmt: skip
     operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     assert sorted(d["kind"] for d in operator) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment",
+        "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
+    watched = [d for d in operator if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(d["metadata"]["namespace"] for d in watched) == ["team-a", "team-b"]
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "ghcr.io/atoll-dev/atoll:1.2.3"
+    assert container["image"] == "ghcr.io/atoll-dev/atoll-operator:1.2.3"
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry"}]
     assert container["args"][0] == "operator"
     for flag in (
         "--default-store=s3://atoll/runs",
         "--default-store-secret=minio-credentials",
         "--namespace=team-a",
         "--namespace=team-b",
-        "--image=ghcr.io/atoll-dev/atoll:1.2.3",
+        "--image=ghcr.io/atoll-dev/atoll-trainer:0.1.0",  # the stages run the trainer image
     ):
         assert flag in container["args"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election: one replica acts
@@ -70,7 +77,10 @@ def test_template_wires_the_operator_flags() -> None:
 def test_template_runs_the_agent_on_every_gpu_node_without_taking_a_gpu() -> None:
     documents = render(*VALUES, "--set", "agent.ignoreXids=79", "--set", "agent.runtimeClassName=nvidia")
     agent = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"]
-    assert sorted(d["kind"] for d in agent) == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+    assert sorted(d["kind"] for d in agent) == [
+        "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+    ]  # fmt: skip
     daemonset = next(d for d in agent if d["kind"] == "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -84,7 +94,7 @@ def test_template_runs_the_agent_on_every_gpu_node_without_taking_a_gpu() -> Non
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["serviceAccountName"] == "atoll-agent"
     role = next(d for d in agent if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]  # own Node: the policy
 
     assert not [d for d in render(*VALUES, "--set", "agent.enabled=false") if d["kind"] == "DaemonSet"]
 
@@ -101,8 +111,10 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
 
     def can(verb: str, resource: str, namespace: str | None = "team-a") -> bool:
         where = ["-n", namespace] if namespace else []
-        result = control_plane.kubectl("auth", "can-i", verb, resource, "--as", account, *where, check=False)
-        return result.stdout.strip() == "yes"
+        kind, _, sub = resource.partition("/")  # kubectl reads TYPE/NAME: a subresource is a flag
+        subresource = [f"--subresource={sub}"] if sub else []
+        command = ["auth", "can-i", verb, kind, "--as", account, *where, *subresource]
+        return control_plane.kubectl(*command, check=False).stdout.strip() == "yes"
 
     needed = [
         ("watch", "ddmruns.atoll.dev"),
@@ -110,6 +122,7 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
         ("update", "ddmruns.atoll.dev/finalizers"),
         ("create", "ddmexperts.atoll.dev"),
         ("patch", "ddmexperts.atoll.dev/status"),
+        ("update", "ddmexperts.atoll.dev/finalizers"),
         ("create", "pods"),
         ("delete", "pods"),
         ("get", "secrets"),
@@ -122,7 +135,7 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
         assert not can(verb, resource), f"the operator must not {verb} {resource}"
 
     agent = "system:serviceaccount:atoll-system:atoll-agent"
-    for verb, allowed in (("get", True), ("patch", True), ("delete", False), ("list", False)):
+    for verb, allowed in (("get", False), ("patch", True), ("delete", False), ("list", False)):
         result = control_plane.kubectl("auth", "can-i", verb, "nodes", "--as", agent, check=False)
         assert (result.stdout.strip() == "yes") is allowed, f"agent {verb} nodes"
     result = control_plane.kubectl("auth", "can-i", "get", "secrets", "--as", agent, "-A", check=False)

@@ -1,10 +1,14 @@
 """The control plane is the real thing, built from our pins, and nothing else: every
-component runs a pinned local binary, the API server reports the pinned version, and the
-pod process runtime rides out an API server restart."""
+component runs a pinned local binary, the API server reports the pinned version, the pod
+process runtime rides out an API server restart, and a restart never races the components
+it stopped for their ports."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,8 @@ import pytest
 
 from tests.env import fleet as fleet_builders
 from tests.env import kube
-from tests.env.cluster import KUBE_VERSION, ControlPlane
+from tests.env.cluster import KUBE_VERSION, ControlPlane, ControlPlaneError
+from tests.env.process import ephemeral_ports
 from tests.env.runtime_process import PodRuntimeProcess
 
 pytestmark = pytest.mark.cluster
@@ -63,3 +68,68 @@ def test_pod_runtime_survives_an_api_server_restart(tmp_path: Path) -> None:
             assert runtime.logs("default", "after-restart").strip() == "back"
         finally:
             runtime.stop()
+
+
+def test_server_ports_are_outside_the_ephemeral_range(control_plane: ControlPlane) -> None:
+    # Ports from bind(0) can be taken by any outgoing connection while their server restarts.
+    low, high = ephemeral_ports()
+    ports = list(control_plane.ports.values())
+    assert len(set(ports)) == len(ports) == 6
+    assert all(not low <= port <= high for port in ports), (ports, low, high)
+
+
+class PortHolder(threading.Thread):
+    """Listens on `port` the moment it is free and keeps it for hold_s seconds: an etcd that
+    `kwokctl stop` SIGKILLed but that has not finished exiting yet (an fsync under load)."""
+
+    def __init__(self, port: int, hold_s: float) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.hold_s = hold_s
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", self.port))
+                except OSError:
+                    time.sleep(0.001)
+                    continue
+                sock.listen()
+                self.held.set()
+                self.done.wait(self.hold_s)
+            self.released.set()
+            return
+
+
+def test_restart_waits_for_a_port_the_stopped_component_still_holds(tmp_path: Path) -> None:
+    with ControlPlane(tmp_path / "cluster") as cluster:
+        holder = PortHolder(cluster.ports["etcdPort"], hold_s=3.0)
+        holder.start()
+        try:
+            cluster.restart(timeout=90)
+        finally:
+            holder.done.set()
+        assert holder.held.is_set(), "the port was never free after the stop"
+        assert holder.released.is_set()
+        assert cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+        assert cluster.kubectl("get", "namespace", "default", "-o", "name").stdout.strip() == "namespace/default"
+
+
+def test_restart_names_the_port_that_never_comes_free(tmp_path: Path) -> None:
+    with ControlPlane(tmp_path / "cluster") as cluster:
+        port = cluster.ports["etcdPort"]
+        holder = PortHolder(port, hold_s=120.0)
+        holder.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ControlPlaneError, match=rf"ports still in use \[{port}\]"):
+                cluster.restart(timeout=15)
+        finally:
+            holder.done.set()
+            holder.join(timeout=10)
+        assert time.monotonic() - started < 60

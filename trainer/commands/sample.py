@@ -29,6 +29,9 @@ def main(args: argparse.Namespace) -> int:
     import contextlib
     import tempfile
 
+    from atoll.extras import require_train
+
+    require_train("atoll sample")
     import torch
 
     from atoll.errors import AtollError

@@ -10,6 +10,10 @@
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{- define "atoll.stageImage" -}}
+{{- default (printf "ghcr.io/atoll-dev/atoll-trainer:%s" .Chart.AppVersion) .Values.stageImage -}}
+{{- end -}}
+
 {{- define "atoll.labels" -}}
 app.kubernetes.io/name: atoll
 app.kubernetes.io/instance: {{ .Release.Name }}
