@@ -2,7 +2,9 @@
 
 It watches all namespaces unless --namespace is given, and runs until SIGTERM / Ctrl-C.
 Runs without spec.storage.uri use --default-store with the credentials of
---default-store-secret (a Secret of that name in the run's namespace).
+--default-store-secret (a Secret of that name in the run's namespace). With --leader-elect,
+several replicas share one Lease and only its holder acts; --metrics-port serves /metrics,
+/healthz and /readyz (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from atoll.operator.leader import LEASE_NAME, LeaseTimings
 from atoll.operator.settings import DEFAULT_IMAGE
 
 HELP = "run the operator that reconciles DDMRuns (kopf)"
@@ -59,6 +62,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-gpus-per-pod", type=int, metavar="N", help="cap GPUs per stage pod (1 on fleets with fake GPUs)"
     )
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    election = parser.add_argument_group("high availability")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="run as one of several replicas: only the Lease holder acts"
+    )
+    election.add_argument(
+        "--leader-namespace", metavar="NS", help="namespace of the Lease (default: the pod's own, or $POD_NAMESPACE)"
+    )
+    election.add_argument(
+        "--leader-lease", default=LEASE_NAME, metavar="NAME", help=f"Lease name (default {LEASE_NAME})"
+    )
+    election.add_argument(
+        "--leader-identity", metavar="ID", help="this replica's name in the Lease (default: the pod's name)"
+    )
+    defaults = LeaseTimings()
+    election.add_argument(
+        "--lease-seconds", type=float, default=defaults.lease_seconds, metavar="S",
+        help="a standby takes over when the Lease was not renewed for this long",
+    )  # fmt: skip
+    election.add_argument(
+        "--renew-seconds", type=float, default=defaults.renew_seconds, metavar="S",
+        help="the leader stops acting this long after its last successful renewal began (< --lease-seconds)",
+    )  # fmt: skip
+    election.add_argument(
+        "--retry-seconds", type=float, default=defaults.retry_seconds, metavar="S",
+        help="how often the Lease is acquired or renewed",
+    )  # fmt: skip
+    probes = parser.add_argument_group("metrics and probes")
+    probes.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics, /healthz and /readyz on PORT (default: off)"
+    )
+    probes.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",  # noqa: S104 - a pod's probes and Prometheus reach it on the pod's IP
+        metavar="ADDR",
+        help="address to bind (default 0.0.0.0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="also log every handler run (kopf's own lines)")
 
 
@@ -66,8 +105,11 @@ def main(args: argparse.Namespace) -> int:
     import kopf
 
     from atoll.log import get_logger
-    from atoll.operator.handlers import build_registry, kopf_settings
+    from atoll.operator.handlers import Replica, build_registry, kopf_settings
     from atoll.operator.kube import Kube, load_config
+    from atoll.operator.leader import AlwaysLeader, FencedKube, LeaderElector, Leadership, in_cluster_namespace
+    from atoll.operator.metrics import OperatorMetrics
+    from atoll.operator.probes import Health, serve
     from atoll.operator.reconcile import Reconciler
     from atoll.operator.settings import OperatorSettings
 
@@ -89,21 +131,54 @@ def main(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every timer run at INFO ("Timer 'reconcile' succeeded."): one line per run per tick.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kube = Kube(load_config(args.kubeconfig))
-    registry = build_registry(Reconciler(kube, settings), kube, settings)
+    elector: LeaderElector | None = None
+    leadership: Leadership = AlwaysLeader()
+    if args.leader_elect:
+        namespace = args.leader_namespace or in_cluster_namespace()
+        if not namespace:
+            log.error("--leader-elect needs --leader-namespace out of cluster (or $POD_NAMESPACE)")
+            return 2
+        try:
+            timings = LeaseTimings(
+                lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds, retry_seconds=args.retry_seconds
+            )
+        except ValueError as error:
+            log.error(f"--lease-seconds/--renew-seconds/--retry-seconds: {error}")
+            return 2
+        # Its own client: renewals never queue behind the reconcilers' requests.
+        elector = LeaderElector(
+            load_config(args.kubeconfig), namespace=namespace, name=args.leader_lease,
+            identity=args.leader_identity, timings=timings,
+        )  # fmt: skip
+        leadership = elector
+    api = load_config(args.kubeconfig)
+    kube = FencedKube(api, leadership) if elector is not None else Kube(api)
+    metrics = OperatorMetrics(leadership)
+    replica = Replica(leadership=leadership, metrics=metrics, health=Health(leadership))
+    registry = build_registry(Reconciler(kube, settings, timer=metrics.record_step), kube, settings, replica)
+    if args.metrics_port is not None:
+        server = serve(metrics, replica.health, args.metrics_address, args.metrics_port)
+        log.info("metrics and probes served", address=args.metrics_address, port=server.server_port)
     log.info(
         "operator starting",
         namespaces=list(settings.namespaces) or "all",
         image=settings.image,
         default_store=settings.default_store or None,
         default_store_secret=settings.default_store_secret,
+        leader_election=None if elector is None else f"{elector.namespace}/{elector.name} as {elector.identity}",
     )
-    kopf.run(
-        registry=registry,
-        settings=kopf_settings(settings),
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        liveness_endpoint=args.liveness,
-    )
+    if elector is not None:
+        elector.start()
+    try:
+        kopf.run(
+            registry=registry,
+            settings=kopf_settings(settings),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=args.liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.stop(release=True)
     return 0

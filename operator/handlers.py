@@ -6,7 +6,11 @@ act, on a worker thread) every `interval_seconds`, and at once when one of its p
 Events are posted from the event loop. The indexes are copied in the
 event loop, where kopf updates them, so a reconciliation on its worker thread never reads
 an index while it changes. Level-based: every tick looks at the whole observed state, so
-missed events and operator restarts cost nothing. Everything here is the glue kopf needs.
+missed events and operator restarts cost nothing. With several replicas only the one that
+holds the leader Lease ticks (atoll.operator.leader); the others keep their indexes warm and
+start from a fresh memory the moment they lead. Each tick feeds the metrics and the
+readiness probe (atoll.operator.metrics, atoll.operator.probes). Everything here is the glue
+kopf needs.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -25,7 +31,10 @@ from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.kube import Kube, connection_info
+from atoll.operator.leader import AlwaysLeader, Leadership
 from atoll.operator.ledger import GpuHolder
+from atoll.operator.metrics import OperatorMetrics
+from atoll.operator.probes import Health
 from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
 from atoll.operator.reconcile.observer import GpuHolders
 from atoll.operator.settings import OperatorSettings
@@ -37,6 +46,19 @@ log = get_logger(__name__)
 FINALIZER = f"{API_GROUP}/cleanup"
 PAUSE_SECONDS = 0.25
 """Least time between two ticks of one run: a burst of pod events makes one tick, not many."""
+STANDBY_POLL_SECONDS = 1.0
+"""How often a standby replica's run workers look whether it leads now."""
+BEAT_SECONDS = 2.0
+"""How often the event loop tells the liveness probe it is alive."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This replica's place among the operator's replicas: whether it may act, and what it reports."""
+
+    leadership: Leadership = field(default_factory=AlwaysLeader)
+    metrics: OperatorMetrics = field(default_factory=lambda: OperatorMetrics(AlwaysLeader()))
+    health: Health = field(default_factory=lambda: Health(AlwaysLeader()))
 
 
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
@@ -92,11 +114,15 @@ def holders_from(loop: asyncio.AbstractEventLoop, index: Mapping[str, Any]) -> G
     return read
 
 
-def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSettings) -> kopf.OperatorRegistry:
+def build_registry(
+    reconciler: Reconciler, kube: Kube, settings: OperatorSettings, replica: Replica | None = None
+) -> kopf.OperatorRegistry:
     """Every handler of the operator, on a registry of its own."""
     registry = kopf.OperatorRegistry()
     workers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
     wakes: dict[tuple[str, str], asyncio.Event] = {}
+    replica = replica or Replica()
+    _register_probes(registry, replica)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -143,15 +169,20 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
     async def reconcile_run(*, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         key = (body.metadata.namespace or "default", body.metadata.name or "")
         woken = wakes.setdefault(key, asyncio.Event())
+        replica.health.run_started()
         try:
-            await _reconcile_until_stopped(reconciler, workers, body, kwargs, woken, stopped, settings)
+            await _reconcile_until_stopped(reconciler, workers, body, kwargs, woken, stopped, settings, replica)
         finally:
+            replica.health.run_stopped()
+            replica.metrics.runs.forget(key)
             if wakes.get(key) is woken:
                 del wakes[key]
 
     @kopf.on.delete(API_GROUP, API_VERSION, RUN.plural, id="cleanup", registry=registry)
     def cleanup(*, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
-        """Stop the run's pods; delete its store data only when reclaimPolicy is Delete."""
+        """Stop the run's pods; delete its store data only when reclaimPolicy is Delete (the leader alone)."""
+        if not replica.leadership.acting():
+            raise kopf.TemporaryError("not the leader: the leader replica cleans up", delay=STANDBY_POLL_SECONDS * 5)
         namespace = namespace or "default"
         remaining = kube.run_pods(namespace, name)
         for pod in remaining:
@@ -165,6 +196,26 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
     return registry
 
 
+def _register_probes(registry: kopf.OperatorRegistry, replica: Replica) -> None:
+    """kopf is up once its startup handlers ran; from then on the event loop beats for liveness."""
+    beats: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def started(**_: Any) -> None:
+        async def beat() -> None:
+            while True:
+                replica.health.beat()
+                await asyncio.sleep(BEAT_SECONDS)
+
+        beats.append(asyncio.create_task(beat()))
+        replica.health.started()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stopping(**_: Any) -> None:
+        for task in beats:
+            task.cancel()
+
+
 async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, passed through
     reconciler: Reconciler,
     workers: ThreadPoolExecutor,
@@ -173,23 +224,41 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
     woken: asyncio.Event,
     stopped: kopf.DaemonStopped,
     settings: OperatorSettings,
+    replica: Replica,
 ) -> None:
-    """One run's ticks, each on a worker thread, until kopf stops the daemon."""
+    """One run's ticks, each on a worker thread, until kopf stops the daemon. Only while this
+    replica leads; a new term starts from a fresh memory (another leader acted meanwhile)."""
     key = (body.metadata.namespace or "default", body.metadata.name or "")
     memory = RunMemory()
+    term: int | None = None
     loop = asyncio.get_running_loop()
     holders = holders_from(loop, indexes["gpu_pods"])
+    leadership, metrics = replica.leadership, replica.metrics
     while not stopped:
         woken.clear()
+        if not leadership.acting():
+            if term is not None:
+                memory, term = RunMemory(), None
+                metrics.runs.forget(key)
+            await _pause(woken, stopped, STANDBY_POLL_SECONDS)
+            continue
+        if term != leadership.term:
+            memory, term = RunMemory(), leadership.term
         raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
         copied = snapshot(key, indexes)
+        started = time.perf_counter()
         try:
             memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, holders, memory)
         except Exception:
+            metrics.errors.inc()
             log.exception("reconciliation failed; retried at the next tick", run=key[1], namespace=key[0])
         else:
-            for event in events:
-                post_event(event)  # from the event loop: straight onto kopf's posting queue
+            metrics.reconcile_seconds.observe(time.perf_counter() - started)
+            metrics.record_run(key, memory.status, memory.experts, raw.get("spec") or {})
+            replica.health.ticked()
+            if leadership.acting():
+                for event in events:
+                    post_event(event)  # from the event loop: straight onto kopf's posting queue
         await _pause(woken, stopped, settings.interval_seconds)
 
 

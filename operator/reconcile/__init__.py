@@ -55,6 +55,7 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         ledger: GpuLedger | None = None,
+        timer: Callable[[str, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger or GpuLedger()
@@ -63,15 +64,24 @@ class Reconciler:
         self.executor = Executor(kube, self.ledger, self.stores)
         self.clock = clock
         self.monotonic = monotonic
+        self.timer = timer
+        """Told the wall time of each step of a tick ("observe", "decide", "act"): the metrics."""
 
     def tick(
         self, body: Mapping[str, Any], indexes: IndexSnapshot, holders: GpuHolders, memory: RunMemory
     ) -> tuple[RunMemory, list[Event]]:
         """Bring one run one step closer to done: what to remember for the next tick, and the
         Events to post. `holders` copies the index's GPU holders when called."""
+        started = time.perf_counter()
         observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
+        observed = time.perf_counter()
         decision = decide_reserving(self.ledger, observation, holders, memory, self.settings)
+        decided = time.perf_counter()
         applied = self.executor.apply(observation.run, decision)
+        if self.timer is not None:
+            self.timer("observe", observed - started)
+            self.timer("decide", decided - observed)
+            self.timer("act", time.perf_counter() - decided)
         return remember(memory, decision, applied), applied.events
 
     def forget(self, body: Mapping[str, Any]) -> None:

@@ -51,9 +51,10 @@ def test_template_wires_the_operator_flags() -> None:
     operator = [d for d in documents if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     assert sorted(d["kind"] for d in operator) == [
         "ClusterRole", "ClusterRoleBinding", "Deployment",
-        "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount",
+        "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
-    assert sorted(d["metadata"]["namespace"] for d in operator if d["kind"] == "Role") == ["team-a", "team-b"]
+    watched = [d for d in operator if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(d["metadata"]["namespace"] for d in watched) == ["team-a", "team-b"]
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/atoll-dev/atoll-operator:1.2.3"
@@ -67,7 +68,7 @@ def test_template_wires_the_operator_flags() -> None:
         "--image=ghcr.io/atoll-dev/atoll-trainer:0.1.0",  # the stages run the trainer image
     ):
         assert flag in container["args"]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election: one replica acts
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     binding = next(d for d in operator if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "atoll-operator", "namespace": "atoll-system"}

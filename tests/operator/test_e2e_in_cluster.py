@@ -59,7 +59,8 @@ def granted(manifest: str, account: str) -> set[Rule]:
     """Every (group, resource, verb) the Roles and ClusterRoles of a rendered release give."""
     rules: set[Rule] = set()
     for document in yaml.safe_load_all(manifest):
-        if not document or document["kind"] not in ("Role", "ClusterRole") or document["metadata"]["name"] != account:
+        names = (account, f"{account}-leader-election")  # the leader Lease's Role
+        if not document or document["kind"] not in ("Role", "ClusterRole") or document["metadata"]["name"] not in names:
             continue
         for rule in document["rules"]:
             for group in rule["apiGroups"]:
@@ -107,6 +108,7 @@ def test_helm_installed_operator_runs_a_ddmrun_with_only_its_rbac(  # noqa: PLR0
         "interval": 1,
         "storePoll": 1,
         "healthPort": free_port(),
+        "replicas": 1,  # every pod of the test runtime is 127.0.0.1: two replicas would share the port
         "extraArgs": ["--max-gpus-per-pod=1"],
         "agent": {"enabled": False},
         # onto a node the pod runtime executes (a GPU node: its taint tolerated)
