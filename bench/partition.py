@@ -103,7 +103,7 @@ def main() -> None:
         return torch.from_numpy(model.labels_.astype(np.int64))
 
     methods: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
-        ("plain torch Lloyd (baseline)", plain),
+        ("plain torch Lloyd, k-means++ seeds (baseline)", plain),
         ("balanced two-level (atoll)", two_level),
     ]
     if not args.skip_sklearn:
