@@ -7,6 +7,8 @@ functions, never by formatting paths themselves.
 from __future__ import annotations
 
 SPEC = "spec.json"
+OWNER = "owner.json"
+"""The DDMRun that owns the prefix (namespace, name, UID): written once, before spec.json."""
 
 PARTITION = "partition"
 PARTITION_STATS = "partition/stats.json"
@@ -18,8 +20,12 @@ DATA = "data"
 NULL_TEXT = "data/null-text.safetensors"
 
 ROUTER = "router"
+ROUTER_METRICS = "router/metrics.json"
 MODEL = "model"
+MODEL_MARKER = "model/assembled.json"
+"""Written last by the assemble stage (the list of model files and their sizes)."""
 EVAL = "eval"
+EVAL_METRICS = "eval/metrics.json"
 
 
 def cluster_data(k: int) -> str:

@@ -12,32 +12,33 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+# Models defined in their own modules, re-exported here for everyone who imports them from the spec.
+from atoll.api.base import SpecModel as SpecModel  # noqa: PLC0414
+from atoll.api.base import field_error
+from atoll.api.placement import GPURequirements as GPURequirements  # noqa: PLC0414
+from atoll.api.placement import PlacementSpec as PlacementSpec  # noqa: PLC0414
+from atoll.api.placement import Toleration as Toleration  # noqa: PLC0414
 from atoll.api.presets import PRESETS, PresetName
+from atoll.api.template import PodTemplate
+from atoll.api.uris import DATASET_URI_PATTERN, RULES, STORE_URI_PATTERN, uri_problem
+from atoll.api.weights import PRETRAINED, WeightsSpec
 
 API_GROUP = "atoll.dev"
 API_VERSION = "v1alpha1"
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 STRATEGY_PATTERN = r"^(top-1|top-2|top-k:[1-9][0-9]{0,2}|threshold:(0(\.[0-9]+)?|1(\.0+)?)|full)$"
-DATASET_URI_PATTERN = r"^(builtin://(digits|shapes)|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
-STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
 _T = TypeVar("_T")
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
-class SpecModel(BaseModel):
-    """Base of every spec model: camelCase on the wire, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        validate_assignment=True,
-        frozen=False,
-    )
+def _checked_uri(value: str, *, dataset: bool) -> str:
+    if problem := uri_problem(value, dataset=dataset):
+        raise ValueError(problem)
+    return value
 
 
 class DatasetSpec(SpecModel):
@@ -47,9 +48,9 @@ class DatasetSpec(SpecModel):
         description=(
             "Dataset location: builtin://digits, builtin://shapes, a folder of images with"
             " .txt caption sidecars, a folder or s3://bucket/prefix of WebDataset-style tar"
-            " shards (.tar)."
+            f" shards (.tar). URI rules: {RULES}."
         ),
-        pattern=DATASET_URI_PATTERN,
+        json_schema_extra={"pattern": DATASET_URI_PATTERN, "maxLength": 1024},
         min_length=1,
     )
     resolution: int = Field(
@@ -82,16 +83,22 @@ class DatasetSpec(SpecModel):
     )
     seed: int = Field(default=0, ge=0, description="Seed of procedural built-in datasets.")
 
+    @field_validator("uri")
+    @classmethod
+    def _uri_rules(cls, value: str) -> str:
+        return _checked_uri(value, dataset=True)
+
 
 class PartitionSpec(SpecModel):
     """How the dataset is split into K disjoint clusters, one expert each."""
 
     clusters: int = Field(default=8, ge=1, le=256, description="Number of clusters K, and so of experts.")
     features: Literal["dinov2-vitl14", "clip-vitl14", "pixels"] = Field(
-        default="dinov2-vitl14",
+        default="pixels",
         description=(
             "Image features the clustering runs on: DINOv2 ViT-L/14 (the papers' choice),"
-            " CLIP ViT-L/14, or the raw pixels (offline)."
+            " CLIP ViT-L/14 (both need spec.weights), or the raw pixels. The default is pixels"
+            " because it needs no weights, so a run with every default runs on any cluster."
         ),
     )
     fine_clusters: int = Field(
@@ -190,6 +197,14 @@ class TrainingSpec(SpecModel):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU."
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "Compile the transformer blocks with torch.compile (regional compilation, inductor):"
+            " faster steps on GPUs after a one-off compilation at the start of every attempt."
+            " Needs a C compiler where the stage runs; on a CPU the compilation takes minutes."
+        ),
     )
     seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and noise.")
     ema_decay: float | None = Field(
@@ -314,10 +329,11 @@ class StorageSpec(SpecModel):
 
     uri: str = Field(
         default="",
-        pattern=r"^$|" + STORAGE_URI_PATTERN,
+        json_schema_extra={"pattern": r"^$|" + STORE_URI_PATTERN, "maxLength": 1024},
         description=(
             "Store root: s3://bucket/prefix (MinIO or any S3), or a local directory. Each run"
-            " writes under <uri>/<run name>/. Empty: the local workdir (local runs only)."
+            " writes under <uri>/<namespace>/<run name>/ (locally <uri>/<run name>/). Empty: the"
+            f" operator's default store, or the local workdir. URI rules: {RULES}."
         ),
     )
     secret_ref: str | None = Field(
@@ -328,54 +344,24 @@ class StorageSpec(SpecModel):
     )
     reclaim_policy: Literal["Retain", "Delete"] = Field(
         default="Retain",
-        description="Retain keeps the run's store data when the DDMRun is deleted; Delete removes it.",
+        description=(
+            "Retain keeps the run's store data when the DDMRun is deleted; Delete removes it, but"
+            " only if this DDMRun (its UID) is the owner recorded in the prefix's owner.json."
+        ),
+    )
+    adopt_retained: bool = Field(
+        default=False,
+        description=(
+            "Continue in a prefix that another DDMRun of the same name left behind (retained,"
+            " or without an owner record): allowed only with an identical spec. The prefix keeps"
+            " its recorded owner, so this run never deletes it, whatever reclaimPolicy says."
+        ),
     )
 
-
-class GPURequirements(SpecModel):
-    """Constraints on the GPUs experts may use."""
-
-    min_memory_gi_b: float = Field(
-        default=0,
-        ge=0,
-        le=4096,
-        alias="minMemoryGiB",
-        description="Only GPUs with at least this much memory (GiB) are used.",
-    )
-    products: list[str] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Allowed nvidia.com/gpu.product values; any when empty.",
-    )
-    max_per_expert: int = Field(default=8, ge=1, le=64, description="Most GPUs (of one node) a single expert may use.")
-
-
-class Toleration(SpecModel):
-    """A Kubernetes toleration added to every pod of the run."""
-
-    key: str | None = Field(default=None, description="Taint key; all keys when empty with operator Exists.")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to tolerate; all when empty."
-    )
-    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
-
-
-class PlacementSpec(SpecModel):
-    """Where the run's pods may go."""
-
-    gpu: GPURequirements = Field(default_factory=GPURequirements, description="GPU constraints.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Labels a node must carry to run any pod of this run."
-    )
-    tolerations: list[Toleration] = Field(
-        default_factory=list, description="Extra tolerations (nvidia.com/gpu is always tolerated)."
-    )
-    speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict,
-        description="Measured samples/s of the expert preset per GPU product, overriding built-in figures.",
-    )
+    @field_validator("uri")
+    @classmethod
+    def _uri_rules(cls, value: str) -> str:
+        return _checked_uri(value, dataset=False) if value else value
 
 
 class FailurePolicy(SpecModel):
@@ -386,6 +372,40 @@ class FailurePolicy(SpecModel):
         default=10, ge=0, le=3600, description="First restart delay; doubles on every restart."
     )
     max_backoff_seconds: float = Field(default=300, ge=0, le=86400, description="Upper bound of the restart delay.")
+    pending_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=604_800,
+        description=(
+            "A stage pod pinned to a node but still Pending after this long is deleted and its stage placed again."
+        ),
+    )
+    store_outage_seconds: int = Field(
+        default=900,
+        ge=0,
+        le=604_800,
+        description=(
+            "How long the store may be unreachable before attempts that fail because of it count"
+            " against maxRestarts (until then they are retried with backoff)."
+        ),
+    )
+    node_lost_seconds: int = Field(
+        default=120,
+        ge=10,
+        le=86_400,
+        description=(
+            "A node NotReady (or its GPU agent silent) this long counts as lost: its experts restart"
+            " elsewhere from their last checkpoint, whatever tolerations the pods have."
+        ),
+    )
+
+    @field_validator("max_backoff_seconds")
+    @classmethod
+    def _cap_above_first(cls, value: float, info: ValidationInfo) -> float:
+        first = info.data.get("backoff_seconds")
+        if first is not None and value < first:
+            raise ValueError(f"must be at least failurePolicy.backoffSeconds ({first:g})")
+        return value
 
 
 class DDMRunSpec(SpecModel):
@@ -400,6 +420,29 @@ class DDMRunSpec(SpecModel):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="The object store of the run.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
+    weights: WeightsSpec = Field(
+        default_factory=WeightsSpec, description="Where pretrained encoder weights come from (none by default)."
+    )
+    template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="Labels, annotations, pull secrets, env, volumes … added to every stage pod.",
+    )
+
+    @model_validator(mode="after")
+    def _pretrained_needs_weights(self) -> DDMRunSpec:
+        if self.weights.source != "none":
+            return self
+        for (section, field), choices in PRETRAINED.items():
+            value = getattr(getattr(self, section), _snake(field))
+            if value in choices:
+                raise field_error(
+                    DDMRunSpec,
+                    (section, field),
+                    f"{value} loads pretrained weights but spec.weights.source is none: set spec.weights"
+                    " (hub, store or volume) or choose an offline encoder",
+                    value,
+                )
+        return self
 
     @field_validator("partition")
     @classmethod
@@ -425,6 +468,10 @@ class DDMRunSpec(SpecModel):
         for strategy in value.strategies:
             _check_strategy_fits(strategy, info)
         return value
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in camel)
 
 
 def strategy_min_experts(strategy: str) -> int:

@@ -45,12 +45,14 @@ def main(args: argparse.Namespace) -> int:
 
 def submit(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     """Apply the DDMRun to the current kube-context and say how to follow it."""
+    from atoll.api.load import check_for_kubernetes
     from atoll.errors import AtollError
     from atoll.operator.submit import apply_run
 
     for flag, value in (("--workdir", args.workdir), ("--store", args.store), ("--jobs", args.jobs)):
         if value is not None:
             raise AtollError(f"{flag} applies to --local runs only (on Kubernetes, set spec.storage)")
+    check_for_kubernetes(manifest, args.file)
     done = apply_run(manifest, namespace=args.namespace, kubeconfig=args.kubeconfig)
     print(f"ddmrun.atoll.dev/{done.name} {done.action} in namespace {done.namespace}")
     print(f"follow it: atoll status {done.name} -n {done.namespace} --watch   (or: kubectl get ddm,ddmx -w)")
@@ -62,6 +64,7 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from atoll.errors import AtollError
+    from atoll.stages import ExitCode
     from atoll.trainer.runtime.board import make_board
     from atoll.trainer.runtime.local import LocalOptions, LocalRuntime, StageFailedError
     from atoll.trainer.runtime.report import print_results, read_metrics
@@ -82,7 +85,11 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     except StageFailedError as error:
         console.print(f"[red]error:[/red] {error.job.label} failed: {error.reason}", highlight=False, soft_wrap=True)
         console.print(f"  log: {error.log_path}", highlight=False, soft_wrap=True)
-        console.print("  fix the cause and run the same command again to resume", highlight=False, soft_wrap=True)
+        if error.code == ExitCode.BAD_INPUT:
+            hint = "  the spec or the data is wrong (no retry helps): fix it, then run the same command again"
+        else:
+            hint = "  fix the cause and run the same command again to resume"
+        console.print(hint, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print(

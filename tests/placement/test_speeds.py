@@ -18,6 +18,7 @@ def spec(**expert: object) -> DDMRunSpec:
     return DDMRunSpec.model_validate(
         {
             "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "weights": {"source": "hub"},
             "partition": {"clusters": 4},
             "expert": {"preset": "dit-b/2", **expert},
         }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from atoll.api.spec import DatasetSpec
 from atoll.store import Store, StoreError, open_store
-from atoll.trainer.data.base import DatasetError, ImageDataset, Limited
+from atoll.trainer.data.base import DatasetError, DatasetUnreachableError, ImageDataset, Limited
 from atoll.trainer.data.builtin import COLOURS, SHAPES, DigitsDataset, ShapeFactors, ShapesDataset
 from atoll.trainer.data.folder import FolderDataset, is_image_key
 from atoll.trainer.data.webdataset import TarShardDataset
@@ -59,7 +59,7 @@ def _open(spec: DatasetSpec, store_opener: Callable[[str], Store]) -> ImageDatas
         store = store_opener(root)
         keys = [info.key for info in store.list_objects("")]
     except StoreError as error:
-        raise DatasetError(f"dataset.uri {uri!r} cannot be read: {error}") from None
+        raise DatasetUnreachableError(f"dataset.uri {uri!r} cannot be read: {error}") from None
     if single_shard:
         name = uri.rsplit("/", 1)[-1]
         if name not in keys:

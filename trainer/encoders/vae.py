@@ -21,6 +21,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
+from atoll.api.weights import WeightsSpec
 from atoll.errors import AtollError
 from atoll.trainer.encoders.weights import load_local
 
@@ -87,13 +88,18 @@ class LatentCodec:
         return images.float()
 
 
-def vae_for(name: str, device: torch.device | str = "cpu") -> LatentCodec:
-    """The dataset.vae `name` (identity, sd-vae-ft-mse) on `device`."""
+def vae_for(name: str, device: torch.device | str = "cpu", *, weights: WeightsSpec | None = None) -> LatentCodec:
+    """The dataset.vae `name` (identity, sd-vae-ft-mse) on `device`, pretrained ones loaded from
+    the source `weights` names (see weights.py)."""
     if name == "identity":
         return LatentCodec(name, IdentityVAE()).to(device)
     if name == "sd-vae-ft-mse":
         model = load_local(
-            name, SD_VAE_REPO, lambda source: _autoencoder_kl(source, local_files_only=True), field="dataset.vae"
+            name,
+            SD_VAE_REPO,
+            _autoencoder_kl,
+            field="dataset.vae",
+            weights=weights,
         )
         return LatentCodec(name, model).to(device)
     raise ValueError(f"dataset.vae: unknown VAE {name!r}")

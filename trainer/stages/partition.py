@@ -23,14 +23,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from atoll import layout
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 from atoll.log import get_logger
+from atoll.stages import StageJob, is_done
 from atoll.store import Store
 from atoll.trainer import clusterdata, kmeans
 from atoll.trainer.clusterdata import ClusterData, ClusterWriter, DataInfo
 from atoll.trainer.context import StageContext
 from atoll.trainer.data import ImageDataset, open_dataset
 from atoll.trainer.encoders import FeatureEncoder, feature_encoder_for, text_encoder_for, vae_for
+from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.kmeans import Partition, balance, cluster_sizes
 
@@ -39,12 +41,13 @@ log = get_logger(__name__)
 SHARD_BYTES = 16 * 2**20
 """Aim for shards of about 16 MiB: few objects, yet each cluster's writer holds only one shard."""
 ENCODE_BATCH = 64
+JOB = StageJob("partition")
 
 
 def run(ctx: StageContext) -> None:
     """Partition the run's dataset into partition.clusters clusters and pre-encode each one."""
     store = ctx.store
-    if store.exists(layout.PARTITION_DONE):
+    if is_done(store, JOB):
         log.info("partition already done", store=store.uri)
         return
     heartbeat = Heartbeat(store, "partition", attempt=ctx.attempt or 1)
@@ -66,7 +69,7 @@ def _partition(ctx: StageContext, heartbeat: Heartbeat) -> None:
     dataset = open_dataset(spec.dataset)
     n, k = len(dataset), spec.partition.clusters
     if k > n:
-        raise AtollError(f"partition.clusters ({k}) exceeds the {n} examples of dataset.uri {spec.dataset.uri!r}")
+        raise BadInputError(f"partition.clusters ({k}) exceeds the {n} examples of dataset.uri {spec.dataset.uri!r}")
     heartbeat.update(total_steps=_work(n, spec.partition.sample_size), force=True)
 
     assignments = _stored_assignments(store, n, k)
@@ -89,7 +92,7 @@ def _cluster(ctx: StageContext, dataset: ImageDataset, device: torch.device, hea
     spec, store = ctx.spec, ctx.store
     p = spec.partition
     n = len(dataset)
-    encoder = feature_encoder_for(p.features, spec.dataset.resolution, str(device))
+    encoder = feature_encoder_for(p.features, spec.dataset.resolution, str(device), weights=spec.weights)
     batch = 1024 if p.features == "pixels" else ENCODE_BATCH
     generator = torch.Generator().manual_seed(p.seed)
     rows = kmeans.sample_rows(n, p.sample_size, generator)
@@ -186,7 +189,7 @@ def _stored_assignments(store: Store, n: int, k: int) -> torch.Tensor | None:
         return None
     stats = store.get_json(layout.PARTITION_STATS)
     if stats.get("clusters") != k or stats.get("examples") != n:
-        raise AtollError(
+        raise BadInputError(
             f"{store.uri_of(layout.PARTITION_STATS)} holds a partition into {stats.get('clusters')} clusters of"
             f" {stats.get('examples')} examples, but the spec asks for {k} of {n}: use a fresh store for a changed"
             " partition.clusters or dataset"
@@ -201,8 +204,8 @@ def _encode(
     """Pre-encode every cluster not yet committed, then data/info.json and partition/done.json."""
     spec, store = ctx.spec, ctx.store
     n, k = len(dataset), spec.partition.clusters
-    vae = vae_for(spec.dataset.vae, device)
-    text_encoder = text_encoder_for(spec.dataset.text_encoder, device)
+    vae = vae_for(spec.dataset.vae, device, weights=spec.weights)
+    text_encoder = text_encoder_for(spec.dataset.text_encoder, device, weights=spec.weights)
     latent_shape = vae.latent_shape(spec.dataset.resolution)
     null_text, null_mask = text_encoder.encode_prompts([""])
     clusterdata.write_null_text(store, null_text, null_mask)
@@ -256,7 +259,7 @@ def _encode(
     )
     clusterdata.write_info(store, info)
     summary: dict[str, Any] = {"clusters": k, "examples": n, "sizes": sizes, "balance": balance(sizes)}
-    store.put_json(layout.PARTITION_DONE, {**summary, "encodeSeconds": round(time.monotonic() - started, 3)})
+    write_done(store, JOB, ctx.attempt, {**summary, "encodeSeconds": round(time.monotonic() - started, 3)})
     heartbeat.done(step=total, message=f"{k} clusters, sizes {sizes}, balance {summary['balance']:.3f}")
 
 
