@@ -88,7 +88,6 @@ def main() -> None:
             iterations=args.iterations,
             seed=args.seed,
             device=device,
-            inplace=True,
         ).assignments
 
     def plain(x: torch.Tensor) -> torch.Tensor:
