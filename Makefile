@@ -58,7 +58,7 @@ testenv: install ## build (or reuse) the pinned control plane, kwok, MinIO and h
 	$(PY) -m tests.env.build
 
 .PHONY: demo
-demo: install ## train a 4-expert DDM on handwritten digits here (CPU, ~10 min); prints metrics and grids
+demo: install ## train a 4-expert DDM on handwritten digits here (CPU, about 4 min on 2 idle cores); prints metrics and grids
 	$(VENV)/bin/atoll run manifests/examples/quickstart.yaml --local --workdir .atoll
 	@echo "sample grid: .atoll/runs/digits-quickstart/eval/grid-top-2.png"
 
