@@ -88,7 +88,6 @@ def main() -> None:
             iterations=args.iterations,
             seed=args.seed,
             device=device,
-            inplace=True,
         ).assignments
 
     def plain(x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +102,7 @@ def main() -> None:
         return torch.from_numpy(model.labels_.astype(np.int64))
 
     methods: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
-        ("plain torch Lloyd (baseline)", plain),
+        ("plain torch Lloyd, k-means++ seeds (baseline)", plain),
         ("balanced two-level (atoll)", two_level),
     ]
     if not args.skip_sklearn:

@@ -119,7 +119,8 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kmeans_pp(x: torch.Tensor, weights: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Weighted k-means++ seeding on unit vectors (small x: the fine centroids)."""
+    """Weighted k-means++ seeding on unit vectors: k passes over x (the fine centroids, or every
+    example for the plain baseline)."""
     probs = weights.double().cpu() / weights.sum().double().cpu()
     chosen = [int(torch.multinomial(probs, 1, generator=generator))]
     closest = 1.0 - (x @ x[chosen[0]]).cpu().double()
@@ -369,8 +370,14 @@ def plain_kmeans(
     device: torch.device | str | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """One-level spherical Lloyd k-means over all examples (the unbalanced baseline): labels [N]."""
+    """One-level spherical Lloyd k-means over all examples (the unbalanced baseline): labels [N].
+
+    Seeded with k-means++ (Arthur & Vassilvitskii, 2007), as scikit-learn's KMeans is, so the
+    baseline is the careful one, not Lloyd from random rows.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x, _ = normalize_features(features, inplace=inplace)
-    _, labels = lloyd(x, clusters, iterations=iterations, generator=torch.Generator().manual_seed(seed), device=dev)
+    generator = torch.Generator().manual_seed(seed)
+    init = _kmeans_pp(x, torch.ones(x.shape[0]), clusters, generator)
+    _, labels = lloyd(x, clusters, iterations=iterations, generator=generator, device=dev, init=init)
     return labels.cpu()

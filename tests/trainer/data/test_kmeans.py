@@ -74,3 +74,18 @@ def test_repair_moves_weight_until_loads_are_even() -> None:
     labels = kmeans.repair_balance(sim, weights, torch.zeros(4, dtype=torch.int64), 2)
     assert torch.bincount(labels, minlength=2).tolist() == [2, 2]
     assert labels.tolist() == [0, 0, 1, 1]  # the fine clusters that lose least similarity moved
+
+
+def test_plain_kmeans_is_seeded_with_kmeans_plus_plus() -> None:
+    """One big and three small far-apart blobs: k-means++ seeds one centre in each, so the
+    baseline finds them all; seeds drawn uniformly from the rows would almost all land in the
+    big blob (each small blob holds under 3 % of the rows)."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(4) * 10
+    sizes = (1000, 30, 30, 30)
+    features = torch.cat(
+        [c + 0.03 * torch.randn(n, 4, generator=generator) for c, n in zip(centres, sizes, strict=True)]
+    )
+    for seed in range(5):
+        labels = kmeans.plain_kmeans(features, 4, seed=seed, device="cpu")
+        assert sorted(kmeans.cluster_sizes(labels, 4)) == [30, 30, 30, 1000], seed
