@@ -6,7 +6,7 @@ relative to the run's store:
     data/info.json                         DataInfo (camelCase)
     data/null-text.safetensors             {"text": [1, L, D] float16, "text_mask": [1, L] bool}
     data/cluster-<k>/shard-<nnnnn>.safetensors
-        latents [m, C, H, W] float32 · text [m, L, D] float16 · text_mask [m, L] bool ·
+        latents [m, C, H, W] (clips: [m, C, T, H, W]) float32 · text [m, L, D] float16 · text_mask [m, L] bool ·
         labels [m] int64 (-1: unknown) · index [m] int64 (example id in dataset order)
     data/cluster-<k>/index.json            {"examples": n, "shards": [{"key": ..., "examples": m}]}
 
@@ -43,8 +43,9 @@ class ClusterDataError(AtollError):
 class DataInfo:
     """data/info.json: the shapes and encoders every consumer of the shards must agree on."""
 
-    latent_shape: tuple[int, int, int]
-    """[C, H, W] of one latent (the VAE's scaled latent, or the image itself for identity)."""
+    latent_shape: tuple[int, ...]
+    """[C, H, W] of one latent (the VAE's scaled latent, or the image itself for identity);
+    [C, T, H, W] for clips."""
     text_shape: tuple[int, int]
     """[L, D]: caption tokens and embedding width."""
     vae: str
@@ -65,6 +66,18 @@ class DataInfo:
     """One real caption per class label (the first example's), for evaluation prompts."""
     dataset: str = ""
     """dataset.uri the shards were encoded from."""
+    frames: int = 1
+    """Frames per example (dataset.frames): 1 for images."""
+    fps: float | None = None
+    """Frames per second of the clips (video only)."""
+    label_factors: tuple[tuple[str, int], ...] = ()
+    """Factors the class label combines (e.g. digit × direction), most significant first; see
+    atoll.trainer.data.base.Dataset.label_factors."""
+
+    @property
+    def video(self) -> bool:
+        """Whether the examples are clips."""
+        return self.frames > 1
 
     def to_json(self) -> dict[str, Any]:
         """The camelCase document stored as data/info.json."""
@@ -80,16 +93,21 @@ class DataInfo:
             "classNames": list(self.class_names),
             "classCaptions": {str(k): v for k, v in sorted(self.class_captions.items())},
             "dataset": self.dataset,
+            "frames": self.frames,
+            "fps": self.fps,
+            "labelFactors": [[name, size] for name, size in self.label_factors],
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DataInfo:
         """Parse data/info.json."""
         try:
-            c, h, w = (int(v) for v in doc["latentShape"])
+            latent_shape = tuple(int(v) for v in doc["latentShape"])
+            if len(latent_shape) not in (3, 4):
+                raise ValueError(f"latentShape must be [C, H, W] or [C, T, H, W], got {list(latent_shape)}")
             length, dim = (int(v) for v in doc["textShape"])
             return cls(
-                latent_shape=(c, h, w),
+                latent_shape=latent_shape,
                 text_shape=(length, dim),
                 vae=str(doc["vae"]),
                 text_encoder=str(doc["textEncoder"]),
@@ -100,6 +118,9 @@ class DataInfo:
                 class_names=tuple(str(n) for n in doc.get("classNames", [])),
                 class_captions={int(k): str(v) for k, v in doc.get("classCaptions", {}).items()},
                 dataset=str(doc.get("dataset", "")),
+                frames=int(doc.get("frames", 1)),
+                fps=None if doc.get("fps") is None else float(doc["fps"]),
+                label_factors=tuple((str(name), int(size)) for name, size in doc.get("labelFactors", [])),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ClusterDataError(f"{INFO} does not follow the data contract: {error!r}") from None
@@ -110,7 +131,7 @@ class ClusterData:
     """Pre-encoded examples (one cluster, or several concatenated), as stored."""
 
     latents: torch.Tensor
-    """[n, C, H, W] float32."""
+    """[n, C, H, W] float32 ([n, C, T, H, W] for clips)."""
     text: torch.Tensor
     """[n, L, D] float16 as stored (cast with `.float()` before use)."""
     text_mask: torch.Tensor
@@ -204,7 +225,7 @@ def _check_batch(batch: ClusterData) -> None:
     for name, tensor in batch.tensors().items():
         if tensor.shape[0] != n:
             raise ValueError(f"{name} has {tensor.shape[0]} rows, latents {n}")
-    if batch.latents.ndim != 4 or batch.text.ndim != 3 or batch.text_mask.shape != batch.text.shape[:2]:
+    if batch.latents.ndim not in (4, 5) or batch.text.ndim != 3 or batch.text_mask.shape != batch.text.shape[:2]:
         raise ValueError(
             f"bad shard shapes: latents {tuple(batch.latents.shape)}, text {tuple(batch.text.shape)},"
             f" text_mask {tuple(batch.text_mask.shape)}"

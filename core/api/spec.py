@@ -22,7 +22,12 @@ API_VERSION = "v1alpha1"
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 STRATEGY_PATTERN = r"^(top-1|top-2|top-k:[1-9][0-9]{0,2}|threshold:(0(\.[0-9]+)?|1(\.0+)?)|full)$"
-DATASET_URI_PATTERN = r"^(builtin://(digits|shapes)|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+BUILTIN_IMAGE_DATASETS = ("digits", "shapes")
+BUILTIN_VIDEO_DATASETS = ("moving-digits", "moving-shapes")
+DATASET_URI_PATTERN = (
+    r"^(builtin://(digits|shapes|moving-digits|moving-shapes)(\?[a-z]+=[0-9.]+(&[a-z]+=[0-9.]+)*)?"
+    r"|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+)
 STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
 _T = TypeVar("_T")
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -45,9 +50,11 @@ class DatasetSpec(SpecModel):
 
     uri: str = Field(
         description=(
-            "Dataset location: builtin://digits, builtin://shapes, a folder of images with"
-            " .txt caption sidecars, a folder or s3://bucket/prefix of WebDataset-style tar"
-            " shards (.tar)."
+            "Dataset location: builtin://digits, builtin://shapes (images),"
+            " builtin://moving-digits, builtin://moving-shapes (video clips; ?bounce=0.25 makes"
+            " that share of clips bounce off the walls), a folder of images or videos"
+            " (.mp4, .gif) with .txt caption sidecars, a folder or s3://bucket/prefix of"
+            " WebDataset-style tar shards (.tar)."
         ),
         pattern=DATASET_URI_PATTERN,
         min_length=1,
@@ -64,12 +71,12 @@ class DatasetSpec(SpecModel):
         ge=1,
         description="Use at most this many examples (the first ones in a fixed order); all when unset.",
     )
-    vae: Literal["identity", "sd-vae-ft-mse"] = Field(
+    vae: Literal["identity", "sd-vae-ft-mse", "wan2.1-vae"] = Field(
         default="identity",
         description=(
-            "Autoencoder that maps images to the latents the experts learn: identity trains"
-            " in pixel space, sd-vae-ft-mse is Stable Diffusion's VAE (weights must be"
-            " present locally)."
+            "Autoencoder that maps images or clips to the latents the experts learn: identity"
+            " trains in pixel space, sd-vae-ft-mse is Stable Diffusion's image VAE, wan2.1-vae"
+            " Wan 2.1's video VAE (frames = 1 + 4n); weights must be present locally."
         ),
     )
     text_encoder: Literal["hashed-bow", "clip-vitl14"] = Field(
@@ -81,6 +88,48 @@ class DatasetSpec(SpecModel):
         ),
     )
     seed: int = Field(default=0, ge=0, description="Seed of procedural built-in datasets.")
+    frames: int = Field(
+        default=1,
+        ge=1,
+        le=257,
+        validate_default=True,
+        description="Frames per example: 1 trains on images, more on video clips of this many frames.",
+    )
+    fps: float = Field(
+        default=8.0,
+        gt=0,
+        le=120,
+        description="Frames per second clips are sampled at (video only: frames > 1).",
+    )
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_fit_builtin(cls, value: int, info: ValidationInfo) -> int:
+        name = builtin_name(str(info.data.get("uri", "")))
+        if name in BUILTIN_VIDEO_DATASETS and value < 2:
+            raise ValueError(f"builtin://{name} is a video dataset: set dataset.frames to 2 or more")
+        if name in BUILTIN_IMAGE_DATASETS and value > 1:
+            raise ValueError(
+                f"builtin://{name} holds images: dataset.frames must be 1 (or use builtin://moving-{name})"
+            )
+        vae = info.data.get("vae")
+        if vae == "sd-vae-ft-mse" and value > 1:
+            raise ValueError("the sd-vae-ft-mse VAE encodes images: use vae identity or wan2.1-vae for clips")
+        if vae == "wan2.1-vae" and (value < 2 or (value - 1) % 4):
+            raise ValueError(f"the wan2.1-vae VAE needs 1 + 4n frames (5, 9, 17, …), got {value}")
+        return value
+
+    @property
+    def video(self) -> bool:
+        """Whether examples are clips (frames > 1) rather than images."""
+        return self.frames > 1
+
+
+def builtin_name(uri: str) -> str | None:
+    """The built-in dataset a uri names (without options), None for other URIs."""
+    if not uri.startswith("builtin://"):
+        return None
+    return uri.removeprefix("builtin://").split("?", 1)[0]
 
 
 class PartitionSpec(SpecModel):
@@ -242,6 +291,16 @@ class ExpertSpec(TrainingSpec):
     timestep_sampling: TimestepSamplingSpec = Field(
         default_factory=TimestepSamplingSpec, description="Distribution of σ during training."
     )
+    first_frame_conditioning: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Video only: share of training clips whose clean first frame is given as a condition"
+            " (image-to-video, sampled with a first frame); the rest train text-to-video. 0 trains"
+            " text-to-video only."
+        ),
+    )
 
     def steps_for(self, expert: int, cluster_sizes: list[int]) -> int:
         """Optimizer steps of expert k under `stepsPolicy`.
@@ -389,6 +448,26 @@ class DDMRunSpec(SpecModel):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="The object store of the run.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
+
+    @field_validator("expert")
+    @classmethod
+    def _preset_fits_data(cls, value: ExpertSpec, info: ValidationInfo) -> ExpertSpec:
+        dataset = info.data.get("dataset")
+        if not isinstance(dataset, DatasetSpec):
+            return value
+        preset = PRESETS[value.preset]
+        if preset.video and not dataset.video:
+            raise ValueError(f"preset {value.preset} is a video preset: set dataset.frames above 1")
+        if dataset.video and not preset.video:
+            video = ", ".join(name for name, p in PRESETS.items() if p.video)
+            raise ValueError(f"dataset.frames is {dataset.frames}: clips need a video preset ({video})")
+        if value.first_frame_conditioning > 0 and not dataset.video:
+            raise ValueError("firstFrameConditioning conditions clips on their first frame: set dataset.frames above 1")
+        if value.first_frame_conditioning > 0 and preset.patch_frames != 1:
+            raise ValueError(
+                f"firstFrameConditioning needs tokens of one latent frame; {value.preset}'s span {preset.patch_frames}"
+            )
+        return value
 
     @field_validator("partition")
     @classmethod

@@ -1,9 +1,9 @@
-"""WebDataset-style tar shards (`*.tar` of key.{png,jpg,jpeg,webp} + key.txt [+ key.cls]) from any store.
+"""WebDataset-style tar shards (`*.tar` of key.{png,jpg,…} or key.{mp4,gif,…} + key.txt [+ key.cls]) from any store.
 
 Shards in a local directory are read in place; shards in s3:// are downloaded once into a
 temporary directory that lives as long as the dataset. Opening a dataset indexes every
-shard (member offsets, captions, labels); images are decoded on demand by seeking into
-the shard. Examples come shard by shard (shards sorted by key), in member order.
+shard (member offsets, captions, labels); images and clips are decoded on demand by
+seeking into the shard. Examples come shard by shard (shards sorted by key), in member order.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from atoll.log import get_logger
 from atoll.store import LocalStore, Store
 from atoll.trainer.data.base import IMAGE_EXTENSIONS, DatasetError, ImageDataset, decode_image
+from atoll.trainer.data.clips import VIDEO_EXTENSIONS, VideoDataset, decode_clip
 
 log = get_logger(__name__)
 
@@ -35,17 +36,15 @@ class _Example:
     label: int
 
 
-class TarShardDataset(ImageDataset):
-    """The examples of a list of tar shards in one store."""
+class ShardIndex:
+    """Where every example of a list of tar shards lies: shard, member offset and size, caption, label."""
 
-    def __init__(self, uri: str, store: Store, shard_keys: Sequence[str], resolution: int) -> None:
-        self.uri = uri
-        self.resolution = resolution
+    def __init__(self, store: Store, shard_keys: Sequence[str], extensions: Sequence[str]) -> None:
         self._downloads: Path | None = None
-        self._examples: list[_Example] = []
+        self.examples: list[_Example] = []
         for shard_key in sorted(shard_keys):
-            self._examples.extend(_index_shard(self._local_path(store, shard_key), store.uri_of(shard_key)))
-        labels = [e.label for e in self._examples]
+            self.examples.extend(_index_shard(self._local_path(store, shard_key), store.uri_of(shard_key), extensions))
+        labels = [e.label for e in self.examples]
         self.class_names = tuple(str(c) for c in range(max(labels) + 1)) if labels and max(labels) >= 0 else ()
 
     def _local_path(self, store: Store, key: str) -> Path:
@@ -58,24 +57,63 @@ class TarShardDataset(ImageDataset):
         store.get_file(key, path)
         return path
 
-    def __len__(self) -> int:
-        return len(self._examples)
-
-    def image(self, i: int) -> torch.Tensor:
-        example = self._examples[self._check(i)]
+    def read(self, i: int) -> tuple[bytes, str]:
+        """Example i's media bytes and a description of where they are (for errors)."""
+        example = self.examples[i]
         with example.shard.open("rb") as handle:
             handle.seek(example.offset)
-            data = handle.read(example.size)
-        return decode_image(data, self.resolution, f"{example.key} in {example.shard.name}")
+            return handle.read(example.size), f"{example.key} in {example.shard.name}"
+
+
+class TarShardDataset(ImageDataset):
+    """The images of a list of tar shards in one store."""
+
+    def __init__(self, uri: str, store: Store, shard_keys: Sequence[str], resolution: int) -> None:
+        self.uri = uri
+        self.resolution = resolution
+        self.index = ShardIndex(store, shard_keys, IMAGE_EXTENSIONS)
+        self.class_names = self.index.class_names
+
+    def __len__(self) -> int:
+        return len(self.index.examples)
+
+    def image(self, i: int) -> torch.Tensor:
+        data, where = self.index.read(self._check(i))
+        return decode_image(data, self.resolution, where)
 
     def caption(self, i: int) -> str:
-        return self._examples[self._check(i)].caption
+        return self.index.examples[self._check(i)].caption
 
     def label(self, i: int) -> int:
-        return self._examples[self._check(i)].label
+        return self.index.examples[self._check(i)].label
 
 
-def _index_shard(path: Path, where: str) -> list[_Example]:
+class TarVideoDataset(VideoDataset):
+    """The video clips of a list of tar shards in one store."""
+
+    def __init__(
+        self, uri: str, store: Store, shard_keys: Sequence[str], resolution: int, *, frames: int, fps: float
+    ) -> None:
+        self.uri = uri
+        self.resolution, self.frames, self.fps = resolution, frames, fps
+        self.index = ShardIndex(store, shard_keys, VIDEO_EXTENSIONS)
+        self.class_names = self.index.class_names
+
+    def __len__(self) -> int:
+        return len(self.index.examples)
+
+    def clip(self, i: int) -> torch.Tensor:
+        data, where = self.index.read(self._check(i))
+        return decode_clip(data, frames=self.frames, fps=self.fps, resolution=self.resolution, where=where)
+
+    def caption(self, i: int) -> str:
+        return self.index.examples[self._check(i)].caption
+
+    def label(self, i: int) -> int:
+        return self.index.examples[self._check(i)].label
+
+
+def _index_shard(path: Path, where: str, extensions: Sequence[str]) -> list[_Example]:
     """One pass over a shard: group members by WebDataset key (basename up to its first '.')."""
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
@@ -89,11 +127,11 @@ def _index_shard(path: Path, where: str) -> list[_Example]:
                     continue
                 groups.setdefault(str(member_path.parent / stem), {})[ext.lower()] = member
             examples = []
-            no_image = 0
+            no_media = 0
             for key, members in groups.items():
-                image = next((members[e] for e in (x.lstrip(".") for x in IMAGE_EXTENSIONS) if e in members), None)
+                image = next((members[e] for e in (x.lstrip(".") for x in extensions) if e in members), None)
                 if image is None:
-                    no_image += 1
+                    no_media += 1
                     continue
                 examples.append(
                     _Example(
@@ -107,8 +145,8 @@ def _index_shard(path: Path, where: str) -> list[_Example]:
                 )
     except (tarfile.TarError, OSError) as error:
         raise DatasetError(f"cannot read tar shard {where}: {error}") from None
-    if no_image:
-        log.warning("tar samples without an image are skipped", shard=where, count=no_image)
+    if no_media:
+        log.warning("tar samples without an image or video of the kind wanted are skipped", shard=where, count=no_media)
     return examples
 
 

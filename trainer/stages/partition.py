@@ -1,4 +1,4 @@
-"""The partition stage: image features → balanced two-level k-means → pre-encoded cluster shards.
+"""The partition stage: image (or clip) features → balanced two-level k-means → pre-encoded cluster shards.
 
 Writes partition/centroids, assignments and stats.json, then data/ (null-text, each
 cluster's shards, info.json; see atoll.trainer.clusterdata) and partition/done.json last.
@@ -23,7 +23,7 @@ from atoll.store import Store
 from atoll.trainer import clusterdata
 from atoll.trainer.clusterdata import ClusterData, ClusterWriter, DataInfo
 from atoll.trainer.context import StageContext
-from atoll.trainer.data import ImageDataset, open_dataset
+from atoll.trainer.data import Dataset, open_dataset
 from atoll.trainer.encoders import feature_encoder_for, text_encoder_for, vae_for
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.kmeans import Partition, balance, cluster_sizes, two_level_kmeans
@@ -71,17 +71,17 @@ def _partition(ctx: StageContext, heartbeat: Heartbeat) -> None:
     _encode(ctx, dataset, assignments, device, heartbeat)
 
 
-def _cluster(ctx: StageContext, dataset: ImageDataset, device: torch.device, heartbeat: Heartbeat) -> torch.Tensor:
+def _cluster(ctx: StageContext, dataset: Dataset, device: torch.device, heartbeat: Heartbeat) -> torch.Tensor:
     """Features, two-level k-means, and the partition/ outputs (stats.json last)."""
     spec, store = ctx.spec, ctx.store
     n = len(dataset)
     started = time.monotonic()
-    encoder = feature_encoder_for(spec.partition.features, spec.dataset.resolution, str(device))
-    batch = 1024 if spec.partition.features == "pixels" else ENCODE_BATCH
+    encoder = feature_encoder_for(spec.partition.features, spec.dataset.resolution, str(device), dataset.frames)
+    batch = max(ENCODE_BATCH, 1024 // dataset.frames) if spec.partition.features == "pixels" else ENCODE_BATCH
     parts = []
     for start in range(0, n, batch):
         indices = list(range(start, min(n, start + batch)))
-        parts.append(encoder.encode(dataset.images(indices)).cpu())
+        parts.append(encoder.encode(dataset.examples(indices)).cpu())
         heartbeat.running(step=indices[-1] + 1, message=f"features {indices[-1] + 1}/{n} ({encoder.name})")
     features = torch.cat(parts)
     del parts
@@ -152,14 +152,14 @@ def _stored_assignments(store: Store, n: int, k: int) -> torch.Tensor | None:
 
 
 def _encode(
-    ctx: StageContext, dataset: ImageDataset, assignments: torch.Tensor, device: torch.device, heartbeat: Heartbeat
+    ctx: StageContext, dataset: Dataset, assignments: torch.Tensor, device: torch.device, heartbeat: Heartbeat
 ) -> None:
     """Pre-encode every cluster not yet committed, then data/info.json and partition/done.json."""
     spec, store = ctx.spec, ctx.store
     n, k = len(dataset), spec.partition.clusters
     vae = vae_for(spec.dataset.vae, device)
     text_encoder = text_encoder_for(spec.dataset.text_encoder, device)
-    latent_shape = vae.latent_shape(spec.dataset.resolution)
+    latent_shape = vae.latent_shape(spec.dataset.resolution, dataset.frames)
     null_text, null_mask = text_encoder.encode_prompts([""])
     clusterdata.write_null_text(store, null_text, null_mask)
     length, dim = text_encoder.shape
@@ -179,7 +179,7 @@ def _encode(
             text, mask = text_encoder.encode_prompts([dataset.caption(i) for i in batch])
             writer.add(
                 ClusterData(
-                    latents=vae.encode(dataset.images(batch)).cpu(),
+                    latents=vae.encode(dataset.examples(batch)).cpu(),
                     text=text.cpu(),
                     text_mask=mask.cpu(),
                     labels=torch.tensor([dataset.label(i) for i in batch], dtype=torch.int64),
@@ -208,6 +208,9 @@ def _encode(
         class_names=dataset.class_names,
         class_captions=_class_captions(dataset),
         dataset=spec.dataset.uri,
+        frames=dataset.frames,
+        fps=spec.dataset.fps if dataset.frames > 1 else None,
+        label_factors=dataset.label_factors,
     )
     clusterdata.write_info(store, info)
     summary: dict[str, Any] = {"clusters": k, "examples": n, "sizes": sizes, "balance": balance(sizes)}
@@ -215,7 +218,7 @@ def _encode(
     heartbeat.done(step=2 * n, message=f"{k} clusters, sizes {sizes}, balance {summary['balance']:.3f}")
 
 
-def _class_captions(dataset: ImageDataset) -> dict[int, str]:
+def _class_captions(dataset: Dataset) -> dict[int, str]:
     """The first example's caption of every class label (for evaluation prompts)."""
     if not dataset.class_names:
         return {}
