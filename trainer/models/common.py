@@ -23,11 +23,15 @@ def preset(name: str) -> Preset:
         raise ModelConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}") from None
 
 
-def check_latent_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """(C, H, W) of a latent shape, or a clear error."""
-    if len(shape) != 3 or any(int(s) < 1 for s in shape):
-        raise ModelConfigError(f"latent shape must be [C, H, W] with positive sides, got {list(shape)}")
-    return int(shape[0]), int(shape[1]), int(shape[2])
+def check_latent_shape(shape: Sequence[int], *, video: bool = False, name: str = "") -> tuple[int, ...]:
+    """(C, H, W) of an image latent or (C, T, H, W) of a clip's, square, or a clear error."""
+    wanted = "[C, T, H, W]" if video else "[C, H, W]"
+    if len(shape) != (4 if video else 3) or any(int(s) < 1 for s in shape):
+        what = f"preset {name} denoises {'clips' if video else 'images'}: " if name else ""
+        raise ModelConfigError(f"{what}latent shape must be {wanted} with positive sides, got {list(shape)}")
+    if int(shape[-1]) != int(shape[-2]):
+        raise ModelConfigError(f"latents must be square, got {int(shape[-2])}×{int(shape[-1])}")
+    return tuple(int(s) for s in shape)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -89,6 +89,8 @@ class ExpertTask:
     sigma_distribution: flow.SigmaDistribution
     sigma_mean: float
     sigma_std: float
+    first_frame_conditioning: float = 0.0
+    """Share of clips trained with their clean first frame given (image-to-video)."""
 
     @property
     def stage(self) -> StageName:
@@ -99,9 +101,8 @@ class ExpertTask:
         return len(self.data)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.data.latents.shape[1:]
-        return int(c), int(h), int(w)
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.latents.shape[1:])
 
     @property
     def text_dim(self) -> int:
@@ -110,8 +111,7 @@ class ExpertTask:
     def build_model(self, seed: int) -> torch.nn.Module:
         from atoll.trainer.models.expert import build_expert
 
-        model = build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_dim, seed=seed)
-        return cast(torch.nn.Module, model)
+        return build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_dim, seed=seed)
 
     def losses(
         self, model: torch.nn.Module, indices: torch.Tensor, draws: ExampleDraws, device: torch.device
@@ -127,8 +127,12 @@ class ExpertTask:
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
         sigma, noise = sigma.to(device), draws.noise.to(device)
         x_t = flow.add_noise(x0, noise, sigma)
-        prediction = velocity(model, x_t, sigma, text.to(device).float(), mask.to(device))
-        return flow.flow_matching_loss(prediction, x0, noise)
+        given = None
+        if self.first_frame_conditioning > 0:
+            given = (draws.condition < self.first_frame_conditioning).to(device)
+            x_t = flow.give_first_frame(x_t, x0, given)
+        prediction = velocity(model, x_t, sigma, text.to(device).float(), mask.to(device), first_frame_given=given)
+        return flow.flow_matching_loss(prediction, x0, noise, given)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -138,6 +142,7 @@ class ExpertTask:
             "latentShape": list(self.latent_shape),
             "textShape": [int(self.data.text.shape[1]), self.text_dim],
             "captionDropout": self.caption_dropout,
+            **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
                 "distribution": self.sigma_distribution,
                 "mean": self.sigma_mean,
@@ -170,4 +175,5 @@ def expert_task(store: Store, *, spec: DDMRunSpec, k: int) -> ExpertTask:
         sigma_distribution=sampling.distribution,
         sigma_mean=sampling.mean,
         sigma_std=sampling.std,
+        first_frame_conditioning=spec.expert.first_frame_conditioning,
     )

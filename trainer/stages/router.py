@@ -91,6 +91,8 @@ class RouterTask:
     sigma_distribution: flow.SigmaDistribution
     sigma_mean: float
     sigma_std: float
+    first_frame_conditioning: float = 0.0
+    """Share of clips shown with their clean first frame, as the experts train (image-to-video)."""
 
     @property
     def stage(self) -> StageName:
@@ -105,9 +107,8 @@ class RouterTask:
         return int(self.train_ids.shape[0])
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.data.latents.shape[1:]
-        return int(c), int(h), int(w)
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.latents.shape[1:])
 
     def build_model(self, seed: int) -> torch.nn.Module:
         from atoll.trainer.models.router import build_router
@@ -130,6 +131,8 @@ class RouterTask:
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
         sigma, noise = sigma.to(device), draws.noise.to(device)
         x_t = flow.add_noise(x0, noise, sigma)
+        if self.first_frame_conditioning > 0:
+            x_t = flow.give_first_frame(x_t, x0, (draws.condition < self.first_frame_conditioning).to(device))
         text = mask = None
         if self.condition_on_text:
             text, mask = self.data.text[rows], self.data.text_mask[rows]
@@ -149,6 +152,7 @@ class RouterTask:
             "conditionOnText": self.condition_on_text,
             "captionDropout": self.caption_dropout if self.condition_on_text else 0.0,
             "heldOut": int(self.clusters.shape[0]) - self.examples,
+            **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
                 "distribution": self.sigma_distribution,
                 "mean": self.sigma_mean,
@@ -180,6 +184,7 @@ def router_task(store: Store, *, spec: DDMRunSpec) -> RouterTask:
         sigma_distribution=sampling.distribution,
         sigma_mean=sampling.mean,
         sigma_std=sampling.std,
+        first_frame_conditioning=spec.expert.first_frame_conditioning,
     )
 
 

@@ -36,8 +36,8 @@ class TrainingTask(Protocol):
         ...
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """[C, H, W] of the noise drawn per example."""
+    def latent_shape(self) -> tuple[int, ...]:
+        """[C, H, W] (or [C, T, H, W] for clips) of the noise drawn per example."""
         ...
 
     def build_model(self, seed: int) -> torch.nn.Module:
