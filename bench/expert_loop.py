@@ -60,7 +60,7 @@ def bare_steps(
     from atoll.trainer.models.expert import build_expert, velocity
 
     model = build_expert(preset, latent_shape=latent, text_dim=text[1], seed=0).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PRESETS[preset].learning_rate, foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRESETS[preset].recipe.learning_rate, foreach=True)
     generator = torch.Generator().manual_seed(0)
     x0 = torch.randn(batch, *latent, generator=generator)
     noise = torch.randn(batch, *latent, generator=generator)
@@ -192,7 +192,7 @@ def main() -> None:
     baselines = [("bare, whole batch", bare)]
     if bare_split:
         baselines.append((f"bare, {micro} × {args.batch // micro}", bare_split))
-    report(loop, checkpoint_flags, baselines, checkpoint_every=PRESETS[args.preset].checkpoint_every)
+    report(loop, checkpoint_flags, baselines, checkpoint_every=PRESETS[args.preset].recipe.checkpoint_every)
 
 
 def report(

@@ -207,6 +207,7 @@ def run_spec(case: Case) -> DDMRunSpec:
     return DDMRunSpec.model_validate(
         {
             "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "weights": {"source": "hub"},
             "partition": {"clusters": case.experts},
             "expert": {
                 "preset": case.preset,

@@ -7,6 +7,8 @@ functions, never by formatting paths themselves.
 from __future__ import annotations
 
 SPEC = "spec.json"
+OWNER = "owner.json"
+"""The DDMRun that owns the prefix (namespace, name, UID): written once, before spec.json."""
 
 PARTITION = "partition"
 PARTITION_STATS = "partition/stats.json"

@@ -154,10 +154,14 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
 
 
 def _reclaim(body: kopf.Body, name: str, namespace: str, kube: Kube, settings: OperatorSettings) -> None:
-    """Delete the run's store prefix if its spec asks for it (best effort, said in an Event)."""
+    """Delete the run's store prefix if its spec asks for it and owner.json names this DDMRun's
+    UID (best effort; a refusal or a failure is said in a Warning Event and the data is kept)."""
     try:
         spec = DDMRunSpec.model_validate(body.get("spec") or {})
-    except ValueError:
+    except ValueError as error:
+        if (body.get("spec") or {}).get("storage", {}).get("reclaimPolicy") == "Delete":
+            message = f"store data kept: the spec is not valid, so its store prefix is not trusted: {error}"
+            kopf.event(body, type="Warning", reason="ReclaimRefused", message=message[:1000])
         return
     if spec.storage.reclaim_policy != "Delete":
         return
@@ -167,9 +171,10 @@ def _reclaim(body: kopf.Body, name: str, namespace: str, kube: Kube, settings: O
         if target.s3 and target.secret:
             env = storage.credentials(kube.get_secret(namespace, target.secret), target.secret, namespace)
         store = storage.open_run_store(target, env)
-        store.delete_prefix("")
+        storage.reclaim(store, str(body.metadata.uid or ""))
     except (storage.RunSetupError, StoreError) as error:
-        kopf.event(body, type="Warning", reason="ReclaimFailed", message=f"store data kept: {error}")
-        log.warning("store data of a deleted run kept", run=name, namespace=namespace, error=str(error))
+        reason = "ReclaimRefused" if getattr(error, "reason", None) == "ReclaimRefused" else "ReclaimFailed"
+        kopf.event(body, type="Warning", reason=reason, message=f"store data kept: {error}")
+        log.warning("store data of a deleted run kept", run=name, namespace=namespace, reason=reason, error=str(error))
         return
     log.info("store data of a deleted run removed", run=name, namespace=namespace, uri=target.run_uri)

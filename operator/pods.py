@@ -25,6 +25,7 @@ from atoll.operator.observe import (
 )
 from atoll.operator.planning import Assignment
 from atoll.operator.settings import OperatorSettings
+from atoll.operator.template import apply_template
 
 Manifest = dict[str, Any]
 
@@ -211,7 +212,7 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
         pod_spec["affinity"] = affinity
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -223,3 +224,4 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
         },
         "spec": pod_spec,
     }
+    return apply_template(pod, spec.template)  # the user's overlay, merged last (atoll.operator.template)

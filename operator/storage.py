@@ -1,9 +1,15 @@
-"""The operator's side of a run's store: where it is, its credentials, spec.json and reading
-progress, checkpoints and partition results.
+"""The operator's side of a run's store: where it is, its credentials, its owner record,
+spec.json, reading progress, checkpoints and partition results, and reclaiming it.
 
 Credentials come from the run's Secret and go straight into the store client: they are
 never logged, put in status or events, or written anywhere. The operator reads the Secret
 so that it can write spec.json itself and follow the stages through the store.
+
+Ownership: the first time a run's prefix is set up, owner.json records the DDMRun
+(namespace, name, UID) before anything else is written; it is never rewritten for another
+UID. A run only ever deletes a prefix whose owner.json names its own UID, and never starts
+in a prefix another DDMRun owns (or one without a record) unless spec.storage.adoptRetained
+says so, and even then it does not become the owner.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Any
 
 from atoll import layout
 from atoll.api.load import dump_spec_json
-from atoll.api.spec import DDMRunSpec
+from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
 from atoll.api.status import CheckpointStatus
+from atoll.api.uris import uri_problem
 from atoll.errors import AtollError
 from atoll.operator.settings import OperatorSettings
 from atoll.progress import StageProgress
@@ -76,7 +83,11 @@ def store_target(spec: DDMRunSpec, namespace: str, name: str, settings: Operator
     if root.startswith("s3://") and not secret:
         where = "spec.storage.secretRef" if spec.storage.uri else "the operator's --default-store-secret"
         raise RunSetupError("NoStoreSecret", f"{root} is an S3 store: {where} must name its Secret", permanent=True)
-    return StoreTarget(root=root, secret=secret, run_uri=f"{root.rstrip('/')}/{namespace}/{name}")
+    run_uri = f"{root.rstrip('/')}/{namespace}/{name}"
+    if problem := uri_problem(run_uri):
+        # Defence in depth: the API server and the models refuse such a root already.
+        raise RunSetupError("StoreInvalid", f"the run's store prefix {run_uri!r} {problem}", permanent=True)
+    return StoreTarget(root=root, secret=secret, run_uri=run_uri)
 
 
 def credentials(secret: Mapping[str, Any] | None, name: str, namespace: str) -> dict[str, str]:
@@ -116,19 +127,90 @@ def open_run_store(target: StoreTarget, env: Mapping[str, str] | None) -> Store:
         raise RunSetupError("StoreInvalid", f"cannot open {target.run_uri}: {error}", permanent=True) from error
 
 
-def ensure_spec(store: Store, spec: DDMRunSpec) -> bool:
+@dataclass(frozen=True, slots=True)
+class RunOwner:
+    """The DDMRun a run prefix belongs to, as owner.json records it."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def record(self) -> dict[str, str]:
+        return {
+            "apiVersion": API_GROUP_VERSION,
+            "kind": "DDMRun",
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+        }
+
+    def __str__(self) -> str:
+        return f"DDMRun {self.namespace}/{self.name} (uid {self.uid or 'unknown'})"
+
+
+def read_owner(store: Store) -> RunOwner | None:
+    """The owner recorded in the prefix; None when there is no record.
+
+    An unreadable record is an owner nobody is (uid ""), so it is never taken for a match.
+    """
+    try:
+        raw = store.get_json(layout.OWNER)
+    except NotFoundError:
+        return None
+    except ValueError:
+        return RunOwner(namespace="", name="", uid="")
+    if not isinstance(raw, dict):
+        return RunOwner(namespace="", name="", uid="")
+    return RunOwner(
+        namespace=str(raw.get("namespace", "")), name=str(raw.get("name", "")), uid=str(raw.get("uid") or "")
+    )
+
+
+def _ensure_owner(store: Store, spec: DDMRunSpec, owner: RunOwner) -> None:
+    """Record `owner` in a fresh prefix; refuse a prefix another DDMRun owns or nobody recorded."""
+    recorded = read_owner(store)
+    if recorded is not None and recorded.uid == owner.uid:
+        return
+    adopt = spec.storage.adopt_retained
+    if recorded is not None and not adopt:
+        raise RunSetupError(
+            "StoreConflict",
+            f"{store.uri} belongs to {recorded}, not to this run (uid {owner.uid}): a deleted run of the same"
+            " name left it (reclaimPolicy Retain). This run neither writes into it nor deletes it. Delete the"
+            " prefix, rename the run, or set spec.storage.adoptRetained: true to continue it with the same spec"
+            " (it stays that run's data)",
+            permanent=True,
+        )
+    if recorded is None and store.exists(layout.SPEC):
+        if adopt:
+            return
+        raise RunSetupError(
+            "StoreConflict",
+            f"{store.uri} holds a run's data but no owner record (written by `atoll run --local` or an older"
+            " operator). This run neither writes into it nor deletes it. Delete the prefix, rename the run, or"
+            " set spec.storage.adoptRetained: true to continue it with the same spec",
+            permanent=True,
+        )
+    if recorded is None:
+        store.put_json(layout.OWNER, owner.record())
+
+
+def ensure_spec(store: Store, spec: DDMRunSpec, *, owner: RunOwner | None = None) -> bool:
     """Write spec.json unless the same spec is already there; True if it was written now.
 
+    With `owner`, first make sure the prefix is this run's (see the module docstring).
     RunSetupError (permanent) if the prefix holds a different run's spec: its data and
     checkpoints would be mixed into this run.
     """
+    if owner is not None:
+        _ensure_owner(store, spec, owner)
     text = dump_spec_json(spec)
     try:
         stored = store.get_bytes(layout.SPEC)
     except NotFoundError:
         store.put_bytes(layout.SPEC, text.encode())
         return True
-    if json.loads(stored) != json.loads(text):
+    if _content(json.loads(stored)) != _content(json.loads(text)):
         raise RunSetupError(
             "StoreConflict",
             f"{store.uri_of(layout.SPEC)} holds a different spec: another run used this name; delete that"
@@ -136,6 +218,36 @@ def ensure_spec(store: Store, spec: DDMRunSpec) -> bool:
             permanent=True,
         )
     return False
+
+
+def reclaim(store: Store, uid: str) -> None:
+    """Delete the run's prefix if owner.json names `uid`; RunSetupError("ReclaimRefused") otherwise.
+
+    owner.json goes last, so a reclaim that fails half-way can be repeated by the owner.
+    """
+    recorded = read_owner(store)
+    if recorded is None:
+        raise RunSetupError(
+            "ReclaimRefused", f"{store.uri} has no owner record, so no run may delete it", permanent=True
+        )
+    if not uid or recorded.uid != uid:
+        raise RunSetupError(
+            "ReclaimRefused", f"{store.uri} belongs to {recorded}, not to this run (uid {uid})", permanent=True
+        )
+    for directory in store.list_dirs(""):
+        store.delete_prefix(f"{directory}/")
+    for info in store.list_objects(""):
+        if info.key != layout.OWNER:
+            store.delete(info.key)
+    store.delete(layout.OWNER)
+
+
+def _content(document: Any) -> Any:
+    """A stored spec without the fields that say what becomes of the prefix, not what is in it."""
+    if isinstance(document, dict) and isinstance(document.get("storage"), dict):
+        storage = {k: v for k, v in document["storage"].items() if k not in ("adoptRetained", "reclaimPolicy")}
+        return {**document, "storage": storage}
+    return document
 
 
 def classify_store_error(error: StoreError, target: StoreTarget) -> RunSetupError:

@@ -110,6 +110,137 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("first frame condition on images", _set("spec.expert.firstFrameConditioning", 0.5), "spec.expert"),
     ("video vae on images", _set("spec.dataset.vae", "wan2.1-vae"), "spec.dataset.frames"),
     ("zero fps", _set("spec.dataset.fps", 0), "spec.dataset.fps"),
+    # URIs that could make a run's prefix anything but a plain path under the root
+    ("storage query", _set("spec.storage.uri", "s3://atoll/runs?x"), "spec.storage.uri"),
+    ("storage fragment", _set("spec.storage.uri", "s3://atoll/runs#x"), "spec.storage.uri"),
+    ("storage dot-dot", _set("spec.storage.uri", "s3://atoll/runs/../other"), "spec.storage.uri"),
+    ("storage dot", _set("spec.storage.uri", "s3://atoll/./runs"), "spec.storage.uri"),
+    ("storage empty segment", _set("spec.storage.uri", "s3://atoll//runs"), "spec.storage.uri"),
+    ("storage percent-encoded", _set("spec.storage.uri", "s3://atoll/runs%2F.."), "spec.storage.uri"),
+    ("storage backslash", _set("spec.storage.uri", "/data\\runs"), "spec.storage.uri"),
+    ("storage whitespace", _set("spec.storage.uri", "s3://atoll/my runs"), "spec.storage.uri"),
+    ("storage control character", _set("spec.storage.uri", "/data/runs\x00"), "spec.storage.uri"),
+    ("local storage dot-dot", _set("spec.storage.uri", "/data/../etc"), "spec.storage.uri"),
+    ("dataset query", _set("spec.dataset.uri", "s3://data/shards?versionId=1"), "spec.dataset.uri"),
+    ("dataset dot-dot", _set("spec.dataset.uri", "/data/../../etc"), "spec.dataset.uri"),
+    ("dataset newline", _set("spec.dataset.uri", "s3://data/shards\n"), "spec.dataset.uri"),
+    # tolerations and nodeSelector follow Kubernetes' rules
+    (
+        "toleration key not a qualified name",
+        _set("spec.placement.tolerations", [{"key": "bad key!", "operator": "Exists"}]),
+        "spec.placement.tolerations[0].key",
+    ),
+    (
+        "toleration Exists with a value",
+        _set("spec.placement.tolerations", [{"key": "spot", "operator": "Exists", "value": "yes"}]),
+        "spec.placement.tolerations[0].value",
+    ),
+    (
+        "toleration Equal without a key",
+        _set("spec.placement.tolerations", [{"operator": "Equal", "value": "yes"}]),
+        "spec.placement.tolerations[0].operator",
+    ),
+    (
+        "toleration value not a label value",
+        _set("spec.placement.tolerations", [{"key": "spot", "value": "-yes-"}]),
+        "spec.placement.tolerations[0].value",
+    ),
+    (
+        "toleration effect",
+        _set("spec.placement.tolerations", [{"key": "spot", "operator": "Exists", "effect": "Evict"}]),
+        "spec.placement.tolerations[0].effect",
+    ),
+    (
+        "tolerationSeconds without NoExecute",
+        _set("spec.placement.tolerations", [{"key": "spot", "operator": "Exists", "tolerationSeconds": 5}]),
+        "spec.placement.tolerations[0].tolerationSeconds",
+    ),
+    ("nodeSelector key", _set("spec.placement.nodeSelector", {"pool/name/x": "a"}), "spec.placement.nodeSelector"),
+    (
+        "nodeSelector value",
+        _set("spec.placement.nodeSelector", {"pool": "a b"}),
+        "spec.placement.nodeSelector.pool",
+    ),
+    # new bounds
+    ("zero cpu per GPU", _set("spec.placement.cpuPerGpu", 0), "spec.placement.cpuPerGpu"),
+    ("memory per GPU too large", _set("spec.placement.memoryPerGpuGiB", 5000), "spec.placement.memoryPerGpuGiB"),
+    (
+        "pending timeout too short",
+        _set("spec.failurePolicy.pendingTimeoutSeconds", 1),
+        "spec.failurePolicy.pendingTimeoutSeconds",
+    ),
+    (
+        "negative store outage",
+        _set("spec.failurePolicy.storeOutageSeconds", -1),
+        "spec.failurePolicy.storeOutageSeconds",
+    ),
+    ("node lost too soon", _set("spec.failurePolicy.nodeLostSeconds", 0), "spec.failurePolicy.nodeLostSeconds"),
+    # pretrained weights need a source
+    ("DINOv2 without weights", _set("spec.partition.features", "dinov2-vitl14"), "spec.partition.features"),
+    ("SD VAE without weights", _set("spec.dataset.vae", "sd-vae-ft-mse"), "spec.dataset.vae"),
+    ("CLIP text without weights", _set("spec.dataset.textEncoder", "clip-vitl14"), "spec.dataset.textEncoder"),
+    ("weights store without uri", _set("spec.weights", {"source": "store"}), "spec.weights.uri"),
+    ("weights uri with a query", _set("spec.weights", {"source": "store", "uri": "s3://w/x?y"}), "spec.weights.uri"),
+    ("weights path relative", _set("spec.weights", {"source": "volume", "path": "weights"}), "spec.weights.path"),
+    # the pod template may not touch what is Atoll's
+    ("template atoll label", _set("spec.template.labels", {"atoll.dev/run": "x"}), "spec.template.labels"),
+    (
+        "template annotation under a subdomain of atoll.dev",
+        _set("spec.template.annotations", {"x.atoll.dev/y": "1"}),
+        "spec.template.annotations",
+    ),
+    (
+        "template MINIO env",
+        _set("spec.template.env", [{"name": "MINIO_ENDPOINT", "value": "x"}]),
+        "spec.template.env[0].name",
+    ),
+    ("template bad env name", _set("spec.template.env", [{"name": "1X", "value": "x"}]), "spec.template.env[0].name"),
+    (
+        "template env value and valueFrom",
+        _set(
+            "spec.template.env",
+            [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        ),
+        "spec.template.env[0].valueFrom",
+    ),
+    (
+        "template volume named scratch",
+        _set("spec.template.volumes", [{"name": "scratch", "emptyDir": {}}]),
+        "spec.template.volumes[0].name",
+    ),
+    (
+        "template volume with two sources",
+        _set("spec.template.volumes", [{"name": "w", "emptyDir": {}, "nfs": {"server": "s", "path": "/"}}]),
+        "spec.template.volumes[0]",
+    ),
+    (
+        "template mount of an unknown volume",
+        _set("spec.template.volumeMounts", [{"name": "weights", "mountPath": "/weights"}]),
+        "spec.template.volumeMounts",
+    ),
+    (
+        "template mount over /tmp",
+        _set(
+            "spec.template",
+            {"volumes": [{"name": "w", "emptyDir": {}}], "volumeMounts": [{"name": "w", "mountPath": "/tmp"}]},
+        ),
+        "spec.template.volumeMounts[0].mountPath",
+    ),
+    (
+        "template negative grace period",
+        _set("spec.template.terminationGracePeriodSeconds", -1),
+        "spec.template.terminationGracePeriodSeconds",
+    ),
+    (
+        "template priority class",
+        _set("spec.template.priorityClassName", "High_Priority"),
+        "spec.template.priorityClassName",
+    ),
+    (
+        "backoff cap below first backoff",
+        _set("spec.failurePolicy", {"backoffSeconds": 60, "maxBackoffSeconds": 5}),
+        "spec.failurePolicy.maxBackoffSeconds",
+    ),
 ]
 
 
@@ -130,7 +261,7 @@ VIDEO_MALFORMED: list[tuple[str, Mutation, str]] = [
         "spec.dataset.frames",
     ),
     ("sd vae on clips", _set("spec.dataset.vae", "sd-vae-ft-mse"), "spec.dataset.frames"),
-    ("unknown built-in option syntax", _set("spec.dataset.uri", "builtin://moving-digits?bounce"), "spec.dataset.uri"),
+    ("a query on a built-in", _set("spec.dataset.uri", "builtin://moving-digits?bounce=1"), "spec.dataset.uri"),
 ]
 
 
@@ -208,6 +339,33 @@ def test_yaml_files(tmp_path: Path) -> None:
     two.write_text("kind: ConfigMap\n---\nkind: Secret\n")
     with pytest.raises(SpecError, match="expected exactly one DDMRun"):
         load_manifest(two)
+
+
+def test_every_default_needs_nothing_but_a_dataset() -> None:
+    """A spec with every default is valid and needs no pretrained weights (features: pixels)."""
+    spec = DDMRunSpec.model_validate({"dataset": {"uri": "builtin://digits"}})
+    assert spec.partition.features == "pixels"
+    assert (spec.dataset.vae, spec.dataset.text_encoder, spec.weights.source) == ("identity", "hashed-bow", "none")
+    assert spec.failure_policy.pending_timeout_seconds == 600
+    assert spec.storage.adopt_retained is False
+
+
+def test_pretrained_encoders_load_once_weights_have_a_source() -> None:
+    document = copy.deepcopy(VALID)
+    document["spec"]["partition"]["features"] = "dinov2-vitl14"
+    document["spec"]["dataset"]["vae"] = "sd-vae-ft-mse"
+    document["spec"]["weights"] = {"source": "store", "uri": "s3://weights/pretrained"}
+    assert parse_manifest(document, "run.yaml").spec.weights.uri == "s3://weights/pretrained"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://atoll/runs", "s3://atoll/runs/", "s3://atoll", "/data/runs", "runs", "file:///data/runs", "~/runs/v1.2"],
+)
+def test_plain_store_uris_are_accepted(uri: str) -> None:
+    document = copy.deepcopy(VALID)
+    document["spec"]["storage"] = {"uri": uri}
+    assert parse_manifest(document, "run.yaml").spec.storage.uri == uri
 
 
 def test_examples_are_valid() -> None:

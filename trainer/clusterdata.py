@@ -6,15 +6,16 @@ relative to the run's store:
     data/info.json                         DataInfo (camelCase)
     data/null-text.safetensors             {"text": [1, L, D] float16, "text_mask": [1, L] bool}
     data/cluster-<k>/shard-<nnnnn>.safetensors
-        latents [m, C, H, W] (clips: [m, C, T, H, W]) float32 · text [m, L, D] float16 · text_mask [m, L] bool ·
-        labels [m] int64 (-1: unknown) · index [m] int64 (example id in dataset order)
+        latents [m, C, H, W] (images) or [m, C, T, H, W] (clips) float32 · text [m, L, D] float16 ·
+        text_mask [m, L] bool · labels [m] int64 (-1: unknown) · index [m] int64 (example id)
     data/cluster-<k>/index.json            {"examples": n, "shards": [{"key": ..., "examples": m}]}
 
 A cluster's `index.json` is written after all its shards, so it is the cluster's commit
 marker: a cluster without one is partial and is rewritten on resume. `info.json` is
-written after every cluster. The readers load whole clusters into memory (fine for the
-sizes this project trains on one node); very large runs would stream shard by shard with
-`iter_cluster_shards`. This module only moves tensors: it never encodes or trains.
+written after every cluster. Training streams the shards (`cluster_shards` lists them,
+atoll.trainer.shardfiles reads row ranges, atoll.trainer.training.stream orders them);
+`read_cluster` and `read_all_clusters` load whole clusters for evaluation and tests.
+This module only moves tensors: it never encodes or trains.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class DataInfo:
     """data/info.json: the shapes and encoders every consumer of the shards must agree on."""
 
     latent_shape: tuple[int, ...]
-    """[C, H, W] of one latent (the VAE's scaled latent, or the image itself for identity);
-    [C, T, H, W] for clips."""
+    """[C, H, W] of one image latent or [C, T, H, W] of a clip's (the VAE's scaled latent, or the
+    pixels themselves for identity)."""
     text_shape: tuple[int, int]
     """[L, D]: caption tokens and embedding width."""
     vae: str
@@ -104,7 +105,7 @@ class DataInfo:
         try:
             latent_shape = tuple(int(v) for v in doc["latentShape"])
             if len(latent_shape) not in (3, 4):
-                raise ValueError(f"latentShape must be [C, H, W] or [C, T, H, W], got {list(latent_shape)}")
+                raise ValueError(f"latentShape {list(latent_shape)} is neither [C, H, W] nor [C, T, H, W]")
             length, dim = (int(v) for v in doc["textShape"])
             return cls(
                 latent_shape=latent_shape,
@@ -131,7 +132,7 @@ class ClusterData:
     """Pre-encoded examples (one cluster, or several concatenated), as stored."""
 
     latents: torch.Tensor
-    """[n, C, H, W] float32 ([n, C, T, H, W] for clips)."""
+    """[n, C, H, W] or [n, C, T, H, W] float32."""
     text: torch.Tensor
     """[n, L, D] float16 as stored (cast with `.float()` before use)."""
     text_mask: torch.Tensor
@@ -154,6 +155,14 @@ class ClusterData:
         if not parts:
             raise ValueError("nothing to concatenate")
         return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in SHARD_TENSORS})
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRef:
+    """One committed shard of a cluster, as its index.json lists it."""
+
+    key: str
+    examples: int
 
 
 def shard_key(k: int, shard: int) -> str:
@@ -273,24 +282,44 @@ def read_null_text(store: Store) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["text"], tensors["text_mask"]
 
 
-def iter_cluster_shards(store: Store, k: int) -> Iterator[ClusterData]:
-    """Cluster k's shards one at a time, in order (for streaming large clusters)."""
+def cluster_shards(store: Store, k: int) -> list[ShardRef]:
+    """Cluster k's shards in order, from its index.json (a clear error when it was not committed)."""
+    key = cluster_index_key(k)
     try:
-        index = store.get_json(cluster_index_key(k))
+        index = store.get_json(key)
     except NotFoundError:
         raise ClusterDataError(
-            f"{store.uri_of(cluster_index_key(k))} is missing: cluster {k} was not pre-encoded"
+            f"{store.uri_of(key)} is missing: cluster {k} was not pre-encoded"
             " (run the partition stage, and check partition.clusters)"
         ) from None
-    for shard in index["shards"]:
-        tensors = _load(store, shard["key"])
+    prefix = layout.cluster_data(k) + "/"
+    try:
+        shards = [ShardRef(key=str(s["key"]), examples=int(s["examples"])) for s in index["shards"]]
+        examples = int(index["examples"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ClusterDataError(f"{store.uri_of(key)} does not follow the data contract: {error!r}") from None
+    for shard in shards:
+        rest = shard.key.removeprefix(prefix)
+        if rest == shard.key or "/" in rest or rest in ("", ".", "..") or shard.examples < 0:
+            raise ClusterDataError(f"{store.uri_of(key)} lists {shard.key!r}, which is not a shard of cluster {k}")
+    if sum(s.examples for s in shards) != examples:
+        raise ClusterDataError(
+            f"{store.uri_of(key)} says {examples} examples but its shards hold {sum(s.examples for s in shards)}"
+        )
+    return shards
+
+
+def iter_cluster_shards(store: Store, k: int) -> Iterator[ClusterData]:
+    """Cluster k's shards one at a time, in order, each wholly in memory."""
+    for shard in cluster_shards(store, k):
+        tensors = _load(store, shard.key)
         missing = [name for name in SHARD_TENSORS if name not in tensors]
         if missing:
-            raise ClusterDataError(f"{store.uri_of(shard['key'])} lacks tensors {missing}")
+            raise ClusterDataError(f"{store.uri_of(shard.key)} lacks tensors {missing}")
         data = ClusterData(**{name: tensors[name] for name in SHARD_TENSORS})
-        if len(data) != shard["examples"]:
+        if len(data) != shard.examples:
             raise ClusterDataError(
-                f"{store.uri_of(shard['key'])} holds {len(data)} examples, index.json says {shard['examples']}"
+                f"{store.uri_of(shard.key)} holds {len(data)} examples, index.json says {shard.examples}"
             )
         yield data
 

@@ -41,6 +41,20 @@ def load_manifest(path: str | Path) -> DDMRunManifest:
     return parse_manifest(runs[0], source)
 
 
+def check_for_kubernetes(manifest: DDMRunManifest, source: str) -> None:
+    """The checks only a run on Kubernetes needs (the CRD's Kubernetes-only CEL rules), so
+    `atoll run FILE` refuses the file before anything is applied; SpecError naming the field."""
+    spec = manifest.spec
+    if spec.storage.uri.startswith("s3://") and not spec.storage.secret_ref:
+        raise SpecError(
+            source,
+            [
+                "spec.storage.secretRef: a Secret with accessKey, secretKey and endpoint is required for an"
+                " s3:// storage.uri (stage pods get store credentials only from a Secret)"
+            ],
+        )
+
+
 def load_spec_json(text: str | bytes, source: str = "spec.json") -> DDMRunSpec:
     """Validate the spec.json a run stores next to its data (the spec alone, camelCase)."""
     try:

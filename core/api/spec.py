@@ -12,37 +12,40 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+# Models defined in their own modules, re-exported here for everyone who imports them from the spec.
+from atoll.api.base import SpecModel as SpecModel  # noqa: PLC0414
+from atoll.api.base import field_error
+from atoll.api.placement import GPURequirements as GPURequirements  # noqa: PLC0414
+from atoll.api.placement import PlacementSpec as PlacementSpec  # noqa: PLC0414
+from atoll.api.placement import Toleration as Toleration  # noqa: PLC0414
 from atoll.api.presets import PRESETS, PresetName
+from atoll.api.template import PodTemplate
+from atoll.api.uris import (
+    BUILTIN_IMAGE_DATASETS,
+    BUILTIN_VIDEO_DATASETS,
+    DATASET_URI_PATTERN,
+    RULES,
+    STORE_URI_PATTERN,
+    uri_problem,
+)
+from atoll.api.weights import PRETRAINED, WeightsSpec
 
 API_GROUP = "atoll.dev"
 API_VERSION = "v1alpha1"
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 STRATEGY_PATTERN = r"^(top-1|top-2|top-k:[1-9][0-9]{0,2}|threshold:(0(\.[0-9]+)?|1(\.0+)?)|full)$"
-BUILTIN_IMAGE_DATASETS = ("digits", "shapes")
-BUILTIN_VIDEO_DATASETS = ("moving-digits", "moving-shapes")
-DATASET_URI_PATTERN = (
-    r"^(builtin://(digits|shapes|moving-digits|moving-shapes)(\?[a-z]+=[0-9.]+(&[a-z]+=[0-9.]+)*)?"
-    r"|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
-)
-STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
 _T = TypeVar("_T")
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
-class SpecModel(BaseModel):
-    """Base of every spec model: camelCase on the wire, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        validate_assignment=True,
-        frozen=False,
-    )
+def _checked_uri(value: str, *, dataset: bool) -> str:
+    if problem := uri_problem(value, dataset=dataset):
+        raise ValueError(problem)
+    return value
 
 
 class DatasetSpec(SpecModel):
@@ -51,12 +54,12 @@ class DatasetSpec(SpecModel):
     uri: str = Field(
         description=(
             "Dataset location: builtin://digits, builtin://shapes (images),"
-            " builtin://moving-digits, builtin://moving-shapes (video clips; ?bounce=0.25 makes"
-            " that share of clips bounce off the walls), a folder of images or videos"
-            " (.mp4, .gif) with .txt caption sidecars, a folder or s3://bucket/prefix of"
-            " WebDataset-style tar shards (.tar)."
+            " builtin://moving-digits, builtin://moving-shapes (video clips; bouncing-digits and"
+            " bouncing-shapes: half the moving clips bounce off the walls), a folder of images or"
+            " videos (.mp4, .gif) with .txt caption sidecars, a folder or s3://bucket/prefix of"
+            f" WebDataset-style tar shards (.tar). URI rules: {RULES}."
         ),
-        pattern=DATASET_URI_PATTERN,
+        json_schema_extra={"pattern": DATASET_URI_PATTERN, "maxLength": 1024},
         min_length=1,
     )
     resolution: int = Field(
@@ -102,6 +105,11 @@ class DatasetSpec(SpecModel):
         description="Frames per second clips are sampled at (video only: frames > 1).",
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _uri_rules(cls, value: str) -> str:
+        return _checked_uri(value, dataset=True)
+
     @field_validator("frames")
     @classmethod
     def _frames_fit_builtin(cls, value: int, info: ValidationInfo) -> int:
@@ -126,10 +134,8 @@ class DatasetSpec(SpecModel):
 
 
 def builtin_name(uri: str) -> str | None:
-    """The built-in dataset a uri names (without options), None for other URIs."""
-    if not uri.startswith("builtin://"):
-        return None
-    return uri.removeprefix("builtin://").split("?", 1)[0]
+    """The built-in dataset a uri names, None for other URIs."""
+    return uri.removeprefix("builtin://") if uri.startswith("builtin://") else None
 
 
 class PartitionSpec(SpecModel):
@@ -137,10 +143,11 @@ class PartitionSpec(SpecModel):
 
     clusters: int = Field(default=8, ge=1, le=256, description="Number of clusters K, and so of experts.")
     features: Literal["dinov2-vitl14", "clip-vitl14", "pixels"] = Field(
-        default="dinov2-vitl14",
+        default="pixels",
         description=(
             "Image features the clustering runs on: DINOv2 ViT-L/14 (the papers' choice),"
-            " CLIP ViT-L/14, or the raw pixels (offline)."
+            " CLIP ViT-L/14 (both need spec.weights), or the raw pixels. The default is pixels"
+            " because it needs no weights, so a run with every default runs on any cluster."
         ),
     )
     fine_clusters: int = Field(
@@ -244,6 +251,17 @@ class TrainingSpec(SpecModel):
     ema_decay: float | None = Field(
         default=None, ge=0, lt=1, description="Weight EMA decay; the preset's recipe when unset."
     )
+    shuffle_buffer: int = Field(
+        default=4096,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Examples each training process holds in memory and shuffles together: shards are read"
+            " in a fresh random order every epoch and each window of this many examples (every"
+            " cluster in proportion, for the router) is shuffled. Memory grows with this, never with"
+            " the dataset. It is part of the data order: a checkpoint resumes only with the same value."
+        ),
+    )
 
     @field_validator("micro_batch_size")
     @classmethod
@@ -251,23 +269,23 @@ class TrainingSpec(SpecModel):
         preset = info.data.get("preset")
         if value is None or preset not in PRESETS:
             return value
-        batch = _or(info.data.get("global_batch_size"), PRESETS[preset].global_batch_size)
+        batch = _or(info.data.get("global_batch_size"), PRESETS[preset].recipe.global_batch_size)
         if value > batch:
             raise ValueError(f"{value} exceeds globalBatchSize ({batch})")
         return value
 
     def recipe(self) -> Recipe:
-        """This stage's hyper-parameters with the preset's published defaults filled in."""
-        preset = PRESETS[self.preset]
+        """This stage's hyper-parameters with the preset's recipe filling what the spec leaves unset."""
+        published = PRESETS[self.preset].recipe
         return Recipe(
             preset=self.preset,
             steps=self.steps,
-            global_batch_size=_or(self.global_batch_size, preset.global_batch_size),
-            learning_rate=_or(self.learning_rate, preset.learning_rate),
-            warmup_steps=_or(self.warmup_steps, preset.warmup_steps),
-            weight_decay=_or(self.weight_decay, preset.weight_decay),
-            ema_decay=_or(self.ema_decay, preset.ema_decay),
-            checkpoint_every=_or(self.checkpoint_every, preset.checkpoint_every),
+            global_batch_size=_or(self.global_batch_size, published.global_batch_size),
+            learning_rate=_or(self.learning_rate, published.learning_rate),
+            warmup_steps=_or(self.warmup_steps, published.warmup_steps),
+            weight_decay=_or(self.weight_decay, published.weight_decay),
+            ema_decay=_or(self.ema_decay, published.ema_decay),
+            checkpoint_every=_or(self.checkpoint_every, published.checkpoint_every),
         )
 
 
@@ -362,10 +380,11 @@ class StorageSpec(SpecModel):
 
     uri: str = Field(
         default="",
-        pattern=r"^$|" + STORAGE_URI_PATTERN,
+        json_schema_extra={"pattern": r"^$|" + STORE_URI_PATTERN, "maxLength": 1024},
         description=(
             "Store root: s3://bucket/prefix (MinIO or any S3), or a local directory. Each run"
-            " writes under <uri>/<run name>/. Empty: the local workdir (local runs only)."
+            " writes under <uri>/<namespace>/<run name>/ (locally <uri>/<run name>/). Empty: the"
+            f" operator's default store, or the local workdir. URI rules: {RULES}."
         ),
     )
     secret_ref: str | None = Field(
@@ -376,54 +395,24 @@ class StorageSpec(SpecModel):
     )
     reclaim_policy: Literal["Retain", "Delete"] = Field(
         default="Retain",
-        description="Retain keeps the run's store data when the DDMRun is deleted; Delete removes it.",
+        description=(
+            "Retain keeps the run's store data when the DDMRun is deleted; Delete removes it, but"
+            " only if this DDMRun (its UID) is the owner recorded in the prefix's owner.json."
+        ),
+    )
+    adopt_retained: bool = Field(
+        default=False,
+        description=(
+            "Continue in a prefix that another DDMRun of the same name left behind (retained,"
+            " or without an owner record): allowed only with an identical spec. The prefix keeps"
+            " its recorded owner, so this run never deletes it, whatever reclaimPolicy says."
+        ),
     )
 
-
-class GPURequirements(SpecModel):
-    """Constraints on the GPUs experts may use."""
-
-    min_memory_gi_b: float = Field(
-        default=0,
-        ge=0,
-        le=4096,
-        alias="minMemoryGiB",
-        description="Only GPUs with at least this much memory (GiB) are used.",
-    )
-    products: list[str] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Allowed nvidia.com/gpu.product values; any when empty.",
-    )
-    max_per_expert: int = Field(default=8, ge=1, le=64, description="Most GPUs (of one node) a single expert may use.")
-
-
-class Toleration(SpecModel):
-    """A Kubernetes toleration added to every pod of the run."""
-
-    key: str | None = Field(default=None, description="Taint key; all keys when empty with operator Exists.")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to tolerate; all when empty."
-    )
-    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
-
-
-class PlacementSpec(SpecModel):
-    """Where the run's pods may go."""
-
-    gpu: GPURequirements = Field(default_factory=GPURequirements, description="GPU constraints.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Labels a node must carry to run any pod of this run."
-    )
-    tolerations: list[Toleration] = Field(
-        default_factory=list, description="Extra tolerations (nvidia.com/gpu is always tolerated)."
-    )
-    speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict,
-        description="Measured samples/s of the expert preset per GPU product, overriding built-in figures.",
-    )
+    @field_validator("uri")
+    @classmethod
+    def _uri_rules(cls, value: str) -> str:
+        return _checked_uri(value, dataset=False) if value else value
 
 
 class FailurePolicy(SpecModel):
@@ -434,6 +423,40 @@ class FailurePolicy(SpecModel):
         default=10, ge=0, le=3600, description="First restart delay; doubles on every restart."
     )
     max_backoff_seconds: float = Field(default=300, ge=0, le=86400, description="Upper bound of the restart delay.")
+    pending_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=604_800,
+        description=(
+            "A stage pod pinned to a node but still Pending after this long is deleted and its stage placed again."
+        ),
+    )
+    store_outage_seconds: int = Field(
+        default=900,
+        ge=0,
+        le=604_800,
+        description=(
+            "How long the store may be unreachable before attempts that fail because of it count"
+            " against maxRestarts (until then they are retried with backoff)."
+        ),
+    )
+    node_lost_seconds: int = Field(
+        default=120,
+        ge=10,
+        le=86_400,
+        description=(
+            "A node NotReady (or its GPU agent silent) this long counts as lost: its experts restart"
+            " elsewhere from their last checkpoint, whatever tolerations the pods have."
+        ),
+    )
+
+    @field_validator("max_backoff_seconds")
+    @classmethod
+    def _cap_above_first(cls, value: float, info: ValidationInfo) -> float:
+        first = info.data.get("backoff_seconds")
+        if first is not None and value < first:
+            raise ValueError(f"must be at least failurePolicy.backoffSeconds ({first:g})")
+        return value
 
 
 class DDMRunSpec(SpecModel):
@@ -448,6 +471,29 @@ class DDMRunSpec(SpecModel):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="The object store of the run.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart policy.")
+    weights: WeightsSpec = Field(
+        default_factory=WeightsSpec, description="Where pretrained encoder weights come from (none by default)."
+    )
+    template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="Labels, annotations, pull secrets, env, volumes … added to every stage pod.",
+    )
+
+    @model_validator(mode="after")
+    def _pretrained_needs_weights(self) -> DDMRunSpec:
+        if self.weights.source != "none":
+            return self
+        for (section, field), choices in PRETRAINED.items():
+            value = getattr(getattr(self, section), _snake(field))
+            if value in choices:
+                raise field_error(
+                    DDMRunSpec,
+                    (section, field),
+                    f"{value} loads pretrained weights but spec.weights.source is none: set spec.weights"
+                    " (hub, store or volume) or choose an offline encoder",
+                    value,
+                )
+        return self
 
     @field_validator("expert")
     @classmethod
@@ -455,17 +501,18 @@ class DDMRunSpec(SpecModel):
         dataset = info.data.get("dataset")
         if not isinstance(dataset, DatasetSpec):
             return value
-        preset = PRESETS[value.preset]
-        if preset.video and not dataset.video:
+        architecture = PRESETS[value.preset].architecture
+        if architecture.video and not dataset.video:
             raise ValueError(f"preset {value.preset} is a video preset: set dataset.frames above 1")
-        if dataset.video and not preset.video:
-            video = ", ".join(name for name, p in PRESETS.items() if p.video)
+        if dataset.video and not architecture.video:
+            video = ", ".join(name for name, p in PRESETS.items() if p.architecture.video)
             raise ValueError(f"dataset.frames is {dataset.frames}: clips need a video preset ({video})")
         if value.first_frame_conditioning > 0 and not dataset.video:
             raise ValueError("firstFrameConditioning conditions clips on their first frame: set dataset.frames above 1")
-        if value.first_frame_conditioning > 0 and preset.patch_frames != 1:
+        if value.first_frame_conditioning > 0 and architecture.patch[0] != 1:
             raise ValueError(
-                f"firstFrameConditioning needs tokens of one latent frame; {value.preset}'s span {preset.patch_frames}"
+                "firstFrameConditioning needs tokens of one latent frame;"
+                f" {value.preset}'s span {architecture.patch[0]}"
             )
         return value
 
@@ -493,6 +540,10 @@ class DDMRunSpec(SpecModel):
         for strategy in value.strategies:
             _check_strategy_fits(strategy, info)
         return value
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in camel)
 
 
 def strategy_min_experts(strategy: str) -> int:

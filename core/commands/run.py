@@ -45,12 +45,14 @@ def main(args: argparse.Namespace) -> int:
 
 def submit(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     """Apply the DDMRun to the current kube-context and say how to follow it."""
+    from atoll.api.load import check_for_kubernetes
     from atoll.errors import AtollError
     from atoll.operator.submit import apply_run
 
     for flag, value in (("--workdir", args.workdir), ("--store", args.store), ("--jobs", args.jobs)):
         if value is not None:
             raise AtollError(f"{flag} applies to --local runs only (on Kubernetes, set spec.storage)")
+    check_for_kubernetes(manifest, args.file)
     done = apply_run(manifest, namespace=args.namespace, kubeconfig=args.kubeconfig)
     print(f"ddmrun.atoll.dev/{done.name} {done.action} in namespace {done.namespace}")
     print(f"follow it: atoll status {done.name} -n {done.namespace} --watch   (or: kubectl get ddm,ddmx -w)")

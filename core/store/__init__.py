@@ -2,7 +2,8 @@
 
 `open_store(uri)` picks the backend from the URI: a plain path or file://… is local,
 s3://bucket/prefix is S3 with credentials from MINIO_ENDPOINT, MINIO_ACCESS_KEY and
-MINIO_SECRET_KEY.
+MINIO_SECRET_KEY. Every backend refuses a root or child prefix that could point anywhere
+but under the given root (atoll.api.uris), whatever validated it before.
 """
 
 from __future__ import annotations

@@ -14,14 +14,19 @@ newer claim (the check and the write are not atomic) is rejected by readers, bec
 claim lists the checkpoints it inherited. The worst a stale attempt can do is make one
 newer checkpoint invalid, never make a corrupt or foreign one look valid.
 Deletion (retention) removes the manifest first, so a half-deleted checkpoint is never valid.
+A manifest whose file names or objects leave the checkpoint's directory (absolute, '..',
+empty or '.' segments, backslashes, control characters) is corrupt: readers fall back past
+it, and restore() never writes outside its target directory.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import queue
+import re
 import shutil
 import threading
 import time
@@ -43,6 +48,7 @@ log = get_logger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = 1
 _STEP_PREFIX = "step-"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 class CorruptCheckpointError(StoreError):
@@ -189,10 +195,12 @@ class CheckpointStore:
 
     def restore(self, checkpoint: Checkpoint, directory: Path) -> Path:
         """Download every file of `checkpoint` into `directory`, verifying size and sha256 on
-        the fly; CorruptCheckpointError if any differs (no partial file is left behind)."""
+        the fly; CorruptCheckpointError if any differs (no partial file is left behind) or if a
+        file would land outside `directory` (symbolic links included)."""
         directory.mkdir(parents=True, exist_ok=True)
+        root = directory.resolve()
         for entry in checkpoint.files.values():
-            target = directory / entry.name
+            target = _inside(root, entry.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             digest, size = hashlib.sha256(), 0
@@ -223,7 +231,8 @@ class CheckpointStore:
             except CorruptCheckpointError as error:
                 self._skip(checkpoint.key, error)
                 for entry in checkpoint.files.values():
-                    (directory / entry.name).unlink(missing_ok=True)
+                    with contextlib.suppress(CorruptCheckpointError):
+                        _inside(directory.resolve(), entry.name).unlink(missing_ok=True)
                 continue
             return checkpoint
         return None
@@ -470,10 +479,10 @@ class CheckpointStore:
                 raise CorruptCheckpointError(f"manifest says step {raw['step']}, the key says {step}")
             files = {
                 name: CheckpointFile(
-                    name=name,
+                    name=_relative(name, "file name"),
                     size=int(entry["size"]),
                     sha256=str(entry["sha256"]),
-                    key=join_key(key, str(entry.get("object", name))),
+                    key=join_key(key, _relative(entry.get("object", name), "object")),
                 )
                 for name, entry in raw["files"].items()
             }
@@ -489,3 +498,20 @@ class CheckpointStore:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptCheckpointError(f"unreadable manifest: {error!r}") from error
+
+
+def _relative(path: object, what: str) -> str:
+    """`path` if it is a plain relative path inside a checkpoint directory; else CorruptCheckpointError."""
+    if not isinstance(path, str) or not path:
+        raise CorruptCheckpointError(f"manifest {what} {path!r} is not a path")
+    if path.startswith("/") or _UNSAFE.search(path) or any(part in ("", ".", "..") for part in path.split("/")):
+        raise CorruptCheckpointError(f"manifest {what} {path!r} leaves the checkpoint's directory")
+    return path
+
+
+def _inside(root: Path, name: str) -> Path:
+    """root/name, resolved; CorruptCheckpointError if it is not inside `root` (a resolved directory)."""
+    target = (root / _relative(name, "file name")).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise CorruptCheckpointError(f"file {name!r} would be written outside {root}")
+    return target

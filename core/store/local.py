@@ -1,4 +1,8 @@
-"""The local-directory store backend (the embedded default)."""
+"""The local-directory store backend (the embedded default).
+
+A root with a control character or backslash is refused (atoll.api.uris.local_root_problem),
+as is a child prefix or key with an empty, '.' or '..' segment: nothing reaches outside the root.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, join_key
+from atoll.api.uris import local_root_problem, prefix_problem
+from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key
 
 
 class LocalStore(Store):
     """Objects are files under a root directory; writes go through a temp file + rename."""
 
     def __init__(self, root: str | Path) -> None:
+        if problem := local_root_problem(str(root)):
+            raise StoreError(f"invalid local store root {str(root)!r}: {problem}")
         self.root = Path(root).expanduser().absolute()
         self.uri = str(self.root)
 
@@ -122,4 +129,6 @@ class LocalStore(Store):
             parent = parent.parent
 
     def child(self, prefix: str) -> LocalStore:
+        if problem := prefix_problem(prefix):
+            raise StoreError(f"invalid child prefix {prefix!r} of {self.uri}: {problem}")
         return LocalStore(self.root / join_key(prefix))

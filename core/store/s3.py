@@ -5,6 +5,8 @@ MINIO_ACCESS_KEY, MINIO_SECRET_KEY, and optionally MINIO_SECURE and MINIO_REGION
 call goes through atoll.store.retry (the client's own urllib3 retries are off, so a
 refused connection or a wrong key never hides in minutes of silent retries). A PUT is
 atomic in S3, so single-object writes are; large files go up as multipart uploads.
+A URI or child prefix that breaks atoll.api.uris' rules (a query or fragment `urlsplit`
+would move the prefix into, '..', empty segments …) is refused before any request.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from atoll.api.uris import prefix_problem, uri_problem
 from atoll.log import get_logger
 from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key
 from atoll.store.retry import Retrier, RetryPolicy, classify
@@ -102,6 +105,9 @@ class S3Store(Store):
         parts = urlsplit(uri)
         if parts.scheme != "s3" or not parts.netloc:
             raise StoreError(f"not an S3 store URI: {uri!r} (expected s3://bucket/prefix)")
+        if (problem := uri_problem(uri)) and not problem.startswith("invalid bucket name"):
+            # urlsplit would move what follows a '?' or '#' out of the prefix: refuse, never guess.
+            raise StoreError(f"invalid S3 store URI {uri!r}: {problem}")
         endpoint, secure = parse_endpoint(environ.get("MINIO_ENDPOINT", ""), environ.get("MINIO_SECURE", ""))
         missing = [name for name in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if not environ.get(name)]
         if missing:
@@ -291,6 +297,8 @@ class S3Store(Store):
                 raise StoreError(f"deleting under {self.uri_of(prefix)}: {errors[0]} ({len(errors)} objects failed)")
 
     def child(self, prefix: str) -> S3Store:
+        if problem := prefix_problem(prefix):
+            raise StoreError(f"invalid child prefix {prefix!r} of {self.uri}: {problem}")
         return self._derive(join_key(self.prefix, prefix), self.policy)
 
     def with_retry_deadline(self, seconds: float) -> S3Store:

@@ -13,6 +13,8 @@ from typing import Any
 from atoll.api.presets import PRESETS
 from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertSpec, DDMExpertStatus, DDMRunStatus
+from atoll.operator.crd.cel import IMMUTABLE, Rule
+from atoll.operator.crd.pod_rules import POD_LIMITS, POD_LIST_MAPS, POD_RULES
 from atoll.operator.crd.schema import Schema, structural_schema
 
 CATEGORY = "atoll"
@@ -35,28 +37,9 @@ RUN = Kind(kind="DDMRun", plural="ddmruns", short_name="ddm")
 EXPERT = Kind(kind="DDMExpert", plural="ddmexperts", short_name="ddmx")
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One CEL rule (x-kubernetes-validations) on the schema node it is attached to."""
-
-    rule: str
-    message: str
-    field_path: str | None = None
-    reason: str = "FieldValueInvalid"
-
-    def render(self) -> dict[str, str]:
-        out = {"rule": self.rule, "message": self.message, "reason": self.reason}
-        if self.field_path:
-            out["fieldPath"] = self.field_path
-        return out
-
-
-IMMUTABLE = Rule("self == oldSelf", "is immutable once the run exists", reason="FieldValueForbidden")
-
-
 def _preset_batch() -> str:
     """A CEL expression of the preset's default global batch (`self` is an expert/router spec)."""
-    table = ", ".join(f"'{name}': {preset.global_batch_size}" for name, preset in PRESETS.items())
+    table = ", ".join(f"'{name}': {preset.recipe.global_batch_size}" for name, preset in PRESETS.items())
     return f"(has(self.globalBatchSize) ? self.globalBatchSize : {{{table}}}[self.preset])"
 
 
@@ -115,10 +98,6 @@ SPEC_RULES: dict[str, list[Rule]] = {
             ".maxBackoffSeconds",
         )
     ],
-    "placement.tolerations[]": [
-        Rule("self.operator != 'Exists' || !has(self.value)", "a toleration with operator Exists takes no value"),
-        Rule("self.operator != 'Equal' || has(self.key)", "a toleration with operator Equal needs a key", ".key"),
-    ],
 }
 
 # Bounds the API server needs to estimate the cost of the CEL rules above (strings and
@@ -128,8 +107,6 @@ SPEC_LIMITS: dict[str, dict[str, int]] = {
     "evaluation.strategies[]": {"maxLength": 32},
     "storage.uri": {"maxLength": 1024},
     "placement.tolerations": {"maxItems": 64},
-    "placement.tolerations[].key": {"maxLength": 316},
-    "placement.tolerations[].value": {"maxLength": 63},
 }
 
 RUN_NAME_RULE = Rule(
@@ -152,9 +129,11 @@ def _node(schema: Schema, path: str) -> Schema:
 def run_spec_schema() -> Schema:
     """The DDMRun spec schema with CEL rules and cost bounds."""
     schema = structural_schema(DDMRunSpec)
-    for path, limits in SPEC_LIMITS.items():
+    for path, limits in (*SPEC_LIMITS.items(), *POD_LIMITS.items()):
         _node(schema, path).update(limits)
-    for path, rules in SPEC_RULES.items():
+    for path, keys in POD_LIST_MAPS.items():
+        _node(schema, path).update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": keys})
+    for path, rules in (*SPEC_RULES.items(), *POD_RULES.items()):
         _node(schema, path).setdefault("x-kubernetes-validations", []).extend(r.render() for r in rules)
     return schema
 

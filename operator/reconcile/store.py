@@ -48,7 +48,8 @@ class StoreSteps(TickState):
         if self.status.store_uri:
             return True
         try:
-            storage.ensure_spec(self.store, self.spec)
+            owner = storage.RunOwner(self.namespace, self.name, self.owner.uid) if self.owner.uid else None
+            storage.ensure_spec(self.store, self.spec, owner=owner)
         except storage.RunSetupError as error:
             raise Failure(error.reason, error.message) from None
         except StoreError as error:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from atoll.api.errors import SpecError
 from atoll.api.load import parse_manifest
+from atoll.cli import main as atoll_main
 from tests.env.cluster import ControlPlane
 from tests.operator.conftest import OperatorProcess
 
@@ -47,6 +50,18 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 _DELETE = object()
+
+
+def _toleration(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return _set("spec.placement.tolerations", [fields])
+
+
+def _mount(path: str) -> list[Callable[[dict[str, Any]], None]]:
+    return [
+        _set("spec.template.volumes", [{"name": "w", "emptyDir": {}}]),
+        _set("spec.template.volumeMounts", [{"name": "w", "mountPath": path}]),
+    ]
+
 
 # (what is wrong, change, the field the API server must name, also refused by the pydantic models)
 MALFORMED: list[tuple[str, list[Callable[[dict[str, Any]], None]], str, bool]] = [
@@ -93,9 +108,9 @@ MALFORMED: list[tuple[str, list[Callable[[dict[str, Any]], None]], str, bool]] =
     ("negative GPU memory", [_set("spec.placement.gpu.minMemoryGiB", -1)], "spec.placement.gpu.minMemoryGiB", True),
     (
         "toleration Exists with a value",
-        [_set("spec.placement.tolerations", [{"key": "spot", "operator": "Exists", "value": "yes"}])],
-        "spec.placement.tolerations[0]",
-        False,
+        [_toleration(key="spot", operator="Exists", value="yes")],
+        "spec.placement.tolerations[0].value",
+        True,
     ),
     ("zero speed", [_set("spec.placement.speeds", {"NVIDIA-L4": 0})], "spec.placement.speeds.NVIDIA-L4", True),
     ("negative restarts", [_set("spec.failurePolicy.maxRestarts", -1)], "spec.failurePolicy.maxRestarts", True),
@@ -103,11 +118,150 @@ MALFORMED: list[tuple[str, list[Callable[[dict[str, Any]], None]], str, bool]] =
         "backoff cap below the first backoff",
         [_set("spec.failurePolicy.backoffSeconds", 60), _set("spec.failurePolicy.maxBackoffSeconds", 5)],
         "spec.failurePolicy.maxBackoffSeconds",
-        False,
+        True,
     ),
-    ("more clusters than examples", [_set("spec.dataset.maxExamples", 3)], "spec.partition.clusters", False),
-    ("name is not a DNS label", [_set("metadata.name", "a" * 70)], "metadata.name", False),
+    ("more clusters than examples", [_set("spec.dataset.maxExamples", 3)], "spec.partition.clusters", True),
+    ("name is not a DNS label", [_set("metadata.name", "a" * 70)], "metadata.name", True),
     ("spec is not an object", [_set("spec", "train please")], "spec", True),
+    # URIs whose run prefix would not be a plain path under the root
+    ("storage URI with a query", [_set("spec.storage.uri", "s3://atoll/runs?x")], "spec.storage.uri", True),
+    ("storage URI with a fragment", [_set("spec.storage.uri", "s3://atoll/runs#x")], "spec.storage.uri", True),
+    ("storage URI with ..", [_set("spec.storage.uri", "s3://atoll/runs/../x")], "spec.storage.uri", True),
+    ("storage URI with .", [_set("spec.storage.uri", "/data/./runs")], "spec.storage.uri", True),
+    ("storage URI with an empty segment", [_set("spec.storage.uri", "s3://atoll//runs")], "spec.storage.uri", True),
+    ("percent-encoded storage URI", [_set("spec.storage.uri", "s3://atoll/runs%3Fx")], "spec.storage.uri", True),
+    ("storage URI with a backslash", [_set("spec.storage.uri", "runs\\..\\x")], "spec.storage.uri", True),
+    ("storage URI with whitespace", [_set("spec.storage.uri", "s3://atoll/my runs")], "spec.storage.uri", True),
+    ("storage URI with a control character", [_set("spec.storage.uri", "/data/runs\n")], "spec.storage.uri", True),
+    ("dataset URI with a query", [_set("spec.dataset.uri", "s3://data/shards?v=1")], "spec.dataset.uri", True),
+    ("dataset URI with ..", [_set("spec.dataset.uri", "/data/../../etc")], "spec.dataset.uri", True),
+    ("dataset URI with a tab", [_set("spec.dataset.uri", "/data/sha\trds")], "spec.dataset.uri", True),
+    # tolerations and nodeSelector follow Kubernetes' rules
+    ("toleration key", [_toleration(key="bad key!", operator="Exists")], "spec.placement.tolerations[0].key", True),
+    (
+        "toleration key prefix",
+        [_toleration(key="Example.com/gpu", operator="Exists")],
+        "spec.placement.tolerations[0].key",
+        True,
+    ),
+    ("toleration Equal without a key", [_toleration(value="x")], "spec.placement.tolerations[0].operator", True),
+    ("toleration value", [_toleration(key="spot", value="-x-")], "spec.placement.tolerations[0].value", True),
+    (
+        "toleration effect",
+        [_toleration(key="spot", operator="Exists", effect="Evict")],
+        "spec.placement.tolerations[0].effect",
+        True,
+    ),
+    (
+        "tolerationSeconds without NoExecute",
+        [_toleration(key="spot", operator="Exists", effect="NoSchedule", tolerationSeconds=30)],
+        "spec.placement.tolerations[0].tolerationSeconds",
+        True,
+    ),
+    ("nodeSelector key", [_set("spec.placement.nodeSelector", {"a/b/c": "x"})], "spec.placement.nodeSelector", True),
+    (
+        "nodeSelector value",
+        [_set("spec.placement.nodeSelector", {"pool": "gpu pool"})],
+        "spec.placement.nodeSelector.pool",
+        True,
+    ),
+    # bounds of the new fields
+    ("zero CPU per GPU", [_set("spec.placement.cpuPerGpu", 0)], "spec.placement.cpuPerGpu", True),
+    ("5000 GiB per GPU", [_set("spec.placement.memoryPerGpuGiB", 5000)], "spec.placement.memoryPerGpuGiB", True),
+    (
+        "pending timeout of a second",
+        [_set("spec.failurePolicy.pendingTimeoutSeconds", 1)],
+        "spec.failurePolicy.pendingTimeoutSeconds",
+        True,
+    ),
+    (
+        "negative store outage",
+        [_set("spec.failurePolicy.storeOutageSeconds", -1)],
+        "spec.failurePolicy.storeOutageSeconds",
+        True,
+    ),
+    ("node lost at once", [_set("spec.failurePolicy.nodeLostSeconds", 0)], "spec.failurePolicy.nodeLostSeconds", True),
+    # pretrained weights need a source
+    ("DINOv2 without weights", [_set("spec.partition.features", "dinov2-vitl14")], "spec.partition.features", True),
+    ("SD VAE without weights", [_set("spec.dataset.vae", "sd-vae-ft-mse")], "spec.dataset.vae", True),
+    ("CLIP text without weights", [_set("spec.dataset.textEncoder", "clip-vitl14")], "spec.dataset.textEncoder", True),
+    ("weights store without a URI", [_set("spec.weights", {"source": "store"})], "spec.weights.uri", True),
+    (
+        "weights URI with a fragment",
+        [_set("spec.weights", {"source": "store", "uri": "s3://w/p#x"})],
+        "spec.weights.uri",
+        True,
+    ),
+    ("weights path for source none", [_set("spec.weights", {"path": "/weights"})], "spec.weights.path", True),
+    # the pod template may not take what is Atoll's
+    (
+        "template label under atoll.dev",
+        [_set("spec.template.labels", {"atoll.dev/run": "x"})],
+        "spec.template.labels",
+        True,
+    ),
+    (
+        "template annotation key",
+        [_set("spec.template.annotations", {"-bad-": "x"})],
+        "spec.template.annotations",
+        True,
+    ),
+    (
+        "template MINIO_ variable",
+        [_set("spec.template.env", [{"name": "MINIO_SECRET_KEY", "value": "x"}])],
+        "spec.template.env[0].name",
+        True,
+    ),
+    (
+        "template ATOLL_ variable",
+        [_set("spec.template.env", [{"name": "ATOLL_WEIGHTS_DIR", "value": "/w"}])],
+        "spec.template.env[0].name",
+        True,
+    ),
+    (
+        "template variable with value and valueFrom",
+        [_set("spec.template.env", [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "a"}}}])],
+        "spec.template.env[0].valueFrom",
+        True,
+    ),
+    (
+        "template variable listed twice",
+        [_set("spec.template.env", [{"name": "X", "value": "1"}, {"name": "X", "value": "2"}])],
+        "spec.template.env[1]",
+        True,
+    ),
+    (
+        "template volume named scratch",
+        [_set("spec.template.volumes", [{"name": "scratch", "emptyDir": {}}])],
+        "spec.template.volumes[0].name",
+        True,
+    ),
+    (
+        "template volume without a source",
+        [_set("spec.template.volumes", [{"name": "w"}])],
+        "spec.template.volumes[0]",
+        True,
+    ),
+    ("template mount over /tmp", _mount("/tmp"), "spec.template.volumeMounts[0].mountPath", True),
+    ("template mount path with ..", _mount("/w/../etc"), "spec.template.volumeMounts[0].mountPath", True),
+    (
+        "template mount of no volume",
+        [_set("spec.template.volumeMounts", [{"name": "w", "mountPath": "/w"}])],
+        "spec.template.volumeMounts",
+        True,
+    ),
+    (
+        "template grace period",
+        [_set("spec.template.terminationGracePeriodSeconds", -5)],
+        "spec.template.terminationGracePeriodSeconds",
+        True,
+    ),
+    (
+        "template priority class",
+        [_set("spec.template.priorityClassName", "High_Priority")],
+        "spec.template.priorityClassName",
+        True,
+    ),
 ]
 
 
@@ -145,7 +299,7 @@ def test_kubectl_explain_documents_every_field(atoll_crds: ControlPlane, kind: s
 def test_malformed_runs_are_refused_with_the_field_named(
     atoll_crds: ControlPlane, namespace: str, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    assert len(MALFORMED) >= 25
+    assert len(MALFORMED) >= 40
     operator = start_operator()
     refused = []
     for what, changes, field, local in MALFORMED:
@@ -174,3 +328,36 @@ def test_malformed_runs_are_refused_with_the_field_named(
     atoll_crds.kubectl("delete", "ddmrun", "bad", "-n", namespace, "--wait=false")
     assert operator.alive, operator.output()[-2000:]
     assert "Traceback" not in operator.output(), operator.output()[-3000:]
+
+
+def test_atoll_run_refuses_the_same_runs_before_applying_anything(
+    atoll_crds: ControlPlane, namespace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`atoll run FILE` (no --local) refuses every malformed run of the list itself, naming the
+    field (or the section that holds it), so nothing reaches the API server."""
+    manifest = tmp_path / "run.yaml"
+    for what, changes, field, _ in MALFORMED:
+        document = copy.deepcopy(VALID)
+        for change in changes:
+            change(document)
+        manifest.write_text(yaml.safe_dump(document))
+        code = atoll_main(["run", str(manifest), "-n", namespace, "--kubeconfig", str(atoll_crds.kubeconfig)])
+        stderr = capsys.readouterr().err
+        assert code == 1, f"{what}: atoll run accepted it"
+        paths = [line.strip().split(":")[0] for line in stderr.splitlines() if line.startswith("  ")]
+        assert any(field.startswith(path) for path in paths), f"{what}: {field} not named in: {stderr}"
+        assert "Traceback" not in stderr
+    assert atoll_crds.kubectl_json("get", "ddmruns", "-n", namespace)["items"] == [], "nothing was applied"
+
+
+def test_a_run_with_every_default_is_accepted(atoll_crds: ControlPlane, namespace: str) -> None:
+    """Only the dataset is required; the defaults need no pretrained weights."""
+    document = {"apiVersion": "atoll.dev/v1alpha1", "kind": "DDMRun", "metadata": {"name": "defaults"}}
+    document["spec"] = {"dataset": {"uri": "builtin://digits"}}
+    atoll_crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    stored = atoll_crds.kubectl_json("get", "ddmrun", "defaults", "-n", namespace)["spec"]
+    assert stored["partition"]["features"] == "pixels"
+    assert stored["weights"] == {"source": "none"}
+    assert stored["failurePolicy"]["pendingTimeoutSeconds"] == 600
+    assert parse_manifest({**document, "spec": stored}, "defaults").spec.weights.source == "none"
+    atoll_crds.kubectl("delete", "ddmrun", "defaults", "-n", namespace, "--wait=false")

@@ -120,6 +120,7 @@ def random_case(seed: int, *, max_nodes: int = 10, max_experts: int = 10) -> Cas
                 "vae": "identity" if pixel else "sd-vae-ft-mse",
             },
             "partition": {"clusters": experts},
+            "weights": {"source": "hub"},
             "expert": {
                 "preset": preset,
                 "steps": rng.randint(100, 20_000),

@@ -16,6 +16,7 @@ def run(preset: str = "dit-b/2", clusters: int = 4, **placement: object) -> DDMR
     return DDMRunSpec.model_validate(
         {
             "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "weights": {"source": "hub"},
             "partition": {"clusters": clusters},
             "expert": {"preset": preset, "steps": 10_000, "globalBatchSize": 256},
             "placement": placement,

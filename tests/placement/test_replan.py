@@ -20,6 +20,7 @@ def run(clusters: int = 4) -> DDMRunSpec:
     return DDMRunSpec.model_validate(
         {
             "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "weights": {"source": "hub"},
             "partition": {"clusters": clusters},
             "expert": {"preset": "dit-b/2", "steps": STEPS, "globalBatchSize": BATCH, "checkpointEvery": 500},
         }

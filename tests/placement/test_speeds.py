@@ -10,14 +10,15 @@ from atoll.operator.placement.speeds import builtin_speed, throughput
 from atoll.operator.placement.workload import GIB, Workload
 from atoll.progress import StageProgress
 
-XL = Workload(preset=PRESETS["dit-xl/2"], latent_channels=4, latent_side=32)
-B = Workload(preset=PRESETS["dit-b/2"], latent_channels=4, latent_side=32)
+XL = Workload(preset=PRESETS["dit-xl/2"], latent_shape=(4, 32, 32))
+B = Workload(preset=PRESETS["dit-b/2"], latent_shape=(4, 32, 32))
 
 
 def spec(**expert: object) -> DDMRunSpec:
     return DDMRunSpec.model_validate(
         {
             "dataset": {"uri": "builtin://shapes", "resolution": 256, "vae": "sd-vae-ft-mse"},
+            "weights": {"source": "hub"},
             "partition": {"clusters": 4},
             "expert": {"preset": "dit-b/2", **expert},
         }
@@ -30,7 +31,7 @@ def test_flops_of_dit_xl_match_the_papers_figure() -> None:
     dit = 3 * 2 * 119e9
     assert dit <= XL.flops_per_sample() <= 1.35 * dit
     assert XL.tokens == 256
-    bigger = Workload(preset=PRESETS["dit-xl/2"], latent_channels=4, latent_side=64)
+    bigger = Workload(preset=PRESETS["dit-xl/2"], latent_shape=(4, 64, 64))
     assert bigger.flops_per_sample() > 4 * XL.flops_per_sample()  # 4× tokens, attention grows faster
 
 
@@ -70,7 +71,7 @@ def test_builtin_speeds_rank_the_products() -> None:
 
 
 def test_precision_fp32_uses_the_fp32_peak() -> None:
-    fp32 = Workload(preset=PRESETS["dit-b/2"], latent_channels=4, latent_side=32, precision="fp32")
+    fp32 = Workload(preset=PRESETS["dit-b/2"], latent_shape=(4, 32, 32), precision="fp32")
     assert builtin_speed(fp32, "NVIDIA-A100-SXM4-80GB") < builtin_speed(B, "NVIDIA-A100-SXM4-80GB") / 5
 
 
@@ -109,5 +110,5 @@ def test_run_speed_table_uses_spec_overrides_and_geometry() -> None:
     assert table.per_gpu("NVIDIA-L4") == 77.0
     assert workload_of(run).tokens == 256  # 256 px, 8× VAE, patch 2
     pixels = DDMRunSpec.model_validate({"dataset": {"uri": "builtin://digits", "resolution": 16}})
-    assert (workload_of(pixels).latent_channels, workload_of(pixels).latent_side) == (3, 16)
+    assert workload_of(pixels).latent_shape == (3, 16, 16)
     assert workload_of(pixels).min_memory_gib(1, True) * GIB < 40 * GIB

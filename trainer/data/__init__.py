@@ -1,7 +1,7 @@
 """Datasets: `open_dataset(spec.dataset)` → a Dataset of images (or clips), captions and labels.
 
-Sources: builtin://digits, builtin://shapes, builtin://moving-digits, builtin://moving-shapes,
-a folder of images or videos with .txt sidecars, and WebDataset-style .tar shards, each
+Sources: builtin://digits, builtin://shapes, builtin://moving-digits, builtin://moving-shapes
+(and their bouncing- variants), a folder of images or videos with .txt sidecars, and WebDataset-style .tar shards, each
 local (path or file://) or in s3:// through atoll.store. dataset.frames decides whether
 examples are images (1) or clips (more). Example i is the same in every process. Opening
 never downloads from the internet.
@@ -40,8 +40,8 @@ __all__ = [
     "open_dataset",
 ]
 
-BUILTIN_OPTIONS = {"bounce"}
-"""Options a built-in video dataset's URI may carry (builtin://moving-digits?bounce=0.25)."""
+BOUNCING_SHARE = 0.5
+"""Share of the moving clips that bounce off the walls in builtin://bouncing-digits and bouncing-shapes."""
 
 
 def open_dataset(spec: DatasetSpec, store_opener: Callable[[str], Store] = open_store) -> Dataset:
@@ -113,39 +113,16 @@ def _shards(spec: DatasetSpec, store: Store, shards: list[str]) -> Dataset:
 
 def _open_builtin(spec: DatasetSpec) -> Dataset:
     name = builtin_name(spec.uri)
-    options = _builtin_options(spec.uri)
-    if name in ("digits", "shapes") and options:
-        raise DatasetError(f"dataset.uri {spec.uri!r}: builtin://{name} takes no options")
     if name == "digits":
         return DigitsDataset(spec.resolution)
     if name == "shapes":
         return ShapesDataset(spec.resolution, spec.seed)
-    bounce = options.get("bounce", 0.0)
-    if not 0.0 <= bounce <= 1.0:
-        raise DatasetError(f"dataset.uri {spec.uri!r}: bounce is the share of clips that bounce, in [0, 1]")
-    if name == "moving-digits":
+    bounce = BOUNCING_SHARE if name in ("bouncing-digits", "bouncing-shapes") else 0.0
+    if name in ("moving-digits", "bouncing-digits"):
         return MovingDigitsDataset(spec.resolution, spec.frames, spec.fps, spec.seed, bounce=bounce)
-    if name == "moving-shapes":
+    if name in ("moving-shapes", "bouncing-shapes"):
         return MovingShapesDataset(spec.resolution, spec.frames, spec.fps, spec.seed, bounce=bounce)
     raise DatasetError(
         f"dataset.uri {spec.uri!r}: unknown built-in dataset (builtin://digits, builtin://shapes,"
-        " builtin://moving-digits, builtin://moving-shapes)"
+        " builtin://moving-digits, builtin://moving-shapes, builtin://bouncing-digits, builtin://bouncing-shapes)"
     )
-
-
-def _builtin_options(uri: str) -> dict[str, float]:
-    """The ?name=value options of a built-in URI, each a known option with a number."""
-    if "?" not in uri:
-        return {}
-    options: dict[str, float] = {}
-    for part in uri.split("?", 1)[1].split("&"):
-        name, _, value = part.partition("=")
-        if name not in BUILTIN_OPTIONS:
-            raise DatasetError(
-                f"dataset.uri {uri!r}: unknown option {name!r} (known: {', '.join(sorted(BUILTIN_OPTIONS))})"
-            )
-        try:
-            options[name] = float(value)
-        except ValueError:
-            raise DatasetError(f"dataset.uri {uri!r}: option {name} needs a number, got {value!r}") from None
-    return options

@@ -3,8 +3,9 @@
 `builtin://moving-digits` moves scikit-learn's digit scans across a black canvas
 ("a 7 moving left"); `builtin://moving-shapes` moves, grows, shrinks or rotates coloured
 shapes ("a red square moving up"). Speed, start and direction are drawn per clip from
-(dataset.seed, i); with `?bounce=p` a share p of the moving clips bounce off the walls
-("… and bouncing back"). Labels combine content and motion. Never downloads anything.
+(dataset.seed, i); in `builtin://bouncing-digits` and `bouncing-shapes` half the moving clips
+bounce off the walls ("… and bouncing back"). Labels combine content and motion. Never
+downloads anything.
 """
 
 from __future__ import annotations

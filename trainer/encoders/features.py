@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from atoll.api.weights import WeightsSpec
 from atoll.trainer.encoders.weights import load_local
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,14 +118,15 @@ class Dinov2Features(_VisionTransformerFeatures):
     name = "dinov2-vitl14"
     repo_id = "facebook/dinov2-large"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: WeightsSpec | None = None) -> None:
         from transformers import Dinov2Model
 
         model = load_local(
             self.name,
             self.repo_id,
-            lambda source: Dinov2Model.from_pretrained(source, local_files_only=True),
+            Dinov2Model.from_pretrained,
             field="partition.features",
+            weights=weights,
         )
         patch = _config_int(model, "patch_size")
         side = min(224, _config_int(model, "image_size")) // patch * patch  # 224: DINOv2's evaluation crop
@@ -144,14 +146,15 @@ class ClipImageFeatures(_VisionTransformerFeatures):
     name = "clip-vitl14"
     repo_id = "openai/clip-vit-large-patch14"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: WeightsSpec | None = None) -> None:
         from transformers import CLIPVisionModelWithProjection
 
         model = load_local(
             self.name,
             self.repo_id,
-            lambda source: CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=True),
+            CLIPVisionModelWithProjection.from_pretrained,
             field="partition.features",
+            weights=weights,
         )
         super().__init__(model, _config_int(model, "image_size"), CLIP_MEAN, CLIP_STD, device)
         self.dim = _config_int(model, "projection_dim")
@@ -168,16 +171,19 @@ def _config_int(model: Any, name: str) -> int:
     return int(value)
 
 
-def feature_encoder_for(name: str, resolution: int, device: str = "cpu", frames: int = 1) -> FeatureEncoder:
-    """The partition.features encoder `name` (pixels, dinov2-vitl14, clip-vitl14) on `device`,
-    for images (frames = 1) or clips of `frames` frames."""
+def feature_encoder_for(
+    name: str, resolution: int, device: str = "cpu", *, frames: int = 1, weights: WeightsSpec | None = None
+) -> FeatureEncoder:
+    """The partition.features encoder `name` (pixels, dinov2-vitl14, clip-vitl14) on `device`, for
+    images (frames = 1) or clips of `frames` frames; pretrained ones loaded from the source `weights`
+    names (see weights.py)."""
     if name == "pixels":
         return PixelFeatures(resolution, device) if frames == 1 else ClipPixelFeatures(resolution, frames, device)
     encoder: FeatureEncoder
     if name == "dinov2-vitl14":
-        encoder = Dinov2Features(device)
+        encoder = Dinov2Features(device, weights)
     elif name == "clip-vitl14":
-        encoder = ClipImageFeatures(device)
+        encoder = ClipImageFeatures(device, weights)
     else:
         raise ValueError(f"partition.features: unknown feature encoder {name!r}")
     return encoder if frames == 1 else KeyFrameFeatures(encoder, frames)

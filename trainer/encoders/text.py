@@ -26,6 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from atoll.api.weights import WeightsSpec
 from atoll.errors import AtollError
 from atoll.trainer.encoders.weights import load_local
 
@@ -112,8 +113,11 @@ class TextEncoder:
 CLIP_REPO = "openai/clip-vit-large-patch14"
 
 
-def text_encoder_for(name: str, device: torch.device | str = "cpu") -> TextEncoder:
-    """The dataset.textEncoder `name` (hashed-bow, clip-vitl14) on `device`."""
+def text_encoder_for(
+    name: str, device: torch.device | str = "cpu", *, weights: WeightsSpec | None = None
+) -> TextEncoder:
+    """The dataset.textEncoder `name` (hashed-bow, clip-vitl14) on `device`, pretrained ones
+    loaded from the source `weights` names (see weights.py)."""
     if name == "hashed-bow":
         return TextEncoder(name, HashedBowTextEncoder()).to(device)
     if name == "clip-vitl14":
@@ -122,14 +126,16 @@ def text_encoder_for(name: str, device: torch.device | str = "cpu") -> TextEncod
         model = load_local(
             name,
             CLIP_REPO,
-            lambda s: CLIPTextModel.from_pretrained(s, local_files_only=True),
+            CLIPTextModel.from_pretrained,
             field="dataset.textEncoder",
+            weights=weights,
         )
         tokenizer = load_local(
             name,
             CLIP_REPO,
-            lambda s: CLIPTokenizer.from_pretrained(s, local_files_only=True),
+            CLIPTokenizer.from_pretrained,
             field="dataset.textEncoder",
+            weights=weights,
         )
         return TextEncoder(name, model, tokenizer).to(device)
     raise ValueError(f"dataset.textEncoder: unknown text encoder {name!r}")

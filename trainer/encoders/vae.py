@@ -24,6 +24,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
+from atoll.api.weights import WeightsSpec
 from atoll.errors import AtollError
 from atoll.trainer.encoders.weights import load_local
 
@@ -136,17 +137,22 @@ class LatentCodec:
         return images.float()
 
 
-def vae_for(name: str, device: torch.device | str = "cpu") -> LatentCodec:
-    """The dataset.vae `name` (identity, sd-vae-ft-mse) on `device`."""
+def vae_for(name: str, device: torch.device | str = "cpu", *, weights: WeightsSpec | None = None) -> LatentCodec:
+    """The dataset.vae `name` (identity, sd-vae-ft-mse) on `device`, pretrained ones loaded from
+    the source `weights` names (see weights.py)."""
     if name == "identity":
         return LatentCodec(name, IdentityVAE()).to(device)
     if name == "sd-vae-ft-mse":
         model = load_local(
-            name, SD_VAE_REPO, lambda source: _autoencoder_kl(source, local_files_only=True), field="dataset.vae"
+            name,
+            SD_VAE_REPO,
+            _autoencoder_kl,
+            field="dataset.vae",
+            weights=weights,
         )
         return LatentCodec(name, model).to(device)
     if name == "wan2.1-vae":
-        model = load_local(name, WAN_VAE_REPO, _autoencoder_kl_wan, field="dataset.vae")
+        model = load_local(name, WAN_VAE_REPO, _autoencoder_kl_wan, field="dataset.vae", weights=weights)
         return LatentCodec(name, model).to(device)
     raise ValueError(f"dataset.vae: unknown VAE {name!r}")
 
@@ -168,7 +174,7 @@ def load_vae(directory: str | Path, device: torch.device | str = "cpu") -> Laten
     if class_name == "AutoencoderKL":
         return LatentCodec("sd-vae-ft-mse", _autoencoder_kl(str(directory))).to(device)
     if class_name == "AutoencoderKLWan":
-        return LatentCodec("wan2.1-vae", _autoencoder_kl_wan(str(directory))).to(device)
+        return LatentCodec("wan2.1-vae", _autoencoder_kl_wan(str(directory), local_files_only=True)).to(device)
     raise AtollError(f"{config_path}: unknown VAE class {class_name!r}")
 
 
@@ -181,11 +187,9 @@ def _autoencoder_kl(source: str, **kwargs: Any) -> Any:
         return AutoencoderKL.from_pretrained(source, **kwargs)  # type: ignore[no-untyped-call]
 
 
-def _autoencoder_kl_wan(source: str) -> Any:
+def _autoencoder_kl_wan(source: str, **kwargs: Any) -> Any:
     """AutoencoderKLWan from a save_pretrained copy, or from the vae/ sub-folder of the Wan repository."""
     from diffusers import AutoencoderKLWan
 
     subfolder = "vae" if source == WAN_VAE_REPO else None
-    return AutoencoderKLWan.from_pretrained(  # type: ignore[no-untyped-call]
-        source, subfolder=subfolder, local_files_only=True
-    )
+    return AutoencoderKLWan.from_pretrained(source, subfolder=subfolder, **kwargs)  # type: ignore[no-untyped-call]

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from atoll.api.presets import get_preset
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, check_latent_shape, preset, seeded
+from atoll.trainer.models.common import ModelConfigError, architecture, seeded
 
 WAN_FREQ_DIM = 256
 """Width of the sinusoidal timestep features of Wan experts (Wan 2.1's)."""
@@ -24,29 +25,22 @@ WAN_FREQ_DIM = 256
 
 def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> dict[str, Any]:
     """The diffusers config of preset `name` for latents [C, H, W] (or clips [C, T, H, W]) and captions of width D."""
-    p = preset(name)
-    shape = check_latent_shape(latent_shape, video=p.video, name=name)
+    arch, shape = architecture(name, latent_shape)
     if text_dim < 1:
         raise ModelConfigError(f"text embedding width must be positive, got {text_dim}")
-    channels, height = shape[0], shape[-2]
-    if height % p.patch_size:
-        raise ModelConfigError(f"latent side {height} is not a multiple of preset {name}'s patch size {p.patch_size}")
-    if p.video:
-        if shape[1] % p.patch_frames:
-            raise ModelConfigError(
-                f"{shape[1]} latent frames are not a multiple of preset {name}'s temporal patch {p.patch_frames}"
-            )
+    channels = shape[0]
+    if arch.video:
         return {
             "_class_name": "WanTransformer3DModel",
-            "patch_size": list(p.patch),
-            "num_attention_heads": p.heads,
-            "attention_head_dim": p.hidden_size // p.heads,
+            "patch_size": list(arch.patch),
+            "num_attention_heads": arch.heads,
+            "attention_head_dim": arch.head_dim,
             "in_channels": channels,
             "out_channels": channels,
             "text_dim": text_dim,
             "freq_dim": WAN_FREQ_DIM,
-            "ffn_dim": p.feed_forward,
-            "num_layers": p.depth,
+            "ffn_dim": arch.ffn_dim,
+            "num_layers": arch.depth,
             "cross_attn_norm": True,
             "qk_norm": "rms_norm_across_heads",
             "eps": 1e-6,
@@ -54,15 +48,15 @@ def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> d
         }
     return {
         "_class_name": "PixArtTransformer2DModel",
-        "num_attention_heads": p.heads,
-        "attention_head_dim": p.hidden_size // p.heads,
+        "num_attention_heads": arch.heads,
+        "attention_head_dim": arch.head_dim,
         "in_channels": channels,
         "out_channels": channels,  # velocity only: no learned variance channels
-        "num_layers": p.depth,
-        "cross_attention_dim": p.hidden_size,  # the caption is projected to the width first
+        "num_layers": arch.depth,
+        "cross_attention_dim": arch.hidden_size,  # the caption is projected to the width first
         "caption_channels": text_dim,
-        "sample_size": height,
-        "patch_size": p.patch_size,
+        "sample_size": shape[-1],
+        "patch_size": arch.patch[-1],
         # PixArt switches on resolution/aspect-ratio conditioning when sample_size == 128;
         # our experts condition on the timestep and caption only, at every size.
         "use_additional_conditions": False,
@@ -88,7 +82,7 @@ def build_expert(name: str, *, latent_shape: Sequence[int], text_dim: int, seed:
 def expert_parameter_count(name: str, *, latent_shape: Sequence[int] | None = None, text_dim: int = 768) -> int:
     """Exact parameter count of an expert, built on the meta device (no memory allocated)."""
     if latent_shape is None:
-        latent_shape = (16, 4, 32, 32) if preset(name).video else (4, 32, 32)
+        latent_shape = (16, 4, 32, 32) if get_preset(name).architecture.video else (4, 32, 32)
     config = expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
     with torch.device("meta"):
         model = expert_class(config).from_config(config)

@@ -21,8 +21,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
+from atoll.api.presets import PresetError, get_preset
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, check_latent_shape, preset, seeded
+from atoll.trainer.models.common import ModelConfigError, check_latent_shape, seeded
 
 
 class VideoPatchEmbed(nn.Module):
@@ -163,28 +164,34 @@ def router_config(
 
     latent_shape [C, T, H, W] makes a router over whole clips, patched (t, h, w) by the preset.
     """
-    p = preset(name)
+    try:
+        arch = get_preset(name).architecture
+    except PresetError as error:
+        raise ModelConfigError(str(error)) from None
     video = len(latent_shape) == 4
     shape = check_latent_shape(latent_shape, video=video)
-    channels, height = shape[0], shape[-1]
-    if height % p.patch_size:
-        raise ModelConfigError(f"latent side {height} is not a multiple of preset {name}'s patch size {p.patch_size}")
-    if video and shape[1] % p.patch_frames:
-        raise ModelConfigError(f"{shape[1]} latent frames are not a multiple of preset {name}'s patch {p.patch_frames}")
-    if video and p.hidden_size % 16:
+    channels, side = shape[0], shape[-1]
+    if shape[-2] != side:
+        raise ModelConfigError(f"the router needs square latents, got {shape[-2]}×{side}")
+    patch, patch_t = arch.patch[-1], arch.patch[0] if arch.video else 1  # an image preset patches clips (1, p, p)
+    if side % patch:
+        raise ModelConfigError(f"latent side {side} is not a multiple of preset {name}'s patch size {patch}")
+    if video and shape[1] % patch_t:
+        raise ModelConfigError(f"{shape[1]} latent frames are not a multiple of preset {name}'s patch {patch_t}")
+    if video and arch.hidden_size % 16:
         raise ModelConfigError(
-            f"a video router needs a width divisible by 16 (3-D positions), {name}'s is {p.hidden_size}"
+            f"a video router needs a width divisible by 16 (3-D positions), {name}'s is {arch.hidden_size}"
         )
-    clip = {"num_frames": shape[1], "patch_size_t": p.patch_frames} if video else {}
+    clip = {"num_frames": shape[1], "patch_size_t": patch_t} if video else {}
     return {
         **clip,
         "num_clusters": clusters,
         "in_channels": channels,
-        "sample_size": height,
-        "patch_size": p.patch_size,
-        "num_attention_heads": p.heads,
-        "attention_head_dim": p.hidden_size // p.heads,
-        "num_layers": p.depth,
+        "sample_size": side,
+        "patch_size": patch,
+        "num_attention_heads": arch.heads,
+        "attention_head_dim": arch.head_dim,
+        "num_layers": arch.depth,
         "caption_channels": text_dim,
     }
 

@@ -72,13 +72,13 @@ def build_pipeline(ctx: StageContext, scratch: Path, heartbeat: Heartbeat | None
     clusters = spec.partition.clusters
     if info.clusters != clusters:
         raise ContractError(f"partition.clusters is {clusters} but the partition's data has {info.clusters} clusters")
-    vae = vae_for(info.vae)
+    vae = vae_for(info.vae, weights=spec.weights)
     if vae.latent_shape(info.resolution, info.frames) != info.latent_shape:
         raise ContractError(
             f"VAE {info.vae} makes latents {list(vae.latent_shape(info.resolution, info.frames))} at resolution"
             f" {info.resolution} ({info.frames} frames), the data holds {list(info.latent_shape)}"
         )
-    text = text_encoder_for(info.text_encoder)
+    text = text_encoder_for(info.text_encoder, weights=spec.weights)
     if text.shape != info.text_shape:
         raise ContractError(
             f"text encoder {info.text_encoder} makes embeddings {list(text.shape)}, the data holds"

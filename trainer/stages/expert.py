@@ -1,9 +1,10 @@
 """The `expert` stage: flow matching of expert k on its cluster alone (DESIGN.md §1).
 
 `python -m atoll.trainer expert --run SPEC --store RUN --expert K [--micro-batch M]
-[--grad-accum A] [--gpus G]`. Reads partition/stats.json and data/cluster-<k>/, trains
-`expert.steps_for(k, sizes)` steps with the shared loop, commits checkpoints under
-experts/<k>/ and rewrites experts/<k>/progress.json. Never talks to other experts.
+[--grad-accum A] [--gpus G]`. Reads partition/stats.json and streams data/cluster-<k>/'s
+shards, trains `expert.steps_for(k, sizes)` steps with the shared loop, commits checkpoints
+under experts/<k>/ and rewrites experts/<k>/progress.json. Never loads its whole cluster
+into memory, never talks to other experts.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from atoll.errors import AtollError
 from atoll.progress import StageName
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
-from atoll.trainer.clusterdata import ClusterData, read_cluster, read_info, read_null_text
+from atoll.trainer.clusterdata import DataInfo, cluster_shards, read_info, read_null_text
 from atoll.trainer.context import StageContext
 from atoll.trainer.training.data_order import ExampleDraws, derive_seed
 from atoll.trainer.training.runner import TrainingJob, run_training, training_job
+from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
+
+CAPTIONED = ("latents", "text", "text_mask")
+"""The shard tensors a text-conditioned model trains on."""
 
 
 class StageInputError(AtollError):
@@ -80,7 +85,10 @@ class ExpertTask:
 
     expert: int
     preset: str
-    data: ClusterData
+    data: StreamData
+    """Cluster k's shards (one source)."""
+    latent_shape: tuple[int, ...]
+    text_shape: tuple[int, int]
     null_text: torch.Tensor
     """[1, L, D] the empty caption's embedding (caption dropout, for classifier-free guidance)."""
     null_mask: torch.Tensor
@@ -96,30 +104,18 @@ class ExpertTask:
     def stage(self) -> StageName:
         return "expert"
 
-    @property
-    def examples(self) -> int:
-        return len(self.data)
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.data.latents.shape[1:])
-
-    @property
-    def text_dim(self) -> int:
-        return int(self.data.text.shape[-1])
-
     def build_model(self, seed: int) -> torch.nn.Module:
         from atoll.trainer.models.expert import build_expert
 
-        return build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_dim, seed=seed)
+        return build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_shape[1], seed=seed)
 
     def losses(
-        self, model: torch.nn.Module, indices: torch.Tensor, draws: ExampleDraws, device: torch.device
+        self, model: torch.nn.Module, batch: ExampleBatch, draws: ExampleDraws, device: torch.device
     ) -> torch.Tensor:
         from atoll.trainer.models.expert import velocity
 
-        x0 = self.data.latents[indices].to(device)
-        text, mask = self.data.text[indices], self.data.text_mask[indices]
+        x0 = batch["latents"].to(device)
+        text, mask = batch["text"], batch["text_mask"]
         drop = draws.uniform < self.caption_dropout
         if bool(drop.any()):
             text = torch.where(drop[:, None, None], self.null_text, text)
@@ -140,7 +136,7 @@ class ExpertTask:
             "expert": self.expert,
             "preset": self.preset,
             "latentShape": list(self.latent_shape),
-            "textShape": [int(self.data.text.shape[1]), self.text_dim],
+            "textShape": list(self.text_shape),
             "captionDropout": self.caption_dropout,
             **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
@@ -151,24 +147,34 @@ class ExpertTask:
         }
 
 
-def expert_task(store: Store, *, spec: DDMRunSpec, k: int) -> ExpertTask:
-    """Expert k's task with its cluster's examples loaded from the store."""
-    info = read_info(store)
-    data = read_cluster(store, k)
-    if tuple(data.latents.shape[1:]) != tuple(info.latent_shape):
-        raise StageInputError(
-            f"cluster {k}'s latents are {list(data.latents.shape[1:])}, data/info.json says {list(info.latent_shape)}"
-        )
+def null_caption(store: Store, info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty caption (text [1, L, D], mask [1, L]), checked against the data's caption shape."""
     null_text, null_mask = read_null_text(store)
-    if tuple(null_text.shape[1:]) != tuple(data.text.shape[1:]):
+    if tuple(null_text.shape[1:]) != tuple(info.text_shape):
         raise StageInputError(
-            f"the null caption is {list(null_text.shape[1:])}, cluster {k}'s captions are {list(data.text.shape[1:])}"
+            f"the null caption is {list(null_text.shape[1:])}, data/info.json says captions are {list(info.text_shape)}"
         )
+    return null_text, null_mask
+
+
+def expert_task(store: Store, *, spec: DDMRunSpec, k: int) -> ExpertTask:
+    """Expert k's task, streaming its cluster's shards from the store."""
+    info = read_info(store)
+    shards = tuple(cluster_shards(store, k))
+    null_text, null_mask = null_caption(store, info)
     sampling = spec.expert.timestep_sampling
     return ExpertTask(
         expert=k,
         preset=spec.expert.preset,
-        data=data,
+        data=StreamData(
+            store=store,
+            sources=(StreamSource(shards),),
+            tensors=CAPTIONED,
+            window=spec.expert.shuffle_buffer,
+            row_shapes=row_shapes(info),
+        ),
+        latent_shape=tuple(info.latent_shape),
+        text_shape=info.text_shape,
         null_text=null_text,
         null_mask=null_mask,
         caption_dropout=spec.expert.caption_dropout,

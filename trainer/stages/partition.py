@@ -76,7 +76,9 @@ def _cluster(ctx: StageContext, dataset: Dataset, device: torch.device, heartbea
     spec, store = ctx.spec, ctx.store
     n = len(dataset)
     started = time.monotonic()
-    encoder = feature_encoder_for(spec.partition.features, spec.dataset.resolution, str(device), dataset.frames)
+    encoder = feature_encoder_for(
+        spec.partition.features, spec.dataset.resolution, str(device), frames=dataset.frames, weights=spec.weights
+    )
     batch = max(ENCODE_BATCH, 1024 // dataset.frames) if spec.partition.features == "pixels" else ENCODE_BATCH
     parts = []
     for start in range(0, n, batch):
@@ -157,8 +159,8 @@ def _encode(
     """Pre-encode every cluster not yet committed, then data/info.json and partition/done.json."""
     spec, store = ctx.spec, ctx.store
     n, k = len(dataset), spec.partition.clusters
-    vae = vae_for(spec.dataset.vae, device)
-    text_encoder = text_encoder_for(spec.dataset.text_encoder, device)
+    vae = vae_for(spec.dataset.vae, device, weights=spec.weights)
+    text_encoder = text_encoder_for(spec.dataset.text_encoder, device, weights=spec.weights)
     latent_shape = vae.latent_shape(spec.dataset.resolution, dataset.frames)
     null_text, null_mask = text_encoder.encode_prompts([""])
     clusterdata.write_null_text(store, null_text, null_mask)

@@ -1,10 +1,11 @@
 """The `router` stage: a classifier of the cluster k of a noisy sample, p(k | x_t, σ[, caption]).
 
-`python -m atoll.trainer router --run SPEC --store RUN`. Trains on every cluster's examples
-in proportion to cluster size (uniform over all examples; the label is the cluster),
-noised exactly like the experts' data (atoll.trainer.flow), with the shared loop. It needs
-only the partition, so it runs while the experts train. Afterwards it writes
-router/metrics.json: held-out accuracy per σ bucket, with the EMA weights.
+`python -m atoll.trainer router --run SPEC --store RUN`. Streams every cluster's shards, each
+shuffle window mixing the clusters in proportion to their size (uniform over all examples;
+the label is the cluster), noised exactly like the experts' data (atoll.trainer.flow), with
+the shared loop. It needs only the partition, so it runs while the experts train.
+Afterwards it writes router/metrics.json: held-out accuracy per σ bucket, with the EMA
+weights. Never loads the dataset into memory: only a window and the held-out rows.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from atoll.log import get_logger
 from atoll.progress import StageName
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
-from atoll.trainer.clusterdata import ClusterData, read_all_clusters, read_null_text
+from atoll.trainer.clusterdata import ShardRef, cluster_shards, read_info
 from atoll.trainer.context import StageContext
-from atoll.trainer.stages.expert import StageInputError, cluster_sizes
+from atoll.trainer.shardfiles import ShardFiles
+from atoll.trainer.stages.expert import CAPTIONED, StageInputError, cluster_sizes, null_caption
 from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
 from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
+from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
 
 log = get_logger(__name__)
 
@@ -76,14 +79,14 @@ class RouterTask:
     """Cross-entropy of the cluster label from the noised sample (and, optionally, the caption)."""
 
     preset: str
-    data: ClusterData
-    """Every cluster's examples, concatenated."""
-    clusters: torch.Tensor
-    """[n] the cluster of each example (the label)."""
+    data: StreamData
+    """Every cluster's shards (one source per cluster: the source is the label), held-out rows excluded."""
+    latent_shape: tuple[int, ...]
+    text_shape: tuple[int, int]
     num_clusters: int
     """K."""
-    train_ids: torch.Tensor
-    """Rows of `data` the router trains on (the rest are held out for metrics)."""
+    held_out: int
+    """Examples kept out of training for router/metrics.json."""
     condition_on_text: bool
     null_text: torch.Tensor
     null_mask: torch.Tensor
@@ -102,14 +105,6 @@ class RouterTask:
     def expert(self) -> int | None:
         return None
 
-    @property
-    def examples(self) -> int:
-        return int(self.train_ids.shape[0])
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.data.latents.shape[1:])
-
     def build_model(self, seed: int) -> torch.nn.Module:
         from atoll.trainer.models.router import build_router
 
@@ -117,17 +112,16 @@ class RouterTask:
             self.preset,
             clusters=self.num_clusters,
             latent_shape=self.latent_shape,
-            text_dim=int(self.data.text.shape[-1]) if self.condition_on_text else None,
+            text_dim=self.text_shape[1] if self.condition_on_text else None,
             seed=seed,
         )
 
     def losses(
-        self, model: torch.nn.Module, indices: torch.Tensor, draws: ExampleDraws, device: torch.device
+        self, model: torch.nn.Module, batch: ExampleBatch, draws: ExampleDraws, device: torch.device
     ) -> torch.Tensor:
         from atoll.trainer.models.router import router_logits
 
-        rows = self.train_ids[indices]
-        x0 = self.data.latents[rows].to(device)
+        x0 = batch["latents"].to(device)
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
         sigma, noise = sigma.to(device), draws.noise.to(device)
         x_t = flow.add_noise(x0, noise, sigma)
@@ -135,13 +129,13 @@ class RouterTask:
             x_t = flow.give_first_frame(x_t, x0, (draws.condition < self.first_frame_conditioning).to(device))
         text = mask = None
         if self.condition_on_text:
-            text, mask = self.data.text[rows], self.data.text_mask[rows]
+            text, mask = batch["text"], batch["text_mask"]
             # Dropped captions as the experts drop them, so p(k | x_t, σ, ∅) is learned for guidance.
             drop = draws.uniform < self.caption_dropout
             text = torch.where(drop[:, None, None], self.null_text, text).to(device).float()
             mask = torch.where(drop[:, None], self.null_mask, mask).to(device)
         logits = router_logits(model, x_t, sigma, text, mask)
-        return functional.cross_entropy(logits.float(), self.clusters[rows].to(device), reduction="none")
+        return functional.cross_entropy(logits.float(), batch.source.to(device), reduction="none")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -151,7 +145,7 @@ class RouterTask:
             "latentShape": list(self.latent_shape),
             "conditionOnText": self.condition_on_text,
             "captionDropout": self.caption_dropout if self.condition_on_text else 0.0,
-            "heldOut": int(self.clusters.shape[0]) - self.examples,
+            "heldOut": self.held_out,
             **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
                 "distribution": self.sigma_distribution,
@@ -161,22 +155,50 @@ class RouterTask:
         }
 
 
-def _split(spec: DDMRunSpec, examples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return held_out_split(examples, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT)
+def router_sources(store: Store, spec: DDMRunSpec) -> tuple[StreamSource, ...]:
+    """Every cluster's shards as one source each, with the held-out split marked on them.
+
+    The held-out rows are a seeded random HELD_OUT_FRACTION (at most HELD_OUT_LIMIT) of all
+    examples, counted cluster by cluster, shard by shard, row by row.
+    """
+    shards = [cluster_shards(store, k) for k in range(len(cluster_sizes(store)))]
+    total = sum(s.examples for cluster in shards for s in cluster)
+    _, held = held_out_split(total, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT)
+    held_rows = held.tolist()
+    sources, first, at = [], 0, 0
+    for cluster in shards:
+        marked: dict[int, tuple[int, ...]] = {}
+        for j, shard in enumerate(cluster):
+            rows = []
+            while at < len(held_rows) and held_rows[at] < first + shard.examples:
+                rows.append(held_rows[at] - first)
+                at += 1
+            if rows:
+                marked[j] = tuple(rows)
+            first += shard.examples
+        sources.append(StreamSource(tuple(cluster), marked))
+    return tuple(sources)
 
 
 def router_task(store: Store, *, spec: DDMRunSpec) -> RouterTask:
-    """The router's task over every cluster's examples, loaded from the store."""
-    data, clusters = read_all_clusters(store)
-    train_ids, _ = _split(spec, len(data))
-    null_text, null_mask = read_null_text(store)
+    """The router's task, streaming every cluster's shards from the store."""
+    info = read_info(store)
+    sources = router_sources(store, spec)
+    null_text, null_mask = null_caption(store, info)
     sampling = spec.router.timestep_sampling
     return RouterTask(
         preset=spec.router.preset,
-        data=data,
-        clusters=clusters,
-        num_clusters=len(cluster_sizes(store)),
-        train_ids=train_ids,
+        data=StreamData(
+            store=store,
+            sources=sources,
+            tensors=CAPTIONED if spec.router.condition_on_text else ("latents",),
+            window=spec.router.shuffle_buffer,
+            row_shapes=row_shapes(info),
+        ),
+        latent_shape=tuple(info.latent_shape),
+        text_shape=info.text_shape,
+        num_clusters=len(sources),
+        held_out=sum(len(rows) for source in sources for rows in source.held_out.values()),
         condition_on_text=spec.router.condition_on_text,
         null_text=null_text,
         null_mask=null_mask,
@@ -188,42 +210,74 @@ def router_task(store: Store, *, spec: DDMRunSpec) -> RouterTask:
     )
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The router's held-out examples (a few thousand at most), in memory."""
+
+    latents: torch.Tensor
+    clusters: torch.Tensor
+    """[n] the cluster of each example: the label."""
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+
+def read_held_out(store: Store, sources: tuple[StreamSource, ...], *, with_text: bool) -> HeldOut:
+    """The held-out rows of every cluster, in cluster, shard, row order."""
+    names = CAPTIONED if with_text else ("latents",)
+    parts: list[dict[str, torch.Tensor]] = []
+    clusters: list[torch.Tensor] = []
+    with ShardFiles(store) as files:
+        for k, source in enumerate(sources):
+            for j, rows in sorted(source.held_out.items()):
+                shard: ShardRef = source.shards[j]
+                parts.append(files.read_rows(shard, torch.tensor(rows, dtype=torch.int64), names))
+                clusters.append(torch.full((len(rows),), k, dtype=torch.int64))
+    if not parts:
+        raise StageInputError("the router has no held-out examples to evaluate on (fewer than 2 examples)")
+    tensors = {name: torch.cat([p[name] for p in parts]) for name in names}
+    return HeldOut(
+        latents=tensors["latents"],
+        clusters=torch.cat(clusters),
+        text=tensors.get("text"),
+        text_mask=tensors.get("text_mask"),
+    )
+
+
 @torch.inference_mode()
 def sigma_bucket_accuracy(
     router: torch.nn.Module,
-    data: ClusterData,
-    clusters: torch.Tensor,
-    rows: torch.Tensor,
+    held_out: HeldOut,
     *,
     seed: int,
     buckets: int = SIGMA_BUCKETS,
     batch: int = 256,
-    condition_on_text: bool = False,
 ) -> list[dict[str, float]]:
-    """Accuracy and cross-entropy of `router` on examples `rows`, per σ bucket [b/B, (b+1)/B).
+    """Accuracy and cross-entropy of `router` on the held-out examples, per σ bucket [b/B, (b+1)/B).
 
     Each example is noised once per bucket at a σ drawn uniformly inside it, with noise
-    seeded by (seed, bucket, example position), so the numbers are reproducible.
+    seeded by (seed, bucket, example position), so the numbers are reproducible. The caption
+    is fed when the held-out set carries one (a text-conditioned router).
     """
     from atoll.trainer.models.router import router_logits
 
     device = next(router.parameters()).device
-    shape = tuple(int(s) for s in data.latents.shape[1:])
+    shape = tuple(int(s) for s in held_out.latents.shape[1:])
+    n = int(held_out.latents.shape[0])
     results = []
     for b in range(buckets):
         correct, loss, seen = 0, 0.0, 0
-        for start in range(0, int(rows.shape[0]), batch):
-            chunk = rows[start : start + batch]
-            draws = draw_examples(seed, b, range(start, start + int(chunk.shape[0])), shape, stream=STREAM_EVAL)
+        for start in range(0, n, batch):
+            chunk = slice(start, min(n, start + batch))
+            draws = draw_examples(seed, b, range(chunk.start, chunk.stop), shape, stream=STREAM_EVAL)
             sigma = ((b + draws.uniform) / buckets).to(device)
-            x_t = flow.add_noise(data.latents[chunk].to(device), draws.noise.to(device), sigma)
-            text = data.text[chunk].to(device).float() if condition_on_text else None
-            mask = data.text_mask[chunk].to(device) if condition_on_text else None
+            x_t = flow.add_noise(held_out.latents[chunk].to(device), draws.noise.to(device), sigma)
+            text = held_out.text[chunk].to(device).float() if held_out.text is not None else None
+            mask = held_out.text_mask[chunk].to(device) if held_out.text_mask is not None else None
             logits = router_logits(router, x_t, sigma, text, mask).float()
-            labels = clusters[chunk].to(device)
+            labels = held_out.clusters[chunk].to(device)
             correct += int((logits.argmax(dim=1) == labels).sum())
             loss += float(functional.cross_entropy(logits, labels, reduction="sum"))
-            seen += int(chunk.shape[0])
+            seen += chunk.stop - chunk.start
         results.append(
             {
                 "sigmaLow": b / buckets,
@@ -241,18 +295,15 @@ def evaluate_router(store: Store, spec: DDMRunSpec, *, device: torch.device | st
     from atoll.trainer.models.loading import load_router_for_sampling
 
     router = load_router_for_sampling(store, device=device)
-    data, clusters = read_all_clusters(store)
-    _, held_out = _split(spec, len(data))
-    counts = torch.bincount(clusters, minlength=int(clusters.max()) + 1).double()
-    prior = (counts / counts.sum()).tolist()
-    buckets = sigma_bucket_accuracy(
-        router, data, clusters, held_out, seed=spec.router.seed, condition_on_text=spec.router.condition_on_text
-    )
+    held_out = read_held_out(store, router_sources(store, spec), with_text=spec.router.condition_on_text)
+    sizes = cluster_sizes(store)
+    prior = [size / sum(sizes) for size in sizes]
+    buckets = sigma_bucket_accuracy(router, held_out, seed=spec.router.seed)
     return {
         "preset": spec.router.preset,
         "clusters": len(prior),
         "conditionOnText": spec.router.condition_on_text,
-        "heldOutExamples": int(held_out.shape[0]),
+        "heldOutExamples": int(held_out.clusters.shape[0]),
         "prior": prior,
         "chance": max(prior),
         "accuracy": sum(b["accuracy"] for b in buckets) / len(buckets),

@@ -3,9 +3,10 @@
 AdamW with warm-up, gradient clipping, EMA of the weights, gradient accumulation over a
 fixed global batch, bf16 autocast on GPUs, data parallelism across the GPUs of one node,
 and checkpoints through the CheckpointStore every `checkpointEvery` steps and at the end.
-Data order and noise are pure functions of (seed, step, position in the global batch), and
-checkpoints hold model, EMA, optimizer and schedule, so a run killed anywhere and resumed —
-with any micro-batch × accumulation × GPU split — follows the same loss curve.
+Examples stream from the shards through a bounded shuffle window (stream.py); data order and
+noise are pure functions of (seed, step, position in the global batch), and checkpoints
+hold model, EMA, optimizer and schedule, so a run killed anywhere and resumed — with any
+micro-batch × accumulation × GPU split — follows the same loss curve.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from atoll.store.checkpoint import CheckpointStore
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.telemetry import GpuTelemetry
 from atoll.trainer.training.batching import BatchPlan
-from atoll.trainer.training.data_order import DATA_ORDER_VERSION, ExampleOrder, draw_examples
+from atoll.trainer.training.data_order import DATA_ORDER_VERSION, draw_examples
 from atoll.trainer.training.distributed import Rank, all_reduce_sum, barrier, broadcast, single_process
 from atoll.trainer.training.optim import build_optimizer
 from atoll.trainer.training.pulse import Pulse
 from atoll.trainer.training.state import TrainerState, load_checkpoint, write_checkpoint
+from atoll.trainer.training.stream import ExampleStream
 from atoll.trainer.training.task import TrainingTask
 
 log = get_logger(__name__)
@@ -121,7 +123,7 @@ class _Loop:
         self.plan = settings.batch
         if self.plan.world != rank.world:
             raise TrainingError(f"the batch plan is for {self.plan.world} processes, this group has {rank.world}")
-        self.order = ExampleOrder(task.examples, seed=settings.seed, global_batch=self.plan.global_batch)
+        self.examples = task.data.examples
         # diffusers is imported here, not at module level, so that a stage that is already
         # done answers without paying for the import.
         from diffusers.training_utils import EMAModel
@@ -157,6 +159,7 @@ class _Loop:
             log_progress=self.rank.main,
         )
         every = self.settings.recipe.checkpoint_every
+        self.stream = ExampleStream(self.task.data, seed=self.settings.seed, global_batch=self.plan.global_batch)
         try:
             with pulse:
                 pulse.start(start)
@@ -173,6 +176,7 @@ class _Loop:
                 if self.checkpoints is not None:
                     self.checkpoints.flush()
         finally:
+            self.stream.close()
             if telemetry is not None:
                 telemetry.close()
         result.samples_per_second = pulse.samples_per_second
@@ -199,7 +203,6 @@ class _Loop:
 
     def _try_step(self, step: int) -> float:
         plan, task = self.plan, self.task
-        indices = self.order.indices(step)
         loss_sum = torch.zeros((), device=self.device)
         # DistributedDataParallel averages gradients over ranks: scale so the result is the
         # mean over the global batch, whatever the split.
@@ -209,9 +212,10 @@ class _Loop:
             draws = draw_examples(self.settings.seed, step, range(positions.start, positions.stop), task.latent_shape)
             last = j == len(slices) - 1
             sync = contextlib.nullcontext() if last or not self.rank.distributed else self.net.no_sync()  # type: ignore[operator]
+            batch = self.stream.batch(step, positions)
             with sync:
                 with self.autocast():
-                    losses = task.losses(self.net, indices[positions], draws, self.device)
+                    losses = task.losses(self.net, batch, draws, self.device)
                 (losses.sum() * scale).backward()  # type: ignore[no-untyped-call]
             loss_sum += losses.detach().sum()
         all_reduce_sum(loss_sum, self.rank)
@@ -237,8 +241,9 @@ class _Loop:
             total_steps=self.settings.total_steps,
             seed=self.settings.seed,
             global_batch=self.plan.global_batch,
-            examples=self.task.examples,
+            examples=self.examples,
             data_order=DATA_ORDER_VERSION,
+            shuffle_buffer=self.task.data.window,
             micro_batch=self.plan.micro_batch,
             grad_accum=self.plan.grad_accum,
             world=self.plan.world,

@@ -49,6 +49,8 @@ class TrainerState:
     grad_accum: int
     world: int
     ema_step: int
+    shuffle_buffer: int = 0
+    """Examples shuffled together by the stream (part of the data order)."""
     loss: float | None = None
     final: bool = False
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +74,7 @@ class TrainerState:
             ("global batch", f"{section}.globalBatchSize", self.global_batch, current.global_batch),
             ("examples", "the cluster data (partition)", self.examples, current.examples),
             ("data order", "the trainer version", self.data_order, current.data_order),
+            ("shuffle buffer", f"{section}.shuffleBuffer", self.shuffle_buffer, current.shuffle_buffer),
             ("task", f"{section} (preset, data shapes or objective)", self.task, current.task),
         )
         for what, field_name, saved, now in checks:

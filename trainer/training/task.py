@@ -1,8 +1,9 @@
 """What a training stage plugs into the shared loop: its model, its examples and its loss.
 
 The expert (flow matching on one cluster) and the router (cluster classification of noised
-samples) differ only here; optimisation, precision, accumulation, data order, EMA,
-checkpoints and heartbeats are the loop's. A task must take all its randomness from the
+samples) differ only here; optimisation, precision, accumulation, data order and
+streaming, EMA, checkpoints and heartbeats are the loop's. A task names where its examples
+are (StreamData) and never loads them itself. It must take all its randomness from the
 ExampleDraws it is given, never from a global RNG, so that data order and noise stay pure
 functions of (seed, step, position).
 """
@@ -15,6 +16,7 @@ import torch
 
 from atoll.progress import StageName
 from atoll.trainer.training.data_order import ExampleDraws
+from atoll.trainer.training.stream import ExampleBatch, StreamData
 
 
 class TrainingTask(Protocol):
@@ -31,13 +33,13 @@ class TrainingTask(Protocol):
         ...
 
     @property
-    def examples(self) -> int:
-        """Number of training examples; the loop orders indices in range(examples)."""
+    def data(self) -> StreamData:
+        """The shards the loop streams the training examples from, and how they are shuffled."""
         ...
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        """[C, H, W] (or [C, T, H, W] for clips) of the noise drawn per example."""
+        """[C, H, W] (or [C, T, H, W]) of the noise drawn per example."""
         ...
 
     def build_model(self, seed: int) -> torch.nn.Module:
@@ -45,9 +47,9 @@ class TrainingTask(Protocol):
         ...
 
     def losses(
-        self, model: torch.nn.Module, indices: torch.Tensor, draws: ExampleDraws, device: torch.device
+        self, model: torch.nn.Module, batch: ExampleBatch, draws: ExampleDraws, device: torch.device
     ) -> torch.Tensor:
-        """Per-example losses [m] (float32) for examples `indices` with their random draws.
+        """Per-example losses [m] (float32) for the streamed examples `batch` with their random draws.
 
         Called under the loop's autocast; the loop sums, scales and back-propagates.
         """

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atoll.trainer.training.batching import BatchPlanError, plan_batch
-from atoll.trainer.training.data_order import ExampleOrder, draw_examples, held_out_split
+from atoll.trainer.training.data_order import draw_examples, held_out_split
 
 
 def test_plan_batch_resolves_and_rejects() -> None:
@@ -26,18 +26,6 @@ def test_plan_batch_resolves_and_rejects() -> None:
         plan_batch(10, world=4, field="router")
     with pytest.raises(BatchPlanError, match="micro-batch 5 does not divide"):
         plan_batch(64, micro_batch=5)
-
-
-def test_example_order_is_a_pure_epoch_permutation() -> None:
-    order = ExampleOrder(10, seed=3, global_batch=4)
-    seen = torch.cat([order.indices(step) for step in range(5)])  # 20 positions = 2 epochs
-    assert sorted(seen[:10].tolist()) == list(range(10))
-    assert sorted(seen[10:].tolist()) == list(range(10))
-    again = ExampleOrder(10, seed=3, global_batch=4)
-    assert torch.equal(again.indices(4), order.indices(4))  # no hidden state: any step, any order
-    assert not torch.equal(ExampleOrder(10, seed=4, global_batch=4).indices(0), order.indices(0))
-    big = ExampleOrder(3, seed=0, global_batch=7)  # a step spanning three epochs
-    assert big.indices(0).shape == (7,)
 
 
 def test_draws_depend_only_on_step_and_position() -> None:

@@ -23,10 +23,10 @@ from atoll.trainer.models.router import build_router, router_logits, router_para
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_has_the_published_size(name: str) -> None:
     # Built on the meta device: dit-xl/2 is counted exactly without allocating 2.4 GB.
-    video = PRESETS[name].video
+    video = PRESETS[name].architecture.video
     latent = (16, 4, 32, 32) if video else (4, 32, 32)
     experts = expert_parameter_count(name, latent_shape=latent, text_dim=768)
-    assert experts == pytest.approx(PRESETS[name].approx_parameters(latent[0], 768), rel=0.02)
+    assert experts == pytest.approx(PRESETS[name].architecture.approx_parameters(latent[0], 768), rel=0.02)
     routers = router_parameter_count(name, clusters=8, latent_shape=latent)
     assert 0.4 * experts < routers < experts  # no cross-attention, no caption projection
 
@@ -85,7 +85,7 @@ def test_clear_errors_for_bad_shapes(tmp_path: Path) -> None:
         build_expert("dit-xxl", latent_shape=(3, 16, 16), text_dim=8)
     with pytest.raises(ModelConfigError, match="not a multiple of preset tiny's patch size 2"):
         build_expert("tiny", latent_shape=(3, 15, 15), text_dim=8)
-    with pytest.raises(ModelConfigError, match="latents must be square"):
+    with pytest.raises(ModelConfigError, match="needs square latents"):
         build_router("tiny", clusters=2, latent_shape=(3, 8, 16))
     with pytest.raises(ModelConfigError, match=r"config\.json is missing"):
         model_from_directory(tmp_path)

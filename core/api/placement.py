@@ -1,0 +1,169 @@
+"""Where a run's pods may go: GPU constraints, node selector, tolerations, CPU and memory per GPU.
+
+Part of the DDMRun spec (atoll.api.spec re-exports these models). Label keys and values,
+taint keys and toleration fields follow Kubernetes' own rules (atoll.api.names), so a run
+the API server accepts never makes pods the API server refuses. Pure data: never import
+torch or Kubernetes clients here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from atoll.api.base import SpecModel
+from atoll.api.names import (
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+    QUALIFIED_NAME_MAX,
+    QUALIFIED_NAME_PATTERN,
+    label_value_problem,
+    qualified_name_problem,
+)
+
+
+def _label_value(value: str) -> str:
+    if problem := label_value_problem(value):
+        raise ValueError(f"invalid label value {value!r}: {problem}")
+    return value
+
+
+LabelValue = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": LABEL_VALUE_PATTERN, "maxLength": LABEL_VALUE_MAX}),
+    AfterValidator(_label_value),
+]
+"""A Kubernetes label value (pattern in the CRD, a clear reason in pydantic)."""
+
+
+def check_label_keys(value: dict[str, str], what: str) -> dict[str, str]:
+    """Raise ValueError naming the first key of `value` that is not a qualified name."""
+    for key in value:
+        if problem := qualified_name_problem(key):
+            raise ValueError(f"{what} key {key!r}: {problem}")
+    return value
+
+
+class GPURequirements(SpecModel):
+    """Constraints on the GPUs experts may use."""
+
+    min_memory_gi_b: float = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        alias="minMemoryGiB",
+        description="Only GPUs with at least this much memory (GiB) are used.",
+    )
+    products: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Allowed nvidia.com/gpu.product values; any when empty.",
+    )
+    max_per_expert: int = Field(default=8, ge=1, le=64, description="Most GPUs (of one node) a single expert may use.")
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration added to every pod of the run (Kubernetes' rules apply)."""
+
+    key: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": f"^$|{QUALIFIED_NAME_PATTERN}", "maxLength": QUALIFIED_NAME_MAX},
+        description="Taint key, a qualified name ([prefix/]name); all keys when empty with operator Exists.",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal",
+        validate_default=True,
+        description="Exists (any value; takes no value) or Equal (the key's value must equal value).",
+    )
+    value: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": LABEL_VALUE_PATTERN, "maxLength": LABEL_VALUE_MAX},
+        description="Taint value for operator Equal (a label value); must be empty for Exists.",
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; all when empty."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="How long the pod stays bound to a node with a matching NoExecute taint (effect NoExecute only).",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key_is_qualified(cls, value: str | None) -> str | None:
+        if value and (problem := qualified_name_problem(value)):
+            raise ValueError(f"invalid taint key {value!r}: {problem}")
+        return value
+
+    @field_validator("operator")
+    @classmethod
+    def _equal_needs_key(cls, value: str, info: ValidationInfo) -> str:
+        if value == "Equal" and "key" in info.data and not info.data["key"]:
+            raise ValueError("operator must be Exists when key is empty (Exists with no key tolerates every taint)")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value_fits_operator(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("operator") == "Exists" and value:
+            raise ValueError("must be empty when operator is Exists")
+        if problem := label_value_problem(value):
+            raise ValueError(f"invalid toleration value {value!r}: {problem}")
+        return value
+
+    @field_validator("toleration_seconds")
+    @classmethod
+    def _seconds_need_no_execute(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and "effect" in info.data and info.data["effect"] != "NoExecute":
+            raise ValueError("is only allowed with effect NoExecute")
+        return value
+
+
+class PlacementSpec(SpecModel):
+    """Where the run's pods may go, and what CPU and memory they get."""
+
+    gpu: GPURequirements = Field(default_factory=GPURequirements, description="GPU constraints.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "Labels a node must carry to run any pod of this run: keys are qualified names"
+            " ([prefix/]name), values label values."
+        ),
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Extra tolerations (nvidia.com/gpu is always tolerated)."
+    )
+    speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Measured samples/s of the expert preset per GPU product, overriding built-in figures.",
+    )
+    cpu_per_gpu: float | None = Field(
+        default=None,
+        gt=0,
+        le=256,
+        description=(
+            "CPU cores requested per GPU of a stage pod (a pod without GPUs counts as one);"
+            " derived from the preset when unset."
+        ),
+    )
+    memory_per_gpu_gi_b: float | None = Field(
+        default=None,
+        gt=0,
+        le=4096,
+        alias="memoryPerGpuGiB",
+        description=(
+            "Memory (GiB) requested per GPU of a stage pod (a pod without GPUs counts as one);"
+            " derived from the preset when unset."
+        ),
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector_keys_are_qualified(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_label_keys(value, "nodeSelector")
