@@ -27,4 +27,6 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 
 _PACKAGES, _PACKAGE_DIR = _packages()
-setup(packages=_PACKAGES, package_dir=_PACKAGE_DIR, package_data={"atoll": ["py.typed"]})
+# The planner's measured speed table ships with the code (atoll.operator.placement.measured).
+_DATA = {"atoll": ["py.typed"], "atoll.operator.placement": ["measured_speeds.json"]}
+setup(packages=_PACKAGES, package_dir=_PACKAGE_DIR, package_data=_DATA)

@@ -1,6 +1,7 @@
 """Operator scale on kwok: 1000 simulated GPU nodes, 16 DDMRuns × 64 experts.
 
     .venv/bin/python bench/operator_scale.py [--nodes 1000] [--runs 16] [--experts 64] [--json OUT.json]
+                                             [--skip-baselines]
 
 In one control plane (the pinned binaries of tests/env) it measures
   * baselines: the same number of bare one-GPU pods (the operator's pod shape: GPU request,
@@ -11,9 +12,15 @@ In one control plane (the pinned binaries of tests/env) it measures
   * operator: `kubectl apply` of the DDMRuns, and the time until every expert pod is bound
     (the operator creates 64 DDMExperts and 64 expert pods per run, places them, and
     patches statuses and posts Events meanwhile);
-and prints their ratio and the operator's peak memory (VmHWM of its process). Pods are
-left to kwok's stages, never executed, so each run's partition is pre-seeded in its store
-(progress.json done + stats.json): the operator starts at "partition done".
+and prints their ratio and the operator's peak memory (VmHWM of its process). Status
+latency: watches on the expert pods and the DDMExperts record when each pod was first seen
+bound and when its DDMExpert first showed Running; the bench prints the distribution of
+that delay per expert, and the writes to DDMExpert and DDMRun objects (watch MODIFIED
+events) while the runs start. Pods are left to kwok's stages, never executed, so each run's
+partition is pre-seeded in its store (stats.json, a `done` progress.json and the done
+marker): the operator starts at "partition done". With --skip-baselines only the operator
+part runs, and the bench imports nothing of the operator (so it can measure another
+checkout's operator: PYTHONPATH=that checkout's package tree).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,12 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from atoll import __version__  # noqa: E402
-from atoll.api.spec import DDMRunSpec  # noqa: E402
 from atoll.operator.crd import all_crds, render_crds  # noqa: E402
 from atoll.operator.kube import Kube, load_config  # noqa: E402
-from atoll.operator.planning import Assignment  # noqa: E402
-from atoll.operator.pods import Owner, StageAttempt, build_pod  # noqa: E402
-from atoll.operator.settings import OperatorSettings  # noqa: E402
 from atoll.progress import StageProgress  # noqa: E402
 from atoll.store import open_store  # noqa: E402
 from tests.env import fleet as fleet_builders  # noqa: E402
@@ -70,9 +74,11 @@ def run_manifest(name: str, experts: int) -> dict[str, Any]:
 def seed_partition(root: Path, namespace: str, name: str, experts: int) -> None:
     """What a finished partition stage leaves in the store (its pod never runs under kwok)."""
     store = open_store(str(root / namespace / name))
-    store.put_json("partition/stats.json", {"clusters": experts, "sizes": [1000 + k for k in range(experts)]})
+    sizes = [1000 + k for k in range(experts)]
+    store.put_json("partition/stats.json", {"clusters": experts, "sizes": sizes})
     done = StageProgress(stage="partition", state="done", step=1, total_steps=1)
     store.put_bytes("partition/progress.json", done.to_json())
+    store.put_json("partition/done.json", {"clusters": experts, "sizes": sizes, "attempt": 1})
 
 
 def wait(check: Any, timeout: float, what: str, interval: float = 0.5) -> float:
@@ -96,6 +102,12 @@ def bare_pods(
 ) -> list[dict[str, Any]]:
     """Pods shaped like the operator's expert pods, without an owner, round-robin over products
     (or, `pinned_to` nodes given, each pinned to one of them by name like a planned pod)."""
+    from atoll.api.spec import DDMRunSpec
+    from atoll.operator.placement import Assignment
+    from atoll.operator.pods import Owner, StageAttempt, build_pod
+    from atoll.operator.settings import OperatorSettings
+    from atoll.stages import StageJob
+
     spec = DDMRunSpec.model_validate(run_manifest("bare", 2)["spec"])
     owner = Owner(api_version="v1", kind="None", name="none", uid="none")
     pods = []
@@ -109,16 +121,16 @@ def bare_pods(
         item = StageAttempt(
             run="bare",
             namespace=namespace,
-            stage="expert",
-            expert=index,
+            job=StageJob("expert", index),
             attempt=1,
             spec_uri="/dev/null",
             store_uri="/dev/null",
             store_secret=None,
             owner=owner,
             assignment=Assignment(
-                node=node, gpu_product=product, gpus=1, micro_batch=None, grad_accum=None, pin=bool(node)
+                expert=index, node=node, gpu_product=product, gpus=1, micro_batch=None, grad_accum=None
             ),
+            pinned=bool(node),
         )
         pod = build_pod(item, spec, OperatorSettings())
         del pod["metadata"]["ownerReferences"]
@@ -183,13 +195,87 @@ def baseline(
     wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[1] >= total, timeout, f"{label} pods bound")
     done = time.monotonic() - t0
     print(f"baseline ({label}): {total} pods created in {created:.1f}s, all bound after {done:.1f}s")
-    cluster.kubectl("delete", "pods", "--all", "-n", "bench-bare", "--grace-period=0", "--force", "--wait=false")
+    # One API call (kubectl deleting 1024 pods one by one outlived its 60 s timeout on a busy machine).
+    kube.core.delete_collection_namespaced_pod("bench-bare", grace_period_seconds=0)
     wait(lambda: bound(kube, "bench-bare", "atoll.dev/run=bare")[0] == 0, 600, "bare pods deleted", interval=2)
     return {f"{label}_created_seconds": round(created, 2), f"{label}_bound_seconds": round(done, 2)}
 
 
+class Watcher:
+    """First-seen times, per expert, of its pod bound, of its pod Running (kwok's doing) and of
+    its DDMExpert showing Running, and the count of writes (watch MODIFIED events) to
+    DDMExperts and DDMRuns, from watches."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.bound: dict[tuple[str, int], float] = {}
+        self.pod_running: dict[tuple[str, int], float] = {}
+        self.running: dict[tuple[str, int], float] = {}
+        self.expert_writes = 0
+        self.run_writes = 0
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._pods, daemon=True),
+            threading.Thread(target=self._custom, args=("ddmexperts",), daemon=True),
+            threading.Thread(target=self._custom, args=("ddmruns",), daemon=True),
+        ]
+
+    def start(self) -> Watcher:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _stream(self, list_call: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes import watch
+
+        while not self.stop.is_set():
+            try:
+                yield from watch.Watch().stream(list_call, *args, timeout_seconds=60, **kwargs)
+            except Exception as error:
+                print(f"watch restarted: {error}")
+
+    def _pods(self) -> None:
+        for event in self._stream(
+            self.kube.core.list_namespaced_pod, self.namespace, label_selector="atoll.dev/stage=expert"
+        ):
+            pod = event["object"]
+            labels = pod.metadata.labels or {}
+            key = (labels.get("atoll.dev/run", ""), int(labels.get("atoll.dev/expert", -1)))
+            if pod.spec.node_name and key not in self.bound:
+                self.bound[key] = time.monotonic()
+            if pod.status.phase == "Running" and key not in self.pod_running:
+                self.pod_running[key] = time.monotonic()
+
+    def _custom(self, plural: str) -> None:
+        custom = self.kube.custom
+        for event in self._stream(
+            custom.list_namespaced_custom_object, "atoll.dev", "v1alpha1", self.namespace, plural
+        ):
+            item = event["object"]
+            if event["type"] == "MODIFIED":
+                if plural == "ddmexperts":
+                    self.expert_writes += 1
+                else:
+                    self.run_writes += 1
+            if plural != "ddmexperts":
+                continue
+            key = (item["spec"]["run"], int(item["spec"]["expert"]))
+            if (item.get("status") or {}).get("phase") == "Running" and key not in self.running:
+                self.running[key] = time.monotonic()
+
+    def delays(self, since: dict[tuple[str, int], float]) -> list[float]:
+        """Seconds from `since` (pod bound, pod Running) to the DDMExpert showing Running, per expert."""
+        return sorted(self.running[key] - since[key] for key in self.running if key in since)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+
 def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, float]:
-    """The DDMRuns through the operator: seconds until every expert pod is bound, and peak memory."""
+    """The DDMRuns through the operator: seconds until every expert pod is bound and every
+    DDMExpert shows Running, the delay per expert between the two, writes, peak memory."""
     total = args.runs * args.experts
     store = work / "store"
     names = [f"bench-{i:02d}" for i in range(args.runs)]
@@ -201,38 +287,52 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "--namespace", "bench-runs", "--default-store", str(store), "--interval", "1", "--store-poll", "2",
     ]  # fmt: skip
     operator = start_group(command, log=log, cwd=REPO)
+    watcher = Watcher(kube, "bench-runs").start()
     try:
         wait(lambda: "Initial authentication has finished" in log.read_text(), 120, "operator started")
         time.sleep(3)  # let kopf list nodes and pods into its indexes before the clock starts
         documents = "\n---\n".join(yaml.safe_dump(run_manifest(name, args.experts)) for name in names)
-
-        def experts() -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = json.loads(
-                cluster.kubectl("get", "ddmx", "-n", "bench-runs", "-o", "json").stdout
-            )["items"]
-            return items
-
         t0 = time.monotonic()
         cluster.kubectl("apply", "-n", "bench-runs", "-f", "-", input=documents)
-        created = wait(lambda: len(experts()) >= total, args.timeout, "every DDMExpert", interval=1)
-        wait(lambda: bound(kube, "bench-runs", "atoll.dev/stage=expert")[1] >= total, args.timeout, "pods bound")
-        done = time.monotonic() - t0
+        created = wait(lambda: _count(kube, "ddmexperts") >= total, args.timeout, "every DDMExpert", interval=1)
+        wait(lambda: len(watcher.bound) >= total, args.timeout, "pods bound")
+        done = max(watcher.bound.values()) - t0
         print(f"operator: {args.runs} runs × {args.experts} experts, every expert pod bound after {done:.1f}s")
-
-        def all_running() -> bool:
-            return sum(1 for x in experts() if (x.get("status") or {}).get("phase") == "Running") >= total
-
-        running = wait(all_running, args.timeout, "every DDMExpert Running", interval=1) + done
+        wait(lambda: len(watcher.running) >= total, args.timeout, "every DDMExpert Running")
+        running = max(watcher.running.values()) - t0
+        time.sleep(10)  # writes that still follow (heartbeat-free: nothing should change any more)
         rss = peak_rss_mib(operator.pid)
     finally:
+        watcher.stop.set()
         kill_group(operator.pid, proc=operator)
-    print(f"every DDMExpert status Running after {running:.1f}s; operator peak RSS {rss:.0f} MiB")
+    delays = watcher.delays(watcher.bound)
+    own = watcher.delays(watcher.pod_running)
+    print(
+        f"every DDMExpert status Running after {running:.1f}s ({running - done:.1f}s after the last pod bound);"
+        f" per expert, pod bound → DDMExpert Running: median {_percentile(delays, 0.5):.1f}s,"
+        f" p95 {_percentile(delays, 0.95):.1f}s, max {delays[-1]:.1f}s; pod Running → DDMExpert Running:"
+        f" median {_percentile(own, 0.5):.1f}s, max {own[-1]:.1f}s; writes: {watcher.expert_writes} DDMExpert,"
+        f" {watcher.run_writes} DDMRun; operator peak RSS {rss:.0f} MiB"
+    )
     return {
         "operator_experts_created_seconds": round(created, 2),
         "operator_bound_seconds": round(done, 2),
         "operator_status_running_seconds": round(running, 2),
+        "operator_running_after_last_bound_seconds": round(running - done, 2),
+        "operator_bound_to_running_median_seconds": round(_percentile(delays, 0.5), 2),
+        "operator_bound_to_running_p95_seconds": round(_percentile(delays, 0.95), 2),
+        "operator_bound_to_running_max_seconds": round(delays[-1], 2),
+        "operator_pod_running_to_running_median_seconds": round(_percentile(own, 0.5), 2),
+        "operator_pod_running_to_running_max_seconds": round(own[-1], 2),
+        "operator_ddmexpert_writes": watcher.expert_writes,
+        "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
     }
+
+
+def _count(kube: Kube, plural: str) -> int:
+    items = kube.custom.list_namespaced_custom_object("atoll.dev", "v1alpha1", "bench-runs", plural)["items"]
+    return len(items)
 
 
 def main() -> int:
@@ -243,6 +343,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, operator.log)")
+    parser.add_argument("--skip-baselines", action="store_true", help="measure only the operator")
     args = parser.parse_args()
     total = args.runs * args.experts
     work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
@@ -260,8 +361,9 @@ def main() -> int:
         cluster.start()
         kube = Kube(load_config(str(cluster.kubeconfig)))
         nodes = start_fleet(cluster, kube, args.nodes)
-        results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=False))
-        results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=True))
+        if not args.skip_baselines:
+            results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=False))
+            results.update(baseline(cluster, kube, nodes, total, args.timeout, pinned=True))
         results.update(operated(cluster, kube, work, args))
     finally:
         cluster.close()
@@ -269,12 +371,14 @@ def main() -> int:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    results["ratio_operator_to_bare"] = round(results["operator_bound_seconds"] / results["bare_bound_seconds"], 2)
-    results["ratio_operator_to_pinned"] = round(results["operator_bound_seconds"] / results["pinned_bound_seconds"], 2)
-    print(
-        f"ratio operator / bare pods: {results['ratio_operator_to_bare']:.2f};"
-        f" operator / pinned bare pods: {results['ratio_operator_to_pinned']:.2f}"
-    )
+    if not args.skip_baselines:
+        bound_seconds = results["operator_bound_seconds"]
+        results["ratio_operator_to_bare"] = round(bound_seconds / results["bare_bound_seconds"], 2)
+        results["ratio_operator_to_pinned"] = round(bound_seconds / results["pinned_bound_seconds"], 2)
+        print(
+            f"ratio operator / bare pods: {results['ratio_operator_to_bare']:.2f};"
+            f" operator / pinned bare pods: {results['ratio_operator_to_pinned']:.2f}"
+        )
     print(json.dumps({k: v for k, v in results.items() if k != "cpu"}, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

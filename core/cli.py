@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "crds": "atoll.operator.crd.command",
     "operator": "atoll.operator.command",
     "plan": "atoll.operator.placement.cli",
+    "calibrate": "atoll.operator.placement.calibrate",
     "agent": "atoll.operator.agent.cli",
 }
 

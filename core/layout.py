@@ -20,8 +20,12 @@ DATA = "data"
 NULL_TEXT = "data/null-text.safetensors"
 
 ROUTER = "router"
+ROUTER_METRICS = "router/metrics.json"
 MODEL = "model"
+MODEL_MARKER = "model/assembled.json"
+"""Written last by the assemble stage (the list of model files and their sizes)."""
 EVAL = "eval"
+EVAL_METRICS = "eval/metrics.json"
 
 
 def cluster_data(k: int) -> str:

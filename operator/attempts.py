@@ -1,9 +1,11 @@
 """The life of one stage across its attempts: start, watch, restart with backoff, give up.
 
-`decide_stage` looks at a stage's pods, its last status and its heartbeat and says what
-the stage is and what to do next (create attempt N, delete a pod stranded on a vanished
-node). Level-based and pure: the same observation always gives the same decision, so a
-restarted operator continues where the last one was.
+`decide_stage` looks at a stage's pods, its last status, its current heartbeat and its done
+marker and says what the stage is and what to do next (create attempt N, delete a pod
+stranded on a vanished node). A stage is done when its done marker exists (atoll.stages);
+the exit codes of the stage contract decide the rest: 3 (fenced) is no failure, 2 and 4
+(bad arguments, bad input) fail at once. Level-based and pure: the same observation always
+gives the same decision, so a restarted operator continues where the last one was.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from datetime import datetime, timedelta
 
 from atoll.api.spec import FailurePolicy
 from atoll.api.status import CheckpointStatus, StageStatus
-from atoll.operator.observe import PodView
+from atoll.operator.views import PodView
 from atoll.progress import StageProgress
+from atoll.stages import ExitCode
 
-EXIT_USAGE = 2
-"""The stage rejected its arguments: an operator or image mismatch that no retry fixes."""
 MESSAGE_LIMIT = 400
 
 
@@ -33,7 +34,10 @@ class StageInputs:
     status: StageStatus
     """The status written at the last tick."""
     progress: StageProgress | None
-    """The stage's newest heartbeat (None: absent or unreadable)."""
+    """The stage's current heartbeat (None: absent, unreadable, or written by an attempt older
+    than the claim)."""
+    done: bool | None
+    """Whether its done marker exists (None: the store has not said yet)."""
     claimed_attempt: int
     """The newest attempt claimed in the store (attempt.json; 0: none or unknown)."""
     nodes: frozenset[str] | None
@@ -42,6 +46,8 @@ class StageInputs:
     now: datetime
     moving: bool = False
     """The operator ended the current attempt itself to move the stage to faster GPUs."""
+    creation_failed: str | None = None
+    """Why the pod of the current attempt could not be created (it is created again)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
     progress = inputs.progress
     status = _with_progress(status, progress)
     latest = pods[-1] if pods else None
-    if (latest is not None and latest.phase == "Succeeded") or (progress is not None and progress.state == "done"):
+    if inputs.done:
         done = status.model_copy(
             update={"phase": "Succeeded", "completion_time": inputs.now, "message": None, "restart_after": None}
         )
@@ -134,17 +140,48 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
 
     stranded = tuple(p.name for p in pods if p.active and _node_gone(p, inputs.nodes))
     current = next((p for p in pods if p.attempt == attempt), None)
+    if current is None and inputs.creation_failed is not None:
+        # Our own create of this attempt failed (an API error): create it again, no failure.
+        retry = status.model_copy(update={"phase": "Pending", "message": inputs.creation_failed})
+        return StageDecision(retry, create_attempt=attempt, delete_pods=stranded)
     lost = None
     if current is not None and current.name in stranded:
         lost = f"node {current.node or current.planned_node} of attempt {attempt} no longer exists"
     elif current is not None and current.active:
         return StageDecision(_running(status, current, attempt), delete_pods=stranded)
+    elif current is not None and current.phase == "Succeeded" and inputs.done is None:
+        # Exited 0: done once the store shows its done marker (read on the next look).
+        finishing = _running(status, current, attempt).model_copy(update={"phase": "Running", "message": "finishing"})
+        return StageDecision(finishing, delete_pods=stranded)
 
     if inputs.moving and lost is None and (current is None or not current.active):
         # Ended on purpose at a checkpoint: not a failure, the next attempt starts at once.
         moved = status.model_copy(update={"moves": status.moves + 1, "message": "moving to faster GPUs"})
         return _start(moved, inputs, first=False, after=attempt, delete=stranded)
+    if lost is None and current is not None and current.exit_code == ExitCode.FENCED:
+        # A newer attempt claimed the stage (another operator, a re-applied run): not a
+        # failure; the next attempt starts above the claim at once and counts as no restart.
+        fenced = status.model_copy(
+            update={"message": f"attempt {attempt} was fenced by attempt {inputs.claimed_attempt} (exit 3)"}
+        )
+        return _start(fenced, inputs, first=True, after=attempt, delete=stranded)
+    return _ended(status, inputs, attempt=attempt, current=current, lost=lost, stranded=stranded)
+
+
+def _ended(
+    status: StageStatus,
+    inputs: StageInputs,
+    *,
+    attempt: int,
+    current: PodView | None,
+    lost: str | None,
+    stranded: tuple[str, ...],
+) -> StageDecision:
+    """The current attempt ended unfinished: restart it after its backoff, or give up."""
+    progress = inputs.progress
     reason = failure_reason(current, progress, attempt, lost)
+    if current is not None and current.phase == "Succeeded":
+        reason = f"attempt {attempt} exited 0 but its done marker is missing"
     if status.last_failure_attempt == attempt:
         # Already recorded at an earlier tick: only the backoff is left to wait out.
         restart_after = status.restart_after or inputs.now
@@ -191,16 +228,18 @@ def _give_up(
     policy: FailurePolicy,
 ) -> str | None:
     """The reason to stop retrying this stage, or None to restart it."""
-    if current is not None and current.exit_code == EXIT_USAGE:
-        return f"the stage rejected its arguments (exit 2): {reason}"
+    if current is not None and current.exit_code == ExitCode.USAGE:
+        return f"the stage rejected its arguments (exit {ExitCode.USAGE:d}): {reason}"
+    if current is not None and current.exit_code == ExitCode.BAD_INPUT:
+        return f"bad input (exit {ExitCode.BAD_INPUT:d}), not retrying: {reason}"
     # Attempts of this run object that ended unfinished, this one included, moves excluded
     # (attempt numbers may start higher: a re-applied run continues above the store's claim).
     failures = status.restarts - status.moves + 1
     if failures - 1 >= policy.max_restarts:
         return f"failed {failures} attempt(s), failurePolicy.maxRestarts is {policy.max_restarts}; the last: {reason}"
-    # Bad input (a dataset that does not exist, more clusters than examples, …) fails the
-    # same way before any training step on every attempt: stop after the second time
-    # instead of working through every restart.
+    # A failure the stage did not classify that repeats before any training step (bad input
+    # the stage cannot tell from an outage): stop after the second time instead of working
+    # through every restart.
     made_progress = progress is not None and progress.attempt == attempt and progress.step > 0
     if status.last_failure_attempt == attempt - 1 and status.last_failure == reason and not made_progress:
         return f"failed twice in a row with the same error before any progress, not retrying: {reason}"

@@ -11,8 +11,8 @@ from typing import Any
 from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertSpec
 from atoll.operator.crd import EXPERT
-from atoll.operator.observe import LABEL_EXPERT, LABEL_RUN
 from atoll.operator.pods import Owner
+from atoll.operator.views import LABEL_EXPERT, LABEL_RUN
 
 
 def expert_name(run: str, expert: int) -> str:

@@ -1,14 +1,21 @@
-"""The kopf wiring: indexes of what the operator watches, one timer per DDMRun, a finalizer.
+"""The kopf wiring: indexes of what the operator watches, one worker per DDMRun, a finalizer.
 
-Handlers only decide and apply through atoll.operator.reconcile; everything here is the
-glue kopf needs. Level-based: the timer looks at the whole observed state every tick, so
-missed watch events and operator restarts cost nothing.
+Each run has a daemon that reconciles it (atoll.operator.reconcile: observe → decide →
+act, on a worker thread) every `interval_seconds`, and at once when one of its pods changes
+(the pod index wakes it), so a DDMExpert shows Running as soon as its pod does; the tick's
+Events are posted from the event loop. The indexes are copied in the
+event loop, where kopf updates them, so a reconciliation on its worker thread never reads
+an index while it changes. Level-based: every tick looks at the whole observed state, so
+missed events and operator restarts cost nothing. Everything here is the glue kopf needs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -18,32 +25,27 @@ from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.kube import Kube, connection_info
-from atoll.operator.observe import (
-    ANNOTATION_PLANNED_NODE,
-    GPU_RESOURCE,
-    GROUP,
-    LABEL_RUN,
-    ExpertView,
-    NodeView,
-    PodView,
-)
-from atoll.operator.reconcile import Observed, Reconciler, RunMemory
+from atoll.operator.ledger import GpuHolder
+from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
+from atoll.operator.reconcile.observer import GpuHolders
 from atoll.operator.settings import OperatorSettings
+from atoll.operator.views import ANNOTATION_PLANNED_NODE, LABEL_RUN, ExpertView, NodeView, PodView, pod_gpus
 from atoll.store import StoreError
 
 log = get_logger(__name__)
 
-FINALIZER = f"{GROUP}/cleanup"
-MEMORY = "atoll"
+FINALIZER = f"{API_GROUP}/cleanup"
+PAUSE_SECONDS = 0.25
+"""Least time between two ticks of one run: a burst of pod events makes one tick, not many."""
 
 
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     """kopf's own settings: our finalizer and annotation prefix, no log lines as Events."""
     config = kopf.OperatorSettings()
     config.persistence.finalizer = FINALIZER
-    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=API_GROUP, key="last-handled-configuration"
     )
     # Handler log lines are not Events (they would flood them); the reconciler posts its
     # own Events on every transition. Errors of kopf itself still become Events.
@@ -55,23 +57,42 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     return config
 
 
-def _body(raw: Mapping[str, Any]) -> kopf.Body:
-    """A kopf Body around a plain mapping (what kopf.event takes)."""
-    return kopf.Body(cast(Any, raw))
+def post_event(event: Event) -> None:
+    """Queue an Event for kopf's poster (call it in a kopf handler's context)."""
+    kopf.event(kopf.Body(cast(Any, event.target)), type=event.type, reason=event.reason, message=event.message)
 
 
-def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
-    return list(index.get(key, ()))
+def snapshot(key: tuple[str, str], indexes: Mapping[str, Any]) -> IndexSnapshot:
+    """What the indexes show for one run, copied at once (call it in the event loop)."""
+    return IndexSnapshot(
+        pods=tuple(indexes["run_pods"].get(key, ())),
+        experts=tuple(indexes["run_experts"].get(key, ())),
+        nodes=tuple(view for values in indexes["gpu_nodes"].values() for view in values),
+    )
 
 
-def _all(index: kopf.Index[Any, Any]) -> Iterable[Any]:
-    for values in index.values():
-        yield from values
+def gpu_holders(index: Mapping[str, Any]) -> dict[str, GpuHolder]:
+    """Every GPU holder the index shows, copied at once (call it in the event loop)."""
+    return {pod: holder for pod, values in index.items() for holder in values}
+
+
+def holders_from(loop: asyncio.AbstractEventLoop, index: Mapping[str, Any]) -> GpuHolders:
+    """For a worker thread: a copy of the GPU holders, made in the event loop when called."""
+
+    async def copy_now() -> dict[str, GpuHolder]:
+        return gpu_holders(index)
+
+    def read() -> dict[str, GpuHolder]:
+        return asyncio.run_coroutine_threadsafe(copy_now(), loop).result(timeout=60)
+
+    return read
 
 
 def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSettings) -> kopf.OperatorRegistry:
     """Every handler of the operator, on a registry of its own."""
     registry = kopf.OperatorRegistry()
+    workers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+    wakes: dict[tuple[str, str], asyncio.Event] = {}
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -79,64 +100,50 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         info: kopf.ConnectionInfo = connection_info(kube.configuration)
         return info
 
+    # The index handlers are async: cheap and pure, they run in the event loop itself instead
+    # of a worker thread per watch event (thousands of pod events at scale).
+
     @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, id="run_pods", registry=registry)
-    def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+    async def run_pods(body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+        """A run's pods, by (namespace, run); a change wakes the run's reconciler at once."""
         view = PodView.from_body(body)
-        return {(view.namespace, view.run): view} if view is not None else {}
+        if view is None:
+            return {}
+        if (woken := wakes.get((view.namespace, view.run))) is not None:
+            woken.set()
+        return {(view.namespace, view.run): view}
 
     @kopf.index("pods", id="gpu_pods", registry=registry)
-    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, tuple[str, int]]:
-        """Every pod that holds GPUs (atoll's or not), by node (its pinned node while unbound)."""
-        gpus = sum(
-            int(str(((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE, 0)) or 0)
-            for c in body.get("spec", {}).get("containers") or []
-        )
+    async def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, GpuHolder]:
+        """Every pod that holds GPUs (atoll's or not), by namespace/name: its node (pinned node while unbound)."""
+        gpus = pod_gpus(body.get("spec", {}))
         phase = body.get("status", {}).get("phase")
         node = body.get("spec", {}).get("nodeName") or (body.metadata.annotations or {}).get(ANNOTATION_PLANNED_NODE)
         if not gpus or not node or phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp"):
             return {}
-        return {node: (f"{body.metadata.namespace}/{body.metadata.name}", gpus)}
+        return {f"{body.metadata.namespace}/{body.metadata.name}": GpuHolder(node=node, gpus=gpus)}
 
     @kopf.index("nodes", id="gpu_nodes", registry=registry)
-    def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
+    async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:
         return {body["metadata"]["name"]: NodeView.from_body(body)}
 
     @kopf.index(API_GROUP, API_VERSION, EXPERT.plural, id="run_experts", registry=registry)
-    def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
+    async def run_experts(body: kopf.Body, **_: Any) -> dict[Any, ExpertView]:
         view = ExpertView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
 
-    @kopf.timer(
-        API_GROUP, API_VERSION, RUN.plural, id="reconcile", interval=settings.interval_seconds,
-        backoff=settings.interval_seconds, registry=registry,
+    @kopf.daemon(
+        API_GROUP, API_VERSION, RUN.plural, id="reconcile", cancellation_backoff=30, cancellation_timeout=10,
+        registry=registry,
     )  # fmt: skip
-    def reconcile_run(*, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
-        # The indexes arrive as keyword arguments named by their ids.
-        run_pods: kopf.Index[Any, PodView] = kwargs["run_pods"]
-        gpu_pods: kopf.Index[Any, tuple[str, int]] = kwargs["gpu_pods"]
-        gpu_nodes: kopf.Index[Any, NodeView] = kwargs["gpu_nodes"]
-        run_experts: kopf.Index[Any, ExpertView] = kwargs["run_experts"]
-        memory: RunMemory = memo.setdefault(MEMORY, RunMemory())
-        key = (body.metadata.namespace, body.metadata.name)
-        busy: dict[str, int] = {}
-        holders: set[str] = set()
-        for node, values in gpu_pods.items():
-            for pod, gpus in values:
-                busy[node] = busy.get(node, 0) + gpus
-                holders.add(pod)
-        observed = Observed(
-            pods=_values(run_pods, key),
-            experts=_values(run_experts, key),
-            nodes=list(_all(gpu_nodes)),
-            busy_gpus=busy,
-            gpu_pods=holders,
-        )
-        outcome = reconciler.reconcile(body, memory, observed)
-        status = outcome.status.model_dump(by_alias=True, mode="json")
-        if status != dict(body.get("status") or {}):
-            patch.status.update(status)
-        for event in outcome.events:
-            kopf.event(_body(event.target), type=event.type, reason=event.reason, message=event.message)
+    async def reconcile_run(*, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+        key = (body.metadata.namespace or "default", body.metadata.name or "")
+        woken = wakes.setdefault(key, asyncio.Event())
+        try:
+            await _reconcile_until_stopped(reconciler, workers, body, kwargs, woken, stopped, settings)
+        finally:
+            if wakes.get(key) is woken:
+                del wakes[key]
 
     @kopf.on.delete(API_GROUP, API_VERSION, RUN.plural, id="cleanup", registry=registry)
     def cleanup(*, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
@@ -149,8 +156,49 @@ def build_registry(reconciler: Reconciler, kube: Kube, settings: OperatorSetting
         if remaining:
             raise kopf.TemporaryError(f"waiting for {len(remaining)} pod(s) of {name} to stop", delay=2)
         _reclaim(body, name, namespace, kube, settings)
+        reconciler.forget(body)
 
     return registry
+
+
+async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, passed through
+    reconciler: Reconciler,
+    workers: ThreadPoolExecutor,
+    body: kopf.Body,
+    indexes: Mapping[str, Any],
+    woken: asyncio.Event,
+    stopped: kopf.DaemonStopped,
+    settings: OperatorSettings,
+) -> None:
+    """One run's ticks, each on a worker thread, until kopf stops the daemon."""
+    key = (body.metadata.namespace or "default", body.metadata.name or "")
+    memory = RunMemory()
+    loop = asyncio.get_running_loop()
+    holders = holders_from(loop, indexes["gpu_pods"])
+    while not stopped:
+        woken.clear()
+        raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
+        copied = snapshot(key, indexes)
+        try:
+            memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, holders, memory)
+        except Exception:
+            log.exception("reconciliation failed; retried at the next tick", run=key[1], namespace=key[0])
+        else:
+            for event in events:
+                post_event(event)  # from the event loop: straight onto kopf's posting queue
+        await _pause(woken, stopped, settings.interval_seconds)
+
+
+async def _pause(woken: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Until the next tick: `seconds`, or sooner when a pod of the run changed; at once when stopped."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(PAUSE_SECONDS)
+    deadline = loop.time() + max(0.0, seconds - PAUSE_SECONDS)
+    while not stopped and not woken.is_set() and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(woken.wait(), timeout=min(0.5, max(0.0, deadline - loop.time())))
+        except TimeoutError:
+            continue
 
 
 def _reclaim(body: kopf.Body, name: str, namespace: str, kube: Kube, settings: OperatorSettings) -> None:

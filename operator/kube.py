@@ -11,8 +11,8 @@ from typing import Any
 
 from atoll.api.spec import API_GROUP, API_VERSION
 from atoll.log import get_logger
-from atoll.operator.crd import EXPERT
-from atoll.operator.observe import LABEL_RUN
+from atoll.operator.crd import EXPERT, RUN
+from atoll.operator.views import LABEL_RUN
 
 log = get_logger(__name__)
 
@@ -143,6 +143,12 @@ class Kube:
             return existing
         log.info("expert created", expert=name, namespace=namespace)
         return created
+
+    def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Replace the fields of a DDMRun's status (merge patch on the status subresource)."""
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, RUN.plural, name, {"status": status}
+        )
 
     def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace the fields of a DDMExpert's status (merge patch on the status subresource)."""

@@ -1,11 +1,12 @@
 """The one door from the reconciler to placement: which node, GPU product and batch split
-each stage attempt gets.
+each stage attempt gets, and which running experts should move to faster GPUs.
 
 Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
 re-planned whenever an expert must start, running experts pinned where they are, queued
-ones started only when their planned GPUs are free). The short stages (partition,
-router, assemble, evaluate) go to the usable node with the most free GPUs
-(`plan_stages`). Pure and deterministic: equal inputs give equal placements.
+ones started only when their planned GPUs are free; `plan_moves`: the planner's
+`migrations`). The short stages (partition, router, assemble, evaluate) go to the usable
+node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
+(atoll.operator.placement.fleet). Pure and deterministic: equal inputs give equal placements.
 """
 
 from __future__ import annotations
@@ -15,49 +16,24 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from atoll.api.spec import DDMRunSpec, PlacementSpec
-from atoll.operator.observe import NodeView
+from atoll.operator.placement import Assignment, Migration, PlacementError, labels, migrations, read_fleet, replan
+from atoll.operator.placement.fleet import GpuNode
+from atoll.operator.placement.planner import STALE_AFTER_SECONDS
+from atoll.operator.views import NodeView
 from atoll.progress import StageProgress
 
 
 @dataclass(frozen=True, slots=True)
 class PlacementJob:
-    """One stage attempt that needs GPUs."""
+    """One short stage attempt that needs a node (and usually a GPU)."""
 
     key: str
-    """expert-<k>, router, partition or evaluate."""
-    preset: str | None
-    """Transformer preset it trains (None for partition / evaluate)."""
-    samples: int
-    """Work: steps × global batch (0 when unknown)."""
+    """The stage's slug: router, partition, assemble or evaluate."""
     global_batch: int | None
     micro_batch: int | None
     """The spec's micro-batch when set."""
     gpus: int = 1
     """GPUs it asks for; 0 for a stage that only needs a node of the fleet (assemble)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """Where a stage attempt runs and how it splits its batch."""
-
-    node: str
-    gpu_product: str | None
-    gpus: int
-    micro_batch: int | None
-    grad_accum: int | None
-    predicted_seconds: float | None = None
-    pin: bool = False
-    """True: the pod must run on `node` itself (a makespan plan); False: any node of the product."""
-
-
-@dataclass(frozen=True, slots=True)
-class Where:
-    """Where a running expert's pod is (what re-planning keeps pinned)."""
-
-    node: str
-    gpus: int
-    micro_batch: int | None
-    grad_accum: int | None
 
 
 @dataclass(frozen=True)
@@ -71,61 +47,59 @@ class ExpertPlacement:
     """No placement exists (no usable node fits); the planner's reasons per node."""
 
 
-def place_experts(
-    spec: DDMRunSpec,
-    nodes: Sequence[NodeView],
-    *,
-    starting: Collection[int],
-    running: Mapping[int, Where],
-    progress: Mapping[int, StageProgress],
-    cluster_sizes: Sequence[int] | None,
-    busy_gpus: Mapping[str, int],
-    now: datetime,
-) -> ExpertPlacement:
-    """Assignments for the experts in `starting` that the run's current plan lets start now.
+@dataclass(frozen=True, kw_only=True)
+class FleetState:
+    """What every expert placement of one run looks at."""
 
-    `busy_gpus`: GPUs held per node by every pod (this run's running experts included).
-    """
-    from atoll.operator.placement import PlacementError, replan
+    spec: DDMRunSpec
+    """The run's spec, the operator's GPU-per-pod cap applied."""
+    nodes: Sequence[NodeView]
+    running: Mapping[int, Assignment]
+    """Experts whose pod exists and holds (or waits for) its GPUs, where it is."""
+    progress: Mapping[int, StageProgress]
+    cluster_sizes: Sequence[int] | None
+    busy_gpus: Mapping[str, int]
+    """GPUs held per node by every pod (this run's running experts included) and promised ones."""
+    now: datetime
 
+    def others(self) -> dict[str, int]:
+        """GPUs held per node by pods other than this run's running experts."""
+        mine: dict[str, int] = {}
+        for where in self.running.values():
+            mine[where.node] = mine.get(where.node, 0) + where.gpus
+        return {node: max(0, used - mine.get(node, 0)) for node, used in self.busy_gpus.items()}
+
+    def planning_nodes(self, experts: int) -> list[NodeView]:
+        return distinct_nodes(
+            self.nodes,
+            keep={w.node for w in self.running.values()},
+            experts=experts,
+            max_gpus=self.spec.placement.gpu.max_per_expert,
+            busy_gpus=self.busy_gpus,
+        )
+
+
+def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlacement:
+    """Assignments for the experts in `starting` that the run's current plan lets start now."""
     if not starting:
         return ExpertPlacement({})
-    mine: dict[str, int] = {}
-    for where in running.values():
-        mine[where.node] = mine.get(where.node, 0) + where.gpus
-    others = {node: max(0, used - mine.get(node, 0)) for node, used in busy_gpus.items()}
-    unplaced = spec.partition.clusters - len(running)
     try:
         plan = replan(
-            spec,
-            distinct_nodes(
-                nodes,
-                keep={w.node for w in running.values()},
-                experts=unplaced,
-                max_gpus=spec.placement.gpu.max_per_expert,
-                busy_gpus=busy_gpus,
-            ),
-            progress=progress,
-            running=running,
-            cluster_sizes=cluster_sizes,
-            used_gpus=others,
-            now=now,
+            fleet.spec,
+            fleet.planning_nodes(fleet.spec.partition.clusters - len(fleet.running)),
+            progress=fleet.progress,
+            running=fleet.running,
+            cluster_sizes=fleet.cluster_sizes,
+            used_gpus=fleet.others(),
+            now=fleet.now,
         )
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
-    free = {node.name: node.gpus - busy_gpus.get(node.name, 0) for node in nodes}
-    ready = {a.expert: a for a in plan.next_to_start(set(running), free) if a.expert in starting}
+    free = {node.name: node.gpus - fleet.busy_gpus.get(node.name, 0) for node in fleet.nodes}
     assignments = {
-        k: Assignment(
-            node=a.node,
-            gpu_product=a.gpu_product,
-            gpus=a.gpus,
-            micro_batch=a.micro_batch,
-            grad_accum=a.grad_accum,
-            predicted_seconds=a.predicted_seconds,
-            pin=True,
-        )
-        for k, a in ready.items()
+        a.expert: a
+        for a in plan.next_to_start(set(fleet.running), free)
+        if a.expert is not None and a.expert in starting
     }
     queued = sorted(set(starting) - set(assignments))
     waiting = None
@@ -139,6 +113,27 @@ def place_experts(
             for k in queued
         )
     return ExpertPlacement(assignments, waiting)
+
+
+def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
+    """Experts in `movable` (their pods run) that gain from faster GPUs that became free
+    (placement's `migrations`). Every expert in `fleet.running` holds its GPUs, a pod that
+    still waits for its node included; a fleet the planner cannot place over moves nothing."""
+    if not movable:
+        return []
+    try:
+        moves = migrations(
+            fleet.spec,
+            fleet.planning_nodes(len(fleet.running)),
+            progress={k: p for k, p in fleet.progress.items() if k in fleet.running},
+            running=fleet.running,
+            cluster_sizes=fleet.cluster_sizes,
+            used_gpus=fleet.others(),
+            now=fleet.now,
+        )
+    except PlacementError:
+        return []
+    return [move for move in moves if move.expert in movable]
 
 
 def distinct_nodes(
@@ -162,7 +157,7 @@ def distinct_nodes(
     chosen = []
     by_name = sorted(nodes, key=lambda n: n.name)
     # Within a kind, nodes whose agent reported most recently first (a stale one is excluded).
-    newest_first = sorted(by_name, key=lambda n: n.annotations.get(_HEARTBEAT, ""), reverse=True)
+    newest_first = sorted(by_name, key=lambda n: n.annotations.get(labels.HEARTBEAT, ""), reverse=True)
     for node in newest_first:
         if node.name in keep:
             chosen.append(node)
@@ -185,25 +180,15 @@ def distinct_nodes(
     return sorted(chosen, key=lambda n: n.name)
 
 
-_HEARTBEAT = "atoll.dev/gpu-heartbeat"
-_IDENTITY_LABELS = frozenset({"kubernetes.io/hostname"})
-_VOLATILE_ANNOTATIONS = frozenset({_HEARTBEAT, "atoll.dev/gpu-free-mib", "atoll.dev/gpus"})
+_IDENTITY_LABELS = frozenset({labels.HOSTNAME})
+_VOLATILE_ANNOTATIONS = frozenset({labels.HEARTBEAT, labels.FREE_MIB, labels.GPUS})
 
 
-def usable_nodes(nodes: Sequence[NodeView], placement: PlacementSpec) -> list[NodeView]:
-    """Nodes a stage of this run may use: schedulable, ready, healthy, with GPUs that fit."""
-    need_mib = placement.gpu.min_memory_gi_b * 1024
-    products = set(placement.gpu.products)
-    found = []
-    for node in nodes:
-        if node.unschedulable or not node.ready or not node.healthy or node.gpus < 1:
-            continue
-        if node.gpu_memory_mib < need_mib or (products and node.gpu_product not in products):
-            continue
-        if any(node.labels.get(key) != value for key, value in placement.node_selector.items()):
-            continue
-        found.append(node)
-    return sorted(found, key=lambda n: n.name)
+def stage_nodes(nodes: Sequence[NodeView], placement: PlacementSpec, now: datetime) -> list[GpuNode]:
+    """The nodes a short stage of this run may use: the fleet's one rule of a usable node
+    (schedulable, Ready, healthy, a fresh agent heartbeat, taints tolerated, GPUs that fit),
+    busy or not (a stage queues on a busy node rather than wait for a free one)."""
+    return list(read_fleet(nodes, placement=placement, now=now, stale_after_seconds=STALE_AFTER_SECONDS).nodes)
 
 
 def _split(job: PlacementJob, gpus: int) -> tuple[int | None, int | None]:
@@ -221,13 +206,14 @@ def plan_stages(
     nodes: Sequence[NodeView],
     busy_gpus: Mapping[str, int],
     placement: PlacementSpec,
+    now: datetime,
 ) -> dict[str, Assignment]:
     """An assignment for each job that some node can run (jobs no node fits are left out).
 
     A job goes to the usable node with the most free GPUs (ties by name). When every
     usable node is busy it still gets the largest one and its pod queues there.
     """
-    candidates = usable_nodes(nodes, placement)
+    candidates = stage_nodes(nodes, placement, now)
     free = {node.name: node.gpus - busy_gpus.get(node.name, 0) for node in candidates}
     plan: dict[str, Assignment] = {}
     for job in jobs:
@@ -237,6 +223,6 @@ def plan_stages(
         free[node.name] -= job.gpus
         micro, accum = _split(job, job.gpus) if job.gpus else (None, None)
         plan[job.key] = Assignment(
-            node=node.name, gpu_product=node.gpu_product, gpus=job.gpus, micro_batch=micro, grad_accum=accum
+            expert=None, node=node.name, gpu_product=node.product, gpus=job.gpus, micro_batch=micro, grad_accum=accum
         )
     return plan

@@ -12,20 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from atoll.api.spec import DDMRunSpec
-from atoll.operator.observe import (
+from atoll.operator.placement import Assignment, labels
+from atoll.operator.settings import OperatorSettings
+from atoll.operator.template import apply_template
+from atoll.operator.views import (
     ANNOTATION_GPU_PRODUCT,
     ANNOTATION_PLANNED_NODE,
-    GPU_PRODUCT_LABEL,
-    GPU_RESOURCE,
-    HOSTNAME_LABEL,
+    ANNOTATION_PREDICTED_SECONDS,
     LABEL_ATTEMPT,
     LABEL_EXPERT,
     LABEL_RUN,
     LABEL_STAGE,
 )
-from atoll.operator.planning import Assignment
-from atoll.operator.settings import OperatorSettings
-from atoll.operator.template import apply_template
+from atoll.stages import StageJob, stage_args
 
 Manifest = dict[str, Any]
 
@@ -62,8 +61,7 @@ class StageAttempt:
 
     run: str
     namespace: str
-    stage: str
-    expert: int | None
+    job: StageJob
     attempt: int
     spec_uri: str
     store_uri: str
@@ -72,47 +70,42 @@ class StageAttempt:
     owner: Owner
     assignment: Assignment | None
     """Placement (node, GPU product, GPUs, batch split); None: anywhere the scheduler likes."""
+    pinned: bool = False
+    """True: the pod must run on the assignment's node itself (a makespan plan); False: any
+    node of its GPU product, the planned node preferred."""
 
 
-def stage_slug(stage: str, expert: int | None) -> str:
-    """expert-3, router, partition, … (names and labels)."""
-    return f"expert-{expert}" if stage == "expert" else stage
+def pod_name(run: str, job: StageJob, attempt: int) -> str:
+    """<run>-<stage slug>-a<attempt>: the same attempt always has the same name."""
+    return f"{run}-{job.slug}-a{attempt}"
 
 
-def pod_name(run: str, stage: str, expert: int | None, attempt: int) -> str:
-    """<run>-<stage>[-<k>]-a<attempt>: the same attempt always has the same name."""
-    return f"{run}-{stage_slug(stage, expert)}-a{attempt}"
-
-
-def stage_labels(run: str, stage: str, expert: int | None) -> dict[str, str]:
+def stage_labels(run: str, job: StageJob) -> dict[str, str]:
     """Labels that select every attempt of one stage."""
-    labels = {
+    selected = {
         "app.kubernetes.io/name": "atoll",
-        "app.kubernetes.io/component": stage,
+        "app.kubernetes.io/component": job.stage,
         "app.kubernetes.io/managed-by": "atoll-operator",
         LABEL_RUN: run,
-        LABEL_STAGE: stage,
+        LABEL_STAGE: job.stage,
     }
-    if expert is not None:
-        labels[LABEL_EXPERT] = str(expert)
-    return labels
+    if job.expert is not None:
+        selected[LABEL_EXPERT] = str(job.expert)
+    return selected
 
 
 def stage_command(item: StageAttempt) -> list[str]:
-    """The stage contract's arguments (after `python -m atoll.trainer`)."""
-    args = [item.stage, "--run", item.spec_uri, "--store", item.store_uri]
-    if item.expert is not None:
-        args += ["--expert", str(item.expert)]
-    args += ["--attempt", str(item.attempt)]
+    """The stage contract's arguments (after `python -m atoll.trainer`), attempt and plan included."""
     plan = item.assignment
-    if plan is not None:
-        if plan.micro_batch is not None:
-            args += ["--micro-batch", str(plan.micro_batch)]
-        if plan.grad_accum is not None:
-            args += ["--grad-accum", str(plan.grad_accum)]
-        if plan.gpus:
-            args += ["--gpus", str(plan.gpus)]
-    return args
+    return stage_args(
+        item.job,
+        item.spec_uri,
+        item.store_uri,
+        attempt=item.attempt,
+        micro_batch=plan.micro_batch if plan is not None else None,
+        grad_accum=plan.grad_accum if plan is not None else None,
+        gpus=plan.gpus if plan is not None else None,
+    )
 
 
 def _env(item: StageAttempt) -> list[dict[str, Any]]:
@@ -132,19 +125,19 @@ def _env(item: StageAttempt) -> list[dict[str, Any]]:
     return env
 
 
-def _affinity(plan: Assignment | None) -> dict[str, Any] | None:
+def _affinity(plan: Assignment | None, pinned: bool) -> dict[str, Any] | None:
     """Required: the planned GPU product, and the planned node itself for a pinned (makespan)
     plan; otherwise the planned node is only preferred."""
-    if plan is None or plan.gpu_product is None:
+    if plan is None:
         return None
     required: dict[str, Any] = {
-        "matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [plan.gpu_product]}]
+        "matchExpressions": [{"key": labels.GPU_PRODUCT, "operator": "In", "values": [plan.gpu_product]}]
     }
-    if plan.pin:
+    if pinned:
         # metadata.name, not the hostname label (which differs from the node name on some clouds).
         required["matchFields"] = [{"key": "metadata.name", "operator": "In", "values": [plan.node]}]
         return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [required]}}}
-    preferred = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [plan.node]}]}
+    preferred = {"matchExpressions": [{"key": labels.HOSTNAME, "operator": "In", "values": [plan.node]}]}
     return {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [required]},
@@ -154,7 +147,7 @@ def _affinity(plan: Assignment | None) -> dict[str, Any] | None:
 
 
 def _tolerations(spec: DDMRunSpec) -> list[dict[str, Any]]:
-    tolerations: list[dict[str, Any]] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations: list[dict[str, Any]] = [{"key": labels.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     for toleration in spec.placement.tolerations:
         tolerations.append(toleration.model_dump(by_alias=True, exclude_none=True))
     return tolerations
@@ -162,17 +155,17 @@ def _tolerations(spec: DDMRunSpec) -> list[dict[str, Any]]:
 
 def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) -> Manifest:
     """The pod of one stage attempt."""
-    name = pod_name(item.run, item.stage, item.expert, item.attempt)
-    labels = {**stage_labels(item.run, item.stage, item.expert), LABEL_ATTEMPT: str(item.attempt)}
+    name = pod_name(item.run, item.job, item.attempt)
+    pod_labels = {**stage_labels(item.run, item.job), LABEL_ATTEMPT: str(item.attempt)}
     annotations: dict[str, str] = {}
     plan = item.assignment
     gpus = plan.gpus if plan is not None else 0
-    if plan is not None and plan.gpu_product:
+    if plan is not None:
         annotations[ANNOTATION_GPU_PRODUCT] = plan.gpu_product
-    if plan is not None and plan.pin:
+    if plan is not None and item.pinned:
         annotations[ANNOTATION_PLANNED_NODE] = plan.node
-    if plan is not None and plan.predicted_seconds is not None:
-        annotations["atoll.dev/predicted-seconds"] = f"{plan.predicted_seconds:.0f}"
+    if plan is not None and plan.predicted_seconds:
+        annotations[ANNOTATION_PREDICTED_SECONDS] = f"{plan.predicted_seconds:.0f}"
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,
@@ -189,7 +182,10 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
         },
     }
     if gpus:
-        container["resources"] = {"limits": {GPU_RESOURCE: str(gpus)}, "requests": {GPU_RESOURCE: str(gpus)}}
+        container["resources"] = {
+            "limits": {labels.GPU_RESOURCE: str(gpus)},
+            "requests": {labels.GPU_RESOURCE: str(gpus)},
+        }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the operator restarts stages itself, with fencing and backoff
         "automountServiceAccountToken": False,  # stages never talk to the Kubernetes API
@@ -208,7 +204,7 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
     }
     if spec.placement.node_selector:
         pod_spec["nodeSelector"] = dict(spec.placement.node_selector)
-    if (affinity := _affinity(plan)) is not None:
+    if (affinity := _affinity(plan, item.pinned)) is not None:
         pod_spec["affinity"] = affinity
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
@@ -218,7 +214,7 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
         "metadata": {
             "name": name,
             "namespace": item.namespace,
-            "labels": labels,
+            "labels": pod_labels,
             "annotations": annotations,
             "ownerReferences": [item.owner.reference()],
         },

@@ -166,11 +166,13 @@ def read_owner(store: Store) -> RunOwner | None:
     )
 
 
-def _ensure_owner(store: Store, spec: DDMRunSpec, owner: RunOwner) -> None:
-    """Record `owner` in a fresh prefix; refuse a prefix another DDMRun owns or nobody recorded."""
+def check_owner(store: Store, spec: DDMRunSpec, owner: RunOwner) -> bool:
+    """Whether `owner` may use the prefix: True when owner.json must still be written (a fresh
+    prefix), False when it is this run's (or adopted); RunSetupError when another DDMRun owns
+    it or a run's data is there with no record."""
     recorded = read_owner(store)
     if recorded is not None and recorded.uid == owner.uid:
-        return
+        return False
     adopt = spec.storage.adopt_retained
     if recorded is not None and not adopt:
         raise RunSetupError(
@@ -183,7 +185,7 @@ def _ensure_owner(store: Store, spec: DDMRunSpec, owner: RunOwner) -> None:
         )
     if recorded is None and store.exists(layout.SPEC):
         if adopt:
-            return
+            return False
         raise RunSetupError(
             "StoreConflict",
             f"{store.uri} holds a run's data but no owner record (written by `atoll run --local` or an older"
@@ -191,33 +193,44 @@ def _ensure_owner(store: Store, spec: DDMRunSpec, owner: RunOwner) -> None:
             " set spec.storage.adoptRetained: true to continue it with the same spec",
             permanent=True,
         )
-    if recorded is None:
-        store.put_json(layout.OWNER, owner.record())
+    return recorded is None
 
 
-def ensure_spec(store: Store, spec: DDMRunSpec, *, owner: RunOwner | None = None) -> bool:
-    """Write spec.json unless the same spec is already there; True if it was written now.
+def stored_spec(store: Store, spec: DDMRunSpec, *, owner: RunOwner | None = None) -> bool:
+    """Whether spec.json holds `spec` (False: there is none yet; StoreError if unreadable).
 
-    With `owner`, first make sure the prefix is this run's (see the module docstring).
+    With `owner`, first check that the prefix is this run's (see the module docstring).
     RunSetupError (permanent) if the prefix holds a different run's spec: its data and
     checkpoints would be mixed into this run.
     """
     if owner is not None:
-        _ensure_owner(store, spec, owner)
-    text = dump_spec_json(spec)
+        check_owner(store, spec, owner)
     try:
         stored = store.get_bytes(layout.SPEC)
     except NotFoundError:
-        store.put_bytes(layout.SPEC, text.encode())
-        return True
-    if _content(json.loads(stored)) != _content(json.loads(text)):
+        return False
+    if _content(json.loads(stored)) != _content(json.loads(dump_spec_json(spec))):
         raise RunSetupError(
             "StoreConflict",
             f"{store.uri_of(layout.SPEC)} holds a different spec: another run used this name; delete that"
             " prefix or rename the run",
             permanent=True,
         )
-    return False
+    return True
+
+
+def ensure_spec(store: Store, spec: DDMRunSpec, *, owner: RunOwner | None = None) -> bool:
+    """Write spec.json unless the same spec is already there; True if it was written now.
+
+    With `owner`, owner.json is written first in a fresh prefix (RunSetupError as
+    `check_owner` / `stored_spec` otherwise).
+    """
+    if owner is not None and check_owner(store, spec, owner):
+        store.put_json(layout.OWNER, owner.record())
+    if stored_spec(store, spec):
+        return False
+    store.put_bytes(layout.SPEC, dump_spec_json(spec).encode())
+    return True
 
 
 def reclaim(store: Store, uid: str) -> None:
@@ -270,11 +283,8 @@ def read_progress(store: Store, stage: str, expert: int | None) -> StageProgress
 
 
 def claimed_attempt(store: Store, stage: str, expert: int | None) -> int:
-    """The newest attempt that claimed a training stage (0: none)."""
-    try:
-        return read_claim(store, layout.stage_prefix(stage, expert)).attempt
-    except NotFoundError:
-        return 0
+    """The newest attempt that claimed a stage (attempt.json; 0: none)."""
+    return read_claim(store, layout.stage_prefix(stage, expert)).attempt
 
 
 def last_checkpoint(store: Store, stage: str, expert: int | None) -> CheckpointStatus | None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from atoll.api import API_GROUP, API_VERSION, DDMRunManifest
-from atoll.api.status import DDMExpertStatus, DDMRunStatus
+from atoll.api.status import DDMRunStatus
 from atoll.errors import AtollError
 from atoll.operator.crd import EXPERT, RUN
-from atoll.operator.observe import LABEL_RUN
+from atoll.operator.views import LABEL_RUN, ExpertView
 
 
 class SubmitError(AtollError):
@@ -29,16 +29,6 @@ class Submitted:
     namespace: str
     name: str
     action: Literal["created", "configured", "unchanged"]
-
-
-@dataclass(frozen=True)
-class ExpertView:
-    """One DDMExpert as `atoll status` shows it."""
-
-    name: str
-    expert: int
-    examples: int
-    status: DDMExpertStatus
 
 
 @dataclass(frozen=True)
@@ -117,15 +107,7 @@ def read_run(name: str, *, namespace: str | None = None, kubeconfig: str | None 
         if error.status == 404:
             raise AtollError(f"no DDMRun {name!r} in namespace {namespace!r}") from None
         raise SubmitError(_reason(error, f"reading DDMRun {namespace}/{name}")) from None
-    views = [
-        ExpertView(
-            name=item["metadata"]["name"],
-            expert=int(item["spec"]["expert"]),
-            examples=int(item["spec"].get("examples", 0)),
-            status=DDMExpertStatus.model_validate(item.get("status") or {}),
-        )
-        for item in experts.get("items", [])
-    ]
+    views = [view for item in experts.get("items", []) if (view := ExpertView.from_body(item)) is not None]
     return RunView(
         namespace=namespace,
         name=name,

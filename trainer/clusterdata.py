@@ -20,13 +20,16 @@ This module only moves tensors: it never encodes or trains.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
 
 from atoll import layout
 from atoll.errors import AtollError
@@ -175,10 +178,22 @@ def cluster_index_key(k: int) -> str:
     return join_key(layout.cluster_data(k), "index.json")
 
 
+STORED_DTYPES = {
+    "latents": torch.float32,
+    "text": torch.float16,
+    "text_mask": torch.bool,
+    "labels": torch.int64,
+    "index": torch.int64,
+}
+"""How each shard tensor is stored."""
+
+
 class ClusterWriter:
     """Writes one cluster's shards as examples arrive; `finish()` commits the cluster.
 
-    Call `add` with batches in any size; every `shard_size` examples become one shard.
+    Call `add` with batches in any size; every `shard_size` examples become one shard. The
+    examples wait in one preallocated shard-sized buffer, so a writer holds at most one
+    shard (and its serialised bytes while it is written), whatever the cluster's size.
     Nothing is committed until `finish` writes index.json, so an interrupted writer leaves a
     partial cluster that `cluster_complete` reports as absent (`clear_cluster` removes it).
     """
@@ -189,44 +204,53 @@ class ClusterWriter:
         self.store = store
         self.k = k
         self.shard_size = shard_size
-        self._pending: list[ClusterData] = []
-        self._pending_count = 0
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._filled = 0
         self._shards: list[dict[str, Any]] = []
         self._examples = 0
 
     def add(self, batch: ClusterData) -> None:
         """Buffer a batch, writing full shards as they fill up."""
         _check_batch(batch)
-        self._pending.append(batch)
-        self._pending_count += len(batch)
-        while self._pending_count >= self.shard_size:
-            merged = ClusterData.concat(self._pending)
-            head = ClusterData(**{n: t[: self.shard_size] for n, t in merged.tensors().items()})
-            rest = ClusterData(**{n: t[self.shard_size :] for n, t in merged.tensors().items()})
-            self._write_shard(head)
-            self._pending = [rest] if len(rest) else []
-            self._pending_count = len(rest)
+        rows = {name: t.detach().to("cpu", STORED_DTYPES[name]) for name, t in batch.tensors().items()}
+        if not self._buffer:
+            self._buffer = {
+                name: torch.empty((self.shard_size, *t.shape[1:]), dtype=t.dtype) for name, t in rows.items()
+            }
+        for name, tensor in rows.items():
+            if tensor.shape[1:] != self._buffer[name].shape[1:]:
+                raise ValueError(
+                    f"{name} rows are {list(tensor.shape[1:])}, earlier ones were {list(self._buffer[name].shape[1:])}"
+                )
+        at, n = 0, len(batch)
+        while at < n:
+            take = min(n - at, self.shard_size - self._filled)
+            for name, tensor in rows.items():
+                self._buffer[name][self._filled : self._filled + take] = tensor[at : at + take]
+            self._filled += take
+            at += take
+            if self._filled == self.shard_size:
+                self._write_shard()
 
     def finish(self) -> int:
         """Write the remaining shard and index.json; returns the cluster's example count."""
-        if self._pending_count:
-            self._write_shard(ClusterData.concat(self._pending))
-            self._pending, self._pending_count = [], 0
+        if self._filled:
+            self._write_shard()
+        self._buffer = {}
         self.store.put_json(cluster_index_key(self.k), {"examples": self._examples, "shards": self._shards})
         return self._examples
 
-    def _write_shard(self, data: ClusterData) -> None:
+    def _write_shard(self) -> None:
         key = shard_key(self.k, len(self._shards))
-        tensors = {
-            "latents": data.latents.detach().to("cpu", torch.float32).contiguous(),
-            "text": data.text.detach().to("cpu", torch.float16).contiguous(),
-            "text_mask": data.text_mask.detach().to("cpu", torch.bool).contiguous(),
-            "labels": data.labels.detach().to("cpu", torch.int64).contiguous(),
-            "index": data.index.detach().to("cpu", torch.int64).contiguous(),
-        }
-        self.store.put_bytes(key, save_safetensors(tensors))
-        self._shards.append({"key": key, "examples": len(data)})
-        self._examples += len(data)
+        tensors = {name: buffer[: self._filled] for name, buffer in self._buffer.items()}
+        # Through a local file, not bytes in memory: the shard is never held twice.
+        with tempfile.TemporaryDirectory(prefix="atoll-shard-") as scratch:
+            path = Path(scratch) / "shard.safetensors"
+            save_file(tensors, str(path))
+            self.store.put_file(key, path)
+        self._shards.append({"key": key, "examples": self._filled})
+        self._examples += self._filled
+        self._filled = 0
 
 
 def _check_batch(batch: ClusterData) -> None:

@@ -5,18 +5,22 @@ renormalised after every update (spherical k-means), so "nearest" means highest 
 similarity — the metric DINOv2 and CLIP features are compared with, and a plain matmul.
 
 Levels: F fine clusters are fitted by Lloyd on a random sample (F = min(fineClusters,
-sample/4), at least K); the fine centroids, weighted by how many examples (all N) each holds,
-are grouped into K coarse clusters; every example goes to the coarse cluster of its nearest
-fine centroid. Balancing happens at the coarse level: each Lloyd step assigns fine clusters
-to coarse ones by entropic optimal transport (Sinkhorn) with equal column mass W/K, rounds
-the transport plan to a hard assignment (the argmax, i.e. nearest centroid under the
-transport's column prices) and repairs what rounding breaks with greedy moves that
-strictly shrink the spread of the loads at the least similarity cost. Sinkhorn is used
+sample/4), at least K; the sample also gives the mean the features are centred by); the fine
+centroids, weighted by how many examples (all N) each holds, are grouped into K coarse
+clusters; every example goes to the coarse cluster of its nearest fine centroid. Only the
+sample has to be in memory at once: `FineLevel.assign` takes the N examples batch by batch,
+which is how the partition stage streams its features.
+
+Balancing happens at the coarse level: each Lloyd step assigns fine clusters to coarse ones
+by entropic optimal transport (Sinkhorn) with equal column mass W/K, rounds the transport
+plan to a hard assignment (the argmax, i.e. nearest centroid under the transport's column
+prices) and repairs what rounding breaks with greedy moves that strictly shrink the spread
+of the loads at the least similarity cost. Sinkhorn is used
 rather than a hard size constraint per example because fine clusters are indivisible
 weighted items: prices make the assignment geometric (neighbouring fine clusters go
 together), the repair makes it balanced to within one fine cluster's weight.
-Distances are computed in chunks, so 1M × 768 features fit in CPU memory with small
-temporaries. Deterministic for a seed on a given device.
+Distances are computed in chunks with small temporaries. Deterministic for a seed on a
+given device.
 """
 
 from __future__ import annotations
@@ -254,6 +258,77 @@ def coarse_kmeans(
     return centroids, labels
 
 
+def sample_rows(n: int, sample_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The sorted rows the fine level is fitted on: all n, or a seeded random `sample_size` of them."""
+    if sample_size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:sample_size].sort().values
+
+
+@dataclass(frozen=True)
+class FineLevel:
+    """The fine clusters fitted on a sample, and how any example's features reach them."""
+
+    centroids: torch.Tensor
+    """[F, D] unit-norm fine centroids (in the normalised feature space)."""
+    mean: torch.Tensor
+    """[D] the sample's feature mean, subtracted before normalising."""
+    sample_size: int
+
+    def assign(self, features: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The nearest fine centroid [n] (CPU) of raw feature rows (a batch or all of them; not modified)."""
+        labels = torch.empty(features.shape[0], dtype=torch.int64)
+        for start in range(0, features.shape[0], CHUNK):
+            block, _ = normalize_features(features[start : start + CHUNK], self.mean)
+            labels[start : start + CHUNK] = nearest(block, self.centroids, device)[0].cpu()
+        return labels
+
+
+def fit_fine(
+    sample: torch.Tensor,
+    clusters: int,
+    *,
+    fine_clusters: int,
+    iterations: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> FineLevel:
+    """Fine clusters over the raw features of the sample: F = min(fine_clusters, sample/4), at least K."""
+    n = sample.shape[0]
+    x, mean = normalize_features(sample)
+    f = min(n, max(clusters, min(fine_clusters, n // 4)))
+    centroids, _ = lloyd(x.to(device), f, iterations=iterations, generator=generator, device=device)
+    return FineLevel(centroids=centroids.cpu(), mean=mean, sample_size=n)
+
+
+def fit_coarse(
+    fine: FineLevel,
+    fine_assignments: torch.Tensor,
+    clusters: int,
+    *,
+    iterations: int,
+    balanced: bool,
+    generator: torch.Generator,
+) -> Partition:
+    """The K coarse clusters over the fine ones, given every example's fine cluster [N]."""
+    f = fine.centroids.shape[0]
+    # Weights are fine-cluster sizes over *all* examples (not just the sample): the coarse
+    # level then balances the final partition exactly, not a sample estimate of it.
+    weights = torch.bincount(fine_assignments, minlength=f).float()
+    coarse, fine_to_coarse = coarse_kmeans(
+        fine.centroids, weights, clusters, iterations=iterations, balanced=balanced, generator=generator
+    )
+    return Partition(
+        assignments=fine_to_coarse[fine_assignments],
+        fine_assignments=fine_assignments,
+        fine_centroids=fine.centroids,
+        coarse_centroids=coarse,
+        fine_to_coarse=fine_to_coarse,
+        mean=fine.mean,
+        sample_size=fine.sample_size,
+    )
+
+
 def two_level_kmeans(
     features: torch.Tensor,
     clusters: int,
@@ -264,40 +339,24 @@ def two_level_kmeans(
     balanced: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
-    inplace: bool = False,
 ) -> Partition:
-    """Partition N feature rows into K clusters (see the module docstring).
+    """Partition N feature rows held in memory into K clusters (see the module docstring).
 
-    `features` stays where it is (CPU for large N); the sample and centroids live on
-    `device` (CUDA when available by default). inplace=True normalises `features` in place.
+    The partition stage runs the same three steps (`sample_rows`, `fit_fine`, `fit_coarse`)
+    with its features streamed instead. `features` stays where it is and is not modified; the
+    sample and centroids live on `device` (CUDA when available by default).
     """
     n = features.shape[0]
     if not 1 <= clusters <= n:
         raise ValueError(f"cannot split {n} examples into {clusters} clusters")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     generator = torch.Generator().manual_seed(seed)
-    x, mean = normalize_features(features, inplace=inplace)
-    sample_n = min(n, sample_size)
-    sample_idx = torch.arange(n) if sample_n == n else torch.randperm(n, generator=generator)[:sample_n].sort().values
-    sample = x[sample_idx].to(dev)
-    f = min(sample_n, max(clusters, min(fine_clusters, sample_n // 4)))
-    fine, _ = lloyd(sample, f, iterations=iterations, generator=generator, device=dev)
-    fine_all, _ = nearest(x, fine, dev)
-    # Weights are fine-cluster sizes over *all* examples (not just the sample): the coarse
-    # level then balances the final partition exactly, not a sample estimate of it.
-    weights = torch.bincount(fine_all, minlength=f).float()
-    coarse, fine_to_coarse = coarse_kmeans(
-        fine, weights, clusters, iterations=iterations, balanced=balanced, generator=generator
+    rows = sample_rows(n, sample_size, generator)
+    fine = fit_fine(
+        features[rows], clusters, fine_clusters=fine_clusters, iterations=iterations, generator=generator, device=dev
     )
-    fine_all = fine_all.cpu()
-    return Partition(
-        assignments=fine_to_coarse[fine_all],
-        fine_assignments=fine_all,
-        fine_centroids=fine.cpu(),
-        coarse_centroids=coarse,
-        fine_to_coarse=fine_to_coarse,
-        mean=mean,
-        sample_size=sample_n,
+    return fit_coarse(
+        fine, fine.assign(features, dev), clusters, iterations=iterations, balanced=balanced, generator=generator
     )
 
 

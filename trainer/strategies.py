@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 
 StrategyKind = Literal["top-k", "threshold", "full"]
 
@@ -22,7 +22,7 @@ _THRESHOLD = re.compile(r"^threshold:([0-9]*\.?[0-9]+)$")
 STRATEGY_FORMS = "top-1, top-2, top-k:N (N ≥ 1), threshold:p (0 ≤ p ≤ 1) or full"
 
 
-class StrategyError(AtollError, ValueError):
+class StrategyError(BadInputError, ValueError):
     """A strategy string that does not parse, or that asks for more experts than exist."""
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 
 
-class SpecError(AtollError, ValueError):
+class SpecError(BadInputError, ValueError):
     """A DDMRun that is not valid. `problems` lists `path: message` lines, paths in camelCase."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

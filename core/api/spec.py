@@ -247,6 +247,14 @@ class TrainingSpec(SpecModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU."
     )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "Compile the transformer blocks with torch.compile (regional compilation, inductor):"
+            " faster steps on GPUs after a one-off compilation at the start of every attempt."
+            " Needs a C compiler where the stage runs; on a CPU the compilation takes minutes."
+        ),
+    )
     seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and noise.")
     ema_decay: float | None = Field(
         default=None, ge=0, lt=1, description="Weight EMA decay; the preset's recipe when unset."

@@ -64,6 +64,7 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from atoll.errors import AtollError
+    from atoll.stages import ExitCode
     from atoll.trainer.runtime.board import make_board
     from atoll.trainer.runtime.local import LocalOptions, LocalRuntime, StageFailedError
     from atoll.trainer.runtime.report import print_results, read_metrics
@@ -84,7 +85,11 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
     except StageFailedError as error:
         console.print(f"[red]error:[/red] {error.job.label} failed: {error.reason}", highlight=False, soft_wrap=True)
         console.print(f"  log: {error.log_path}", highlight=False, soft_wrap=True)
-        console.print("  fix the cause and run the same command again to resume", highlight=False, soft_wrap=True)
+        if error.code == ExitCode.BAD_INPUT:
+            hint = "  the spec or the data is wrong (no retry helps): fix it, then run the same command again"
+        else:
+            hint = "  fix the cause and run the same command again to resume"
+        console.print(hint, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print(

@@ -27,7 +27,6 @@ from atoll.store.checkpoint import (
     CommitStats,
     CorruptCheckpointError,
 )
-from atoll.store.fencing import claimed_attempt
 from atoll.store.local import LocalStore
 
 
@@ -65,7 +64,6 @@ __all__ = [
     "StoreAuthError",
     "StoreError",
     "StoreUnavailableError",
-    "claimed_attempt",
     "join_key",
     "open_store",
     "read_spec",

@@ -87,12 +87,6 @@ def read_claim(store: Store, stage_prefix: str) -> Claim:
         raise StoreError(f"{store.uri_of(key)} is malformed ({error!r}): expected {{'attempt': N, ...}}") from error
 
 
-def claimed_attempt(store: Store, stage_prefix: str) -> int:
-    """The newest attempt that claimed the stage (0: none). Readers of progress.json ignore
-    heartbeats whose `attempt` is older than this."""
-    return read_claim(store, stage_prefix).attempt
-
-
 def claim(
     store: Store,
     stage_prefix: str,

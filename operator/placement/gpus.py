@@ -80,6 +80,11 @@ UNKNOWN_OLDER = GpuProduct(key="unknown", bf16_tflops=None, fp32_tflops=8.1, mem
 """What an unknown older product is assumed to be: a T4."""
 
 
+def catalogue() -> tuple[GpuProduct, ...]:
+    """Every product of the catalogue, once each, in catalogue order."""
+    return tuple(product for _, product in _CATALOGUE)
+
+
 def canonical_product(name: str) -> str:
     """The GFD spelling of a product name: NVML's 'NVIDIA H100 80GB HBM3' → 'NVIDIA-H100-80GB-HBM3'."""
     return "-".join(name.strip().split())

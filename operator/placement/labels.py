@@ -12,6 +12,7 @@ GPU_MEMORY_MIB = "nvidia.com/gpu.memory"
 GPU_COUNT = "nvidia.com/gpu.count"
 GPU_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
 GPU_RESOURCE = "nvidia.com/gpu"
+HOSTNAME = "kubernetes.io/hostname"
 
 # The atoll agent's annotations on its own Node.
 HEALTH = "atoll.dev/gpu-health"

@@ -10,27 +10,32 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from atoll.operator.placement import labels
 from atoll.operator.placement.fleet import Exclusion
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Assignment:
-    """Where and how one expert trains."""
+    """Where and how one stage attempt runs: an expert placed by the makespan planner (every
+    field set), or a short stage (partition, router, assemble, evaluate) sent to a node of
+    the fleet, whose batch split is left to the trainer when the spec does not fix it."""
 
-    expert: int
+    expert: int | None
+    """The expert's index; None for the other stages."""
     node: str
     gpu_product: str
     gpus: int
-    micro_batch: int
-    grad_accum: int
-    samples: int
+    """GPUs on `node` (0: a stage that needs only a node of the fleet, such as assemble)."""
+    micro_batch: int | None
+    """Examples per forward pass per GPU (None: the trainer chooses)."""
+    grad_accum: int | None
+    """Gradient accumulation (None: derived from the global batch)."""
+    samples: int = 0
     """Samples still to train (steps × global batch; on a re-plan, what remains)."""
-    start_seconds: float
+    start_seconds: float = 0.0
     """Planned start from now (0 unless queued behind other experts on its node)."""
-    predicted_seconds: float
-    """Predicted finish from now, queueing included."""
-    samples_per_second: float
+    predicted_seconds: float = 0.0
+    """Predicted finish from now, queueing included (0: not predicted)."""
+    samples_per_second: float = 0.0
     """Predicted speed of the expert on its GPUs."""
 
     def to_json(self) -> dict[str, Any]:
@@ -44,27 +49,6 @@ class Assignment:
             "samples": self.samples,
             "startSeconds": round(self.start_seconds, 1),
             "predictedSeconds": round(self.predicted_seconds, 1),
-        }
-
-    def node_affinity(self) -> dict[str, Any]:
-        """The pod `affinity` that pins this expert to its node (and, as a guard, its GPU product).
-
-        Matches `metadata.name` (not the hostname label, which differs from the node name
-        on some clouds), the way the DaemonSet controller pins pods to nodes.
-        """
-        return {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchFields": [{"key": "metadata.name", "operator": "In", "values": [self.node]}],
-                            "matchExpressions": [
-                                {"key": labels.GPU_PRODUCT, "operator": "In", "values": [self.gpu_product]}
-                            ],
-                        }
-                    ]
-                }
-            }
         }
 
 
@@ -83,7 +67,8 @@ class Plan:
     proven_optimal: bool = False
     """True when the search proved no placement finishes sooner (under the planner's model)."""
     speed_sources: Mapping[str, str] = field(default_factory=dict)
-    """Per product: observed, spec, built-in or calibrated."""
+    """Per product: where its speed came from (SpeedTable.note: the source — observed, spec, measured,
+    scaled, built-in or calibrated — then what measured or derived it)."""
 
     def assignment(self, expert: int) -> Assignment | None:
         return next((a for a in self.assignments if a.expert == expert), None)

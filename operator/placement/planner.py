@@ -183,11 +183,11 @@ def plan(
         )
     products = {n.product: n for n in builder.nodes}
     return Plan(
-        assignments=tuple(sorted(assignments, key=lambda a: a.expert)),
+        assignments=tuple(sorted(assignments, key=lambda a: a.expert or 0)),  # every plan assignment is an expert's
         makespan_seconds=schedule.makespan,
         lower_bound_seconds=lower_bound(_without_start(problem), fleet_rate=builder.full_rate),
         speeds={p: speeds.per_gpu(p, n.compute_major) for p, n in products.items()},
-        speed_sources={p: speeds.source(p, n.compute_major) for p, n in products.items()},
+        speed_sources={p: speeds.note(p, n.compute_major) for p, n in products.items()},
         excluded=fleet.excluded + tuple(builder.too_small),
         proven_optimal=schedule.proven_optimal,
     )
@@ -199,8 +199,9 @@ class _Choice:
 
     node: int
     gpus: int
-    micro_batch: int
-    grad_accum: int
+    micro_batch: int | None
+    """None only for a pinned (running) expert that runs with the trainer's own split."""
+    grad_accum: int | None
     speed: float
 
 

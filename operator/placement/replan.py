@@ -150,13 +150,16 @@ def migrations(
     every = spec.expert.recipe().checkpoint_every
     totals = {w.expert: w.samples for w in experts_of(spec, cluster_sizes)}
     moves: list[Migration] = []
-    candidates = [a for a in status_quo.assignments if a.expert in running and a.start_seconds <= EPS]
-    candidates = [a for a in candidates if running[a.expert].node == a.node]
-    for stay in sorted(candidates, key=lambda a: (-a.predicted_seconds, a.expert)):
-        item = progress.get(stay.expert)
+    candidates = [
+        (a.expert, a)
+        for a in status_quo.assignments
+        if a.expert is not None and a.expert in running and a.start_seconds <= EPS and running[a.expert].node == a.node
+    ]
+    for expert, stay in sorted(candidates, key=lambda pair: (-pair[1].predicted_seconds, pair[0])):
+        item = progress.get(expert)
         step = item.step if item is not None else 0
-        boundary = min(math.ceil((step + 1) / every) * every, totals[stay.expert] // batch)
-        left = totals[stay.expert] - boundary * batch
+        boundary = min(math.ceil((step + 1) / every) * every, totals[expert] // batch)
+        left = totals[expert] - boundary * batch
         if left <= 0:
             continue
         reported = item.samples_per_second if item is not None and item.samples_per_second else None
@@ -179,7 +182,7 @@ def migrations(
                 rank = (finish, gpus, node.name)
                 if best is None or rank < best[:3]:
                     target = Assignment(
-                        expert=stay.expert,
+                        expert=expert,
                         node=node.name,
                         gpu_product=node.product,
                         gpus=gpus,
@@ -197,9 +200,7 @@ def migrations(
         if gain <= min_gain_fraction * stay.predicted_seconds:
             continue
         busy.reserve(best[3].node, best[3].gpus, until_boundary, best[0])
-        moves.append(
-            Migration(expert=stay.expert, from_node=stay.node, at_step=boundary, to=best[3], gain_seconds=gain)
-        )
+        moves.append(Migration(expert=expert, from_node=stay.node, at_step=boundary, to=best[3], gain_seconds=gain))
     return sorted(moves, key=lambda m: m.expert)
 
 
@@ -240,7 +241,7 @@ def _pin(where: Placed, product: str, samples: int, batch: int) -> Assignment:
     micro = where.micro_batch or batch // max(1, where.gpus)
     accum = where.grad_accum or max(1, batch // (micro * max(1, where.gpus)))
     return Assignment(
-        expert=-1,
+        expert=None,
         node=where.node,
         gpu_product=product,
         gpus=where.gpus,

@@ -36,16 +36,22 @@ instances; bench/placement.py measures the gap to the optimum. `solve`:
    (per node: its longest job and its GPU-seconds over its GPUs; globally: capacity
    consumed, weighted by per-GPU rate, over the whole fleet's rate) and symmetry breaking
    (identical jobs take non-decreasing options; of identical empty nodes only the first).
+
+One file over ~400 lines on purpose: the constructions, the local search and the branch
+and bound share one private model of the problem (spans, list schedules, their
+invariants); split apart, each would have to expose those internals to the others.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 EPS = 1e-9
+_Rank = tuple[float, float, int, int]
+"""How a greedy construction orders a job's options; the last element is the option's index."""
 PERMUTE_UP_TO = 6
 """Queued jobs on one node up to which every order is tried (6! = 720)."""
 LOCAL_SEARCH_STARTS = 2
@@ -279,18 +285,29 @@ class _Search:
 
     def earliest_finish(self, single_gpu: bool) -> list[int] | None:
         """LPT order; each job takes the option finishing first (then fewest GPU-seconds)."""
+
+        def rank(start: float, option: Option, index: int) -> _Rank:
+            return (start + option.seconds, option.gpus * option.seconds, option.node, index)
+
+        return self._greedy(rank, single_gpu=single_gpu)
+
+    def _greedy(
+        self, rank: Callable[[float, Option, int], _Rank | None], *, single_gpu: bool = False
+    ) -> list[int] | None:
+        """List scheduling in LPT order: each job takes its option of the smallest `rank`
+        (start, option, option index → a tuple ending with the index; None: not allowed), on
+        the GPUs that option frees first. None when some job has no allowed option."""
         free = [[0.0] * c for c in self.problem.capacity]
         choice = [0] * len(self.jobs)
         for job in self.lpt:
-            best: tuple[float, float, int, int] | None = None
+            best: _Rank | None = None
             options = list(enumerate(self.jobs[job].options))
             if single_gpu and any(o.gpus == 1 for _, o in options):
                 options = [(i, o) for i, o in options if o.gpus == 1]
             for index, option in options:
-                start = _peek_start(free[option.node], option)
-                rank = (start + option.seconds, option.gpus * option.seconds, option.node, index)
-                if best is None or rank < best:
-                    best = rank
+                ranked = rank(_peek_start(free[option.node], option), option, index)
+                if ranked is not None and (best is None or ranked < best):
+                    best = ranked
             if best is None:
                 return None
             choice[job] = best[3]
@@ -342,25 +359,15 @@ class _Search:
         return results
 
     def _fit(self, target: float, rule: str) -> list[int] | None:
-        free = [[0.0] * c for c in self.problem.capacity]
-        choice = [0] * len(self.jobs)
-        for job in self.lpt:
-            best: tuple[float, float, int, int] | None = None
-            for index, option in enumerate(self.jobs[job].options):
-                finish = _peek_start(free[option.node], option) + option.seconds
-                if finish > target + EPS * max(1.0, target):
-                    continue
-                if rule == "slowest-fit":
-                    rank = (float(option.gpus), -finish, option.node, index)
-                else:
-                    rank = (option.gpus * option.seconds, finish, option.node, index)
-                if best is None or rank < best:
-                    best = rank
-            if best is None:
+        def rank(start: float, option: Option, index: int) -> _Rank | None:
+            finish = start + option.seconds
+            if finish > target + EPS * max(1.0, target):
                 return None
-            choice[job] = best[3]
-            _place(free[self.jobs[job].options[best[3]].node], self.jobs[job].options[best[3]])
-        return choice
+            if rule == "slowest-fit":
+                return (float(option.gpus), -finish, option.node, index)
+            return (option.gpus * option.seconds, finish, option.node, index)
+
+        return self._greedy(rank)
 
     # -- improvement --
 

@@ -1,12 +1,14 @@
-"""Samples/s per GPU of an expert workload on each GPU product: built-in, overridden, observed.
+"""Samples/s per GPU of an expert workload on each GPU product: observed, overridden, measured, built-in.
 
-Three sources, most trusted first: what this run's experts measured (samples/s in their
-progress.json), what the user wrote in `spec.placement.speeds`, and the built-in estimate
-(catalogue peak × achieved fraction ÷ FLOPs per sample). When some products have been
-observed, the built-in estimates of the others are scaled by the geometric mean of
-observed ÷ expected over the observed ones: a run at a resolution or on a software stack
-the built-in figures do not know is off by a similar factor on every GPU. Pure: never
-imports Kubernetes.
+Four sources, most trusted first: what this run's experts measured (samples/s in their
+progress.json), what the user wrote in `spec.placement.speeds`, the measured speed table
+(measured.py: bench/gpu.py on one product — `measured` — and that figure scaled to the others by
+their dense bf16 peaks — `scaled`), and the built-in estimate (catalogue peak × achieved
+fraction ÷ FLOPs per sample). When some products have been observed, the table and built-in
+figures of the others are scaled by the geometric mean of observed ÷ expected over the observed
+ones (`calibrated`): a run at a resolution or on a software stack the figures do not know is off
+by a similar factor on every GPU. `SpeedTable.note` says where each figure came from. Pure:
+never imports Kubernetes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from atoll.operator.placement.gpus import (
     lookup,
     supports_bf16,
 )
+from atoll.operator.placement.measured import MeasuredSpeed, find, shipped_table
 from atoll.operator.placement.workload import Workload
 from atoll.progress import StageProgress
 
@@ -33,7 +36,7 @@ DATA_PARALLEL_EFFICIENCY = 0.9
 the gradient all-reduce mostly overlaps the backward pass over NVLink or PCIe; 0.9 is what
 DDP typically reaches for models of DiT's size at 2-8 GPUs)."""
 
-SpeedSource = Literal["observed", "spec", "built-in", "calibrated"]
+SpeedSource = Literal["observed", "spec", "measured", "scaled", "built-in", "calibrated"]
 
 
 def throughput(per_gpu: float, gpus: int, efficiency: float = DATA_PARALLEL_EFFICIENCY) -> float:
@@ -61,13 +64,15 @@ def builtin_speed(workload: Workload, product: str, compute_major: int | None = 
 
 @dataclass(frozen=True, kw_only=True)
 class SpeedTable:
-    """Per-GPU samples/s of one workload on every product, from the three sources."""
+    """Per-GPU samples/s of one workload on every product, from the four sources."""
 
     workload: Workload
     overrides: Mapping[str, float] = field(default_factory=dict)
     """spec.placement.speeds: product → samples/s per GPU."""
     observed: Mapping[str, float] = field(default_factory=dict)
     """Measured in this run: product → samples/s per GPU."""
+    measured: tuple[MeasuredSpeed, ...] = field(default_factory=shipped_table)
+    """The measured speed table (bench/gpu.py through `atoll calibrate`); Atoll's shipped one by default."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", {canonical_product(k): v for k, v in self.overrides.items()})
@@ -81,22 +86,39 @@ class SpeedTable:
         """Where `per_gpu` took its figure from."""
         return self.lookup(product, compute_major)[1]
 
+    def note(self, product: str, compute_major: int | None = None) -> str:
+        """Where `per_gpu`'s figure came from, in words (the measured table's entries say what measured them)."""
+        return self._resolve(product, compute_major)[2]
+
     def lookup(self, product: str, compute_major: int | None = None) -> tuple[float, SpeedSource]:
+        speed, source, _ = self._resolve(product, compute_major)
+        return speed, source
+
+    def _resolve(self, product: str, compute_major: int | None) -> tuple[float, SpeedSource, str]:
         name = canonical_product(product)
         if name in self.observed:
-            return self.observed[name], "observed"
+            return self.observed[name], "observed", "observed: median samples/s this run's experts reported"
         if name in self.overrides:
-            return self.overrides[name], "spec"
-        estimate = builtin_speed(self.workload, name, compute_major)
+            return self.overrides[name], "spec", "spec: spec.placement.speeds"
+        estimate, source, note = self._expected(name, compute_major)
         factor = self._calibration()
         if factor is None:
-            return estimate, "built-in"
-        return estimate * factor, "calibrated"
+            return estimate, source, note
+        return estimate * factor, "calibrated", f"calibrated: ×{factor:.3f} from this run's observed speeds ({note})"
+
+    def _expected(self, name: str, compute_major: int | None) -> tuple[float, SpeedSource, str]:
+        """The figure before this run's observations: the measured table, else the catalogue."""
+        table = find(self.measured, name, self.workload) if trains_in_bf16(self.workload, name, compute_major) else None
+        if table is not None:
+            speed, note = table
+            return speed, "measured" if note.startswith("measured") else "scaled", note
+        estimate = builtin_speed(self.workload, name, compute_major)
+        return estimate, "built-in", "built-in: catalogue peak × achieved fraction ÷ FLOPs per sample"
 
     def _calibration(self) -> float | None:
         ratios = []
         for name, measured in self.observed.items():
-            expected = self.overrides.get(name) or builtin_speed(self.workload, name)
+            expected = self.overrides.get(name) or self._expected(name, None)[0]
             if measured > 0 and expected > 0:
                 ratios.append(math.log(measured / expected))
         return math.exp(sum(ratios) / len(ratios)) if ratios else None

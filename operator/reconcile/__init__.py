@@ -1,54 +1,51 @@
-"""One reconciliation of one DDMRun: observe → decide → act → the run's new status.
+"""One reconciliation of one DDMRun: observe → decide → act.
 
-Observe: the run's pods, DDMExperts and the nodes (kopf indexes), its store (progress.json,
-checkpoints, partition results; throttled). Decide: every stage through
-atoll.operator.attempts, the run through atoll.operator.machine. Act: create-if-absent
-pods and DDMExperts, delete stranded pods, patch DDMExpert statuses. Returns the run's
-status and the Events to post; it never posts or patches the DDMRun itself.
+Observe (atoll.operator.reconcile.observer): one immutable `Observation` of the world —
+the run, its pods and DDMExperts, the nodes, the GPUs every pod holds or was promised, the
+run's store, the clock. Decide (atoll.operator.reconcile.decide): a pure function of the
+observation and the memory of earlier ticks that returns the actions, the run's status and
+its Events. Act (atoll.operator.reconcile.executor): apply the actions. The GPU usage is
+read (a fresh copy of the index's GPU holders, plus the ledger's promises), the decision
+made and its GPUs reserved under the shared ledger's lock, so runs deciding on other
+threads never promise the same GPUs twice: a reservation is dropped only by a copy of the
+index that shows its pod, and every later decision reads a copy at least that new.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from atoll.api.errors import format_validation_error
-from atoll.api.spec import DDMRunSpec
-from atoll.api.status import DDMExpertStatus, StageStatus
-from atoll.operator import storage
-from atoll.operator.attempts import StageDecision, StageInputs, decide_stage
-from atoll.operator.experts import build_expert
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
-from atoll.operator.machine import TERMINAL, RunFacts, stage_ready
-from atoll.operator.observe import ExpertView
-from atoll.operator.reconcile.launch import LaunchSteps
-from atoll.operator.reconcile.moves import MoveSteps
-from atoll.operator.reconcile.report import ReportSteps
-from atoll.operator.reconcile.state import (
-    Event,
-    Failure,
-    Observed,
-    Outcome,
-    RunMemory,
-    parse_key,
-    parse_status,
-    stage_key,
-    utcnow,
-)
-from atoll.operator.reconcile.store import StoreSteps
+from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
+from atoll.operator.reconcile.decide import decide
+from atoll.operator.reconcile.executor import Executor
+from atoll.operator.reconcile.observation import Observation, RunMemory
+from atoll.operator.reconcile.observer import GpuHolders, IndexSnapshot, Observer, RunStores
 from atoll.operator.settings import OperatorSettings
-from atoll.store import StoreError
 
-__all__ = ["Event", "Observed", "Outcome", "Reconciler", "RunMemory", "parse_status"]
+__all__ = [
+    "Decision",
+    "Event",
+    "IndexSnapshot",
+    "Observation",
+    "Reconciler",
+    "RunMemory",
+    "decide",
+    "decide_reserving",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Reconciler:
-    """Reconciles DDMRuns; one per operator process, shared by every run's timer."""
+    """Reconciles DDMRuns; one per operator process, shared by every run's worker."""
 
     def __init__(
         self,
@@ -57,141 +54,58 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        ledger: GpuLedger | None = None,
     ) -> None:
-        self.kube = kube
         self.settings = settings
-        self.ledger = GpuLedger()
+        self.ledger = ledger or GpuLedger()
+        self.stores = RunStores()
+        self.observer = Observer(kube, settings, self.stores)
+        self.executor = Executor(kube, self.ledger, self.stores)
         self.clock = clock
         self.monotonic = monotonic
 
-    # --- the tick ----------------------------------------------------------------------
+    def tick(
+        self, body: Mapping[str, Any], indexes: IndexSnapshot, holders: GpuHolders, memory: RunMemory
+    ) -> tuple[RunMemory, list[Event]]:
+        """Bring one run one step closer to done: what to remember for the next tick, and the
+        Events to post. `holders` copies the index's GPU holders when called."""
+        observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
+        decision = decide_reserving(self.ledger, observation, holders, memory, self.settings)
+        applied = self.executor.apply(observation.run, decision)
+        return remember(memory, decision, applied), applied.events
 
-    def reconcile(self, body: Mapping[str, Any], memory: RunMemory, observed: Observed) -> Outcome:
-        """Bring one run one step closer to done; return its new status and Events."""
-        tick = _Tick(
-            kube=self.kube,
-            ledger=self.ledger,
-            settings=self.settings,
-            now=self.clock(),
-            monotonic=self.monotonic,
-            body=body,
-            memory=memory,
-            observed=observed,
-        )
-        try:
-            tick.run()
-        except Failure as failure:
-            tick.fail(failure.reason, failure.message)
-        memory.status = tick.status
-        return Outcome(tick.status, tick.events)
+    def forget(self, body: Mapping[str, Any]) -> None:
+        """The run is gone: drop its store client."""
+        from atoll.operator.reconcile.observation import RunObject
+
+        self.stores.forget(RunObject.from_body(body))
 
 
-class _Tick(StoreSteps, LaunchSteps, MoveSteps, ReportSteps):
-    """One reconciliation: the pipeline of steps over one TickState."""
+def decide_reserving(
+    ledger: GpuLedger,
+    observation: Observation,
+    holders: GpuHolders,
+    memory: RunMemory,
+    settings: OperatorSettings,
+) -> Decision:
+    """Under the ledger's lock: the GPU usage (every holder the index shows now, plus what
+    was promised and is not shown yet), the decision on it, and its GPUs reserved."""
+    with ledger.deciding():
+        observation = replace(observation, busy_gpus=ledger.usage(holders()))
+        decision = decide(observation, memory, settings)
+        for create in decision.of(CreatePod):
+            if create.node is not None:
+                ledger.reserve(create.key, create.node, create.gpus)
+    return decision
 
-    def run(self) -> None:
-        if self.previous.phase in TERMINAL:
-            if self.previous.phase == "Failed":
-                self._stop_pods()
-            return
-        self.spec = self._parse_spec()
-        self.status.start_time = self.status.start_time or self.now
-        self.target, self.store = self._open_store()
-        store_ready = self._ensure_spec()
-        if store_ready:
-            self._poll_store()
-        stages = self._decide(store_ready)
-        self._finish(store_ready, stages)
 
-    def _parse_spec(self) -> DDMRunSpec:
-        try:
-            spec = DDMRunSpec.model_validate(self.body.get("spec") or {})
-        except ValidationError as error:
-            raise Failure("InvalidSpec", "; ".join(format_validation_error(error, "spec"))) from None
-        return spec
-
-    def _inputs(self, key: str, status: StageStatus, ready: bool) -> StageInputs:
-        assert self.spec is not None
-        stage, expert = parse_key(key)
-        pods = [p for p in self.observed.pods if p.stage == stage and p.expert == expert]
-        pods = self._confirm_missing(status, pods)
-        current = next((p for p in pods if p.attempt == status.attempt), None)
-        moving = isinstance(status, DDMExpertStatus) and status.move is not None
-        return StageInputs(
-            moving=moving and (current is None or not current.active),
-            ready=ready,
-            pods=pods,
-            status=status,
-            progress=self.memory.progress.get(key),
-            claimed_attempt=0,
-            nodes=frozenset(node.name for node in self.observed.nodes) if self.observed.nodes else None,
-            policy=self.spec.failure_policy,
-            now=self.now,
-        )
-
-    def _decide(self, store_ready: bool) -> dict[str, StageDecision]:
-        """Every stage's decision, in pipeline order so that a finished stage unblocks the next at once."""
-        assert self.spec is not None
-        decisions: dict[str, StageDecision] = {}
-        stages = self.status.stages
-
-        def facts() -> RunFacts:
-            return self._facts(store_ready, decisions)
-
-        decisions["partition"] = decide_stage(
-            self._inputs("partition", stages.partition, stage_ready("partition", facts()))
-        )
-        if decisions["partition"].status.phase == "Succeeded":
-            self._ensure_experts()
-        self._execute_moves()
-        statuses = self._expert_statuses()
-        for k, expert_state in sorted(statuses.items()):
-            key = stage_key("expert", k)
-            decisions[key] = decide_stage(self._inputs(key, expert_state, stage_ready("expert", facts())))
-        decisions["router"] = decide_stage(self._inputs("router", stages.router, stage_ready("router", facts())))
-        decisions["assemble"] = decide_stage(
-            self._inputs("assemble", stages.assemble, stage_ready("assemble", facts()))
-        )
-        decisions["evaluate"] = decide_stage(
-            self._inputs("evaluate", stages.evaluate, stage_ready("evaluate", facts()))
-        )
-        return self._plan_moves(self._act(decisions))
-
-    def _ensure_experts(self) -> None:
-        """One DDMExpert per cluster once the partition's cluster sizes are known."""
-        assert self.spec is not None
-        sizes = self.status.cluster_sizes
-        if not sizes and self.store is not None:
-            try:
-                sizes = storage.cluster_sizes(self.store) or []
-            except StoreError:
-                sizes = []
-            self.status.cluster_sizes = sizes
-        if not sizes:
-            return
-        if len(sizes) != self.spec.partition.clusters:
-            raise Failure(
-                "PartitionMismatch",
-                f"the partition wrote {len(sizes)} clusters, partition.clusters is {self.spec.partition.clusters}",
-            )
-        if empty := [k for k, size in enumerate(sizes) if size == 0]:
-            raise Failure(
-                "EmptyCluster",
-                f"clusters {empty} of the partition are empty: the dataset has too few examples for"
-                f" {len(sizes)} clusters",
-            )
-        existing = {view.expert for view in self.observed.experts}
-        for k in range(len(sizes)):
-            if k in existing:
-                continue
-            manifest = build_expert(
-                run=self.name, namespace=self.namespace, owner=self.owner, spec=self.spec, expert=k, sizes=sizes
-            )
-            view = ExpertView.from_body(self.kube.ensure_expert(manifest))
-            if view is not None:
-                self.observed = Observed(
-                    pods=self.observed.pods,
-                    experts=[*self.observed.experts, view],
-                    nodes=self.observed.nodes,
-                    busy_gpus=self.observed.busy_gpus,
-                )
+def remember(before: RunMemory, decision: Decision, applied: Applied) -> RunMemory:
+    """The decision's memory, amended by what the executor could not apply."""
+    memory = decision.memory
+    experts = {k: s for k, s in memory.experts.items() if k not in applied.failed_experts}
+    return replace(
+        memory,
+        experts=experts,
+        written=memory.written if applied.run_status_written else before.written,
+        creation_failures=dict(applied.failed_pods),
+    )

@@ -1,100 +1,90 @@
-"""Moving running experts to faster GPUs that became free: plan the move (placement's
-`migrations`), then stop the expert right after the checkpoint of the move's step; the
-launch step restarts it on the planned GPUs. A move is not a failure.
+"""Moving running experts to faster GPUs that became free, as decisions: plan the move
+(placement's `migrations`, every move_check_seconds), then stop the expert right after the
+checkpoint of the move's step; the launch step restarts it on the planned GPUs. A move is
+not a failure. Pure: returns DeletePod actions and the experts' new `move` fields.
 """
 
 from __future__ import annotations
 
 from atoll.api.status import DDMExpertStatus, MoveStatus
 from atoll.operator.attempts import StageDecision
-from atoll.operator.planning import (
-    distinct_nodes,
-)
-from atoll.operator.reconcile.state import (
-    TickState,
-    log,
-    stage_key,
-)
+from atoll.operator.planning import FleetState, plan_moves
+from atoll.operator.reconcile.actions import DeletePod
+from atoll.operator.reconcile.context import Outcome, Tick
+from atoll.stages import StageJob
 
 
-class MoveSteps(TickState):
-    """Moving running experts to faster GPUs that became free: plan the move (placement's"""
-
-    def _execute_moves(self) -> None:
-        """Stop an expert whose move is planned once its checkpoint of the move's step exists."""
-        pods = {(p.expert, p.attempt): p for p in self.observed.pods if p.stage == "expert"}
-        for k, status in self._expert_statuses().items():
-            move = status.move
-            pod = pods.get((k, status.attempt))
-            if move is None or pod is None or not pod.active or pod.phase != "Running":
-                continue
-            checkpoint = self.memory.checkpoints.get(stage_key("expert", k))
-            if checkpoint is None or checkpoint.step < move.at_step:
-                continue
-            log.info("moving expert to faster GPUs", run=self.name, expert=k, pod=pod.name, to=move.node)
-            self.kube.delete_pod(self.namespace, pod.name)
-            self._event(
-                stage_key("expert", k),
+def stop_moving_experts(tick: Tick, out: Outcome) -> None:
+    """Stop an expert whose move is planned once its checkpoint of the move's step exists."""
+    pods = {(p.expert, p.attempt): p for p in tick.pods if p.stage == "expert"}
+    for k, status in tick.expert_statuses.items():
+        move = status.move
+        pod = pods.get((k, status.attempt))
+        if move is None or pod is None or not pod.active or pod.phase != "Running":
+            continue
+        job = StageJob("expert", k)
+        checkpoint = tick.obs.store.checkpoints.get(job.slug)
+        if checkpoint is None or checkpoint.step < move.at_step:
+            continue
+        out.actions.append(DeletePod(pod.name, why=f"moving to {move.node}"))
+        out.events.append(
+            tick.event(
+                job,
                 "Normal",
                 "Moving",
                 f"expert {k} stops after its checkpoint at step {checkpoint.step} to move from {pod.node} to"
                 f" {move.gpus}× {move.gpu_product} on {move.node}",
             )
-
-    def _plan_moves(self, decisions: dict[str, StageDecision]) -> dict[str, StageDecision]:
-        """Every move_check_seconds: which running experts gain from faster GPUs that became free."""
-        from atoll.operator.placement import migrations
-
-        every = self.settings.move_check_seconds
-        running = {k: w for k, w in self._running_experts().items() if self._running_pod(k)}
-        if every <= 0 or not running or self.monotonic() - self.memory.last_move_check < every:
-            return decisions
-        self.memory.last_move_check = self.monotonic()
-        spec = self._placement_spec()
-        with self.ledger.lock:
-            busy = self.ledger.busy(self.observed.busy_gpus, self.observed.gpu_pods)
-        mine: dict[str, int] = {}
-        for where in running.values():
-            mine[where.node] = mine.get(where.node, 0) + where.gpus
-        others = {node: max(0, used - mine.get(node, 0)) for node, used in busy.items()}
-        nodes = distinct_nodes(
-            self.observed.nodes,
-            keep={w.node for w in running.values()},
-            experts=len(running),
-            max_gpus=spec.placement.gpu.max_per_expert,
-            busy_gpus=busy,
         )
-        progress = {k: p for k in running if (p := self.memory.progress.get(stage_key("expert", k))) is not None}
-        for move in migrations(
-            spec,
-            nodes,
-            progress=progress,
-            running=running,
-            cluster_sizes=self.status.cluster_sizes or None,
-            used_gpus=others,
-            now=self.now,
-        ):
-            key = stage_key("expert", move.expert)
-            decision = decisions.get(key)
-            if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:
-                continue
-            target = move.to
-            planned = MoveStatus(
-                node=target.node,
-                gpu_product=target.gpu_product,
-                gpus=target.gpus,
-                micro_batch=target.micro_batch,
-                grad_accum=target.grad_accum,
-                at_step=move.at_step,
-                gain_seconds=round(move.gain_seconds, 1),
-            )
-            decisions[key] = StageDecision(decision.status.model_copy(update={"move": planned}))
-            self._event(
-                key,
+
+
+def move_check_due(tick: Tick) -> bool:
+    """move_check_seconds have passed since the last check (the first comes one interval after
+    the run's experts started: a run that just started has nothing to gain yet)."""
+    every = tick.settings.move_check_seconds
+    return every > 0 and tick.obs.monotonic - tick.memory.last_move_check >= every
+
+
+def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outcome) -> dict[str, StageDecision]:
+    """Which running experts gain from faster GPUs that became free (when the check is due)."""
+    obs = tick.obs
+    running = tick.running_experts()
+    fleet = FleetState(
+        spec=tick.placement_spec(),
+        nodes=obs.nodes or (),
+        running=running,
+        progress={k: p for k in running if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
+        cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
+        busy_gpus=obs.busy_gpus,
+        now=obs.now,
+    )
+    decided = dict(decisions)
+    for move in plan_moves(fleet, movable=set(tick.running_experts(bound_only=True))):
+        job = StageJob("expert", move.expert)
+        decision = decided.get(job.slug)
+        if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:
+            continue
+        target = move.to
+        assert target.micro_batch is not None
+        assert target.grad_accum is not None
+        planned = MoveStatus(
+            node=target.node,
+            gpu_product=target.gpu_product,
+            gpus=target.gpus,
+            micro_batch=target.micro_batch,
+            grad_accum=target.grad_accum,
+            at_step=move.at_step,
+            gain_seconds=round(move.gain_seconds, 1),
+        )
+        decided[job.slug] = StageDecision(decision.status.model_copy(update={"move": planned}))
+        out.events.append(
+            tick.event(
+                job,
                 "Normal",
                 "MovePlanned",
                 f"expert {move.expert} will move from {move.from_node} to {target.gpus}× {target.gpu_product} on"
                 f" {target.node} after its checkpoint at step {move.at_step}: predicted to finish"
                 f" {move.gain_seconds:.0f} s sooner",
             )
-        return decisions
+        )
+    return decided

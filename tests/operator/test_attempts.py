@@ -1,4 +1,5 @@
-"""One stage across attempts: start, run, restart with backoff, give up, never duplicate."""
+"""One stage across attempts (the per-stage decision): start, run, restart with backoff, give
+up, never duplicate; done only by the done marker; the exit codes of the stage contract."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from atoll.api.spec import FailurePolicy
 from atoll.api.status import StageStatus
 from atoll.operator.attempts import StageInputs, backoff, decide_stage
-from atoll.operator.observe import PodView
+from atoll.operator.views import PodView
 from atoll.progress import StageProgress
+from atoll.stages import ExitCode
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = FailurePolicy(max_restarts=2, backoff_seconds=10, max_backoff_seconds=25)
@@ -37,6 +39,7 @@ def inputs(status: StageStatus, pods: list[PodView], **changes: object) -> Stage
         "pods": pods,
         "status": status,
         "progress": None,
+        "done": None,
         "claimed_attempt": 0,
         "nodes": frozenset({"a100-0", "t4-0"}),
         "policy": POLICY,
@@ -71,10 +74,19 @@ def test_a_running_pod_is_left_alone_and_reported() -> None:
     )  # fmt: skip
 
 
-def test_success_by_pod_or_by_heartbeat() -> None:
-    assert decide_stage(inputs(StageStatus(attempt=1), [pod(1, "Succeeded", exit_code=0)])).status.phase == "Succeeded"
+def test_done_only_by_the_done_marker() -> None:
+    """One rule: the stage is done when its done marker exists; an exit 0 or a `done`
+    heartbeat alone wait for the store to show it, and an exit 0 without it is a failure."""
+    exited = [pod(1, "Succeeded", exit_code=0)]
     done = StageProgress(stage="expert", expert=0, attempt=1, state="done", step=100, total_steps=100)
-    assert decide_stage(inputs(StageStatus(attempt=1), [], progress=done)).status.phase == "Succeeded"
+    assert decide_stage(inputs(StageStatus(attempt=1), exited, done=True)).status.phase == "Succeeded"
+    assert decide_stage(inputs(StageStatus(attempt=1), [], progress=done, done=True)).status.phase == "Succeeded"
+    finishing = decide_stage(inputs(StageStatus(attempt=1, phase="Running"), exited, progress=done))
+    assert (finishing.status.phase, finishing.create_attempt) == ("Running", None)
+    assert decide_stage(inputs(StageStatus(attempt=1), [pod(1)], progress=done)).status.phase == "Running"
+    missing = decide_stage(inputs(StageStatus(attempt=1, phase="Running"), exited, done=False))
+    assert missing.status.phase == "Restarting"
+    assert "done marker is missing" in (missing.status.last_failure or "")
 
 
 def test_failure_waits_out_the_backoff_then_starts_the_next_attempt() -> None:
@@ -121,6 +133,35 @@ def test_usage_errors_are_never_retried() -> None:
     decision = decide_stage(inputs(StageStatus(attempt=1), [pod(1, "Failed", exit_code=2, message="bad flag")]))
     assert decision.failed
     assert "exit 2" in (decision.status.message or "")
+
+
+def test_bad_input_fails_at_once() -> None:
+    """Exit 4: the spec or the data is wrong; the first failure is the last, restarts left or not."""
+    bad = pod(1, "Failed", exit_code=ExitCode.BAD_INPUT, message="error: dataset.uri '/d' does not exist")
+    decision = decide_stage(inputs(StageStatus(attempt=1, phase="Running"), [bad]))
+    assert decision.failed
+    assert decision.create_attempt is None
+    assert decision.status.restarts == 0
+    assert "bad input" in (decision.status.message or "")
+    assert "does not exist" in (decision.status.message or "")
+
+
+def test_a_fenced_attempt_is_no_failure() -> None:
+    """Exit 3: a newer attempt claimed the stage. The next attempt starts above the claim at
+    once, and it counts against no restart budget (maxRestarts 0 here)."""
+    policy = FailurePolicy(max_restarts=0, backoff_seconds=10)
+    fenced = pod(2, "Failed", exit_code=ExitCode.FENCED, message="error: attempt 2 is fenced")
+    decision = decide_stage(inputs(StageStatus(attempt=2, phase="Running"), [fenced], claimed_attempt=3, policy=policy))
+    assert not decision.failed
+    assert decision.create_attempt == 4
+    assert (decision.status.restarts, decision.status.last_failure) == (0, None)
+
+
+def test_a_failed_pod_creation_is_retried_as_the_same_attempt() -> None:
+    status = StageStatus(attempt=1, phase="Pending", pod="r-expert-0-a1")
+    decision = decide_stage(inputs(status, [], creation_failed="cannot create pod r-expert-0-a1: 500 Internal"))
+    assert (decision.create_attempt, decision.status.restarts, decision.status.phase) == (1, 0, "Pending")
+    assert "500" in (decision.status.message or "")
 
 
 def test_a_pod_on_a_vanished_node_is_deleted_and_replaced_at_once() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import yaml
 from tests.env import fleet as fleet_builders
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
+from tests.env.process import signal_group
 from tests.env.runtime_process import PodRuntimeProcess
 from tests.operator.conftest import SECRET, OperatorProcess, apply, condition, phase, pods, wait_run
 
@@ -109,11 +111,18 @@ def test_quickstart_survives_faults_and_yields_a_model(  # noqa: PLR0917 - fixtu
     wait_run(control_plane, namespace, name, expert0_checkpointed, timeout=420, what="expert 0's first checkpoint",
              during=no_duplicates)  # fmt: skip
 
+    # Both experts' processes are frozen right here (SIGSTOP), so neither can finish its few
+    # steps before its fault hits it, however fast the machine: expert 1's node stops making
+    # progress before it disappears, as a lost node does.
+    experts = _experts(control_plane, namespace)
+    pod0, pod1 = experts[0]["status"]["pod"], experts[1]["status"]["pod"]
+    frozen = {pod: _freeze(pod_runtime, namespace, pod) for pod in (pod0, pod1)}
+
     # --- fault 1: the operator dies; meanwhile expert 0's pod is deleted -------------------
     operator.kill()
-    experts = _experts(control_plane, namespace)
-    pod0 = experts[0]["status"]["pod"]
-    control_plane.kubectl("delete", "pod", pod0, "-n", namespace, "--wait=true", "--timeout=60s")
+    control_plane.kubectl("delete", "pod", pod0, "-n", namespace, "--wait=false")
+    signal_group(frozen[pod0], signal.SIGCONT)  # it gets its SIGTERM like any deleted pod
+    control_plane.kubectl("wait", "--for=delete", f"pod/{pod0}", "-n", namespace, "--timeout=60s")
     committed = _committed_steps(minio, store_secret, namespace, name, 0)
     operator.start()
 
@@ -169,6 +178,14 @@ def test_quickstart_survives_faults_and_yields_a_model(  # noqa: PLR0917 - fixtu
     _check_events(control_plane, namespace, name)
     _check_no_secret_leaks(control_plane, namespace, name, minio, operator)
     _check_model_samples(minio, store_secret, namespace, name, tmp_path)
+
+
+def _freeze(pod_runtime: PodRuntimeProcess, namespace: str, pod: str) -> int:
+    """SIGSTOP the process group of a running pod; returns its pgid."""
+    pgid = pod_runtime.pod_pid(namespace, pod)
+    assert pgid is not None, f"{pod} has a process"
+    signal_group(pgid, signal.SIGSTOP)
+    return pgid
 
 
 def _core(control_plane: ControlPlane) -> Any:

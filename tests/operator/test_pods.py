@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from atoll.api.spec import DDMRunSpec
-from atoll.operator.planning import Assignment
+from atoll.operator.placement import Assignment
 from atoll.operator.pods import Owner, StageAttempt, build_pod, pod_name, stage_command
 from atoll.operator.settings import OperatorSettings
+from atoll.stages import StageJob
 
 SPEC = DDMRunSpec.model_validate(
     {
@@ -20,15 +21,14 @@ SPEC = DDMRunSpec.model_validate(
     }
 )
 OWNER = Owner(api_version="atoll.dev/v1alpha1", kind="DDMExpert", name="r-expert-2", uid="u-1")
-PLAN = Assignment(node="a100-1", gpu_product="NVIDIA-A100-SXM4-40GB", gpus=2, micro_batch=16, grad_accum=8)
+PLAN = Assignment(expert=2, node="a100-1", gpu_product="NVIDIA-A100-SXM4-40GB", gpus=2, micro_batch=16, grad_accum=8)
 
 
 def attempt(**changes: object) -> StageAttempt:
     values: dict[str, object] = {
         "run": "r",
         "namespace": "ns",
-        "stage": "expert",
-        "expert": 2,
+        "job": StageJob("expert", 2),
         "attempt": 3,
         "spec_uri": "s3://atoll/runs/ns/r/spec.json",
         "store_uri": "s3://atoll/runs/ns/r",
@@ -49,7 +49,7 @@ def test_the_stage_command_follows_the_contract() -> None:
         "expert", "--run", "s3://atoll/runs/ns/r/spec.json", "--store", "s3://atoll/runs/ns/r",
         "--expert", "2", "--attempt", "3", "--micro-batch", "16", "--grad-accum", "8", "--gpus", "2",
     ]  # fmt: skip
-    router = stage_command(attempt(stage="router", expert=None, assignment=None))
+    router = stage_command(attempt(job=StageJob("router"), assignment=None))
     assert router[:1] == ["router"]
     assert "--expert" not in router
     assert "--gpus" not in router
@@ -57,7 +57,7 @@ def test_the_stage_command_follows_the_contract() -> None:
 
 def test_names_are_deterministic_per_stage_and_attempt() -> None:
     assert build_pod(attempt(), SPEC, OperatorSettings())["metadata"]["name"] == "r-expert-2-a3"
-    assert pod_name("r", "partition", None, 1) == "r-partition-a1"
+    assert pod_name("r", StageJob("partition"), 1) == "r-partition-a1"
     assert build_pod(attempt(), SPEC, OperatorSettings()) == build_pod(attempt(), SPEC, OperatorSettings())
 
 
@@ -93,7 +93,7 @@ def test_placement_becomes_gpu_requests_affinity_and_tolerations() -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["nodeSelector"] == {"pool": "gpu"}
-    no_gpu = build_pod(attempt(stage="assemble", expert=None, assignment=None), SPEC, OperatorSettings())
+    no_gpu = build_pod(attempt(job=StageJob("assemble"), assignment=None), SPEC, OperatorSettings())
     assert "resources" not in no_gpu["spec"]["containers"][0]
     assert "affinity" not in no_gpu["spec"]
 
@@ -120,9 +120,9 @@ def test_labels_owner_and_security() -> None:
 
 def test_a_makespan_plan_pins_the_pod_to_its_node() -> None:
     pinned = Assignment(
-        node="h100-1", gpu_product="NVIDIA-H100-80GB-HBM3", gpus=1, micro_batch=64, grad_accum=1, pin=True
+        expert=2, node="h100-1", gpu_product="NVIDIA-H100-80GB-HBM3", gpus=1, micro_batch=64, grad_accum=1
     )
-    pod = build_pod(attempt(assignment=pinned), SPEC, OperatorSettings())
+    pod = build_pod(attempt(assignment=pinned, pinned=True), SPEC, OperatorSettings())
     term = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ][0]

@@ -119,16 +119,6 @@ def test_next_to_start_follows_the_planned_order_per_node() -> None:
     assert [a.expert for a in result.next_to_start(started={order[0]}, free_gpus={"l4": 1})] == order[1:2]
 
 
-def test_node_affinity_pins_the_node_and_product() -> None:
-    (assignment,) = plan_run(run(clusters=1), [node("h100", H100, 8)], now=NOW).assignments
-    term = assignment.node_affinity()["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    (selector,) = term["nodeSelectorTerms"]
-    assert selector["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["h100"]}]
-    assert selector["matchExpressions"] == [
-        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
-    ]
-
-
 def test_identical_nodes_beyond_the_experts_change_no_plan_and_still_count_in_the_bound() -> None:
     spec = run(clusters=3)
     tail = [node(f"t4-{i:02d}", T4, 1) for i in range(30)]

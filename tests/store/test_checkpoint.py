@@ -18,10 +18,10 @@ from atoll.store import (
     Store,
     StoreError,
     StoreUnavailableError,
-    claimed_attempt,
     join_key,
 )
 from atoll.store import checkpoint as checkpoint_module
+from atoll.store.fencing import read_claim
 from atoll.store.retention import kept_steps
 from tests.store.conftest import GatedStore, RecordedLog
 
@@ -137,7 +137,7 @@ def test_stale_attempt_is_fenced(store: Store, tmp_path: Path) -> None:
     old.flush()
     new = CheckpointStore(store, STAGE)
     assert (old.attempt, new.attempt) == (1, 2)
-    assert claimed_attempt(store, STAGE) == 2
+    assert read_claim(store, STAGE).attempt == 2
 
     with pytest.raises(FencedError, match=r"attempt 1 .* is stale"):
         CheckpointStore(store, STAGE, attempt=1)

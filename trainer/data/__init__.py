@@ -14,7 +14,7 @@ from pathlib import Path
 
 from atoll.api.spec import DatasetSpec, builtin_name
 from atoll.store import Store, StoreError, open_store
-from atoll.trainer.data.base import Dataset, DatasetError, ImageDataset, Limited
+from atoll.trainer.data.base import Dataset, DatasetError, DatasetUnreachableError, ImageDataset, Limited
 from atoll.trainer.data.builtin import COLOURS, SHAPES, DigitsDataset, ShapeFactors, ShapesDataset
 from atoll.trainer.data.clips import VideoDataset, is_video_key
 from atoll.trainer.data.folder import FolderDataset, VideoFolderDataset, is_image_key
@@ -72,7 +72,7 @@ def _open(spec: DatasetSpec, store_opener: Callable[[str], Store]) -> Dataset:
         store = store_opener(root)
         keys = [info.key for info in store.list_objects("")]
     except StoreError as error:
-        raise DatasetError(f"dataset.uri {uri!r} cannot be read: {error}") from None
+        raise DatasetUnreachableError(f"dataset.uri {uri!r} cannot be read: {error}") from None
     if single_shard:
         name = uri.rsplit("/", 1)[-1]
         if name not in keys:

@@ -16,13 +16,17 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from atoll.errors import AtollError
+from atoll.errors import AtollError, BadInputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
-class DatasetError(AtollError):
-    """The dataset cannot be opened or an example cannot be read."""
+class DatasetError(BadInputError):
+    """The dataset does not exist, is empty, or holds an example that cannot be read."""
+
+
+class DatasetUnreachableError(AtollError):
+    """The dataset's store cannot be read now (an outage: retried, never bad input)."""
 
 
 LabelFactor = tuple[str, int]

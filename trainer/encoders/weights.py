@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from atoll.api.weights import WeightsSpec
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 from atoll.store import StoreError, open_store
 
 WEIGHTS_ENV = "ATOLL_WEIGHTS_DIR"
@@ -38,7 +38,7 @@ Loader = Callable[..., _T]
 """`load(source, local_files_only=…, cache_dir=…)`: from_pretrained of the model's class."""
 
 
-class WeightsNotFoundError(AtollError):
+class WeightsNotFoundError(BadInputError):
     """A pretrained model's weights are not where spec.weights says (or not on this machine)."""
 
 

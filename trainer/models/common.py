@@ -8,10 +8,10 @@ from contextlib import contextmanager
 import torch
 
 from atoll.api.presets import Architecture, PresetError, get_preset
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 
 
-class ModelConfigError(AtollError):
+class ModelConfigError(BadInputError):
     """A model cannot be built for the data it is asked to fit (shape or preset mismatch)."""
 
 

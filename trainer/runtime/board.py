@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from atoll.progress import StageProgress
-from atoll.trainer.runtime.jobs import StageJob
+from atoll.stages import StageJob
 
 PLAIN_STATUS_EVERY_SECONDS = 30.0
 

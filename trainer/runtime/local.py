@@ -1,9 +1,10 @@
 """The local runtime: a whole run on this machine, each stage a subprocess running the stage command.
 
 It writes spec.json to the run's store, then starts `python -m atoll.trainer <stage> …`
-exactly as pods do, experts and router in parallel up to the cores available, follows
-them through progress.json, stops everything cleanly on Ctrl-C or on the first failure,
-and resumes by re-running. It never imports torch and never touches stage outputs itself.
+exactly as pods do (the contract of atoll.stages: the same jobs, order, command, done rule
+and exit codes), experts and router in parallel up to the cores available, follows them
+through their current heartbeats, stops everything cleanly on Ctrl-C or on the first
+failure, and resumes by re-running. It never imports torch and never touches stage outputs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from atoll import layout
@@ -27,14 +27,16 @@ from atoll.api import DDMRunManifest, SpecError, load_spec_json
 from atoll.api.load import dump_spec_json
 from atoll.errors import AtollError
 from atoll.log import get_logger
-from atoll.store import NotFoundError, Store, open_store
+from atoll.progress import StageProgress
+from atoll.stages import ExitCode, StageJob, current_progress, dependencies, is_done, run_jobs, stage_command
+from atoll.store import NotFoundError, Store, StoreError, open_store
+from atoll.store.fencing import read_claim
 from atoll.trainer.heartbeat import read_progress
+from atoll.trainer.interrupts import sigterm_raises
 from atoll.trainer.runtime.board import Board
-from atoll.trainer.runtime.jobs import DONE_MARKERS, StageJob, dependencies, run_jobs
 
 log = get_logger(__name__)
 
-EXIT_FENCED = 3
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 10.0
 
@@ -42,10 +44,12 @@ TERMINATE_GRACE_SECONDS = 10.0
 class StageFailedError(AtollError):
     """A stage exited non-zero; the run stopped. Carries the stage's own last error line."""
 
-    def __init__(self, job: StageJob, reason: str, log_path: Path) -> None:
+    def __init__(self, job: StageJob, reason: str, log_path: Path, code: int = ExitCode.FAILED) -> None:
         self.job = job
         self.reason = reason
         self.log_path = log_path
+        self.code = code
+        """The stage's exit status (ExitCode.BAD_INPUT: the spec or data must change first)."""
         super().__init__(f"{job.label} failed: {reason}\n  log: {log_path}")
 
 
@@ -127,7 +131,7 @@ class LocalRuntime:
     def run(self) -> RunResult:
         """Run (or resume) every stage; raises StageFailedError on the first failure."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        with self._lock(), _sigterm_as_interrupt():
+        with self._lock(), sigterm_raises(KeyboardInterrupt):
             self._write_spec()
             return self._schedule()
 
@@ -190,7 +194,7 @@ class LocalRuntime:
                     item.handle.close()
                     if code != 0:
                         self.board.failed(job)
-                        raise StageFailedError(job, self._failure_reason(item, code), item.log_path)
+                        raise StageFailedError(job, self._failure_reason(item, code), item.log_path, code)
                     finished.add(job)
                     result.seconds[job.label] = time.monotonic() - item.started
                     self.board.finished(job, result.seconds[job.label], skipped=False)
@@ -200,7 +204,7 @@ class LocalRuntime:
                     if not all(dep in finished for dep in dependencies(job, clusters)):
                         continue
                     pending.remove(job)
-                    if self._already_done(job):
+                    if self.already_done(job):
                         finished.add(job)
                         result.skipped.append(job.label)
                         self.board.finished(job, 0.0, skipped=True)
@@ -209,7 +213,7 @@ class LocalRuntime:
                     running[job] = self._start(job, threads)
                     self.board.started(job, running[job].log_path, threads)
                 for job in running:
-                    self.board.update(job, read_progress(self.store, job.stage, job.expert))
+                    self.board.update(job, self.current_heartbeat(job))
                 self.board.refresh()
                 if running:
                     time.sleep(POLL_SECONDS)
@@ -220,12 +224,17 @@ class LocalRuntime:
         result.wall_seconds = time.monotonic() - start
         return result
 
-    def _already_done(self, job: StageJob) -> bool:
-        """A stage whose last output exists needs no subprocess again (the stage would return at once)."""
-        if job.stage in DONE_MARKERS:
-            return self.store.exists(DONE_MARKERS[job.stage])
-        progress = read_progress(self.store, job.stage, job.expert)
-        return progress is not None and progress.state == "done"
+    def already_done(self, job: StageJob) -> bool:
+        """A stage whose done marker exists needs no subprocess again (the stage would return at once)."""
+        return is_done(self.store, job)
+
+    def current_heartbeat(self, job: StageJob) -> StageProgress | None:
+        """The stage's heartbeat, unless a newer attempt than the one that wrote it claimed the stage."""
+        try:
+            claimed = read_claim(self.store, job.prefix).attempt
+        except StoreError:
+            return None
+        return current_progress(read_progress(self.store, job.stage, job.expert), claimed)
 
     def _threads_for(self, job: StageJob, training_jobs: int) -> int:
         """torch threads per subprocess: the cores shared by the trainers that run side by side."""
@@ -234,7 +243,7 @@ class LocalRuntime:
         return max(1, self.cores // max(1, min(self.slots, training_jobs)))
 
     def _start(self, job: StageJob, threads: int) -> _Running:
-        argv = job.command(self.spec_uri, self.store.uri, python=self.options.python)
+        argv = stage_command(job, self.spec_uri, self.store.uri, python=self.options.python)
         log_path = self.logs / f"{job.slug}.log"
         handle = log_path.open("ab")
         offset = handle.tell()
@@ -262,9 +271,9 @@ class LocalRuntime:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if name == "SIGKILL" else ""
             return f"killed by {name}{hint}"
-        if code == EXIT_FENCED:
+        if code == ExitCode.FENCED:
             return "fenced: a newer attempt of this stage exists (is another runtime running this run?)"
-        progress = read_progress(self.store, item.job.stage, item.job.expert)
+        progress = self.current_heartbeat(item.job)
         last = _last_line(item.log_path, item.log_offset).removeprefix("error: ")
         if last:
             return last
@@ -309,21 +318,3 @@ def _changed_paths(old: Any, new: Any, path: str) -> list[str]:
             changed += _changed_paths(old.get(key), new.get(key), f"{path}.{key}")
         return changed
     return [] if old == new else [path]
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so `kill` also stops the stages cleanly."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

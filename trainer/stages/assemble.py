@@ -2,8 +2,9 @@
 
 Checks the contract every part was trained under (K, latent shape, VAE, text encoder,
 forward process and objective), saves the pipeline into a local staging directory and
-uploads it to model/ with model/assembled.json last, so a half-written model/ is never
-taken for a finished one. Idempotent: a complete model/ is left as it is. Never trains.
+uploads it to model/ with model/assembled.json (its done marker) last and only under its
+claim, so a half-written model/ is never taken for a finished one and a stale attempt never
+replaces a newer one's upload. Idempotent: a complete model/ is left as it is. Never trains.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import Any, cast
 import torch
 
 from atoll import layout
-from atoll.errors import AtollError
+from atoll.errors import AtollError, BadInputError
 from atoll.log import get_logger
+from atoll.stages import StageJob
 from atoll.store import LocalStore, Store, join_key
 from atoll.store.checkpoint import CheckpointStore
+from atoll.store.fencing import attempt_key
 from atoll.trainer.clusterdata import DataInfo, read_info
 from atoll.trainer.context import StageContext
 from atoll.trainer.encoders import text_encoder_for, vae_for
+from atoll.trainer.fence import ensure_current
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.models import fetch_final_weights, model_from_directory
 from atoll.trainer.pipeline import MARKER, DDMPipeline, flow_match_scheduler
@@ -34,10 +38,11 @@ from atoll.trainer.training.state import STATE_FILE
 
 log = get_logger(__name__)
 
-MARKER_KEY = join_key(layout.MODEL, MARKER)
+JOB = StageJob("assemble")
+MARKER_KEY = JOB.done_marker
 
 
-class ContractError(AtollError):
+class ContractError(BadInputError):
     """The experts, router and data were not trained under one shared contract."""
 
 
@@ -57,7 +62,7 @@ def run(ctx: StageContext) -> None:
             staged = Path(scratch) / "model"
             pipeline.save_pretrained(staged)
             heartbeat.update(step=2, message="uploading model/", force=True)
-            upload_model(store, staged)
+            upload_model(store, staged, attempt=ctx.attempt)
         heartbeat.done(step=3, message="assembled")
         log.info("model assembled", model=store.uri_of(layout.MODEL), experts=ctx.spec.partition.clusters)
     except Exception as error:
@@ -181,15 +186,18 @@ def _check_router(router: torch.nn.Module, info: DataInfo) -> None:
 # -- model/ in the store -------------------------------------------------------------------
 
 
-def upload_model(store: Store, directory: Path) -> None:
-    """Replace model/ with `directory`'s files, the completion marker last."""
-    progress = layout.progress(layout.MODEL)
+def upload_model(store: Store, directory: Path, *, attempt: int | None = None) -> None:
+    """Replace model/ with `directory`'s files, the completion marker last; every step only
+    while `attempt` holds the stage's claim (FencedError otherwise)."""
+    keep = {layout.progress(layout.MODEL), attempt_key(layout.MODEL)}
+    ensure_current(store, JOB, attempt)
     for info in store.list_objects(layout.MODEL + "/"):
-        if info.key != progress:
+        if info.key not in keep:
             store.delete(info.key)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MARKER)
     for path in files:
         store.put_file(join_key(layout.MODEL, path.relative_to(directory).as_posix()), path)
+    ensure_current(store, JOB, attempt)
     store.put_file(MARKER_KEY, directory / MARKER)
 
 

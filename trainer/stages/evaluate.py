@@ -22,6 +22,7 @@ import torch
 from atoll import layout
 from atoll.api import DDMRunSpec
 from atoll.log import get_logger
+from atoll.stages import StageJob, is_done
 from atoll.store import NotFoundError, Store, join_key
 from atoll.trainer.context import StageContext
 from atoll.trainer.evaluation.domain import DomainMetric, RealData, build_domain_metric, read_real_data
@@ -30,6 +31,7 @@ from atoll.trainer.evaluation.i3d import I3DFeatures, find_i3d
 from atoll.trainer.evaluation.inception import InceptionFeatures, find_inception
 from atoll.trainer.evaluation.sampling import generate
 from atoll.trainer.evaluation.video import clip_grid, gif_bytes, shuffle_frames, temporal_consistency
+from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.pipeline import DDMPipeline
 from atoll.trainer.stages.assemble import open_model
@@ -38,7 +40,9 @@ from atoll.trainer.training.distributed import configure_threads, default_device
 
 log = get_logger(__name__)
 
-METRICS = join_key(layout.EVAL, "metrics.json")
+JOB = StageJob("evaluate")
+METRICS = JOB.done_marker
+"""eval/metrics.json: the evaluate stage's done marker, written last."""
 ROUTER_METRICS = join_key(layout.ROUTER, "metrics.json")
 
 
@@ -52,13 +56,13 @@ def run(ctx: StageContext) -> None:
     store, spec = ctx.store, ctx.spec
     strategies = spec.evaluation.strategies
     heartbeat = Heartbeat(store, "evaluate", attempt=ctx.attempt or 1, total_steps=len(strategies) + 1)
-    if store.exists(METRICS):
+    if is_done(store, JOB):
         heartbeat.done(step=len(strategies) + 1, message="already evaluated")
         return
     configure_threads()
     try:
         metrics = evaluate(store, spec, heartbeat)
-        store.put_json(METRICS, metrics)
+        write_done(store, JOB, ctx.attempt, metrics)
         heartbeat.done(step=len(strategies) + 1, message="evaluated")
     except Exception as error:
         heartbeat.failed(str(error) or type(error).__name__)

@@ -3,8 +3,9 @@
 `python -m atoll.trainer expert --run SPEC --store RUN --expert K [--micro-batch M]
 [--grad-accum A] [--gpus G]`. Reads partition/stats.json and streams data/cluster-<k>/'s
 shards, trains `expert.steps_for(k, sizes)` steps with the shared loop, commits checkpoints
-under experts/<k>/ and rewrites experts/<k>/progress.json. Never loads its whole cluster
-into memory, never talks to other experts.
+under experts/<k>/, rewrites experts/<k>/progress.json and, once the final checkpoint is
+committed, writes its done marker experts/<k>/done.json under its claim. Never loads its
+whole cluster into memory, never talks to other experts.
 """
 
 from __future__ import annotations
@@ -17,22 +18,25 @@ import torch
 
 from atoll import layout
 from atoll.api import DDMRunSpec
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 from atoll.progress import StageName
+from atoll.stages import StageJob
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import DataInfo, cluster_shards, read_info, read_null_text
 from atoll.trainer.context import StageContext
+from atoll.trainer.fence import write_done
 from atoll.trainer.training.data_order import ExampleDraws, derive_seed
-from atoll.trainer.training.runner import TrainingJob, run_training, training_job
+from atoll.trainer.training.gpu import to_device
+from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
 
 CAPTIONED = ("latents", "text", "text_mask")
 """The shard tensors a text-conditioned model trains on."""
 
 
-class StageInputError(AtollError):
-    """The stage's arguments or inputs are missing or inconsistent."""
+class StageInputError(BadInputError):
+    """The stage's inputs are missing or do not match its arguments or the spec: no retry helps."""
 
 
 def cluster_sizes(store: Store) -> list[int]:
@@ -75,8 +79,14 @@ def expert_job(ctx: StageContext) -> TrainingJob:
 
 
 def run(ctx: StageContext) -> None:
-    """Train expert k to its final checkpoint (returns at once when it is already there)."""
-    run_training(expert_job(ctx), ctx.store)
+    """Train expert k to its final checkpoint (returns at once when it is already there),
+    then write its done marker."""
+    job = expert_job(ctx)
+    run_training(job, ctx.store)
+    final = finished_checkpoint(ctx.store, job)
+    if final is None:  # pragma: no cover - run_training returns only once the final checkpoint is committed
+        raise StageInputError(f"expert {job.expert} finished training but its final checkpoint is not readable")
+    write_done(ctx.store, StageJob("expert", job.expert), ctx.attempt, {"step": final.step})
 
 
 @dataclass
@@ -114,20 +124,22 @@ class ExpertTask:
     ) -> torch.Tensor:
         from atoll.trainer.models.expert import velocity
 
-        x0 = batch["latents"].to(device)
+        x0 = to_device(batch["latents"], device)
         text, mask = batch["text"], batch["text_mask"]
         drop = draws.uniform < self.caption_dropout
         if bool(drop.any()):
             text = torch.where(drop[:, None, None], self.null_text, text)
             mask = torch.where(drop[:, None], self.null_mask, mask)
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
-        sigma, noise = sigma.to(device), draws.noise.to(device)
+        sigma, noise = to_device(sigma, device), to_device(draws.noise, device)
         x_t = flow.add_noise(x0, noise, sigma)
         given = None
         if self.first_frame_conditioning > 0:
-            given = (draws.condition < self.first_frame_conditioning).to(device)
+            given = to_device(draws.condition < self.first_frame_conditioning, device)
             x_t = flow.give_first_frame(x_t, x0, given)
-        prediction = velocity(model, x_t, sigma, text.to(device).float(), mask.to(device), first_frame_given=given)
+        prediction = velocity(
+            model, x_t, sigma, to_device(text, device).float(), to_device(mask, device), first_frame_given=given
+        )
         return flow.flow_matching_loss(prediction, x0, noise, given)
 
     def describe(self) -> dict[str, Any]:

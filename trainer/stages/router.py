@@ -17,23 +17,27 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from atoll import layout
 from atoll.api import DDMRunSpec
 from atoll.log import get_logger
 from atoll.progress import StageName
+from atoll.stages import StageJob
 from atoll.store import NotFoundError, Store
 from atoll.trainer import flow
 from atoll.trainer.clusterdata import ShardRef, cluster_shards, read_info
 from atoll.trainer.context import StageContext
+from atoll.trainer.fence import write_done
 from atoll.trainer.shardfiles import ShardFiles
 from atoll.trainer.stages.expert import CAPTIONED, StageInputError, cluster_sizes, null_caption
-from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_split
+from atoll.trainer.training.data_order import STREAM_EVAL, ExampleDraws, draw_examples, held_out_rows
+from atoll.trainer.training.gpu import to_device
 from atoll.trainer.training.runner import TrainingJob, finished_checkpoint, run_training, training_job
 from atoll.trainer.training.stream import ExampleBatch, StreamData, StreamSource, row_shapes
 
 log = get_logger(__name__)
 
-METRICS = f"{layout.ROUTER}/metrics.json"
+JOB = StageJob("router")
+METRICS = JOB.done_marker
+"""router/metrics.json: the router's done marker, written after its final checkpoint."""
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_LIMIT = 2048
 SIGMA_BUCKETS = 10
@@ -70,7 +74,7 @@ def run(ctx: StageContext) -> None:
         pass
     metrics = evaluate_router(ctx.store, ctx.spec)
     metrics["step"] = final.step
-    ctx.store.put_json(METRICS, metrics)
+    write_done(ctx.store, JOB, ctx.attempt, metrics)
     log.info("router evaluated", accuracy=round(metrics["accuracy"], 4), chance=round(metrics["chance"], 4))
 
 
@@ -121,9 +125,9 @@ class RouterTask:
     ) -> torch.Tensor:
         from atoll.trainer.models.router import router_logits
 
-        x0 = batch["latents"].to(device)
+        x0 = to_device(batch["latents"], device)
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
-        sigma, noise = sigma.to(device), draws.noise.to(device)
+        sigma, noise = to_device(sigma, device), to_device(draws.noise, device)
         x_t = flow.add_noise(x0, noise, sigma)
         if self.first_frame_conditioning > 0:
             x_t = flow.give_first_frame(x_t, x0, (draws.condition < self.first_frame_conditioning).to(device))
@@ -132,10 +136,10 @@ class RouterTask:
             text, mask = batch["text"], batch["text_mask"]
             # Dropped captions as the experts drop them, so p(k | x_t, σ, ∅) is learned for guidance.
             drop = draws.uniform < self.caption_dropout
-            text = torch.where(drop[:, None, None], self.null_text, text).to(device).float()
-            mask = torch.where(drop[:, None], self.null_mask, mask).to(device)
+            text = to_device(torch.where(drop[:, None, None], self.null_text, text), device).float()
+            mask = to_device(torch.where(drop[:, None], self.null_mask, mask), device)
         logits = router_logits(model, x_t, sigma, text, mask)
-        return functional.cross_entropy(logits.float(), batch.source.to(device), reduction="none")
+        return functional.cross_entropy(logits.float(), to_device(batch.source, device), reduction="none")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -163,8 +167,7 @@ def router_sources(store: Store, spec: DDMRunSpec) -> tuple[StreamSource, ...]:
     """
     shards = [cluster_shards(store, k) for k in range(len(cluster_sizes(store)))]
     total = sum(s.examples for cluster in shards for s in cluster)
-    _, held = held_out_split(total, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT)
-    held_rows = held.tolist()
+    held_rows = held_out_rows(total, seed=spec.router.seed, fraction=HELD_OUT_FRACTION, limit=HELD_OUT_LIMIT).tolist()
     sources, first, at = [], 0, 0
     for cluster in shards:
         marked: dict[int, tuple[int, ...]] = {}
@@ -250,7 +253,7 @@ def sigma_bucket_accuracy(
     *,
     seed: int,
     buckets: int = SIGMA_BUCKETS,
-    batch: int = 256,
+    batch: int = 64,
 ) -> list[dict[str, float]]:
     """Accuracy and cross-entropy of `router` on the held-out examples, per σ bucket [b/B, (b+1)/B).
 

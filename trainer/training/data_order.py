@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -182,11 +183,11 @@ def draw_examples(
     return ExampleDraws(normal=normal, noise=noise, uniform=uniform, condition=condition)
 
 
-def held_out_split(examples: int, *, seed: int, fraction: float, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) example indices: a seeded random `fraction` (at most `limit`, at least 1 when
-    there are 2+ examples) held out for evaluation, both sorted."""
+def held_out_rows(examples: int, *, seed: int, fraction: float, limit: int) -> torch.Tensor:
+    """The sorted rows of range(examples) held out for evaluation: a seeded random `fraction` of
+    them, at most `limit`, at least 1 when there are 2+ examples. Memory grows with the rows
+    held out, not with `examples` (sampling without a permutation of the whole range)."""
     held = min(limit, round(examples * fraction))
     held = max(1, min(held, examples - 1)) if examples >= 2 else 0
-    generator = torch.Generator().manual_seed(derive_seed(seed, STREAM_SPLIT))
-    perm = torch.randperm(examples, generator=generator)
-    return perm[held:].sort().values, perm[:held].sort().values
+    rows = random.Random(derive_seed(seed, STREAM_SPLIT)).sample(range(examples), held)  # noqa: S311 - not crypto
+    return torch.tensor(sorted(rows), dtype=torch.int64)

@@ -3,7 +3,9 @@
 A stage given several GPUs spawns one process per GPU (torch.multiprocessing, NCCL; gloo on
 CPU, which the tests use) and runs the same loop in each; rank 0 alone checkpoints and
 writes the heartbeat. Errors raised in any rank surface in the launching process as the
-original exception. Nothing here knows about experts or routers.
+original exception. A stage started by torchrun instead joins torchrun's process group
+(`torchrun_rank`), one rank per process torchrun started, even a single one. Nothing here
+knows about experts or routers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Rank:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    group: bool = False
+    """In a torch.distributed process group (torchrun starts one even for a single process)."""
 
     @property
     def main(self) -> bool:
@@ -43,7 +47,8 @@ class Rank:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        """Whether the model is wrapped in DistributedDataParallel and collectives run."""
+        return self.world > 1 or self.group
 
 
 def available_cores() -> int:
@@ -136,7 +141,7 @@ def _worker(  # noqa: PLR0917 - torch.multiprocessing passes these positionally
     configure_threads(world)
     dist.init_process_group(_backend(), rank=local_rank, world_size=world)
     try:
-        value = entry(Rank(rank=local_rank, world=world, device=device), *args)
+        value = entry(Rank(rank=local_rank, world=world, device=device, group=True), *args)
         results.put((local_rank, "ok", value if local_rank == 0 else None))
     except BaseException as error:
         try:
@@ -145,6 +150,30 @@ def _worker(  # noqa: PLR0917 - torch.multiprocessing passes these positionally
             results.put((local_rank, "error", RuntimeError(f"{type(error).__name__}: {error}")))
         raise
     finally:
+        dist.destroy_process_group()
+
+
+def torchrun_rank() -> Rank | None:
+    """This process's Rank when torchrun started it (from torchrun's environment), else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    device = default_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Rank(rank=int(os.environ["RANK"]), world=world, device=device, group=True)
+
+
+def join_group(rank: Rank) -> None:
+    """Join torchrun's process group as `rank` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE from torchrun)."""
+    if rank.device.type == "cuda":
+        torch.cuda.set_device(rank.device)
+    configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", str(rank.world))))
+    if not dist.is_initialized():
+        dist.init_process_group(_backend())
+
+
+def leave_group() -> None:
+    """Leave the process group `join_group` joined."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,8 +1,11 @@
 """The one training loop of every training stage (experts and the router).
 
 AdamW with warm-up, gradient clipping, EMA of the weights, gradient accumulation over a
-fixed global batch, bf16 autocast on GPUs, data parallelism across the GPUs of one node,
-and checkpoints through the CheckpointStore every `checkpointEvery` steps and at the end.
+fixed global batch, bf16 autocast on GPUs, optional regional torch.compile, data parallelism
+across the GPUs of one node, and checkpoints through the CheckpointStore every
+`checkpointEvery` steps and at the end. On a GPU the host never waits for a step's loss
+(gpu.py): it queues the next step while the GPU runs this one, and learns the loss (for the
+NaN check, heartbeat and hooks) up to RUN_AHEAD_STEPS later; it waits at checkpoints.
 Examples stream from the shards through a bounded shuffle window (stream.py); data order and
 noise are pure functions of (seed, step, position in the global batch), and checkpoints
 hold model, EMA, optimizer and schedule, so a run killed anywhere and resumed — with any
@@ -31,6 +34,7 @@ from atoll.trainer.telemetry import GpuTelemetry
 from atoll.trainer.training.batching import BatchPlan
 from atoll.trainer.training.data_order import DATA_ORDER_VERSION, draw_examples
 from atoll.trainer.training.distributed import Rank, all_reduce_sum, barrier, broadcast, single_process
+from atoll.trainer.training.gpu import LossReadback, compile_blocks
 from atoll.trainer.training.optim import build_optimizer
 from atoll.trainer.training.pulse import Pulse
 from atoll.trainer.training.state import TrainerState, load_checkpoint, write_checkpoint
@@ -61,6 +65,8 @@ class LoopSettings:
     section: str = "expert"
     """The spec section (expert / router), for error messages."""
     heartbeat_interval: float = 10.0
+    compile: str | None = None
+    """torch.compile backend of the model's transformer blocks (spec `compile`: inductor); None: eager."""
 
 
 @dataclass
@@ -90,7 +96,8 @@ def train(
     """Train `task` to `settings.total_steps`, resuming from the newest valid checkpoint.
 
     Only rank 0 passes `checkpoints` and `heartbeat`. `on_step(step, loss)` runs after every
-    optimizer step (tests use it to interrupt a run).
+    optimizer step, in order, once its loss is known (tests use it to interrupt a run); on a
+    GPU that is up to RUN_AHEAD_STEPS steps later.
     """
     return _Loop(
         task,
@@ -133,6 +140,8 @@ class _Loop:
         self.ema = EMAModel(self.model.parameters(), decay=settings.recipe.ema_decay, foreach=True)
         self.optimizer, self.schedule = build_optimizer(self.model.parameters(), settings.recipe, device=self.device)
         self.autocast = _autocast(settings.precision, self.device)
+        if settings.compile is not None:
+            compile_blocks(self.model, backend=settings.compile)
         self.net: torch.nn.Module = self.model
 
     # --- the run ------------------------------------------------------------------------
@@ -148,6 +157,8 @@ class _Loop:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
+            if self.rank.main:
+                log.info("DistributedDataParallel", ranks=self.rank.world, backend=torch.distributed.get_backend())
         telemetry = self._open_telemetry() if self.rank.main else None
         self._beat_start(start, resumed_from, telemetry)
         pulse = Pulse(
@@ -160,19 +171,20 @@ class _Loop:
         )
         every = self.settings.recipe.checkpoint_every
         self.stream = ExampleStream(self.task.data, seed=self.settings.seed, global_batch=self.plan.global_batch)
+        readback = LossReadback(self.device)
         try:
             with pulse:
                 pulse.start(start)
                 for step in range(start, total):
-                    loss = self._step(step)
                     done = step + 1
-                    result.losses.append(loss)
-                    result.end_step = done
-                    pulse.record(done, loss)
-                    if done == total or done % every == 0:
-                        self._checkpoint(done, loss, final=done == total)
-                    if self.on_step is not None:
-                        self.on_step(done, loss)
+                    readback.push(done, self._step(step))
+                    checkpoint = done == total or done % every == 0
+                    for settled, loss_sum in readback.settled(through=done if checkpoint else None):
+                        loss = self._settle(settled, loss_sum, result, pulse)
+                        if settled == done and checkpoint:
+                            self._checkpoint(done, loss, final=done == total)
+                        if self.on_step is not None:
+                            self.on_step(settled, loss)
                 if self.checkpoints is not None:
                     self.checkpoints.flush()
         finally:
@@ -185,7 +197,21 @@ class _Loop:
             self.heartbeat.done(**pulse.fields(), message=f"trained {total} steps")
         return result
 
-    def _step(self, step: int) -> float:
+    def _settle(self, step: int, loss_sum: float, result: TrainResult, pulse: Pulse) -> float:
+        """Step `step`'s mean loss, now that it is known: checked, recorded, reported."""
+        loss = loss_sum / self.plan.global_batch
+        if math.isnan(loss):
+            raise TrainingError(
+                f"the loss became NaN at step {step}: lower {self.settings.section}.learningRate"
+                " or check the data for NaNs"
+            )
+        result.losses.append(loss)
+        result.end_step = step
+        pulse.record(step, loss)
+        return loss
+
+    def _step(self, step: int) -> torch.Tensor:
+        """Queue optimizer step `step` (0-based); its loss summed over the global batch, on the device."""
         while True:
             try:
                 return self._try_step(step)
@@ -201,7 +227,7 @@ class _Loop:
                 torch.cuda.empty_cache()
                 self.plan = smaller
 
-    def _try_step(self, step: int) -> float:
+    def _try_step(self, step: int) -> torch.Tensor:
         plan, task = self.plan, self.task
         loss_sum = torch.zeros((), device=self.device)
         # DistributedDataParallel averages gradients over ranks: scale so the result is the
@@ -225,13 +251,7 @@ class _Loop:
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.parameters())
-        loss = loss_sum.item() / plan.global_batch
-        if math.isnan(loss):
-            raise TrainingError(
-                f"the loss became NaN at step {step + 1}: lower {self.settings.section}.learningRate"
-                " or check the data for NaNs"
-            )
-        return loss
+        return loss_sum
 
     # --- checkpoints --------------------------------------------------------------------
 

@@ -2,17 +2,15 @@
 
 The expert and router stages describe their job (how to build the task from the store,
 the loop settings) and call `run_training`. It returns quickly when the final checkpoint
-already exists, claims the stage's attempt, runs the loop in one process or one per GPU,
-and records failures in progress.json. A fenced attempt stops without writing anything.
+already exists, claims the stage's attempt, runs the loop in one process, one per GPU, or
+in each process torchrun started, and records failures in progress.json. A fenced attempt
+stops without writing anything.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 
 from atoll import layout
 from atoll.api.spec import RetentionSpec, TrainingSpec
@@ -23,8 +21,16 @@ from atoll.store import FencedError, Store, open_store
 from atoll.store.checkpoint import Checkpoint, CheckpointStore
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
-from atoll.trainer.training.batching import plan_batch
-from atoll.trainer.training.distributed import Rank, launch, single_process
+from atoll.trainer.interrupts import sigterm_raises
+from atoll.trainer.training.batching import BatchPlanError, plan_batch
+from atoll.trainer.training.distributed import (
+    Rank,
+    join_group,
+    launch,
+    leave_group,
+    single_process,
+    torchrun_rank,
+)
 from atoll.trainer.training.loop import LoopSettings, StepHook, TrainResult, train
 from atoll.trainer.training.task import TrainingTask
 
@@ -81,6 +87,7 @@ def training_job(
         grad_clip=spec.grad_clip,
         precision=spec.precision,
         section=stage,
+        compile="inductor" if spec.compile else None,
     )
     return TrainingJob(
         stage=stage,
@@ -109,7 +116,19 @@ def run_training(job: TrainingJob, store: Store, *, on_step: StepHook | None = N
         log.info("already trained", stage=job.stage, expert=job.expert, step=done.step)
         _report_done(store, job, done)
         return None
-    with _sigterm_interrupts():
+    with sigterm_raises(lambda: StageInterruptedError("SIGTERM")):
+        torchrun = torchrun_rank()
+        if torchrun is not None:
+            if torchrun.world != job.settings.batch.world:
+                raise BatchPlanError(
+                    f"torchrun started {torchrun.world} processes but the stage was given --gpus"
+                    f" {job.settings.batch.world}: pass --gpus {torchrun.world}"
+                )
+            join_group(torchrun)
+            try:
+                return _train_rank(torchrun, job, store, on_step)
+            finally:
+                leave_group()
         if job.settings.batch.world > 1:
             if on_step is not None:
                 raise ValueError("on_step hooks are not supported across processes")
@@ -160,21 +179,3 @@ def _report_done(store: Store, job: TrainingJob, checkpoint: Checkpoint) -> None
         ),
         message="already trained",
     )
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into StageInterruptedError so staged checkpoints finish uploading before exit."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise StageInterruptedError("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

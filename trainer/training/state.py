@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from atoll.errors import AtollError
+from atoll.errors import BadInputError
 
 MODEL_DIR = "model"
 EMA_DIR = "ema"
@@ -30,7 +30,7 @@ STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
-class CheckpointMismatchError(AtollError):
+class CheckpointMismatchError(BadInputError):
     """A checkpoint was made by a different recipe, model or dataset than this run's."""
 
 

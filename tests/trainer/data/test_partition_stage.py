@@ -151,3 +151,43 @@ def test_partition_into_an_s3_store(minio_bucket: str, s3_env: dict[str, str]) -
     assert sorted(data.index.tolist()) == list(range(200))
     assert labels.bincount(minlength=2).tolist() == list(info.sizes)
     assert store.exists(layout.PARTITION_DONE)
+
+
+def test_features_stream_through_the_sample_and_then_batch_by_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fine level is fitted on the sample's features; every example's features then pass in
+    batches and are assigned as they come; the result is the in-memory algorithm's."""
+    from atoll.trainer import kmeans
+    from atoll.trainer.data import DigitsDataset
+    from atoll.trainer.encoders.features import PixelFeatures
+
+    batches: list[int] = []
+    real_encode = PixelFeatures.encode
+
+    def counting_encode(self: PixelFeatures, images: torch.Tensor) -> torch.Tensor:
+        batches.append(int(images.shape[0]))
+        return real_encode(self, images)
+
+    monkeypatch.setattr(PixelFeatures, "encode", counting_encode)
+    spec = DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://digits", "resolution": 8},
+            "partition": {"clusters": 4, "features": "pixels", "fineClusters": 32, "sampleSize": 300},
+        }
+    )
+    store = LocalStore(tmp_path)
+    partition.run(StageContext(spec=spec, store=store))
+    assert sum(batches) == 300 + 1797  # the sample, then every example once
+    assert max(batches) <= 1024
+    stats = store.get_json(layout.PARTITION_STATS)
+    assert stats["sampleSize"] == 300
+
+    monkeypatch.setattr(PixelFeatures, "encode", real_encode)
+    dataset = DigitsDataset(8)
+    features = PixelFeatures(8).encode(dataset.images(list(range(len(dataset)))))
+    in_memory = kmeans.two_level_kmeans(features, 4, fine_clusters=32, sample_size=300, seed=0, device="cpu")
+    stored = load_file(tmp_path / layout.PARTITION_ASSIGNMENTS)
+    assert torch.equal(stored["cluster"], in_memory.assignments)
+    assert torch.equal(stored["fine"], in_memory.fine_assignments)
+    assert stats["sizes"] == in_memory.sizes

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from atoll.cli import main as atoll_main
-from atoll.trainer.runtime.jobs import StageJob, dependencies, run_jobs
+from atoll.stages import StageJob, dependencies, run_jobs, stage_command
 
 from .conftest import TINY_RUN
 
@@ -63,17 +63,46 @@ def test_job_graph() -> None:
     assert dependencies(StageJob("router"), 3) == [StageJob("partition")]
     assert StageJob("router") in dependencies(StageJob("assemble"), 3)
     assert [job.label for job in run_jobs(1)] == ["partition", "expert 0", "assemble", "evaluate"]
-    command = StageJob("expert", 2).command("s/spec.json", "s", python="py")
+    command = stage_command(StageJob("expert", 2), "s/spec.json", "s", python="py")
     assert command == ["py", "-m", "atoll.trainer", "expert", "--run", "s/spec.json", "--store", "s", "--expert", "2"]
 
 
 def test_done_markers_are_what_the_stages_write_last() -> None:
-    from atoll.trainer.runtime.jobs import DONE_MARKERS
+    from atoll import layout
+    from atoll.store import join_key
+    from atoll.trainer import pipeline
     from atoll.trainer.stages import assemble, evaluate, router
 
-    assert DONE_MARKERS["assemble"] == assemble.MARKER_KEY
-    assert DONE_MARKERS["evaluate"] == evaluate.METRICS
-    assert DONE_MARKERS["router"] == router.METRICS
+    assert StageJob("partition").done_marker == layout.PARTITION_DONE
+    assert StageJob("expert", 3).done_marker == "experts/3/done.json"
+    assert StageJob("assemble").done_marker == assemble.MARKER_KEY == join_key(layout.MODEL, pipeline.MARKER)
+    assert StageJob("evaluate").done_marker == evaluate.METRICS
+    assert StageJob("router").done_marker == router.METRICS
+
+
+def test_the_runtime_follows_the_contracts_done_rule_and_fenced_heartbeats(tmp_path: Path) -> None:
+    """Done is the done marker (a `done` heartbeat alone is not), and a heartbeat counts only
+    while its attempt holds the stage's claim — the same rules as the operator's."""
+    from rich.console import Console
+
+    from atoll.api import load_manifest
+    from atoll.progress import StageProgress
+    from atoll.store.fencing import claim
+    from atoll.trainer.runtime.board import make_board
+    from atoll.trainer.runtime.local import LocalOptions, LocalRuntime
+
+    manifest = load_manifest(_manifest(tmp_path / "run.yaml", "rules"))
+    runtime = LocalRuntime(manifest, LocalOptions(workdir=tmp_path / "work"), make_board(Console(quiet=True)))
+    job = StageJob("expert", 0)
+    beat = StageProgress(stage="expert", expert=0, attempt=1, state="done", step=50, total_steps=50)
+    runtime.store.put_bytes(f"{job.prefix}/progress.json", beat.to_json())
+    claim(runtime.store, job.prefix, 1, ())
+    assert runtime.current_heartbeat(job) == beat
+    assert not runtime.already_done(job), "a done heartbeat without the done marker is not done"
+    runtime.store.put_json(job.done_marker, {"attempt": 1})
+    assert runtime.already_done(job)
+    claim(runtime.store, job.prefix, 2, ())
+    assert runtime.current_heartbeat(job) is None, "attempt 1's heartbeat says nothing once attempt 2 claimed"
 
 
 def test_bad_manifest_lists_every_field_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

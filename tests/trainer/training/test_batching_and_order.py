@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atoll.trainer.training.batching import BatchPlanError, plan_batch
-from atoll.trainer.training.data_order import draw_examples, held_out_split
+from atoll.trainer.training.data_order import draw_examples, held_out_rows
 
 
 def test_plan_batch_resolves_and_rejects() -> None:
@@ -39,10 +39,13 @@ def test_draws_depend_only_on_step_and_position() -> None:
     assert abs(float(draw_examples(0, 0, range(4000), (1,)).uniform.mean()) - 0.5) < 0.03
 
 
-def test_held_out_split_is_disjoint_and_seeded() -> None:
-    train, held = held_out_split(100, seed=0, fraction=0.1, limit=50)
+def test_held_out_rows_are_seeded_bounded_and_distinct() -> None:
+    held = held_out_rows(100, seed=0, fraction=0.1, limit=50)
     assert len(held) == 10
-    assert len(train) == 90
-    assert set(train.tolist()).isdisjoint(held.tolist())
-    assert torch.equal(held_out_split(100, seed=0, fraction=0.1, limit=50)[1], held)
-    assert len(held_out_split(100, seed=0, fraction=0.5, limit=8)[1]) == 8
+    assert held.tolist() == sorted(set(held.tolist()))
+    assert all(0 <= row < 100 for row in held.tolist())
+    assert torch.equal(held_out_rows(100, seed=0, fraction=0.1, limit=50), held)
+    assert not torch.equal(held_out_rows(100, seed=1, fraction=0.1, limit=50), held)
+    assert len(held_out_rows(100, seed=0, fraction=0.5, limit=8)) == 8
+    assert len(held_out_rows(2, seed=0, fraction=0.01, limit=8)) == 1
+    assert len(held_out_rows(10**12, seed=0, fraction=0.1, limit=2048)) == 2048  # no permutation of 10^12 rows

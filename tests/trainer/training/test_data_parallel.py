@@ -1,10 +1,15 @@
-"""Data parallelism: two gloo processes on the CPU train exactly like one process."""
+"""Data parallelism: two gloo processes on the CPU train exactly like one process, and a stage that
+torchrun starts joins torchrun's group (DistributedDataParallel even with one process)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from atoll import layout
@@ -13,6 +18,7 @@ from atoll.store.checkpoint import CheckpointStore
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import read_progress
 from atoll.trainer.stages import expert
+from atoll.trainer.training.batching import BatchPlanError
 from atoll.trainer.training.runner import run_training
 from tests.trainer.training.synthetic import synthetic_spec, write_synthetic_run
 
@@ -41,3 +47,47 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
     progress = read_progress(store, "expert", 0)
     assert progress is not None
     assert progress.state == "done"
+
+
+def test_a_stage_started_by_torchrun_trains_in_its_group_like_a_single_process(tmp_path: Path) -> None:
+    spec = synthetic_spec(steps=3, checkpoint_every=2)
+    single = LocalStore(tmp_path / "single")
+    write_synthetic_run(single, spec=spec)
+    reference = run_training(expert.expert_job(StageContext(spec=spec, store=single, expert=0)), single)
+    assert reference is not None
+
+    store = LocalStore(tmp_path / "torchrun")
+    write_synthetic_run(store, spec=spec)
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"),
+        *("-m", "--", "atoll.trainer", "expert", "--run", str(store.root / layout.SPEC), "--store", str(store.root)),
+        *("--expert", "0"),
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # One process, yet the model trains wrapped in DistributedDataParallel over torchrun's gloo group.
+    assert "DistributedDataParallel" in done.stderr
+    assert "backend=gloo ranks=1" in done.stderr
+    final = CheckpointStore(store, layout.expert(0), read_only=True).latest()
+    assert final is not None
+    assert final.step == 3
+    assert final.metadata["loss"] == pytest.approx(reference.losses[-1], rel=1e-4)
+    progress = read_progress(store, "expert", 0)
+    assert progress is not None
+    assert progress.state == "done"
+
+
+def test_torchrun_with_another_process_count_than_gpus_is_refused_before_joining(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = synthetic_spec(steps=2)
+    store = LocalStore(tmp_path)
+    write_synthetic_run(store, spec=spec)
+    for name, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    job = expert.expert_job(StageContext(spec=spec, store=store, expert=0))
+    with pytest.raises(BatchPlanError, match="torchrun started 2 processes but the stage was given --gpus 1"):
+        run_training(job, store)
+    assert not torch.distributed.is_initialized()
+    assert CheckpointStore(store, layout.expert(0), read_only=True).latest() is None

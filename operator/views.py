@@ -1,7 +1,9 @@
-"""What the operator sees of the cluster: small immutable views of nodes and stage pods.
+"""What the operator sees of the cluster: small immutable views of nodes, stage pods and DDMExperts.
 
-Parsed from raw API bodies (kopf indexes hold these views, not whole objects, which
-keeps a 1000-node fleet cheap). Pure: no API calls, no clock.
+Parsed from raw API bodies (kopf indexes hold these views, not whole objects, which keeps
+a 1000-node fleet cheap), plus the keys of atoll's own labels and annotations on the pods
+and DDMExperts it creates (GPU labels live in atoll.operator.placement.labels). Pure: no
+API calls, no clock.
 """
 
 from __future__ import annotations
@@ -11,21 +13,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-GROUP = "atoll.dev"
-LABEL_RUN = f"{GROUP}/run"
-LABEL_STAGE = f"{GROUP}/stage"
-LABEL_EXPERT = f"{GROUP}/expert"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-ANNOTATION_GPU_PRODUCT = f"{GROUP}/gpu-product"
-ANNOTATION_PLANNED_NODE = f"{GROUP}/planned-node"
-"""On a pod pinned to one node by a makespan plan."""
-ANNOTATION_GPU_HEALTH = f"{GROUP}/gpu-health"
+from pydantic import ValidationError
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
-"""GPU Feature Discovery: memory of one GPU in MiB."""
-HOSTNAME_LABEL = "kubernetes.io/hostname"
+from atoll.api.spec import API_GROUP, API_GROUP_VERSION
+from atoll.api.status import DDMExpertStatus
+from atoll.operator.placement import labels
+
+LABEL_RUN = f"{API_GROUP}/run"
+LABEL_STAGE = f"{API_GROUP}/stage"
+LABEL_EXPERT = f"{API_GROUP}/expert"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+ANNOTATION_GPU_PRODUCT = f"{API_GROUP}/gpu-product"
+ANNOTATION_PLANNED_NODE = f"{API_GROUP}/planned-node"
+"""On a pod pinned to one node by a makespan plan."""
+ANNOTATION_PREDICTED_SECONDS = f"{API_GROUP}/predicted-seconds"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -44,31 +45,34 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _owner_uid(metadata: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (the first owner when none is marked controller)."""
+    owners = metadata.get("ownerReferences") or []
+    controller = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    return None if controller is None else controller.get("uid")
+
+
+def pod_gpus(spec: Mapping[str, Any]) -> int:
+    """GPUs a pod asks for: the sum of its containers' nvidia.com/gpu limits."""
+    total = 0
+    for container in spec.get("containers") or []:
+        total += _int(((container.get("resources") or {}).get("limits") or {}).get(labels.GPU_RESOURCE))
+    return total
+
+
 @dataclass(frozen=True, slots=True)
 class NodeView:
-    """A node as placement needs it."""
+    """A node as placement needs it (atoll.operator.placement.fleet decides whether it is usable)."""
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    """Only atoll's (the NVML agent's) annotations."""
     gpus: int = 0
     """Allocatable nvidia.com/gpu."""
     unschedulable: bool = False
     ready: bool = True
     taints: tuple[Mapping[str, Any], ...] = ()
-
-    @property
-    def gpu_product(self) -> str | None:
-        return self.labels.get(GPU_PRODUCT_LABEL)
-
-    @property
-    def gpu_memory_mib(self) -> int:
-        return _int(self.labels.get(GPU_MEMORY_LABEL))
-
-    @property
-    def healthy(self) -> bool:
-        """Not reported unhealthy by the NVML agent (no annotation: healthy)."""
-        return self.annotations.get(ANNOTATION_GPU_HEALTH, "ok") == "ok"
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -77,8 +81,8 @@ class NodeView:
         return cls(
             name=metadata["name"],
             labels=dict(metadata.get("labels") or {}),
-            annotations={k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(GROUP)},
-            gpus=_int((status.get("allocatable") or {}).get(GPU_RESOURCE)),
+            annotations={k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(API_GROUP)},
+            gpus=_int((status.get("allocatable") or {}).get(labels.GPU_RESOURCE)),
             unschedulable=bool(spec.get("unschedulable")),
             ready=conditions.get("Ready", "True") == "True",
             taints=tuple(dict(t) for t in spec.get("taints") or []),
@@ -109,6 +113,8 @@ class PodView:
     created_at: datetime | None = None
     finished_at: datetime | None = None
     deleting: bool = False
+    owner_uid: str | None = None
+    """uid of the object that owns the pod (its DDMExpert, or the DDMRun)."""
 
     @property
     def finished(self) -> bool:
@@ -123,10 +129,10 @@ class PodView:
     def from_body(cls, body: Mapping[str, Any]) -> PodView | None:
         """The view of an atoll stage pod; None for a pod without atoll's labels."""
         metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-        labels = metadata.get("labels") or {}
-        if LABEL_RUN not in labels or LABEL_STAGE not in labels or LABEL_ATTEMPT not in labels:
+        pod_labels = metadata.get("labels") or {}
+        if LABEL_RUN not in pod_labels or LABEL_STAGE not in pod_labels or LABEL_ATTEMPT not in pod_labels:
             return None
-        expert = labels.get(LABEL_EXPERT)
+        expert = pod_labels.get(LABEL_EXPERT)
         exit_code, reason, message, finished_at = None, status.get("reason"), status.get("message"), None
         for container in status.get("containerStatuses") or []:
             state = container.get("state") or {}
@@ -144,34 +150,32 @@ class PodView:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
                 reason = condition.get("reason") or reason
                 message = condition.get("message") or message
-        gpus = 0
-        for container in spec.get("containers") or []:
-            limits = (container.get("resources") or {}).get("limits") or {}
-            gpus += _int(limits.get(GPU_RESOURCE))
+        annotations = metadata.get("annotations") or {}
         return cls(
             name=metadata["name"],
             namespace=metadata.get("namespace", ""),
-            run=labels[LABEL_RUN],
-            stage=labels[LABEL_STAGE],
+            run=pod_labels[LABEL_RUN],
+            stage=pod_labels[LABEL_STAGE],
             expert=None if expert is None else _int(expert),
-            attempt=_int(labels[LABEL_ATTEMPT]),
+            attempt=_int(pod_labels[LABEL_ATTEMPT]),
             phase=status.get("phase") or "Pending",
             node=spec.get("nodeName"),
-            gpus=gpus,
-            gpu_product=(metadata.get("annotations") or {}).get(ANNOTATION_GPU_PRODUCT),
-            planned_node=(metadata.get("annotations") or {}).get(ANNOTATION_PLANNED_NODE),
+            gpus=pod_gpus(spec),
+            gpu_product=annotations.get(ANNOTATION_GPU_PRODUCT),
+            planned_node=annotations.get(ANNOTATION_PLANNED_NODE),
             exit_code=exit_code,
             reason=reason,
             message=message,
             created_at=parse_time(metadata.get("creationTimestamp")),
             finished_at=finished_at,
             deleting=metadata.get("deletionTimestamp") is not None,
+            owner_uid=_owner_uid(metadata),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ExpertView:
-    """One DDMExpert object of a run."""
+    """One DDMExpert object: what the reconciler and `atoll status` read of it."""
 
     name: str
     namespace: str
@@ -180,12 +184,15 @@ class ExpertView:
     expert: int
     examples: int
     steps: int
-    status: Mapping[str, Any] = field(default_factory=dict)
+    status: DDMExpertStatus = field(default_factory=DDMExpertStatus)
+    """Its status as stored (an unreadable one reads as a fresh status)."""
+    owner_uid: str | None = None
+    """uid of the DDMRun that owns it."""
 
     def reference(self) -> dict[str, Any]:
         """Enough of the object for an owner reference or an Event."""
         return {
-            "apiVersion": f"{GROUP}/v1alpha1",
+            "apiVersion": API_GROUP_VERSION,
             "kind": "DDMExpert",
             "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
         }
@@ -195,6 +202,10 @@ class ExpertView:
         metadata, spec = body.get("metadata", {}), body.get("spec") or {}
         if "run" not in spec or "expert" not in spec:
             return None
+        try:
+            status = DDMExpertStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            status = DDMExpertStatus()
         return cls(
             name=metadata["name"],
             namespace=metadata.get("namespace", ""),
@@ -203,5 +214,6 @@ class ExpertView:
             expert=_int(spec["expert"]),
             examples=_int(spec.get("examples")),
             steps=_int(spec.get("steps")),
-            status=dict(body.get("status") or {}),
+            status=status,
+            owner_uid=_owner_uid(metadata),
         )

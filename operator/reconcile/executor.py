@@ -1,0 +1,137 @@
+"""The act step: apply one decision's actions, in a fixed order, and say which ones failed.
+
+Order: spec.json, DDMExperts, pod deletions, pod creations (a failed create releases its
+GPU reservation), DDMExpert statuses, the run's status; the Events to post are returned
+with the outcome (posted by the kopf glue, from its event loop). Creates are
+create-if-absent (a pod of the same name owned by another object is a failure, not ours),
+deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
+tries again. The only module of the reconciler that writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from atoll.log import get_logger
+from atoll.operator import storage
+from atoll.operator.kube import Kube
+from atoll.operator.ledger import GpuLedger
+from atoll.operator.reconcile.actions import (
+    Applied,
+    CreateExpert,
+    CreatePod,
+    Decision,
+    DeletePod,
+    PatchExpertStatus,
+    PatchRunStatus,
+    WriteSpec,
+)
+from atoll.operator.reconcile.observation import RunObject
+from atoll.operator.reconcile.observer import RunStores, run_owner
+from atoll.store import StoreError
+
+log = get_logger("atoll.operator.reconcile")
+
+
+def _api_error(error: Exception) -> str:
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None)
+    return f"{status} {reason}" if status is not None else str(error)
+
+
+class Executor:
+    """Applies decisions through the Kubernetes API and the run's store; the Events to post
+    come back in `Applied.events` (the kopf glue posts them from its event loop)."""
+
+    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 8) -> None:
+        self.kube = kube
+        self.ledger = ledger
+        self.stores = stores
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
+        """Pod creations and status patches of one tick go out side by side (64 experts turning
+        Running at once are 64 patches: one after the other they would delay the last by seconds)."""
+
+    def apply(self, run: RunObject, decision: Decision) -> Applied:
+        applied = Applied()
+        for write in decision.of(WriteSpec):
+            self._write_spec(run, write, applied)
+        for expert in decision.of(CreateExpert):
+            name = expert.manifest["metadata"]["name"]
+            self._call(applied, f"DDMExpert {name}", self.kube.ensure_expert, dict(expert.manifest))
+        for delete in decision.of(DeletePod):
+            log.info("deleting pod", pod=delete.name, namespace=run.namespace, why=delete.why)
+            self._call(
+                applied, f"deleting pod {delete.name}", self.kube.delete_pod, run.namespace, delete.name,
+                grace_seconds=delete.grace_seconds,
+            )  # fmt: skip
+        creates: list[CreatePod] = decision.of(CreatePod)
+        outcomes = self.pool.map(lambda create: self._create(run, create), creates)
+        for create, (created, failure) in zip(creates, outcomes, strict=True):
+            if failure is not None:
+                self.ledger.release(create.key)
+                applied.failed_pods[create.stage] = failure
+                applied.errors.append(failure)
+            elif created and create.started is not None:
+                applied.events.append(create.started)
+        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
+        patched = self.pool.map(lambda patch: self._patch_expert(run, patch, applied), patches)
+        for patch, ok in zip(patches, patched, strict=True):
+            if not ok:
+                applied.failed_experts.add(patch.expert)
+        for run_status in decision.of(PatchRunStatus):
+            status = run_status.status.model_dump(by_alias=True, mode="json")
+            if not self._call(applied, "DDMRun status", self.kube.patch_run_status, run.namespace, run.name, status):
+                applied.run_status_written = False
+        applied.events.extend(decision.events)
+        for error in applied.errors:
+            log.warning("action failed, retried next tick", run=run.name, namespace=run.namespace, error=error)
+        return applied
+
+    def _call(self, applied: Applied, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """One API call; an API error is recorded (False), never raised."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            call(*args, **kwargs)
+        except ApiException as error:
+            applied.errors.append(f"{what}: {_api_error(error)}")
+            return False
+        return True
+
+    def _patch_expert(self, run: RunObject, patch: PatchExpertStatus, applied: Applied) -> bool:
+        status = patch.status.model_dump(by_alias=True, mode="json")
+        what = f"DDMExpert {patch.name} status"
+        return self._call(applied, what, self.kube.patch_expert_status, run.namespace, patch.name, status)
+
+    def _write_spec(self, run: RunObject, write: WriteSpec, applied: Applied) -> None:
+        store = self.stores.store(run)
+        if store is None:
+            return
+        try:
+            storage.ensure_spec(store, write.spec, owner=run_owner(run))
+        except (storage.RunSetupError, StoreError) as error:
+            applied.errors.append(f"spec.json not written: {error}")
+
+    def _create(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None]:
+        """(created now, why it could not be created)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = create.manifest["metadata"]["name"]
+        try:
+            created = self.kube.create_pod(dict(create.manifest))
+            if not created and not self._ours(run.namespace, name, create):
+                return False, f"cannot create pod {name}: a pod of that name that is not this run's still exists"
+        except ApiException as error:
+            return False, f"cannot create pod {name}: {_api_error(error)}"
+        return created, None
+
+    def _ours(self, namespace: str, name: str, create: CreatePod) -> bool:
+        """Whether the existing pod of that name is the one this action would have created."""
+        existing = self.kube.get_pod(namespace, name)
+        if existing is None:
+            return False
+        wanted = {o.get("uid") for o in create.manifest["metadata"].get("ownerReferences") or []}
+        found = {o.get("uid") for o in existing.get("metadata", {}).get("ownerReferences") or []}
+        return bool(wanted & found)

@@ -1,0 +1,31 @@
+"""The kopf glue's copy of the indexes: taken at once, it never changes with the indexes."""
+
+from __future__ import annotations
+
+from atoll.operator.handlers import gpu_holders, snapshot
+from atoll.operator.ledger import GpuHolder
+
+from .situations import FLEET, expert, pod
+
+
+def test_a_snapshot_is_a_copy_of_the_indexes() -> None:
+    pods = [pod("expert", 1, expert_index=0)]
+    indexes = {
+        "run_pods": {("ns", "r"): pods, ("ns", "other"): [pod("router", 1)]},
+        "run_experts": {("ns", "r"): [expert(0)]},
+        "gpu_nodes": {node.name: [node] for node in FLEET},
+        "gpu_pods": {"ns/r-expert-0-a1": [GpuHolder("a100-0", 1)], "x/hog": [GpuHolder("h100-0", 8)]},
+    }
+    copied = snapshot(("ns", "r"), indexes)
+    holders = gpu_holders(indexes["gpu_pods"])
+    assert [p.name for p in copied.pods] == ["r-expert-0-a1"]
+    assert [e.name for e in copied.experts] == ["r-expert-0"]
+    assert {n.name for n in copied.nodes} == {"h100-0", "a100-0", "t4-0"}
+    assert holders == {"ns/r-expert-0-a1": GpuHolder("a100-0", 1), "x/hog": GpuHolder("h100-0", 8)}
+    # kopf keeps updating its indexes; the tick that took the copy does not see it.
+    pods.append(pod("expert", 2, expert_index=0))
+    indexes["gpu_pods"]["y/new"] = [GpuHolder("t4-0", 4)]
+    del indexes["gpu_nodes"]["t4-0"]
+    assert len(copied.pods) == 1
+    assert "y/new" not in holders
+    assert len(copied.nodes) == 3
