@@ -49,13 +49,13 @@ def test_shuffled_frames_score_far_above_the_floor(moving: tuple[RealData, Domai
     sample = real.images[metric.sample_rows]
     floor = metric.distance(sample)
     shuffled = metric.distance(shuffle_frames(sample, seed=0))
-    reversed_time = metric.distance(sample.flip(2))  # every clip moves the other way: same frames, wrong captions
     assert shuffled > 5 * floor, (floor, shuffled)
     assert shuffled > 1.0
-    assert reversed_time > 2 * floor, (floor, reversed_time)
     # The mean frame alone cannot tell: a per-frame shuffle keeps it exactly.
     torch.testing.assert_close(shuffle_frames(sample, seed=0).mean(2), sample.mean(2))
-    # Alignment: the evaluator finds the captioned direction in real clips, not in reversed ones.
+    # Reversing time maps the set of clips onto itself (every direction is as likely as its
+    # opposite), so no unconditional distance can see it; alignment, which reads the captions,
+    # must: the evaluator finds the captioned direction in real clips, not in reversed ones.
     wanted = real.factor_labels(real.labels[metric.sample_rows])
     _, forward = metric.recognised(sample, wanted)
     _, backward = metric.recognised(sample.flip(2), wanted)
@@ -70,7 +70,9 @@ def test_temporal_consistency_tells_smooth_motion_from_flicker(moving: tuple[Rea
     noise = torch.rand(clips.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert temporal_consistency(still) == 1.0
     assert temporal_consistency(clips) > temporal_consistency(shuffle_frames(clips, seed=1)) - 1e-6
-    assert temporal_consistency(clips) > temporal_consistency(noise) + 0.3
+    # Uniform noise in [-1, 1] changes by 2/3 on average between frames: consistency 1 − 1/3.
+    assert abs(temporal_consistency(noise) - 2 / 3) < 0.01
+    assert temporal_consistency(clips) > temporal_consistency(noise) + 0.2
 
 
 @pytest.mark.usefixtures("_one_torch_thread")
