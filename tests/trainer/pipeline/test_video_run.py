@@ -26,8 +26,8 @@ from atoll.trainer.stages import assemble, evaluate, expert, partition, router
 from atoll.trainer.training.runner import run_training
 
 VIDEO_RUN: dict[str, Any] = {
-    "dataset": {"uri": "builtin://moving-digits", "resolution": 16, "frames": 4, "fps": 4, "maxExamples": 160},
-    "partition": {"clusters": 2, "features": "pixels", "fineClusters": 8, "sampleSize": 160},
+    "dataset": {"uri": "builtin://moving-digits", "resolution": 16, "frames": 4, "fps": 4, "maxExamples": 320},
+    "partition": {"clusters": 2, "features": "pixels", "fineClusters": 8, "sampleSize": 320},
     "expert": {
         "preset": "video-tiny",
         "steps": 40,
@@ -37,7 +37,7 @@ VIDEO_RUN: dict[str, Any] = {
         "warmupSteps": 5,
         "firstFrameConditioning": 0.5,
     },
-    "router": {"preset": "tiny", "steps": 40, "globalBatchSize": 16, "checkpointEvery": 20, "learningRate": 2e-3},
+    "router": {"preset": "tiny", "steps": 80, "globalBatchSize": 16, "checkpointEvery": 40, "learningRate": 2e-3},
     "sampling": {"strategy": "top-1", "steps": 6, "guidance": 2.0},
     "evaluation": {"samples": 24, "strategies": ["top-1", "full"]},
 }
@@ -45,7 +45,7 @@ VIDEO_RUN: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory: pytest.TempPathFactory, _one_torch_thread: None) -> tuple[StageContext, list[float]]:
-    """Partition, two experts and the router trained on 160 moving-digit clips; expert 0's losses."""
+    """Partition, two experts and the router trained on 320 moving-digit clips; expert 0's losses."""
     spec = DDMRunSpec.model_validate(VIDEO_RUN)
     store = LocalStore(tmp_path_factory.mktemp("video-run") / "run")
     store.put_bytes("spec.json", dump_spec_json(spec).encode())
