@@ -1,11 +1,13 @@
 """DDM vs monolith at equal training FLOPs: the papers' comparison, scaled down to digits on a CPU.
 
-Runs the quickstart DDM (K=4 tiny experts + a tiny router) and one monolith (a single tiny
-expert on all the data) through the local runtime, the monolith trained for as many steps
-as the DDM's experts *and router* cost in FLOPs, then prints the domain Fréchet distance
-of each sampling strategy against the monolith's. FLOPs per training example are counted
-with torch.utils.flop_counter on one forward + backward pass of each model (matmuls and
-convolutions; partition k-means and sampling are not training and are not counted).
+Runs the quickstart DDM (K=4 tiny experts + a tiny router) and two monoliths through the
+local runtime, each trained for as many FLOPs as the DDM's experts *and router* cost: one
+tiny expert on all the data, and one tiny-w2 expert (twice as wide: as many parameters as
+the four experts together), so the DDM's win cannot be read as capacity alone. Prints the
+domain Fréchet distance of each sampling strategy against the equal-FLOPs monolith's.
+FLOPs per training example are counted with torch.utils.flop_counter on one forward +
+backward pass of each model (matmuls and convolutions; partition k-means and sampling are
+not training and are not counted).
 
     .venv/bin/python bench/ddm_vs_monolith.py [--quick] [--workdir DIR] [--keep]
 """
@@ -14,66 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
+from comparison import expert_flops, monolith, parameters, router_flops, run_manifest, score, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 STRATEGIES = ["top-1", "top-2", "full"]
-
-
-def training_flops_per_example(spec: dict[str, Any]) -> tuple[float, float]:
-    """FLOPs of one training example (forward + backward) of an expert and of the router."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from atoll.trainer import flow
-    from atoll.trainer.encoders import text_encoder_for
-    from atoll.trainer.models.expert import build_expert, velocity
-    from atoll.trainer.models.router import build_router, router_logits
-
-    side = int(spec["dataset"]["resolution"])
-    latent = (3, side, side)  # identity VAE: pixel space
-    text = text_encoder_for(spec["dataset"].get("textEncoder", "hashed-bow"))
-    caption, mask = (t.clone() for t in text.encode_prompts(["a handwritten 7"]))  # out of inference mode
-    x = torch.randn(1, *latent)
-    sigma = torch.tensor([0.5])
-
-    expert = build_expert(spec["expert"]["preset"], latent_shape=latent, text_dim=text.dim, seed=0)
-    with FlopCounterMode(display=False) as counter:
-        velocity(expert, x, sigma, caption, mask).square().mean().backward()
-    expert_flops = float(counter.get_total_flops())
-
-    reads_caption = bool(spec["router"].get("conditionOnText", False))
-    router = build_router(
-        spec["router"]["preset"],
-        clusters=spec["partition"]["clusters"],
-        latent_shape=latent,
-        text_dim=text.dim if reads_caption else None,
-    )
-    x_t = flow.add_noise(x, torch.randn_like(x), sigma)
-    with FlopCounterMode(display=False) as counter:
-        router_logits(router, x_t, sigma, caption, mask).logsumexp(1).sum().backward()
-    return expert_flops, float(counter.get_total_flops())
-
-
-def run_manifest(document: dict[str, Any], path: Path, workdir: Path) -> tuple[dict[str, Any], float]:
-    """`atoll run FILE --local`; returns eval/metrics.json and the wall time."""
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    start = time.perf_counter()
-    command = [sys.executable, "-m", "atoll", "run", str(path), "--local", "--workdir", str(workdir)]
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - start
-    name = document["metadata"]["name"]
-    metrics = json.loads((workdir / "runs" / name / "eval" / "metrics.json").read_text())
-    return metrics, seconds
 
 
 def main() -> int:
@@ -97,70 +50,74 @@ def main() -> int:
     clusters = int(spec["partition"]["clusters"])
     expert_batch = int(spec["expert"]["globalBatchSize"])
     router_batch = int(spec["router"].get("globalBatchSize", 64))  # the tiny preset's recipe
-    expert_flops, router_flops = training_flops_per_example(spec)
-    ddm_expert_total = clusters * spec["expert"]["steps"] * expert_batch * expert_flops
-    ddm_router_total = spec["router"]["steps"] * router_batch * router_flops
-    monolith_steps = round((ddm_expert_total + ddm_router_total) / (expert_batch * expert_flops))
+    expert, wide, router = (
+        expert_flops(spec["expert"]["preset"], spec),
+        expert_flops("tiny-w2", spec),
+        router_flops(spec),
+    )
+    ddm_expert_total = clusters * spec["expert"]["steps"] * expert_batch * expert
+    ddm_router_total = spec["router"]["steps"] * router_batch * router
+    ddm_total = ddm_expert_total + ddm_router_total
+    monolith_steps = round(ddm_total / (expert_batch * expert))
+    wide_steps = round(ddm_total / (expert_batch * wide))
 
-    ddm = {**base, "metadata": {"name": f"bench-ddm{suffix}"}}
-    monolith_spec = json.loads(json.dumps(spec))
-    monolith_spec["partition"]["clusters"] = 1
-    monolith_spec["expert"]["steps"] = monolith_steps
-    # One expert: every strategy is the same (and top-2 of one expert is refused by the spec).
-    monolith_spec["sampling"]["strategy"] = "full"
-    monolith_spec["evaluation"]["strategies"] = ["full"]
-    monolith = {**base, "metadata": {"name": f"bench-monolith{suffix}"}, "spec": monolith_spec}
+    runs: dict[str, dict[str, Any]] = {
+        "ddm": {**base, "metadata": {"name": f"bench-ddm{suffix}"}},
+        "monolith": monolith(base, name=f"bench-monolith{suffix}", preset="tiny", steps=monolith_steps),
+        "wide": monolith(base, name=f"bench-monolith-w2{suffix}", preset="tiny-w2", steps=wide_steps),
+    }
+    metrics: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for key, document in runs.items():
+        metrics[key], seconds[key] = run_manifest(document, args.workdir / f"{key}.yaml", args.workdir)
 
-    ddm_metrics, ddm_seconds = run_manifest(ddm, args.workdir / "ddm.yaml", args.workdir)
-    mono_metrics, mono_seconds = run_manifest(monolith, args.workdir / "monolith.yaml", args.workdir)
-
-    mono = mono_metrics["strategies"]["full"]
-    baseline = mono["frechetDistance"]
-    rows = [("monolith (K=1)", mono)] + [(f"DDM {s}", ddm_metrics["strategies"][s]) for s in STRATEGIES]
+    baseline = score(metrics["monolith"]["strategies"]["full"])
+    rows = [
+        ("monolith (K=1)", metrics["monolith"]["strategies"]["full"]),
+        ("monolith, equal parameters (tiny-w2, K=1)", metrics["wide"]["strategies"]["full"]),
+    ] + [(f"DDM {s}", metrics["ddm"]["strategies"][s]) for s in STRATEGIES]
     table = [
         "| model | domain Fréchet ↓ | vs monolith | experts run / step | s / image |",
         "|---|---:|---:|---:|---:|",
     ]
     for label, row in rows:
         table.append(
-            f"| {label} | {row['frechetDistance']:.3f} | {row['frechetDistance'] / baseline:.2f}× |"
+            f"| {label} | {score(row):.3f} | {score(row) / baseline:.2f}× |"
             f" {row['expertsPerStep']:.2f} | {row['secondsPerImage']:.4f} |"
         )
-    table.append(f"| real vs real (noise floor) | {ddm_metrics['reference']['frechetDistance']:.3f} | | | |")
+    table.append(f"| real vs real (noise floor) | {score(metrics['ddm']['reference']):.3f} | | | |")
 
     results = {
         "quick": args.quick,
-        "flopsPerExample": {"expert": expert_flops, "router": router_flops},
-        "trainingFlops": {
-            "ddmExperts": ddm_expert_total,
-            "ddmRouter": ddm_router_total,
-            "monolith": monolith_steps * expert_batch * expert_flops,
-        },
+        "flopsPerExample": {"expert": expert, "wideExpert": wide, "router": router},
+        "parameters": {"expert": parameters("tiny", spec), "wideExpert": parameters("tiny-w2", spec)},
+        "trainingFlops": {"ddmExperts": ddm_expert_total, "ddmRouter": ddm_router_total, "each": ddm_total},
         "steps": {
             "ddmExpert": spec["expert"]["steps"],
             "ddmRouter": spec["router"]["steps"],
             "monolith": monolith_steps,
+            "wideMonolith": wide_steps,
         },
-        "wallSeconds": {"ddm": ddm_seconds, "monolith": mono_seconds},
-        "ddm": ddm_metrics,
-        "monolith": mono_metrics,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": __import__("diffusers").__version__,
-        },
+        "wallSeconds": seconds,
+        "evaluatorReliable": all(m["classifier"]["reliable"] for m in metrics.values()),
+        "metrics": metrics,
+        "versions": versions(),
     }
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
     print()
-    print(f"training FLOPs per example: expert {expert_flops / 1e6:.2f} MFLOP, router {router_flops / 1e6:.2f} MFLOP")
-    monolith_total = monolith_steps * expert_batch * expert_flops
     print(
-        f"DDM: {clusters} experts × {spec['expert']['steps']} steps × {expert_batch} + router {spec['router']['steps']}"
-        f" steps × {router_batch} = {(ddm_expert_total + ddm_router_total) / 1e12:.3f} TFLOP;"
-        f" monolith: {monolith_steps} steps × {expert_batch} = {monolith_total / 1e12:.3f} TFLOP"
+        f"training FLOPs per example: expert {expert / 1e6:.2f} MFLOP, wide expert {wide / 1e6:.2f} MFLOP,"
+        f" router {router / 1e6:.2f} MFLOP"
     )
     print(
-        f"wall time on this machine: DDM {ddm_seconds:.0f}s (stages in parallel), monolith {mono_seconds:.0f}s"
+        f"DDM: {clusters} experts × {spec['expert']['steps']} steps × {expert_batch} + router {spec['router']['steps']}"
+        f" steps × {router_batch} = {ddm_total / 1e12:.3f} TFLOP; monolith: {monolith_steps} steps × {expert_batch};"
+        f" wide monolith: {wide_steps} steps × {expert_batch} (same FLOPs)"
+    )
+    print(f"parameters: {clusters} × {results['parameters']['expert']:,} vs {results['parameters']['wideExpert']:,}")
+    print(
+        "wall time on this machine: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
         + (" (--keep: finished runs were reused)" if args.keep else "")
     )
     print()

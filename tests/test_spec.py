@@ -105,6 +105,11 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ),
     ("missing dataset", _drop("spec.dataset"), "spec.dataset"),
     ("steps policy", _set("spec.expert.stepsPolicy", "random"), "spec.expert.stepsPolicy"),
+    ("frames of an image dataset", _set("spec.dataset.frames", 8), "spec.dataset.frames"),
+    ("video preset on images", _set("spec.expert.preset", "video-tiny"), "spec.expert"),
+    ("first frame condition on images", _set("spec.expert.firstFrameConditioning", 0.5), "spec.expert"),
+    ("video vae on images", _set("spec.dataset.vae", "wan2.1-vae"), "spec.dataset.frames"),
+    ("zero fps", _set("spec.dataset.fps", 0), "spec.dataset.fps"),
     # URIs that could make a run's prefix anything but a plain path under the root
     ("storage query", _set("spec.storage.uri", "s3://atoll/runs?x"), "spec.storage.uri"),
     ("storage fragment", _set("spec.storage.uri", "s3://atoll/runs#x"), "spec.storage.uri"),
@@ -237,6 +242,47 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
         "spec.failurePolicy.maxBackoffSeconds",
     ),
 ]
+
+
+VIDEO: dict[str, Any] = {
+    **VALID,
+    "spec": {
+        **VALID["spec"],
+        "dataset": {"uri": "builtin://moving-digits", "resolution": 16, "frames": 9, "fps": 8},
+        "expert": {"preset": "video-tiny", "steps": 100, "firstFrameConditioning": 0.3},
+    },
+}
+VIDEO_MALFORMED: list[tuple[str, Mutation, str]] = [
+    ("image preset on clips", _set("spec.expert.preset", "tiny"), "spec.expert"),
+    ("a moving dataset without frames", _drop("spec.dataset.frames"), "spec.dataset.frames"),
+    (
+        "wan vae with 8 frames",
+        _set("spec.dataset", {"uri": "builtin://moving-digits", "frames": 8, "vae": "wan2.1-vae"}),
+        "spec.dataset.frames",
+    ),
+    ("sd vae on clips", _set("spec.dataset.vae", "sd-vae-ft-mse"), "spec.dataset.frames"),
+    ("a query on a built-in", _set("spec.dataset.uri", "builtin://moving-digits?bounce=1"), "spec.dataset.uri"),
+]
+
+
+def test_a_video_run_loads() -> None:
+    spec = parse_manifest(copy.deepcopy(VIDEO), "run.yaml").spec
+    assert spec.dataset.video
+    assert spec.dataset.frames == 9
+    assert spec.expert.first_frame_conditioning == 0.3
+    assert spec.expert.recipe().global_batch_size == 16  # video-tiny's recipe
+
+
+@pytest.mark.parametrize(
+    ("mutation", "field"), [(m, f) for _, m, f in VIDEO_MALFORMED], ids=[c for c, _, _ in VIDEO_MALFORMED]
+)
+def test_malformed_video_spec_names_the_field(mutation: Mutation, field: str) -> None:
+    document = copy.deepcopy(VIDEO)
+    mutation(document)
+    with pytest.raises(SpecError) as caught:
+        parse_manifest(document, "run.yaml")
+    paths = [problem.split(": ", 1)[0] for problem in caught.value.problems]
+    assert paths == [field], caught.value.problems
 
 
 @pytest.mark.parametrize(("mutation", "field"), [(m, f) for _, m, f in MALFORMED], ids=[c for c, _, _ in MALFORMED])

@@ -70,6 +70,18 @@ class DataInfo:
     """One real caption per class label (the first example's), for evaluation prompts."""
     dataset: str = ""
     """dataset.uri the shards were encoded from."""
+    frames: int = 1
+    """Frames per example (dataset.frames): 1 for images."""
+    fps: float | None = None
+    """Frames per second of the clips (video only)."""
+    label_factors: tuple[tuple[str, int], ...] = ()
+    """Factors the class label combines (e.g. digit × direction), most significant first; see
+    atoll.trainer.data.base.Dataset.label_factors."""
+
+    @property
+    def video(self) -> bool:
+        """Whether the examples are clips."""
+        return self.frames > 1
 
     def to_json(self) -> dict[str, Any]:
         """The camelCase document stored as data/info.json."""
@@ -85,6 +97,9 @@ class DataInfo:
             "classNames": list(self.class_names),
             "classCaptions": {str(k): v for k, v in sorted(self.class_captions.items())},
             "dataset": self.dataset,
+            "frames": self.frames,
+            "fps": self.fps,
+            "labelFactors": [[name, size] for name, size in self.label_factors],
         }
 
     @classmethod
@@ -107,6 +122,9 @@ class DataInfo:
                 class_names=tuple(str(n) for n in doc.get("classNames", [])),
                 class_captions={int(k): str(v) for k, v in doc.get("classCaptions", {}).items()},
                 dataset=str(doc.get("dataset", "")),
+                frames=int(doc.get("frames", 1)),
+                fps=None if doc.get("fps") is None else float(doc["fps"]),
+                label_factors=tuple((str(name), int(size)) for name, size in doc.get("labelFactors", [])),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ClusterDataError(f"{INFO} does not follow the data contract: {error!r}") from None

@@ -2,7 +2,9 @@
 
 x_t = (1 − σ)·x0 + σ·ε with σ ∈ [0, 1] (σ = 1 is pure noise), target velocity ε − x0,
 timestep = 1000·σ as in diffusers' FlowMatchEulerDiscreteScheduler, and the mixture of
-expert velocities Σ_k w_k·v_k. Pure torch: no models, no I/O, no global RNG.
+expert velocities Σ_k w_k·v_k. Image-to-video conditions a clip [B, C, T, H, W] on its
+first latent frame by keeping that frame clean (σ = 0) and leaving it out of the loss.
+Pure torch: no models, no I/O, no global RNG.
 """
 
 from __future__ import annotations
@@ -68,10 +70,27 @@ def x0_from_velocity(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Ten
     return x_t - _per_example(sigma, x_t) * velocity
 
 
-def flow_matching_loss(prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Per-example mean squared error against the target velocity ([B], float32)."""
+def flow_matching_loss(
+    prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, first_frame_given: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example mean squared error against the target velocity ([B], float32).
+
+    For clips whose first frame is given (first_frame_given [B] bool), that frame is known
+    and is left out of their mean.
+    """
     error = (prediction.float() - target_velocity(x0, noise).float()) ** 2
-    return error.flatten(1).mean(dim=1)
+    if first_frame_given is None or not bool(first_frame_given.any()):
+        return error.flatten(1).mean(dim=1)
+    weight = torch.ones_like(error)
+    weight[:, :, 0] = torch.where(_per_example(first_frame_given, error[:, :, 0]) > 0, 0.0, 1.0)
+    return (error * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1)
+
+
+def give_first_frame(x_t: torch.Tensor, x0: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Clips x_t [B, C, T, H, W] whose first latent frame is x0's (clean) where `given` [B] is true."""
+    out = x_t.clone()
+    out[:, :, 0] = torch.where(_per_example(given, x_t[:, :, 0]) > 0, x0[:, :, 0].to(x_t.dtype), x_t[:, :, 0])
+    return out
 
 
 def combine(velocities: Sequence[torch.Tensor | None] | torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

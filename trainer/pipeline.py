@@ -1,16 +1,17 @@
 """DDMPipeline: the assembled Decentralized Diffusion Model as a diffusers DiffusionPipeline.
 
 K experts + a router + VAE + text encoder (+ tokenizer) + FlowMatchEulerDiscreteScheduler,
-saved in the layout of DESIGN.md §1. At every Euler step the router re-routes each sample,
-a strategy picks experts and weights, only the selected experts run (batched per expert,
-classifier-free guidance per expert before combining) and flow.combine mixes their
-velocities. Inference only: nothing here trains or touches the store.
+saved in the layout of DESIGN.md §1. At every Euler step the router re-routes each sample
+(each whole clip, for video: one distribution per clip, never per frame), a strategy picks
+experts and weights, only the selected experts run (batched per expert, classifier-free
+guidance per expert before combining) and flow.combine mixes their velocities. A video
+model can start from a given first frame (image-to-video). Inference only: nothing here
+trains or touches the store.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,32 +24,38 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.outputs import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
 
-from atoll.errors import AtollError
 from atoll.trainer import flow
+from atoll.trainer.data.base import pil_to_tensor
 from atoll.trainer.encoders import HashedBowTextEncoder, LatentCodec, TextEncoder, load_text_encoder, load_vae
+from atoll.trainer.modeldir import (
+    MARKER,
+    ModelDirError,
+    check_model_dir,
+    expert_count,
+    finish_model_dir,
+    has_component,
+    load_component,
+)
 from atoll.trainer.models.expert import velocity
 from atoll.trainer.models.router import router_logits
 from atoll.trainer.strategies import Strategy, expert_usage, parse_strategy
 
-MARKER = "assembled.json"
-"""Written last by save_pretrained: a model directory without it is incomplete."""
-_EXPERT = re.compile(r"^expert_(\d+)$")
-_LIBRARIES = ("diffusers", "transformers")
-
-
-class ModelDirError(AtollError):
-    """A model directory that is missing, incomplete or not a DDM."""
+__all__ = ["MARKER", "DDMPipeline", "DDMPipelineOutput", "ModelDirError", "check_model_dir", "ddm_pipeline_class"]
 
 
 @dataclass
 class DDMPipelineOutput(BaseOutput):
-    """Samples of a DDMPipeline call."""
+    """Samples of a DDMPipeline call: `images` for an image model, `frames` for a video model."""
 
-    images: list[PIL.Image.Image] | torch.Tensor
+    images: list[PIL.Image.Image] | torch.Tensor | None = None
     """PIL images (output_type "pil"), or a tensor [B, 3, R, R] in [0, 1] ("pt")."""
+    frames: list[list[PIL.Image.Image]] | torch.Tensor | Any = None
+    """Video (diffusers' video output): a list of B lists of F PIL frames ("pil"), an array
+    [B, F, H, W, 3] in [0, 1] ("np") or a tensor [B, F, 3, H, W] in [0, 1] ("pt")."""
     latents: torch.Tensor | None = None
-    """Final latents [B, C, H, W] (with return_latents=True)."""
+    """Final latents [B, C, H, W] or [B, C, T, H, W] (with return_latents=True)."""
     usage: list[dict[str, Any]] | None = None
     """Per step: σ, per-expert share of samples run and mean weight (with return_usage=True)."""
 
@@ -92,6 +99,9 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         default_strategy: str = "top-2",
         default_steps: int = 50,
         default_guidance: float = 3.0,
+        latent_shape: Sequence[int] | None = None,
+        first_frame_conditioning: bool = False,
+        fps: float | None = None,
     ) -> None:
         super().__init__()
         if not experts:
@@ -110,9 +120,15 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         )
         self.register_modules(**{f"expert_{k}": expert for k, expert in enumerate(experts)})
         self.register_to_config(
-            default_strategy=default_strategy, default_steps=default_steps, default_guidance=default_guidance
+            default_strategy=default_strategy,
+            default_steps=default_steps,
+            default_guidance=default_guidance,
+            latent_shape=None if latent_shape is None else [int(v) for v in latent_shape],
+            first_frame_conditioning=bool(first_frame_conditioning),
+            fps=fps,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
+        self.video_processor = VideoProcessor(vae_scale_factor=1, do_normalize=True)
 
     # -- components --------------------------------------------------------------------
 
@@ -141,17 +157,12 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
     # -- saving and loading ------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
-        """diffusers' save_pretrained, then the completion marker (assembled.json) last."""
+        """diffusers' save_pretrained, then pipeline_ddm.py (diffusers' entry point) and the
+        completion marker (assembled.json) last."""
         directory = Path(save_directory)
         (directory / MARKER).unlink(missing_ok=True)
         super().save_pretrained(str(directory), **kwargs)
-        files = {
-            path.relative_to(directory).as_posix(): path.stat().st_size
-            for path in sorted(directory.rglob("*"))
-            if path.is_file() and path.name != MARKER
-        }
-        marker = {"experts": self.num_experts, "files": files}
-        (directory / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+        finish_model_dir(directory, self.num_experts)
 
     @classmethod
     def from_pretrained(
@@ -167,12 +178,12 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
             raise TypeError(f"DDMPipeline.from_pretrained got unsupported arguments: {sorted(kwargs)}")
         directory = Path(pretrained_model_name_or_path)
         index = check_model_dir(directory)
-        experts = [_load_component(directory, f"expert_{k}", index[f"expert_{k}"]) for k in range(_expert_count(index))]
+        experts = [load_component(directory, f"expert_{k}", index[f"expert_{k}"]) for k in range(expert_count(index))]
         text = load_text_encoder(
             directory / "text_encoder", directory / "tokenizer" if (directory / "tokenizer").is_dir() else None
         )
         pipeline = cls(
-            router=_load_component(directory, "router", index["router"]) if _has(index, "router") else None,
+            router=load_component(directory, "router", index["router"]) if has_component(index, "router") else None,
             vae=load_vae(directory / "vae").model,
             text_encoder=text.model,
             tokenizer=text.tokenizer,
@@ -181,6 +192,9 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
             default_strategy=index.get("default_strategy", "top-2"),
             default_steps=int(index.get("default_steps", 50)),
             default_guidance=float(index.get("default_guidance", 3.0)),
+            latent_shape=index.get("latent_shape"),
+            first_frame_conditioning=bool(index.get("first_frame_conditioning", False)),
+            fps=index.get("fps"),
         )
         pipeline.register_to_config(_name_or_path=str(directory))
         if device is not None or torch_dtype is not None:
@@ -196,6 +210,7 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         *,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        image: PIL.Image.Image | torch.Tensor | None = None,
         strategy: str | Strategy | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
@@ -206,10 +221,14 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         return_latents: bool = False,
         return_usage: bool = False,
     ) -> DDMPipelineOutput:
-        """Sample images for `prompt` (one or many), deterministic for an int or seeded generator.
+        """Sample images (or clips) for `prompt` (one or many), deterministic for an int or seeded generator.
 
         Instead of prompts, pre-encoded captions may be given (prompt_embeds [n, L, D] with
         prompt_attention_mask [n, L]), e.g. the text embeddings stored with the real data.
+
+        image (video models trained with expert.firstFrameConditioning): the first frame of
+        every clip, a PIL image or images [3, R, R] / [n, 3, R, R] in [-1, 1]; the clips
+        start from it (image-to-video) and keep it exactly.
 
         strategy: top-1, top-2, top-k:N, threshold:p or full (default: the model's; a
         one-expert model has no router and ignores it). guidance
@@ -225,6 +244,8 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         guidance = float(self.config.default_guidance if guidance_scale is None else guidance_scale)
         if steps < 1:
             raise ValueError("num_inference_steps must be at least 1")
+        if output_type not in ("pil", "pt", "np"):
+            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
         device, dtype = self.device, self.dtype
         captions = self._captions(prompt, prompt_embeds, prompt_attention_mask, num_images_per_prompt)
         if isinstance(generator, int):
@@ -235,29 +256,68 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         x = latents.to(device, dtype)
+        first = None if image is None else self._first_frame_latent(image, shape[0]).to(device, dtype)
+        given = None if first is None else torch.ones(shape[0], dtype=torch.bool, device=device)
 
         self.scheduler.set_timesteps(steps, device=device)
         usage: list[dict[str, Any]] = []
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if first is not None:
+                x[:, :, 0] = first
             sigma = self.scheduler.sigmas[i].to(device, dtype).expand(x.shape[0])
             weights = self._route(chosen, x, sigma, captions)
-            velocities = self._expert_velocities(x, sigma, weights, captions, guidance)
+            velocities = self._expert_velocities(x, sigma, weights, captions, guidance, given=given)
             v = flow.combine(velocities, weights.to(dtype))
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
             if return_usage:
                 usage.append({"sigma": float(sigma[0]), **expert_usage(weights)})
+        if first is not None:
+            x[:, :, 0] = first
 
-        images = self.codec().decode(x).clamp(-1, 1)
-        output: list[PIL.Image.Image] | torch.Tensor
-        if output_type == "pil":
-            output = self.image_processor.postprocess(images, output_type="pil")
-        elif output_type == "pt":
-            output = (images + 1) / 2
+        output = self._decoded(x, output_type)
+        output.latents = x if return_latents else None
+        output.usage = usage if return_usage else None
+        return output
+
+    def _decoded(self, latents: torch.Tensor, output_type: str) -> DDMPipelineOutput:
+        """Decode final latents into diffusers' image or video output conventions."""
+        samples = self.codec().decode(latents).clamp(-1, 1)
+        if self.is_video:
+            if output_type == "pt":
+                return DDMPipelineOutput(frames=((samples + 1) / 2).transpose(1, 2))
+            return DDMPipelineOutput(frames=self.video_processor.postprocess_video(samples, output_type=output_type))
+        if output_type == "pt":
+            return DDMPipelineOutput(images=(samples + 1) / 2)
+        return DDMPipelineOutput(images=self.image_processor.postprocess(samples, output_type=output_type))
+
+    @property
+    def is_video(self) -> bool:
+        """Whether this model samples clips [C, T, H, W] rather than images."""
+        return len(self.latent_shape) == 4
+
+    def _first_frame_latent(self, image: PIL.Image.Image | torch.Tensor, batch: int) -> torch.Tensor:
+        """The clean first latent frame [B, C, H, W] of the clips from a given first frame (image-to-video)."""
+        if not self.is_video:
+            raise ValueError("image= gives the first frame of a clip: this model samples images")
+        if not self.config.first_frame_conditioning:
+            raise ValueError(
+                "this video model was not trained to start from a given first frame"
+                " (train it with expert.firstFrameConditioning > 0)"
+            )
+        side = self.codec().decoded_side(self.latent_shape)
+        if isinstance(image, PIL.Image.Image):
+            frames = pil_to_tensor(image, side).unsqueeze(0)
         else:
-            raise ValueError(f"output_type must be pil or pt, got {output_type!r}")
-        return DDMPipelineOutput(
-            images=output, latents=x if return_latents else None, usage=usage if return_usage else None
-        )
+            frames = image.unsqueeze(0) if image.ndim == 3 else image
+            if tuple(frames.shape[1:]) != (3, side, side):
+                raise ValueError(
+                    f"image must be [3, {side}, {side}] or [n, 3, {side}, {side}], got {tuple(image.shape)}"
+                )
+        if frames.shape[0] not in (1, batch):
+            raise ValueError(f"{frames.shape[0]} first frames for {batch} clips")
+        # A clip of one frame: a causal video VAE (Wan) encodes the first frame on its own.
+        latent = self.codec().encode(frames.float().unsqueeze(2))[:, :, 0]
+        return latent.expand(batch, *latent.shape[1:])
 
     def _captions(
         self,
@@ -296,9 +356,19 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         return strategy.weights(torch.softmax(logits.float(), dim=1))
 
     def _expert_velocities(
-        self, x: torch.Tensor, sigma: torch.Tensor, weights: torch.Tensor, captions: _Captions, guidance: float
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        weights: torch.Tensor,
+        captions: _Captions,
+        guidance: float,
+        *,
+        given: torch.Tensor | None,
     ) -> list[torch.Tensor | None]:
-        """Each selected expert's guided velocity on the samples routed to it (None if unused)."""
+        """Each selected expert's guided velocity on the samples routed to it (None if unused).
+
+        A clip is routed as a whole: the expert sees every frame of the clips it runs on.
+        """
         velocities: list[torch.Tensor | None] = []
         for k, expert in enumerate(self.experts):
             rows = torch.nonzero(weights[:, k] > 0).flatten()
@@ -306,8 +376,9 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
                 velocities.append(None)
                 continue
             xk, sk = x[rows], sigma[rows]
+            gk = None if given is None else given[rows]
             if guidance == 1.0:
-                vk = velocity(expert, xk, sk, captions.text[rows], captions.mask[rows])
+                vk = velocity(expert, xk, sk, captions.text[rows], captions.mask[rows], first_frame_given=gk)
             else:
                 both = velocity(
                     expert,
@@ -315,6 +386,7 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
                     torch.cat([sk, sk]),
                     torch.cat([captions.null_text[rows], captions.text[rows]]),
                     torch.cat([captions.null_mask[rows], captions.mask[rows]]),
+                    first_frame_given=None if gk is None else torch.cat([gk, gk]),
                 )
                 unconditional, conditional = both.chunk(2)
                 vk = unconditional + guidance * (conditional - unconditional)
@@ -324,32 +396,33 @@ class DDMPipeline(_DiffusionPipeline):  # type: ignore[misc]
         return velocities
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """[C, H, W] the experts denoise."""
+    def latent_shape(self) -> tuple[int, ...]:
+        """[C, H, W] (or [C, T, H, W] for video) the experts denoise."""
+        if self.config.latent_shape is not None:
+            return tuple(int(v) for v in self.config.latent_shape)
         config: Any = self.experts[0].config
         return int(config.in_channels), int(config.sample_size), int(config.sample_size)
 
 
-def check_model_dir(directory: Path) -> dict[str, Any]:
-    """model_index.json of a complete model directory, or a ModelDirError saying what is wrong."""
-    if not directory.is_dir():
-        raise ModelDirError(f"{directory} is not a model directory (expected a run's model/ folder)")
-    marker_path = directory / MARKER
-    if not marker_path.is_file():
-        raise ModelDirError(
-            f"{directory} is incomplete: {MARKER} is missing (the assemble stage has not finished; run it again)"
-        )
-    marker = json.loads(marker_path.read_text())
-    for name, size in marker.get("files", {}).items():
-        path = directory / name
-        if not path.is_file() or path.stat().st_size != size:
-            raise ModelDirError(f"{directory} is damaged: {name} is missing or has the wrong size")
-    index: dict[str, Any] = json.loads((directory / "model_index.json").read_text())
-    if index.get("_class_name") != DDMPipeline.__name__:
-        raise ModelDirError(f"{directory} holds a {index.get('_class_name')}, not a DDMPipeline")
-    if _expert_count(index) != marker.get("experts"):
-        raise ModelDirError(f"{directory}: model_index.json and {MARKER} disagree on the number of experts")
-    return index
+def ddm_pipeline_class(experts: int) -> type[DDMPipeline]:
+    """A DDMPipeline whose __init__ names expert_0 … expert_{K-1} as components.
+
+    diffusers' DiffusionPipeline.from_pretrained reads a pipeline's components from its
+    __init__ signature; the model directory's pipeline_ddm.py builds this class for its K.
+    """
+    names = [f"expert_{k}" for k in range(experts)]
+
+    def init(self: DDMPipeline, **kwargs: Any) -> None:
+        members = [kwargs.pop(name) for name in names]
+        DDMPipeline.__init__(self, experts=members, **kwargs)
+
+    base = [p for name, p in inspect.signature(DDMPipeline.__init__).parameters.items() if name != "experts"]
+    empty = inspect.Parameter.empty
+    parameters = [p for p in base if p.default is empty]  # self, then the required components
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names]
+    parameters += [p for p in base if p.default is not empty]
+    init.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return type("DDMPipeline", (DDMPipeline,), {"__init__": init, "__module__": __name__})
 
 
 def _scheduler_class() -> Any:
@@ -359,32 +432,3 @@ def _scheduler_class() -> Any:
 def flow_match_scheduler() -> Any:
     """The scheduler of the shared forward process: x_t = (1 − σ)·x0 + σ·ε, timestep 1000·σ, no shift."""
     return _scheduler_class()(num_train_timesteps=int(flow.TIMESTEP_SCALE), shift=1.0)
-
-
-def _has(index: dict[str, Any], name: str) -> bool:
-    entry = index.get(name)
-    return isinstance(entry, list | tuple) and len(entry) == 2 and entry[0] is not None
-
-
-def _expert_count(index: dict[str, Any]) -> int:
-    numbers = sorted(int(m.group(1)) for key in index if (m := _EXPERT.match(key)))
-    if numbers != list(range(len(numbers))) or not numbers:
-        raise ModelDirError(f"model_index.json must list expert_0 … expert_{{K-1}}, found experts {numbers}")
-    return len(numbers)
-
-
-def _load_component(directory: Path, name: str, entry: Any) -> torch.nn.Module:
-    """Load one model component through its class's from_pretrained (local files only)."""
-    import importlib
-
-    if not isinstance(entry, list | tuple) or len(entry) != 2 or entry[0] is None:
-        raise ModelDirError(f"{directory}/model_index.json: component {name} is not recorded as [library, class]")
-    library, class_name = str(entry[0]), str(entry[1])
-    if library not in _LIBRARIES and not library.startswith("atoll."):
-        raise ModelDirError(f"{directory}: component {name} comes from {library}, which DDMPipeline does not load")
-    cls = getattr(importlib.import_module(library), class_name, None)
-    if cls is None:
-        raise ModelDirError(f"{directory}: component {name}: {library} has no class {class_name}")
-    # low_cpu_mem_usage=False: the fast path needs `accelerate`, which is not a dependency.
-    model: torch.nn.Module = cls.from_pretrained(str(directory / name), local_files_only=True, low_cpu_mem_usage=False)
-    return model.eval()

@@ -21,8 +21,32 @@ ModelFamily = Literal["dit", "wan"]
 for experts); wan: a 3-D video transformer over clip latents [C, T, H, W] (diffusers'
 WanTransformer3DModel)."""
 
-PresetName = Literal["tiny", "dit-s/2", "dit-b/2", "dit-l/2", "dit-xl/2"]
-PRESET_NAMES: tuple[PresetName, ...] = ("tiny", "dit-s/2", "dit-b/2", "dit-l/2", "dit-xl/2")
+PresetName = Literal[
+    "tiny",
+    "tiny-w2",
+    "dit-s/2",
+    "dit-b/2",
+    "dit-l/2",
+    "dit-xl/2",
+    "video-tiny",
+    "video-tiny-w2",
+    "video-s",
+    "video-b",
+    "wan-1.3b",
+]
+PRESET_NAMES: tuple[PresetName, ...] = (
+    "tiny",
+    "tiny-w2",
+    "dit-s/2",
+    "dit-b/2",
+    "dit-l/2",
+    "dit-xl/2",
+    "video-tiny",
+    "video-tiny-w2",
+    "video-s",
+    "video-b",
+    "wan-1.3b",
+)
 
 
 class PresetError(ValueError):
@@ -55,6 +79,16 @@ class Architecture:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.heads
+
+    @property
+    def video(self) -> bool:
+        """Whether this architecture denoises clips [C, T, H, W] (the wan family) rather than images."""
+        return self.family == "wan"
+
+    @property
+    def ffn_dim(self) -> int:
+        """Width of each block's feed-forward layer."""
+        return round(self.mlp_ratio * self.hidden_size)
 
     @property
     def patch_volume(self) -> int:
@@ -120,14 +154,34 @@ def _dit(hidden_size: int, depth: int, heads: int, patch: int = 2) -> Architectu
     return Architecture(family="dit", hidden_size=hidden_size, depth=depth, heads=heads, patch=(patch, patch))
 
 
+def _wan(
+    hidden_size: int, depth: int, heads: int, ffn_dim: int, patch: tuple[int, int, int] = (1, 2, 2)
+) -> Architecture:
+    return Architecture(
+        family="wan", hidden_size=hidden_size, depth=depth, heads=heads, patch=patch, mlp_ratio=ffn_dim / hidden_size
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     # A CPU-sized debug model: one training step of a batch of 64 at 16 px takes well under a second.
     "tiny": _dit(64, 2, 2),
+    # Twice as wide, four times the parameters: the monolith with as many parameters as four
+    # tiny experts together (the benchmarks' equal-parameter baseline).
+    "tiny-w2": _dit(128, 2, 4),
     # DiT (Peebles & Xie, 2023), Table 1.
     "dit-s/2": _dit(384, 12, 6),
     "dit-b/2": _dit(768, 12, 12),
     "dit-l/2": _dit(1024, 24, 16),
     "dit-xl/2": _dit(1152, 28, 16),
+    # Video experts on diffusers' WanTransformer3DModel (3-D RoPE, cross-attention to the caption,
+    # any frame count). video-tiny (~1.2 M parameters with the offline caption encoder) trains on
+    # 2 CPU cores; wan-1.3b has Wan 2.1 T2V-1.3B's shape (width 1536, 30 blocks, 12 heads, FFN
+    # 8960, patch (1, 2, 2)).
+    "video-tiny": _wan(128, 4, 4, 512),
+    "video-tiny-w2": _wan(256, 4, 8, 1024),  # four video-tiny experts' parameters in one model
+    "video-s": _wan(384, 12, 6, 1536),
+    "video-b": _wan(768, 12, 12, 3072),
+    "wan-1.3b": _wan(1536, 30, 12, 8960),
 }
 """Every preset's architecture, by preset name."""
 
@@ -154,15 +208,32 @@ RECIPES: dict[str, TrainingRecipe] = {
         ema_decay=0.995,
         checkpoint_every=100,
     ),
+    # The CPU recipe for video-tiny: clips cost frames × an image's tokens, so a smaller batch
+    # (16 clips of 8 × 16 × 16 take ~1 s per step on one core) and a larger step.
+    "cpu-video": TrainingRecipe(
+        name="cpu-video",
+        learning_rate=1e-3,
+        global_batch_size=16,
+        warmup_steps=50,
+        weight_decay=0.0,
+        ema_decay=0.995,
+        checkpoint_every=100,
+    ),
 }
 """Training recipes by name."""
 
 PRESET_RECIPES: dict[str, str] = {
     "tiny": "cpu",
+    "tiny-w2": "cpu",
     "dit-s/2": "dit",
     "dit-b/2": "dit",
     "dit-l/2": "dit",
     "dit-xl/2": "dit",
+    "video-tiny": "cpu-video",
+    "video-tiny-w2": "cpu-video",
+    "video-s": "dit",
+    "video-b": "dit",
+    "wan-1.3b": "dit",
 }
 """The recipe each preset trains with."""
 

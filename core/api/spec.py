@@ -23,7 +23,14 @@ from atoll.api.placement import PlacementSpec as PlacementSpec  # noqa: PLC0414
 from atoll.api.placement import Toleration as Toleration  # noqa: PLC0414
 from atoll.api.presets import PRESETS, PresetName
 from atoll.api.template import PodTemplate
-from atoll.api.uris import DATASET_URI_PATTERN, RULES, STORE_URI_PATTERN, uri_problem
+from atoll.api.uris import (
+    BUILTIN_IMAGE_DATASETS,
+    BUILTIN_VIDEO_DATASETS,
+    DATASET_URI_PATTERN,
+    RULES,
+    STORE_URI_PATTERN,
+    uri_problem,
+)
 from atoll.api.weights import PRETRAINED, WeightsSpec
 
 API_GROUP = "atoll.dev"
@@ -46,9 +53,11 @@ class DatasetSpec(SpecModel):
 
     uri: str = Field(
         description=(
-            "Dataset location: builtin://digits, builtin://shapes, a folder of images with"
-            " .txt caption sidecars, a folder or s3://bucket/prefix of WebDataset-style tar"
-            f" shards (.tar). URI rules: {RULES}."
+            "Dataset location: builtin://digits, builtin://shapes (images),"
+            " builtin://moving-digits, builtin://moving-shapes (video clips; bouncing-digits and"
+            " bouncing-shapes: half the moving clips bounce off the walls), a folder of images or"
+            " videos (.mp4, .gif) with .txt caption sidecars, a folder or s3://bucket/prefix of"
+            f" WebDataset-style tar shards (.tar). URI rules: {RULES}."
         ),
         json_schema_extra={"pattern": DATASET_URI_PATTERN, "maxLength": 1024},
         min_length=1,
@@ -65,12 +74,12 @@ class DatasetSpec(SpecModel):
         ge=1,
         description="Use at most this many examples (the first ones in a fixed order); all when unset.",
     )
-    vae: Literal["identity", "sd-vae-ft-mse"] = Field(
+    vae: Literal["identity", "sd-vae-ft-mse", "wan2.1-vae"] = Field(
         default="identity",
         description=(
-            "Autoencoder that maps images to the latents the experts learn: identity trains"
-            " in pixel space, sd-vae-ft-mse is Stable Diffusion's VAE (weights must be"
-            " present locally)."
+            "Autoencoder that maps images or clips to the latents the experts learn: identity"
+            " trains in pixel space, sd-vae-ft-mse is Stable Diffusion's image VAE, wan2.1-vae"
+            " Wan 2.1's video VAE (frames = 1 + 4n); weights must be present locally."
         ),
     )
     text_encoder: Literal["hashed-bow", "clip-vitl14"] = Field(
@@ -82,11 +91,51 @@ class DatasetSpec(SpecModel):
         ),
     )
     seed: int = Field(default=0, ge=0, description="Seed of procedural built-in datasets.")
+    frames: int = Field(
+        default=1,
+        ge=1,
+        le=257,
+        validate_default=True,
+        description="Frames per example: 1 trains on images, more on video clips of this many frames.",
+    )
+    fps: float = Field(
+        default=8.0,
+        gt=0,
+        le=120,
+        description="Frames per second clips are sampled at (video only: frames > 1).",
+    )
 
     @field_validator("uri")
     @classmethod
     def _uri_rules(cls, value: str) -> str:
         return _checked_uri(value, dataset=True)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_fit_builtin(cls, value: int, info: ValidationInfo) -> int:
+        name = builtin_name(str(info.data.get("uri", "")))
+        if name in BUILTIN_VIDEO_DATASETS and value < 2:
+            raise ValueError(f"builtin://{name} is a video dataset: set dataset.frames to 2 or more")
+        if name in BUILTIN_IMAGE_DATASETS and value > 1:
+            raise ValueError(
+                f"builtin://{name} holds images: dataset.frames must be 1 (or use builtin://moving-{name})"
+            )
+        vae = info.data.get("vae")
+        if vae == "sd-vae-ft-mse" and value > 1:
+            raise ValueError("the sd-vae-ft-mse VAE encodes images: use vae identity or wan2.1-vae for clips")
+        if vae == "wan2.1-vae" and (value < 2 or (value - 1) % 4):
+            raise ValueError(f"the wan2.1-vae VAE needs 1 + 4n frames (5, 9, 17, …), got {value}")
+        return value
+
+    @property
+    def video(self) -> bool:
+        """Whether examples are clips (frames > 1) rather than images."""
+        return self.frames > 1
+
+
+def builtin_name(uri: str) -> str | None:
+    """The built-in dataset a uri names, None for other URIs."""
+    return uri.removeprefix("builtin://") if uri.startswith("builtin://") else None
 
 
 class PartitionSpec(SpecModel):
@@ -268,6 +317,16 @@ class ExpertSpec(TrainingSpec):
     timestep_sampling: TimestepSamplingSpec = Field(
         default_factory=TimestepSamplingSpec, description="Distribution of σ during training."
     )
+    first_frame_conditioning: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Video only: share of training clips whose clean first frame is given as a condition"
+            " (image-to-video, sampled with a first frame); the rest train text-to-video. 0 trains"
+            " text-to-video only."
+        ),
+    )
 
     def steps_for(self, expert: int, cluster_sizes: list[int]) -> int:
         """Optimizer steps of expert k under `stepsPolicy`.
@@ -443,6 +502,27 @@ class DDMRunSpec(SpecModel):
                     value,
                 )
         return self
+
+    @field_validator("expert")
+    @classmethod
+    def _preset_fits_data(cls, value: ExpertSpec, info: ValidationInfo) -> ExpertSpec:
+        dataset = info.data.get("dataset")
+        if not isinstance(dataset, DatasetSpec):
+            return value
+        architecture = PRESETS[value.preset].architecture
+        if architecture.video and not dataset.video:
+            raise ValueError(f"preset {value.preset} is a video preset: set dataset.frames above 1")
+        if dataset.video and not architecture.video:
+            video = ", ".join(name for name, p in PRESETS.items() if p.architecture.video)
+            raise ValueError(f"dataset.frames is {dataset.frames}: clips need a video preset ({video})")
+        if value.first_frame_conditioning > 0 and not dataset.video:
+            raise ValueError("firstFrameConditioning conditions clips on their first frame: set dataset.frames above 1")
+        if value.first_frame_conditioning > 0 and architecture.patch[0] != 1:
+            raise ValueError(
+                "firstFrameConditioning needs tokens of one latent frame;"
+                f" {value.preset}'s span {architecture.patch[0]}"
+            )
+        return value
 
     @field_validator("partition")
     @classmethod

@@ -23,7 +23,11 @@ _S3 = rf"s3://{_BUCKET}(/{_PATH})?/?"
 _LOCAL = rf"/?{_PATH}/?"
 _FILE = rf"file://{_LOCAL}"
 
-BUILTIN_DATASETS = ("digits", "shapes")
+BUILTIN_IMAGE_DATASETS = ("digits", "shapes")
+"""The built-in image datasets (`builtin://<name>`)."""
+BUILTIN_VIDEO_DATASETS = ("moving-digits", "moving-shapes", "bouncing-digits", "bouncing-shapes")
+"""The built-in video datasets (dataset.frames > 1)."""
+BUILTIN_DATASETS = BUILTIN_IMAGE_DATASETS + BUILTIN_VIDEO_DATASETS
 """The built-in datasets (`builtin://<name>`)."""
 
 STORE_URI_PATTERN = rf"^({_S3}|{_FILE}|{_LOCAL})$"

@@ -1,4 +1,4 @@
-"""spec.weights: where the pretrained encoders (DINOv2, CLIP, sd-vae-ft-mse) come from.
+"""spec.weights: where the pretrained encoders (DINOv2, CLIP, sd-vae-ft-mse, Wan's VAE) come from.
 
 `none` (the default): only the offline encoders (pixel features, hashed-bow captions,
 the identity VAE) may be chosen, so a run with every default needs no weights and runs
@@ -23,7 +23,7 @@ WeightsSource = Literal["none", "hub", "store", "volume"]
 
 PRETRAINED: dict[tuple[str, str], frozenset[str]] = {
     ("partition", "features"): frozenset({"dinov2-vitl14", "clip-vitl14"}),
-    ("dataset", "vae"): frozenset({"sd-vae-ft-mse"}),
+    ("dataset", "vae"): frozenset({"sd-vae-ft-mse", "wan2.1-vae"}),
     ("dataset", "textEncoder"): frozenset({"clip-vitl14"}),
 }
 """(section, field) → the choices of that field that load pretrained weights."""
@@ -37,7 +37,7 @@ class WeightsSpec(SpecModel):
         description=(
             "none: only offline encoders (pixels, hashed-bow, identity), the default, runs"
             " anywhere; hub: the Hugging Face hub (cache in path); store: save_pretrained copies"
-            " under uri, one directory per model (dinov2-vitl14/, clip-vitl14/, sd-vae-ft-mse/);"
+            " under uri, one directory per model (dinov2-vitl14/, clip-vitl14/, sd-vae-ft-mse/, wan2.1-vae/);"
             " volume: the same layout in a mounted directory (path, else $ATOLL_WEIGHTS_DIR)."
         ),
     )

@@ -12,7 +12,9 @@ tokens) for the attention products. For DiT-XL/2 at 256 px this gives 3 × 237 G
 matching the 119 GMACs forward the DiT paper reports (its "Gflops") once the
 cross-attention DiT has not is removed.
 
-Video (wan) presets use the same formulas with tokens = frames × h × w / patch volume.
+Video (wan) presets use the same formulas with tokens = frames × h × w / patch volume
+(latent frames and sides: the clip itself for the identity VAE, 1 + (F − 1)/4 frames of
+R/8 × R/8 for Wan's VAE) and their own MLP width (2·ratio·h² per token instead of 8h²).
 
 Memory per GPU: fp32 master weights, gradients, AdamW's two moments and the EMA copy
 (20 bytes per parameter), bf16 weight copies under autocast (2), DDP's gradient buckets
@@ -74,7 +76,8 @@ class Workload:
     def flops_per_sample(self) -> float:
         """Training FLOPs (forward and backward) of one sample."""
         h, depth, n, text = self.architecture.hidden_size, self.architecture.depth, self.tokens, self.text_tokens
-        matmuls = 6 * n * depth * 14 * h * h + 6 * text * depth * 2 * h * h
+        per_token = 6 * h * h + round(2 * self.architecture.mlp_ratio * h * h)  # 14·h² at DiT's ratio 4
+        matmuls = 6 * n * depth * per_token + 6 * text * depth * 2 * h * h
         attention = 12 * depth * h * n * (n + text)
         patches = 6 * n * 2 * self.architecture.patch_volume * self.latent_channels * h
         return float(matmuls + attention + patches)
@@ -108,13 +111,22 @@ class Workload:
 
 
 def workload_of(spec: DDMRunSpec) -> Workload:
-    """The expert workload of a run: preset, latent geometry of its VAE, precision."""
-    preset = get_preset(spec.expert.preset)
+    """The expert workload of a run: preset, latent geometry of its VAE (images or clips), precision."""
+    return Workload(
+        preset=get_preset(spec.expert.preset), latent_shape=latent_shape_of(spec), precision=spec.expert.precision
+    )
+
+
+def latent_shape_of(spec: DDMRunSpec) -> tuple[int, ...]:
+    """The latent [C, H, W] (or [C, T, H, W] for clips) the run's VAE makes of one example."""
+    resolution, frames = spec.dataset.resolution, spec.dataset.frames
     if spec.dataset.vae == "identity":
-        channels, side = 3, spec.dataset.resolution
+        channels, side, latent_frames = 3, resolution, frames
+    elif spec.dataset.vae == "wan2.1-vae":  # 16 channels, 8× in space, 4× in time after the first frame
+        channels, side, latent_frames = 16, resolution // 8, 1 + (frames - 1) // 4
     else:  # sd-vae-ft-mse: 4 latent channels, 8× down-sampling
-        channels, side = 4, spec.dataset.resolution // 8
-    return Workload(preset=preset, latent_shape=(channels, side, side), precision=spec.expert.precision)
+        channels, side, latent_frames = 4, resolution // 8, 1
+    return (channels, side, side) if frames == 1 else (channels, latent_frames, side, side)
 
 
 def _divisors(n: int) -> list[int]:

@@ -118,7 +118,7 @@ class ShapesDataset(ImageDataset):
         if f.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=COLOURS[f.colour])
         else:
-            draw.polygon(_polygon(f.shape, cx, cy, r, f.angle), fill=COLOURS[f.colour])
+            draw.polygon(shape_polygon(f.shape, cx, cy, r, f.angle), fill=COLOURS[f.colour])
         if supersample > 1:
             canvas = canvas.resize((self.resolution, self.resolution), Image.Resampling.BOX)
         array = np.asarray(canvas, dtype=np.float32) / 127.5 - 1.0
@@ -132,7 +132,7 @@ class ShapesDataset(ImageDataset):
         return SHAPES.index(self.factors(i).shape)
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     """Vertices of a regular shape of circumradius r around (cx, cy), rotated by angle degrees."""
     if shape == "square":
         unit = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + k * math.pi / 2 for k in range(4))]

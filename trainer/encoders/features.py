@@ -1,8 +1,12 @@
-"""Image features the partition stage clusters: raw pixels (offline), DINOv2 ViT-L/14 or CLIP ViT-L/14.
+"""Features the partition stage clusters: raw pixels (offline), DINOv2 ViT-L/14 or CLIP ViT-L/14.
 
-A FeatureEncoder maps images [n, 3, R, R] in [-1, 1] to features [n, D] float32. The
-real encoders load through transformers from local weights (see weights.py) and apply
-their published preprocessing in torch; features are not normalised here (kmeans.py does).
+A FeatureEncoder maps images [n, 3, R, R] (or clips [n, 3, F, R, R]) in [-1, 1] to
+features [n, D] float32. For clips, pixel features keep time (the clip pooled into a few
+temporal segments, so where the content is early and late — its motion — is part of the
+feature), and the pretrained image encoders see key frames whose features are mean
+pooled. The real encoders load through transformers from local weights (see weights.py)
+and apply their published preprocessing in torch; features are not normalised here
+(kmeans.py does).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PIXEL_SIDE = 16
 """Pixel features are the image average-pooled to at most 16×16 (768 numbers in colour)."""
+CLIP_SEGMENTS, CLIP_SIDE = 4, 8
+"""Pixel features of a clip: its frames pooled into 4 temporal segments of at most 8×8 each (768 numbers)."""
+KEY_FRAMES = 4
+"""Pretrained image encoders see this many evenly spaced frames of a clip."""
 
 
 class FeatureEncoder(ABC):
@@ -49,6 +57,42 @@ class PixelFeatures(FeatureEncoder):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(images.to(self.device, torch.float32), self.side)
         return pooled.flatten(1)
+
+
+class ClipPixelFeatures(FeatureEncoder):
+    """A clip average-pooled to a few temporal segments of a small side and flattened (offline).
+
+    Unlike the mean frame, it tells a digit moving left from the same digit moving right:
+    the segments hold the content where it is at the start, middle and end of the clip.
+    """
+
+    name = "pixels"
+
+    def __init__(self, resolution: int, frames: int, device: torch.device | str = "cpu") -> None:
+        self.segments = min(frames, CLIP_SEGMENTS)
+        self.side = min(resolution, CLIP_SIDE)
+        self.dim = 3 * self.segments * self.side * self.side
+        self.device = torch.device(device)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        clips = images.to(self.device, torch.float32)
+        return F.adaptive_avg_pool3d(clips, (self.segments, self.side, self.side)).flatten(1)
+
+
+class KeyFrameFeatures(FeatureEncoder):
+    """A pretrained image encoder on a clip's evenly spaced key frames, mean pooled."""
+
+    def __init__(self, image_encoder: FeatureEncoder, frames: int) -> None:
+        self.image_encoder = image_encoder
+        self.name = image_encoder.name
+        self.dim = image_encoder.dim
+        count = min(frames, KEY_FRAMES)
+        self.key_frames = sorted({round(k * (frames - 1) / max(1, count - 1)) for k in range(count)})
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        frames = images[:, :, self.key_frames].transpose(1, 2).flatten(0, 1)  # [n·K, 3, R, R]
+        return self.image_encoder.encode(frames).view(n, len(self.key_frames), -1).mean(dim=1)
 
 
 class _VisionTransformerFeatures(FeatureEncoder):
@@ -128,14 +172,18 @@ def _config_int(model: Any, name: str) -> int:
 
 
 def feature_encoder_for(
-    name: str, resolution: int, device: str = "cpu", *, weights: WeightsSpec | None = None
+    name: str, resolution: int, device: str = "cpu", *, frames: int = 1, weights: WeightsSpec | None = None
 ) -> FeatureEncoder:
-    """The partition.features encoder `name` (pixels, dinov2-vitl14, clip-vitl14) on `device`,
-    pretrained ones loaded from the source `weights` names (see weights.py)."""
+    """The partition.features encoder `name` (pixels, dinov2-vitl14, clip-vitl14) on `device`, for
+    images (frames = 1) or clips of `frames` frames; pretrained ones loaded from the source `weights`
+    names (see weights.py)."""
     if name == "pixels":
-        return PixelFeatures(resolution, device)
+        return PixelFeatures(resolution, device) if frames == 1 else ClipPixelFeatures(resolution, frames, device)
+    encoder: FeatureEncoder
     if name == "dinov2-vitl14":
-        return Dinov2Features(device, weights)
-    if name == "clip-vitl14":
-        return ClipImageFeatures(device, weights)
-    raise ValueError(f"partition.features: unknown feature encoder {name!r}")
+        encoder = Dinov2Features(device, weights)
+    elif name == "clip-vitl14":
+        encoder = ClipImageFeatures(device, weights)
+    else:
+        raise ValueError(f"partition.features: unknown feature encoder {name!r}")
+    return encoder if frames == 1 else KeyFrameFeatures(encoder, frames)

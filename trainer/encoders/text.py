@@ -160,9 +160,7 @@ def load_text_encoder(
     except (OSError, ValueError) as error:
         raise AtollError(f"{config_path}: not a saved text encoder ({error})") from None
     if config.get("_class_name") == HashedBowTextEncoder.__name__:
-        return TextEncoder(
-            "hashed-bow", HashedBowTextEncoder.from_pretrained(str(text_encoder_dir), low_cpu_mem_usage=False)
-        ).to(device)
+        return TextEncoder("hashed-bow", HashedBowTextEncoder.from_pretrained(str(text_encoder_dir))).to(device)
     if config.get("model_type") in ("clip_text_model", "clip"):
         from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -1,13 +1,16 @@
-"""The domain Fréchet distance: generated vs real images in a classifier's feature space.
+"""The domain Fréchet distance (FVD for clips): generated vs real examples in a classifier's feature space.
 
 The real data are split once (by seed) into a reference half, on which the domain
 classifier is trained and the reference Gaussian is fitted, and a pool from which the
 real-vs-real noise floor and the captions that condition the generated samples are drawn.
-Neither the floor sample nor generated images are ever seen in training.
+Neither the floor sample nor generated examples are ever seen in training. Where labels
+combine factors (content and motion), the classifier learns each, and `recognised` says
+how often it finds in a generated clip what its caption asked for (text–video alignment).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,17 +21,18 @@ from atoll.trainer.clusterdata import ClusterData, read_all_clusters, read_info
 from atoll.trainer.encoders import LatentCodec, vae_for
 from atoll.trainer.evaluation.classifier import TrainedClassifier, train_classifier
 from atoll.trainer.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
-from atoll.trainer.evaluation.inception import InceptionFeatures
 
 LabelKind = Literal["class", "cluster"]
+StandardFeatures = Callable[[torch.Tensor], torch.Tensor]
+"""A published feature network (Inception for FID, I3D for FVD): examples in [-1, 1] → features [n, d]."""
 
 
 @dataclass(frozen=True)
 class RealData:
-    """Every real example of a run: images, labels and the captions it was encoded with."""
+    """Every real example of a run: images (or clips), labels and the captions it was encoded with."""
 
     images: torch.Tensor
-    """[n, 3, R, R] in [-1, 1] (the latents decoded by the run's VAE)."""
+    """[n, 3, R, R] (clips: [n, 3, F, R, R]) in [-1, 1] (the latents decoded by the run's VAE)."""
     labels: torch.Tensor
     """[n] class labels, or the partition cluster where the data has no labels."""
     label_kind: LabelKind
@@ -37,6 +41,26 @@ class RealData:
     text_mask: torch.Tensor
     """[n, L]."""
     class_names: tuple[str, ...]
+    factors: tuple[tuple[str, int], ...] = ()
+    """The factors class labels combine (name, size), most significant first; empty: one factor."""
+
+    def factor_labels(self, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Labels [n] split into their factors [n, m] (one column when the label is not composite)."""
+        labels = self.labels if labels is None else labels
+        if not self.factors or self.label_kind != "class":
+            return labels.unsqueeze(1)
+        columns, rest = [], labels.clone()
+        for _, size in reversed(self.factors):
+            columns.append(rest % size)
+            rest = rest // size
+        return torch.stack(list(reversed(columns)), dim=1)
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        """Names of the label factors the classifier learns."""
+        if self.factors and self.label_kind == "class":
+            return tuple(name for name, _ in self.factors)
+        return ("class",) if self.label_kind == "class" else ("cluster",)
 
 
 def read_real_data(store: Store, codec: LatentCodec | None = None, batch: int = 256) -> RealData:
@@ -61,6 +85,7 @@ def read_real_data(store: Store, codec: LatentCodec | None = None, batch: int = 
         text=data.text.float(),
         text_mask=data.text_mask,
         class_names=info.class_names if labelled else tuple(f"cluster {k}" for k in range(info.clusters)),
+        factors=info.label_factors,
     )
 
 
@@ -72,15 +97,26 @@ class DomainMetric:
     reference: FeatureStats
     reference_rows: torch.Tensor
     sample_rows: torch.Tensor
-    inception: InceptionFeatures | None = None
+    inception: StandardFeatures | None = None
+    """Inception (images) or I3D (clips) features, for FID / FVD, when their weights exist."""
     inception_reference: FeatureStats | None = None
+    classes: tuple[torch.Tensor, ...] = ()
+    """Per factor, the label values the classifier's classes 0…C−1 stand for."""
 
     def distance(self, images: torch.Tensor) -> float:
-        """Domain Fréchet distance of images [n, 3, R, R] in [-1, 1] to the real reference."""
+        """Domain Fréchet distance of images [n, 3, R, R] (or clips) in [-1, 1] to the real reference."""
         return frechet_distance(self.reference, feature_stats(self.classifier.features(images)))
 
+    def recognised(self, examples: torch.Tensor, wanted: torch.Tensor) -> tuple[float, list[float]]:
+        """How often the classifier finds in `examples` the factors `wanted` [n, m] asked for:
+        (share with every factor right, share per factor)."""
+        predicted = self.classifier.predict(examples)
+        as_labels = torch.stack([self.classes[f][predicted[:, f]] for f in range(predicted.shape[1])], dim=1)
+        right = as_labels == wanted
+        return float(right.all(dim=1).float().mean()), [float(v) for v in right.float().mean(dim=0)]
+
     def fid(self, images: torch.Tensor) -> float | None:
-        """Inception FID to the real reference, or None without Inception weights."""
+        """Inception FID (I3D FVD for clips) to the real reference, or None without those weights."""
         if self.inception is None or self.inception_reference is None:
             return None
         return frechet_distance(self.inception_reference, feature_stats(self.inception(images)))
@@ -92,7 +128,7 @@ def build_domain_metric(
     samples: int,
     seed: int,
     classifier_steps: int | None = None,
-    inception: InceptionFeatures | None = None,
+    inception: StandardFeatures | None = None,
 ) -> DomainMetric:
     """Split the real data, train the classifier on the reference half and fit the reference."""
     n = real.images.shape[0]
@@ -101,12 +137,22 @@ def build_domain_metric(
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     reference_rows, pool = order[: n // 2], order[n // 2 :]
     sample_rows = pool[: max(2, min(samples, pool.shape[0]))]
-    labels = real.labels[reference_rows]
-    _, dense = torch.unique(labels, return_inverse=True)  # classes absent from the half are dropped
-    classifier = train_classifier(real.images[reference_rows], dense, seed=seed, steps=classifier_steps)
+    factors = real.factor_labels(real.labels[reference_rows])
+    classes, dense = [], []
+    for f in range(factors.shape[1]):  # classes absent from the half are dropped
+        values, inverse = torch.unique(factors[:, f], return_inverse=True)
+        classes.append(values)
+        dense.append(inverse)
+    classifier = train_classifier(
+        real.images[reference_rows], torch.stack(dense, dim=1), seed=seed, steps=classifier_steps
+    )
     reference = feature_stats(classifier.features(real.images[reference_rows]))
     metric = DomainMetric(
-        classifier=classifier, reference=reference, reference_rows=reference_rows, sample_rows=sample_rows
+        classifier=classifier,
+        reference=reference,
+        reference_rows=reference_rows,
+        sample_rows=sample_rows,
+        classes=tuple(classes),
     )
     if inception is not None:
         metric.inception = inception

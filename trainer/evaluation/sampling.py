@@ -1,4 +1,4 @@
-"""Generating an evaluation set: one sample per real caption, in batches, with expert usage.
+"""Generating an evaluation set: one sample (image or clip) per real caption, in batches, with expert usage.
 
 Every strategy gets the same captions and the same initial noise (one seed), so
 strategies are compared on paired samples. Reads nothing from the store.
@@ -19,7 +19,7 @@ class GeneratedSet:
     """Images generated for one strategy and what it cost."""
 
     images: torch.Tensor
-    """[n, 3, R, R] in [-1, 1]."""
+    """[n, 3, R, R] in [-1, 1]; clips [n, 3, F, R, R]."""
     seconds: float
     selected: list[float] = field(default_factory=list)
     """Per expert: share of (sample, step) pairs on which it ran."""
@@ -61,8 +61,10 @@ def generate(
             output_type="pt",
             return_usage=True,
         )
-        images = out.images
+        images = out.frames if pipeline.is_video else out.images
         assert isinstance(images, torch.Tensor)
+        if pipeline.is_video:
+            images = images.transpose(1, 2)  # frames [B, F, 3, H, W] → clips [B, 3, F, H, W]
         parts.append(images * 2 - 1)
         rows = images.shape[0]
         for step in out.usage or []:

@@ -1,30 +1,53 @@
-"""Expert denoisers: diffusers' PixArtTransformer2DModel sized by a named preset.
+"""Expert denoisers sized by a named preset: PixArt-style for images, Wan for video.
 
-An expert predicts the flow-matching velocity of its cluster, conditioned on the caption
-by cross-attention and on the timestep 1000·σ by adaLN-single. Training, assembly and
-sampling all call `velocity(...)` so the conditioning convention lives in one place.
+Image presets build diffusers' PixArtTransformer2DModel over latents [C, H, W]; video
+presets build diffusers' WanTransformer3DModel over clips [C, T, H, W] (3-D RoPE,
+cross-attention to the caption, any frame count). An expert predicts the flow-matching
+velocity of its cluster, conditioned on the caption by cross-attention and on the timestep
+1000·σ. Training, assembly and sampling all call `velocity(...)` so the conditioning
+convention — including image-to-video's clean first frame — lives in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from atoll.api.presets import get_preset
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, image_architecture, seeded
+from atoll.trainer.models.common import ModelConfigError, architecture, seeded
 
-if TYPE_CHECKING:
-    from diffusers import PixArtTransformer2DModel
+WAN_FREQ_DIM = 256
+"""Width of the sinusoidal timestep features of Wan experts (Wan 2.1's)."""
 
 
 def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> dict[str, Any]:
-    """The PixArtTransformer2DModel config of preset `name` for latents [C, H, W] and captions of width D."""
-    arch, channels, side = image_architecture(name, latent_shape)
+    """The diffusers config of preset `name` for latents [C, H, W] (or clips [C, T, H, W]) and captions of width D."""
+    arch, shape = architecture(name, latent_shape)
     if text_dim < 1:
         raise ModelConfigError(f"text embedding width must be positive, got {text_dim}")
+    channels = shape[0]
+    if arch.video:
+        return {
+            "_class_name": "WanTransformer3DModel",
+            "patch_size": list(arch.patch),
+            "num_attention_heads": arch.heads,
+            "attention_head_dim": arch.head_dim,
+            "in_channels": channels,
+            "out_channels": channels,
+            "text_dim": text_dim,
+            "freq_dim": WAN_FREQ_DIM,
+            "ffn_dim": arch.ffn_dim,
+            "num_layers": arch.depth,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "eps": 1e-6,
+            "rope_max_seq_len": 1024,
+        }
     return {
+        "_class_name": "PixArtTransformer2DModel",
         "num_attention_heads": arch.heads,
         "attention_head_dim": arch.head_dim,
         "in_channels": channels,
@@ -32,8 +55,8 @@ def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> d
         "num_layers": arch.depth,
         "cross_attention_dim": arch.hidden_size,  # the caption is projected to the width first
         "caption_channels": text_dim,
-        "sample_size": side,
-        "patch_size": arch.patch[0],
+        "sample_size": shape[-1],
+        "patch_size": arch.patch[-1],
         # PixArt switches on resolution/aspect-ratio conditioning when sample_size == 128;
         # our experts condition on the timestep and caption only, at every size.
         "use_additional_conditions": False,
@@ -41,29 +64,51 @@ def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> d
     }
 
 
-def build_expert(
-    name: str, *, latent_shape: Sequence[int], text_dim: int, seed: int | None = None
-) -> PixArtTransformer2DModel:
-    """A freshly initialised expert (deterministic when `seed` is given)."""
-    from diffusers import PixArtTransformer2DModel
+def expert_class(config: dict[str, Any]) -> type[Any]:
+    """The diffusers class an expert config names."""
+    from diffusers import PixArtTransformer2DModel, WanTransformer3DModel
 
+    return WanTransformer3DModel if config["_class_name"] == "WanTransformer3DModel" else PixArtTransformer2DModel
+
+
+def build_expert(name: str, *, latent_shape: Sequence[int], text_dim: int, seed: int | None = None) -> torch.nn.Module:
+    """A freshly initialised expert (deterministic when `seed` is given)."""
     config = expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
     with seeded(seed):
-        model: PixArtTransformer2DModel = PixArtTransformer2DModel.from_config(  # type: ignore[no-untyped-call]
-            config
-        )
+        model: torch.nn.Module = expert_class(config).from_config(config)
     return model
 
 
-def expert_parameter_count(name: str, *, latent_shape: Sequence[int] = (4, 32, 32), text_dim: int = 768) -> int:
+def expert_parameter_count(name: str, *, latent_shape: Sequence[int] | None = None, text_dim: int = 768) -> int:
     """Exact parameter count of an expert, built on the meta device (no memory allocated)."""
-    from diffusers import PixArtTransformer2DModel
-
+    if latent_shape is None:
+        latent_shape = (16, 4, 32, 32) if get_preset(name).architecture.video else (4, 32, 32)
+    config = expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
     with torch.device("meta"):
-        model = PixArtTransformer2DModel.from_config(  # type: ignore[no-untyped-call]
-            expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
-        )
+        model = expert_class(config).from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def is_video_expert(expert: torch.nn.Module) -> bool:
+    """Whether an expert denoises clips (a Wan transformer)."""
+    inner = getattr(expert, "module", expert)  # DistributedDataParallel keeps the model in .module
+    return type(inner).__name__ == "WanTransformer3DModel"
+
+
+def token_timesteps(
+    sigma: torch.Tensor, x_t: torch.Tensor, patch: Sequence[int], condition: torch.Tensor
+) -> torch.Tensor:
+    """Per-token timesteps [B, tokens] of clips x_t [B, C, T, H, W]: 1000·σ, and 0 on the first latent
+    frame's tokens of the clips whose first frame is a clean condition (`condition` [B] bool).
+
+    Wan 2.2's TI2V convention: a given first frame is a sample at σ = 0.
+    """
+    _, _, frames, height, width = x_t.shape
+    p_t, p_h, p_w = (int(v) for v in patch)
+    per_frame = (height // p_h) * (width // p_w)
+    steps = flow.timestep(sigma).float()[:, None, None].expand(-1, frames // p_t, per_frame).clone()
+    steps[:, 0] = torch.where(condition[:, None], torch.zeros_like(steps[:, 0]), steps[:, 0])
+    return steps.flatten(1)
 
 
 def velocity(
@@ -72,14 +117,31 @@ def velocity(
     sigma: torch.Tensor,
     text: torch.Tensor,
     text_mask: torch.Tensor,
+    *,
+    first_frame_given: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The expert's velocity prediction for noisy latents x_t at noise levels σ ([B])."""
+    """The expert's velocity prediction for noisy latents x_t at noise levels σ ([B]).
+
+    first_frame_given ([B] bool, clips only): those clips' first latent frame is a clean
+    condition (image-to-video), which the expert sees at timestep 0.
+    """
     dtype = x_t.dtype
-    out: torch.Tensor = expert(
+    if is_video_expert(expert):
+        timestep = flow.timestep(sigma)
+        if first_frame_given is not None and bool(first_frame_given.any()):
+            config: Any = getattr(expert, "module", expert).config
+            timestep = token_timesteps(sigma, x_t, config.patch_size, first_frame_given)
+        # Wan attends to every caption token: padded positions of our encoders are zero vectors,
+        # as Wan pads its own captions.
+        out: torch.Tensor = expert(x_t, timestep=timestep, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        return out
+    if first_frame_given is not None and bool(first_frame_given.any()):
+        raise ModelConfigError("a first-frame condition is for video experts; this expert denoises images")
+    image_out: torch.Tensor = expert(
         x_t,
         encoder_hidden_states=text.to(dtype),
         encoder_attention_mask=text_mask,
         timestep=flow.timestep(sigma),
         return_dict=False,
     )[0]
-    return out
+    return image_out

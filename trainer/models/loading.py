@@ -37,12 +37,19 @@ def model_class(name: str) -> type[Any]:
         from diffusers import PixArtTransformer2DModel
 
         return PixArtTransformer2DModel
+    if name == "WanTransformer3DModel":
+        from diffusers import WanTransformer3DModel
+
+        wan: type[Any] = WanTransformer3DModel
+        return wan
     if name == "RouterModel":
         from atoll.trainer.models.router import RouterModel
 
         router: type[Any] = RouterModel
         return router
-    raise ModelConfigError(f"unknown model class {name!r}: expected PixArtTransformer2DModel or RouterModel")
+    raise ModelConfigError(
+        f"unknown model class {name!r}: expected PixArtTransformer2DModel, WanTransformer3DModel or RouterModel"
+    )
 
 
 def model_from_directory(directory: Path, *, device: torch.device | str = "cpu") -> ModelMixin:
@@ -54,7 +61,7 @@ def model_from_directory(directory: Path, *, device: torch.device | str = "cpu")
         class_name = json.loads(config_path.read_text())["_class_name"]
     except (ValueError, KeyError) as error:
         raise ModelConfigError(f"{config_path} does not name a model class (_class_name): {error!r}") from None
-    model = model_class(class_name).from_pretrained(directory, local_files_only=True, low_cpu_mem_usage=False)
+    model = model_class(class_name).from_pretrained(directory, local_files_only=True)
     return cast("ModelMixin", model.to(device).eval())
 
 
@@ -110,7 +117,7 @@ def fetch_final_weights(store: Store, stage_prefix: str, directory: Path, *, ema
 def load_expert_for_sampling(
     store: Store, k: int, *, device: torch.device | str = "cpu", ema: bool = True
 ) -> PixArtTransformer2DModel:
-    """Expert k's final EMA weights as a ready-to-use PixArtTransformer2DModel (eval mode)."""
+    """Expert k's final EMA weights as a ready-to-use expert (PixArt, or Wan for video; eval mode)."""
     return _load_final(store, layout.expert(k), device=device, ema=ema)  # type: ignore[return-value]
 
 

@@ -2,8 +2,10 @@
 
 It estimates p(k | x_t, σ) (and p(k | x_t, σ, caption) when conditioned on text) with the
 same building blocks as the experts — patch embedding, adaLN-single timestep conditioning,
-transformer blocks — and a pooled linear head over K logits. A plain diffusers model:
-precision, parallelism and training live in the trainer, never here.
+transformer blocks — and a pooled linear head over K logits. For video it patches the
+whole noisy clip in (t, h, w) with 3-D sin-cos positions and pools over every token of
+the clip, so it gives one distribution per clip, never per frame. A plain diffusers
+model: precision, parallelism and training live in the trainer, never here.
 """
 
 from __future__ import annotations
@@ -14,17 +16,41 @@ from typing import Any
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.embeddings import PatchEmbed, PixArtAlphaTextProjection
+from diffusers.models.embeddings import PatchEmbed, PixArtAlphaTextProjection, get_3d_sincos_pos_embed
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
+from atoll.api.presets import PresetError, get_preset
 from atoll.trainer import flow
-from atoll.trainer.models.common import ModelConfigError, image_architecture, seeded
+from atoll.trainer.models.common import ModelConfigError, check_latent_shape, seeded
+
+
+class VideoPatchEmbed(nn.Module):
+    """Clips [B, C, T, H, W] → tokens [B, T'·H'·W', D]: a (t, h, w)-strided convolution plus fixed
+    3-D sin-cos positions."""
+
+    def __init__(self, *, frames: int, side: int, patch_t: int, patch: int, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(
+            in_channels, embed_dim, kernel_size=(patch_t, patch, patch), stride=(patch_t, patch, patch)
+        )
+        positions = get_3d_sincos_pos_embed(embed_dim, side // patch, frames // patch_t, output_type="pt")
+        self.register_buffer("pos_embed", positions.flatten(0, 1).unsqueeze(0).float(), persistent=False)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        tokens: torch.Tensor = self.proj(clips).flatten(2).transpose(1, 2)
+        positions = self.get_buffer("pos_embed")
+        if tokens.shape[1] != positions.shape[1]:
+            raise ValueError(f"this router was built for {positions.shape[1]} tokens per clip, got {tokens.shape[1]}")
+        return tokens + positions.to(tokens.dtype)
 
 
 class RouterModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
-    """Cluster classifier over noisy latents: logits [B, K] from (x_t, timestep[, caption])."""
+    """Cluster classifier over noisy latents: logits [B, K] from (x_t, timestep[, caption]).
+
+    x_t is [B, C, H, W], or a clip [B, C, T, H, W] when `num_frames` is set.
+    """
 
     _supports_gradient_checkpointing = False
 
@@ -41,19 +67,32 @@ class RouterModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
         num_layers: int = 12,
         caption_channels: int | None = None,
         norm_eps: float = 1e-6,
+        num_frames: int | None = None,
+        patch_size_t: int = 1,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if num_clusters < 1:
             raise ModelConfigError(f"the router needs at least one cluster, got {num_clusters}")
         inner = num_attention_heads * attention_head_dim
-        self.pos_embed = PatchEmbed(  # type: ignore[no-untyped-call]
-            height=sample_size,
-            width=sample_size,
-            patch_size=patch_size,
-            in_channels=in_channels,
-            embed_dim=inner,
-            interpolation_scale=1,
-        )
+        self.pos_embed: nn.Module
+        if num_frames is None:
+            self.pos_embed = PatchEmbed(  # type: ignore[no-untyped-call]
+                height=sample_size,
+                width=sample_size,
+                patch_size=patch_size,
+                in_channels=in_channels,
+                embed_dim=inner,
+                interpolation_scale=1,
+            )
+        else:
+            self.pos_embed = VideoPatchEmbed(
+                frames=num_frames,
+                side=sample_size,
+                patch_t=patch_size_t,
+                patch=patch_size,
+                in_channels=in_channels,
+                embed_dim=inner,
+            )
         self.adaln_single = AdaLayerNormSingle(inner, use_additional_conditions=False)
         self.caption_projection = (
             PixArtAlphaTextProjection(  # type: ignore[no-untyped-call]
@@ -90,7 +129,7 @@ class RouterModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Cluster logits [B, K] for latents [B, C, H, W] at timesteps [B] (1000·σ)."""
+        """Cluster logits [B, K] for latents [B, C, H, W] (or clips [B, C, T, H, W]) at timesteps [B] (1000·σ)."""
         batch = hidden_states.shape[0]
         tokens = self.pos_embed(hidden_states)
         block_modulation, embedded_timestep = self.adaln_single(
@@ -121,13 +160,35 @@ class RouterModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
 def router_config(
     name: str, *, clusters: int, latent_shape: Sequence[int], text_dim: int | None = None
 ) -> dict[str, Any]:
-    """The RouterModel config of preset `name` for K clusters (text_dim set: condition on the caption)."""
-    arch, channels, side = image_architecture(name, latent_shape)
+    """The RouterModel config of preset `name` for K clusters (text_dim set: condition on the caption).
+
+    latent_shape [C, T, H, W] makes a router over whole clips, patched (t, h, w) by the preset.
+    """
+    try:
+        arch = get_preset(name).architecture
+    except PresetError as error:
+        raise ModelConfigError(str(error)) from None
+    video = len(latent_shape) == 4
+    shape = check_latent_shape(latent_shape, video=video)
+    channels, side = shape[0], shape[-1]
+    if shape[-2] != side:
+        raise ModelConfigError(f"the router needs square latents, got {shape[-2]}×{side}")
+    patch, patch_t = arch.patch[-1], arch.patch[0] if arch.video else 1  # an image preset patches clips (1, p, p)
+    if side % patch:
+        raise ModelConfigError(f"latent side {side} is not a multiple of preset {name}'s patch size {patch}")
+    if video and shape[1] % patch_t:
+        raise ModelConfigError(f"{shape[1]} latent frames are not a multiple of preset {name}'s patch {patch_t}")
+    if video and arch.hidden_size % 16:
+        raise ModelConfigError(
+            f"a video router needs a width divisible by 16 (3-D positions), {name}'s is {arch.hidden_size}"
+        )
+    clip = {"num_frames": shape[1], "patch_size_t": patch_t} if video else {}
     return {
+        **clip,
         "num_clusters": clusters,
         "in_channels": channels,
         "sample_size": side,
-        "patch_size": arch.patch[0],
+        "patch_size": patch,
         "num_attention_heads": arch.heads,
         "attention_head_dim": arch.head_dim,
         "num_layers": arch.depth,

@@ -26,43 +26,50 @@ def read_metrics(store: Store) -> dict[str, Any] | None:
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
-    """One row per sampling strategy: domain Fréchet distance, FID, experts run per step, grid."""
+    """One row per sampling strategy: domain Fréchet distance (FVD for clips), FID/FVD, for clips the
+    alignment and temporal consistency, experts run per step, time and grid."""
+    video = bool(metrics.get("video"))
+    standard = "fvd" if video else "fid"
+    unit = "clip" if video else "image"
     table = Table(
         title="DDM evaluation",
         title_justify="left",
-        caption="real vs real: held-out real images against the reference half (the noise floor)",
+        caption=f"real vs real: held-out real {unit}s against the reference half (the noise floor)"
+        + ("; shuffled frames: the same clips with their frames in random order" if video else ""),
         caption_justify="left",
     )
     table.add_column("strategy", no_wrap=True)
-    table.add_column("Fréchet (domain)", justify="right")
-    table.add_column("FID (Inception)", justify="right")
+    table.add_column("FVD (domain)" if video else "Fréchet (domain)", justify="right")
+    table.add_column("FVD (I3D)" if video else "FID (Inception)", justify="right")
+    if video:
+        table.add_column("alignment", justify="right")
+        table.add_column("consistency", justify="right")
     table.add_column("experts/step", justify="right")
-    table.add_column("s/image", justify="right")
+    table.add_column(f"s/{unit}", justify="right")
     table.add_column("grid")
     strategies = metrics.get("strategies", {})
     for name in metrics.get("strategyOrder", list(strategies)):
         row = strategies.get(name, {})
         if row.get("skipped"):
-            table.add_row(name, "—", "—", "—", "—", f"skipped: {row['skipped']}")
+            table.add_row(name, *(["—"] * (len(table.columns) - 2)), f"skipped: {row['skipped']}")
             continue
-        table.add_row(
-            name,
-            _number(row.get("frechetDistance")),
-            _number(row.get("fid")),
+        cells = [name, _score(row, "frechetDistance"), _number(row.get(standard))]
+        if video:
+            cells += [_score(row, "alignment"), _number(row.get("temporalConsistency"), 3)]
+        cells += [
             _number(row.get("expertsPerStep"), 2),
-            _number(row.get("secondsPerImage"), 3),
+            _number(row.get(f"secondsPer{unit.title()}"), 3),
             str(row.get("grid", "")),
-        )
+        ]
+        table.add_row(*cells)
     reference = metrics.get("reference", {})
     if "frechetDistance" in reference:
-        table.add_row(
-            "real vs real",
-            _number(reference["frechetDistance"]),
-            _number(reference.get("fid")),
-            "",
-            "",
-            "",
-        )
+        cells = ["real vs real", _score(reference, "frechetDistance"), _number(reference.get(standard))]
+        if video:
+            cells += [_score(reference, "alignment"), _number(reference.get("temporalConsistency"), 3)]
+        table.add_row(*cells, "", "", "")
+        if video and "shuffledFramesFrechetDistance" in reference:
+            table.add_row("shuffled frames", _score(reference, "shuffledFramesFrechetDistance"), *([""] * 6))
     return table
 
 
@@ -80,16 +87,22 @@ def print_results(console: Console, store: Store, metrics: dict[str, Any] | None
     console.print(metrics_table(metrics))
     classifier = metrics.get("classifier", {})
     if classifier:
+        factors = classifier.get("factors") or []
+        accuracy = ", ".join(
+            f"{f.get('name')} {_number(f.get('accuracy'), 3)} (chance {_number(f.get('chance'), 3)})" for f in factors
+        ) or _number(classifier.get("accuracy"), 3)
         console.print(
-            f"domain features: a {classifier.get('classes')}-class classifier of {classifier.get('labels')}"
-            f" (held-out accuracy {_number(classifier.get('accuracy'), 3)}), trained at evaluate time",
+            f"domain features: a classifier of {classifier.get('labels')} trained at evaluate time;"
+            f" held-out accuracy {accuracy}",
             highlight=False,
+            soft_wrap=True,
         )
-    fid = metrics.get("fid", {})
-    if fid and not fid.get("available", False):
-        console.print(
-            f"FID: unavailable — {fid.get('reason', 'no Inception weights')}", highlight=False, soft_wrap=True
-        )
+        if classifier.get("reliable") is False:
+            console.print(f"UNRELIABLE: {classifier.get('reason', '')}", highlight=False, soft_wrap=True)
+    for key, name in (("fid", "FID"), ("fvd", "FVD (I3D)")):
+        standard = metrics.get(key, {})
+        if standard and not standard.get("available", False):
+            console.print(f"{name}: unavailable — {standard.get('reason', '')}", highlight=False, soft_wrap=True)
     router = metrics.get("router", {})
     buckets = router.get("accuracyBySigma")
     if isinstance(buckets, list) and buckets:
@@ -110,3 +123,11 @@ def _number(value: Any, digits: int = 2) -> str:
     if isinstance(value, int | float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _score(row: dict[str, Any], name: str) -> str:
+    """A domain score, or 'unreliable (x)' when the evaluator was near chance."""
+    unreliable = row.get(f"unreliable{name[0].upper()}{name[1:]}")
+    if row.get(name) is None and unreliable is not None:
+        return f"unreliable ({_number(unreliable)})"
+    return _number(row.get(name))

@@ -78,10 +78,10 @@ def build_pipeline(ctx: StageContext, scratch: Path, heartbeat: Heartbeat | None
     if info.clusters != clusters:
         raise ContractError(f"partition.clusters is {clusters} but the partition's data has {info.clusters} clusters")
     vae = vae_for(info.vae, weights=spec.weights)
-    if vae.latent_shape(info.resolution) != info.latent_shape:
+    if vae.latent_shape(info.resolution, info.frames) != info.latent_shape:
         raise ContractError(
-            f"VAE {info.vae} makes latents {list(vae.latent_shape(info.resolution))} at resolution"
-            f" {info.resolution}, the data holds {list(info.latent_shape)}"
+            f"VAE {info.vae} makes latents {list(vae.latent_shape(info.resolution, info.frames))} at resolution"
+            f" {info.resolution} ({info.frames} frames), the data holds {list(info.latent_shape)}"
         )
     text = text_encoder_for(info.text_encoder, weights=spec.weights)
     if text.shape != info.text_shape:
@@ -112,6 +112,9 @@ def build_pipeline(ctx: StageContext, scratch: Path, heartbeat: Heartbeat | None
         default_strategy=spec.sampling.strategy,
         default_steps=spec.sampling.steps,
         default_guidance=spec.sampling.guidance,
+        latent_shape=info.latent_shape,
+        first_frame_conditioning=spec.expert.first_frame_conditioning > 0,
+        fps=info.fps,
     )
 
 
@@ -149,22 +152,30 @@ def _task_description(store: Store, prefix: str, checkpoint_key: str) -> dict[st
 
 def _check_expert(expert: torch.nn.Module, k: int, info: DataInfo) -> None:
     config: Any = getattr(expert, "config", None)
-    channels, side, _ = info.latent_shape
-    found = (config.in_channels, config.out_channels, config.sample_size, config.caption_channels)
-    wanted = (channels, channels, side, info.text_shape[1])
+    channels, side = info.latent_shape[0], info.latent_shape[-1]
+    found: tuple[Any, ...]
+    wanted: tuple[int, ...]
+    if info.video:  # a Wan transformer: any frame count and size that its patch divides
+        found = (config.in_channels, config.out_channels, config.text_dim)
+        wanted = (channels, channels, info.text_shape[1])
+        what = "(in, out channels, caption width)"
+    else:
+        found = (config.in_channels, config.out_channels, config.sample_size, config.caption_channels)
+        wanted = (channels, channels, side, info.text_shape[1])
+        what = "(in, out channels, side, caption width)"
     if found != wanted:
-        raise ContractError(
-            f"expert {k} is built for (in, out channels, side, caption width) {found}, the contract is {wanted}"
-        )
+        raise ContractError(f"expert {k} is built for {what} {found}, the contract is {wanted}")
 
 
 def _check_router(router: torch.nn.Module, info: DataInfo) -> None:
     config: Any = getattr(router, "config", None)
-    channels, side, _ = info.latent_shape
-    if (config.num_clusters, config.in_channels, config.sample_size) != (info.clusters, channels, side):
+    channels, side = info.latent_shape[0], info.latent_shape[-1]
+    frames = info.latent_shape[1] if info.video else None
+    found = (config.num_clusters, config.in_channels, config.sample_size, getattr(config, "num_frames", None))
+    if found != (info.clusters, channels, side, frames):
         raise ContractError(
-            f"the router classifies {config.num_clusters} clusters of {config.in_channels}×{config.sample_size}²"
-            f" latents; the contract is {info.clusters} clusters of {channels}×{side}²"
+            f"the router classifies {config.num_clusters} clusters of latents {list(found[1:])} (channels, side,"
+            f" frames); the contract is {info.clusters} clusters of {[channels, side, frames]}"
         )
     if config.caption_channels not in (None, info.text_shape[1]):
         raise ContractError(

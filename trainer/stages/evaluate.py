@@ -1,10 +1,15 @@
 """The `evaluate` stage: sample grids and eval/metrics.json for every strategy in spec.evaluation.
 
-Per strategy: `evaluation.samples` images conditioned on real captions, their domain
-Fréchet distance to the real data (and Inception FID when those weights exist), expert
-usage and speed, and eval/grid-<strategy>.png. Adds the real-vs-real noise floor and the
-router's accuracy by σ. metrics.json is written last and marks the stage done. Reads the
-model and data, never changes them.
+Per strategy: `evaluation.samples` images (or clips) conditioned on real captions, their
+domain Fréchet distance to the real data (FVD in a 3-D evaluator's features for clips;
+Inception FID / I3D FVD when those weights exist), for clips the text–video alignment
+(how often the evaluator recognises the content and motion the caption asked for) and
+temporal consistency, expert usage and speed, and eval/grid-<strategy>.png (an animated
+.gif for clips). Adds the real-vs-real noise floor (and, for clips, real clips with their
+frames shuffled), the evaluator's held-out accuracy — domain scores of an evaluator near
+chance are reported as unreliable, not as numbers — and the router's accuracy by σ.
+metrics.json is written last and marks the stage done. Reads the model and data, never
+changes them.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from atoll.store import NotFoundError, Store, join_key
 from atoll.trainer.context import StageContext
 from atoll.trainer.evaluation.domain import DomainMetric, RealData, build_domain_metric, read_real_data
 from atoll.trainer.evaluation.grid import grid_order, grid_png, tensor_to_images
+from atoll.trainer.evaluation.i3d import I3DFeatures, find_i3d
 from atoll.trainer.evaluation.inception import InceptionFeatures, find_inception
 from atoll.trainer.evaluation.sampling import generate
+from atoll.trainer.evaluation.video import clip_grid, gif_bytes, shuffle_frames, temporal_consistency
 from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.pipeline import DDMPipeline
@@ -39,9 +46,9 @@ METRICS = JOB.done_marker
 ROUTER_METRICS = join_key(layout.ROUTER, "metrics.json")
 
 
-def grid_key(strategy: str) -> str:
-    """eval/grid-<strategy>.png, with ':' (top-k:3, threshold:0.9) written as '-'."""
-    return join_key(layout.EVAL, f"grid-{strategy.replace(':', '-')}.png")
+def grid_key(strategy: str, video: bool = False) -> str:
+    """eval/grid-<strategy>.png (.gif for clips), with ':' (top-k:3, threshold:0.9) written as '-'."""
+    return join_key(layout.EVAL, f"grid-{strategy.replace(':', '-')}.{'gif' if video else 'png'}")
 
 
 def run(ctx: StageContext) -> None:
@@ -71,29 +78,28 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
     if heartbeat is not None:
         heartbeat.running(message="training the domain classifier", gpu=_gpu_name(device))
     real = read_real_data(store, pipeline.codec())
-    inception_path, fid_reason = find_inception()
-    inception = InceptionFeatures(inception_path, device) if inception_path else None
-    metric = build_domain_metric(real, samples=spec.evaluation.samples, seed=spec.evaluation.seed, inception=inception)
+    video = real.images.ndim == 5
+    standard_name = "fvd" if video else "fid"
+    weights, standard_reason = find_i3d() if video else find_inception()
+    standard: Any = None
+    if weights is not None:
+        standard = I3DFeatures(weights, device) if video else InceptionFeatures(weights, device)
+    metric = build_domain_metric(real, samples=spec.evaluation.samples, seed=spec.evaluation.seed, inception=standard)
     metrics: dict[str, Any] = {
         "dataset": spec.dataset.uri,
+        "video": video,
         "samples": int(metric.sample_rows.shape[0]),
         "sampling": {"steps": spec.sampling.steps, "guidance": spec.sampling.guidance},
         "experts": pipeline.num_experts,
-        "classifier": {
-            "labels": "digit class" if spec.dataset.uri == "builtin://digits" else real.label_kind,
-            "classes": metric.classifier.classes,
-            "accuracy": metric.classifier.accuracy,
-            "features": metric.classifier.model.head.in_features,
-            "trainExamples": metric.classifier.train_examples,
-        },
-        "reference": _reference(real, metric),
-        "fid": {"available": inception is not None, **({"weights": str(inception_path)} if inception_path else {})},
+        "classifier": _classifier(spec, real, metric),
+        "reference": _reference(real, metric, seed=spec.evaluation.seed),
+        standard_name: {"available": standard is not None, **({"weights": str(weights)} if weights else {})},
         "strategies": {},
         "strategyOrder": list(spec.evaluation.strategies),  # JSON objects are stored with sorted keys
         "router": _router_metrics(store),
     }
-    if inception is None:
-        metrics["fid"]["reason"] = fid_reason
+    if standard is None:
+        metrics[standard_name]["reason"] = standard_reason
     if heartbeat is not None:
         heartbeat.update(step=1, message="classifier trained", force=True)
     for i, strategy in enumerate(spec.evaluation.strategies):
@@ -119,33 +125,98 @@ def _evaluate_strategy(
         guidance=spec.sampling.guidance,
         seed=spec.evaluation.seed,
     )
-    order, columns = grid_order(real.labels[rows] if real.label_kind == "class" else torch.full_like(rows, -1))
-    grid = grid_png(tensor_to_images(generated.images), order, columns)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    store.put_bytes(grid_key(strategy), buffer.getvalue())
+    samples = generated.images
+    video = samples.ndim == 5
+    key = grid_key(strategy, video)
+    store.put_bytes(key, _grid(real, rows, samples, fps=spec.dataset.fps))
     row: dict[str, Any] = {
-        "frechetDistance": metric.distance(generated.images),
-        "fid": metric.fid(generated.images),
+        **_scores(metric, "frechetDistance", metric.distance(samples)),
+        ("fvd" if video else "fid"): metric.fid(samples),
         "expertsPerStep": generated.experts_per_step,
         "expertUsage": generated.selected,
         "expertWeight": generated.weight,
-        "secondsPerImage": generated.seconds / max(1, generated.images.shape[0]),
-        "grid": grid_key(strategy),
+        ("secondsPerClip" if video else "secondsPerImage"): generated.seconds / max(1, samples.shape[0]),
+        "grid": key,
     }
-    log.info("strategy evaluated", strategy=strategy, frechet=round(row["frechetDistance"], 3))
+    if video:
+        both, per_factor = metric.recognised(samples, real.factor_labels(real.labels[rows]))
+        row.update(_scores(metric, "alignment", both))
+        by_factor = dict(zip(real.factor_names, per_factor, strict=True))
+        row["alignmentByFactor"] = by_factor if metric.classifier.reliable else None
+        row["temporalConsistency"] = temporal_consistency(samples)
+    log.info("strategy evaluated", strategy=strategy, frechet=round(metric.distance(samples), 3))
     return row
 
 
-def _reference(real: RealData, metric: DomainMetric) -> dict[str, Any]:
-    """The real-vs-real noise floor: the held-out real sample against the reference half."""
+def _scores(metric: DomainMetric, name: str, value: float) -> dict[str, Any]:
+    """{name: value} from a reliable evaluator; {name: None, unreliableName: value} from one near chance."""
+    if metric.classifier.reliable:
+        return {name: value}
+    return {name: None, f"unreliable{name[0].upper()}{name[1:]}": value}
+
+
+def _grid(real: RealData, rows: torch.Tensor, samples: torch.Tensor, *, fps: float) -> bytes:
+    """The grid file: a PNG of images, an animated GIF of clips; one row per class (per content for clips)."""
+    labels = real.factor_labels(real.labels[rows])[:, 0] if real.label_kind == "class" else torch.full_like(rows, -1)
+    order, columns = grid_order(labels)
+    if samples.ndim == 5:
+        return gif_bytes(clip_grid(samples, order, columns), fps)
+    buffer = io.BytesIO()
+    grid_png(tensor_to_images(samples), order, columns).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _classifier(spec: DDMRunSpec, real: RealData, metric: DomainMetric) -> dict[str, Any]:
+    """What the evaluator learned and how well: held-out accuracy per label factor against chance."""
+    classifier = metric.classifier
+    factors = [
+        {"name": name, "classes": classes, "accuracy": accuracy, "chance": chance}
+        for name, classes, accuracy, chance in zip(
+            real.factor_names, classifier.classes, classifier.accuracies, classifier.chances, strict=True
+        )
+    ]
+    out: dict[str, Any] = {
+        "labels": _label_description(spec, real),
+        "classes": int(torch.tensor(classifier.classes).prod()),
+        "accuracy": classifier.accuracy,
+        "factors": factors,
+        "features": metric.classifier.model.heads[0].in_features,
+        "trainExamples": classifier.train_examples,
+        "reliable": classifier.reliable,
+    }
+    if not classifier.reliable:
+        weak = [f"{f['name']} {f['accuracy']:.3f} (chance {f['chance']:.3f})" for f in factors]
+        out["reason"] = (
+            "the evaluator is near chance on held-out real data (" + ", ".join(weak) + "): distances in its"
+            " features are not scores; train longer or on more data, or use FID/FVD with real weights"
+        )
+    return out
+
+
+def _label_description(spec: DDMRunSpec, real: RealData) -> str:
+    if spec.dataset.uri == "builtin://digits":
+        return "digit class"
+    if real.label_kind == "class" and real.factors:
+        return " × ".join(real.factor_names)
+    return real.label_kind
+
+
+def _reference(real: RealData, metric: DomainMetric, *, seed: int) -> dict[str, Any]:
+    """The real-vs-real noise floor: the held-out real sample against the reference half
+    (and, for clips, the same clips with their frames shuffled: a metric that sees time rises far above it)."""
     sample = real.images[metric.sample_rows]
-    return {
-        "frechetDistance": metric.distance(sample),
-        "fid": metric.fid(sample),
+    out: dict[str, Any] = {
+        **_scores(metric, "frechetDistance", metric.distance(sample)),
+        ("fvd" if sample.ndim == 5 else "fid"): metric.fid(sample),
         "referenceExamples": int(metric.reference_rows.shape[0]),
         "sampleExamples": int(metric.sample_rows.shape[0]),
     }
+    if sample.ndim == 5:
+        out.update(_scores(metric, "shuffledFramesFrechetDistance", metric.distance(shuffle_frames(sample, seed))))
+        both, _ = metric.recognised(sample, real.factor_labels(real.labels[metric.sample_rows]))
+        out.update(_scores(metric, "alignment", both))
+        out["temporalConsistency"] = temporal_consistency(sample)
+    return out
 
 
 def _router_metrics(store: Store) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -107,6 +107,8 @@ class ExpertTask:
     sigma_distribution: flow.SigmaDistribution
     sigma_mean: float
     sigma_std: float
+    first_frame_conditioning: float = 0.0
+    """Share of clips trained with their clean first frame given (image-to-video)."""
 
     @property
     def stage(self) -> StageName:
@@ -115,8 +117,7 @@ class ExpertTask:
     def build_model(self, seed: int) -> torch.nn.Module:
         from atoll.trainer.models.expert import build_expert
 
-        model = build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_shape[1], seed=seed)
-        return cast(torch.nn.Module, model)
+        return build_expert(self.preset, latent_shape=self.latent_shape, text_dim=self.text_shape[1], seed=seed)
 
     def losses(
         self, model: torch.nn.Module, batch: ExampleBatch, draws: ExampleDraws, device: torch.device
@@ -132,8 +133,14 @@ class ExpertTask:
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
         sigma, noise = to_device(sigma, device), to_device(draws.noise, device)
         x_t = flow.add_noise(x0, noise, sigma)
-        prediction = velocity(model, x_t, sigma, to_device(text, device).float(), to_device(mask, device))
-        return flow.flow_matching_loss(prediction, x0, noise)
+        given = None
+        if self.first_frame_conditioning > 0:
+            given = to_device(draws.condition < self.first_frame_conditioning, device)
+            x_t = flow.give_first_frame(x_t, x0, given)
+        prediction = velocity(
+            model, x_t, sigma, to_device(text, device).float(), to_device(mask, device), first_frame_given=given
+        )
+        return flow.flow_matching_loss(prediction, x0, noise, given)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -143,6 +150,7 @@ class ExpertTask:
             "latentShape": list(self.latent_shape),
             "textShape": list(self.text_shape),
             "captionDropout": self.caption_dropout,
+            **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
                 "distribution": self.sigma_distribution,
                 "mean": self.sigma_mean,
@@ -185,4 +193,5 @@ def expert_task(store: Store, *, spec: DDMRunSpec, k: int) -> ExpertTask:
         sigma_distribution=sampling.distribution,
         sigma_mean=sampling.mean,
         sigma_std=sampling.std,
+        first_frame_conditioning=spec.expert.first_frame_conditioning,
     )

@@ -1,4 +1,4 @@
-"""The partition stage: image features → balanced two-level k-means → pre-encoded cluster shards.
+"""The partition stage: image (or clip) features → balanced two-level k-means → pre-encoded cluster shards.
 
 Features stream: the fine clusters are fitted on the features of a sample
 (partition.sampleSize), then every example's features are computed and assigned to their
@@ -30,7 +30,7 @@ from atoll.store import Store
 from atoll.trainer import clusterdata, kmeans
 from atoll.trainer.clusterdata import ClusterData, ClusterWriter, DataInfo
 from atoll.trainer.context import StageContext
-from atoll.trainer.data import ImageDataset, open_dataset
+from atoll.trainer.data import Dataset, open_dataset
 from atoll.trainer.encoders import FeatureEncoder, feature_encoder_for, text_encoder_for, vae_for
 from atoll.trainer.fence import write_done
 from atoll.trainer.heartbeat import Heartbeat
@@ -88,14 +88,16 @@ def _work(n: int, sample_size: int) -> int:
     return min(n, sample_size) + (n if sample_size < n else 0) + n
 
 
-def _cluster(ctx: StageContext, dataset: ImageDataset, device: torch.device, heartbeat: Heartbeat) -> torch.Tensor:
+def _cluster(ctx: StageContext, dataset: Dataset, device: torch.device, heartbeat: Heartbeat) -> torch.Tensor:
     """Features of a sample → fine clusters; every example's features → its fine cluster;
     coarse clusters; the partition/ outputs (stats.json last)."""
     spec, store = ctx.spec, ctx.store
     p = spec.partition
     n = len(dataset)
-    encoder = feature_encoder_for(p.features, spec.dataset.resolution, str(device), weights=spec.weights)
-    batch = 1024 if p.features == "pixels" else ENCODE_BATCH
+    encoder = feature_encoder_for(
+        p.features, spec.dataset.resolution, str(device), frames=dataset.frames, weights=spec.weights
+    )
+    batch = max(ENCODE_BATCH, 1024 // dataset.frames) if p.features == "pixels" else ENCODE_BATCH
     generator = torch.Generator().manual_seed(p.seed)
     rows = kmeans.sample_rows(n, p.sample_size, generator)
     started = time.monotonic()
@@ -155,7 +157,7 @@ def _cluster(ctx: StageContext, dataset: ImageDataset, device: torch.device, hea
 
 def _features(
     encoder: FeatureEncoder,
-    dataset: ImageDataset,
+    dataset: Dataset,
     rows: torch.Tensor,
     batch: int,
     heartbeat: Heartbeat,
@@ -167,7 +169,7 @@ def _features(
     total = int(rows.shape[0])
     for start in range(0, total, batch):
         indices = rows[start : start + batch].tolist()
-        yield encoder.encode(dataset.images(indices)).cpu()
+        yield encoder.encode(dataset.examples(indices)).cpu()
         seen = min(total, start + batch)
         heartbeat.running(step=done + seen, message=f"{message} {seen}/{total} ({encoder.name})")
 
@@ -201,14 +203,14 @@ def _stored_assignments(store: Store, n: int, k: int) -> torch.Tensor | None:
 
 
 def _encode(
-    ctx: StageContext, dataset: ImageDataset, assignments: torch.Tensor, device: torch.device, heartbeat: Heartbeat
+    ctx: StageContext, dataset: Dataset, assignments: torch.Tensor, device: torch.device, heartbeat: Heartbeat
 ) -> None:
     """Pre-encode every cluster not yet committed, then data/info.json and partition/done.json."""
     spec, store = ctx.spec, ctx.store
     n, k = len(dataset), spec.partition.clusters
     vae = vae_for(spec.dataset.vae, device, weights=spec.weights)
     text_encoder = text_encoder_for(spec.dataset.text_encoder, device, weights=spec.weights)
-    latent_shape = vae.latent_shape(spec.dataset.resolution)
+    latent_shape = vae.latent_shape(spec.dataset.resolution, dataset.frames)
     null_text, null_mask = text_encoder.encode_prompts([""])
     clusterdata.write_null_text(store, null_text, null_mask)
     length, dim = text_encoder.shape
@@ -229,7 +231,7 @@ def _encode(
             text, mask = text_encoder.encode_prompts([dataset.caption(i) for i in batch])
             writer.add(
                 ClusterData(
-                    latents=vae.encode(dataset.images(batch)).cpu(),
+                    latents=vae.encode(dataset.examples(batch)).cpu(),
                     text=text.cpu(),
                     text_mask=mask.cpu(),
                     labels=torch.tensor([dataset.label(i) for i in batch], dtype=torch.int64),
@@ -258,6 +260,9 @@ def _encode(
         class_names=dataset.class_names,
         class_captions=_class_captions(dataset),
         dataset=spec.dataset.uri,
+        frames=dataset.frames,
+        fps=spec.dataset.fps if dataset.frames > 1 else None,
+        label_factors=dataset.label_factors,
     )
     clusterdata.write_info(store, info)
     summary: dict[str, Any] = {"clusters": k, "examples": n, "sizes": sizes, "balance": balance(sizes)}
@@ -265,7 +270,7 @@ def _encode(
     heartbeat.done(step=total, message=f"{k} clusters, sizes {sizes}, balance {summary['balance']:.3f}")
 
 
-def _class_captions(dataset: ImageDataset) -> dict[int, str]:
+def _class_captions(dataset: Dataset) -> dict[int, str]:
     """The first example's caption of every class label (for evaluation prompts)."""
     if not dataset.class_names:
         return {}

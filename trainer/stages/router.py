@@ -98,6 +98,8 @@ class RouterTask:
     sigma_distribution: flow.SigmaDistribution
     sigma_mean: float
     sigma_std: float
+    first_frame_conditioning: float = 0.0
+    """Share of clips shown with their clean first frame, as the experts train (image-to-video)."""
 
     @property
     def stage(self) -> StageName:
@@ -127,6 +129,8 @@ class RouterTask:
         sigma = flow.sigma_from_normal(draws.normal, self.sigma_distribution, self.sigma_mean, self.sigma_std)
         sigma, noise = to_device(sigma, device), to_device(draws.noise, device)
         x_t = flow.add_noise(x0, noise, sigma)
+        if self.first_frame_conditioning > 0:
+            x_t = flow.give_first_frame(x_t, x0, (draws.condition < self.first_frame_conditioning).to(device))
         text = mask = None
         if self.condition_on_text:
             text, mask = batch["text"], batch["text_mask"]
@@ -146,6 +150,7 @@ class RouterTask:
             "conditionOnText": self.condition_on_text,
             "captionDropout": self.caption_dropout if self.condition_on_text else 0.0,
             "heldOut": self.held_out,
+            **({"firstFrameConditioning": self.first_frame_conditioning} if self.first_frame_conditioning else {}),
             "timestepSampling": {
                 "distribution": self.sigma_distribution,
                 "mean": self.sigma_mean,
@@ -204,6 +209,7 @@ def router_task(store: Store, *, spec: DDMRunSpec) -> RouterTask:
         sigma_distribution=sampling.distribution,
         sigma_mean=sampling.mean,
         sigma_std=sampling.std,
+        first_frame_conditioning=spec.expert.first_frame_conditioning,
     )
 
 

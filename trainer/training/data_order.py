@@ -159,6 +159,9 @@ class ExampleDraws:
     """[m, *latent_shape] standard normal: the ε of the forward process."""
     uniform: torch.Tensor
     """[m] uniform in [0, 1): caption dropout when below the dropout probability."""
+    condition: torch.Tensor
+    """[m] uniform in [0, 1): a clip's first frame is given as a condition when below
+    expert.firstFrameConditioning (drawn after the others, so they do not depend on it)."""
 
 
 def draw_examples(
@@ -168,6 +171,7 @@ def draw_examples(
     m = len(positions)
     normal = torch.empty(m)
     uniform = torch.empty(m)
+    condition = torch.empty(m)
     noise = torch.empty(m, *latent_shape)
     generator = torch.Generator()
     for row, position in enumerate(positions):
@@ -175,7 +179,8 @@ def draw_examples(
         normal[row] = torch.randn((), generator=generator)
         uniform[row] = torch.rand((), generator=generator)
         torch.randn(tuple(latent_shape), generator=generator, out=noise[row])
-    return ExampleDraws(normal=normal, noise=noise, uniform=uniform)
+        condition[row] = torch.rand((), generator=generator)
+    return ExampleDraws(normal=normal, noise=noise, uniform=uniform, condition=condition)
 
 
 def held_out_rows(examples: int, *, seed: int, fraction: float, limit: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tiny random-init copies of the real encoders (DINOv2, CLIP, AutoencoderKL), saved like real weights.
+"""Tiny random-init copies of the real encoders (DINOv2, CLIP, the SD and Wan VAEs), saved like real weights.
 
 `tiny_weights` is a directory laid out as $ATOLL_WEIGHTS_DIR expects (one save_pretrained
 copy per Atoll model name), so the tests exercise the real transformers/diffusers loading.
@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, AutoencoderKLWan
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
     root = tmp_path_factory.mktemp("weights")
@@ -50,6 +50,10 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sample_size=16,
         scaling_factor=0.18215,
     ).save_pretrained(root / "sd-vae-ft-mse")
+    # Wan 2.1's causal video VAE with diffusers' tester sizes: 16 latent channels, 8× in space, 4× in time.
+    AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).save_pretrained(root / "wan2.1-vae")
     return root
 
 

@@ -54,12 +54,12 @@ def test_digits_are_the_real_scikit_learn_digits() -> None:
 def test_digits_upsampled_and_limited() -> None:
     dataset = open_dataset(DatasetSpec(uri="builtin://digits", resolution=32, max_examples=10))
     assert len(dataset) == 10
-    batch = dataset.images([0, 9])
+    batch = dataset.examples([0, 9])
     assert batch.shape == (2, 3, 32, 32)
     assert float(batch.min()) >= -1.0
     assert float(batch.max()) <= 1.0
     with pytest.raises(IndexError):
-        dataset.image(10)
+        dataset.example(10)
 
 
 def test_shapes_are_deterministic_by_seed_and_match_their_factors() -> None:

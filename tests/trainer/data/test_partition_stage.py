@@ -81,7 +81,7 @@ def test_partition_digits_writes_the_contract_and_the_readers_read_it(tmp_path: 
         assert data.text.dtype == torch.float16
         assert torch.equal(assignments[data.index], torch.full((len(data),), k))
         i = int(data.index[0])
-        torch.testing.assert_close(data.latents[0], dataset.image(i))  # identity VAE: the image itself
+        torch.testing.assert_close(data.latents[0], dataset.example(i))  # identity VAE: the image itself
         assert int(data.labels[0]) == dataset.label(i)
     everything, cluster_labels = clusterdata.read_all_clusters(store)
     assert sorted(everything.index.tolist()) == list(range(600))

@@ -41,7 +41,7 @@ def test_save_load_round_trip_is_deterministic(make_pipeline: Callable[..., DDMP
 
     pipeline.save_pretrained(tmp_path / "model")
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
-    assert index["_class_name"] == "DDMPipeline"
+    assert index["_class_name"] == ["pipeline_ddm", "DDMPipeline"]  # diffusers' custom-pipeline convention
     assert [name for name in sorted(index) if name.startswith("expert_")] == ["expert_0", "expert_1", "expert_2"]
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     for folder in ("expert_0", "expert_2", "router", "vae", "text_encoder", "scheduler"):
@@ -55,6 +55,15 @@ def test_save_load_round_trip_is_deterministic(make_pipeline: Callable[..., DDMP
     assert torch.equal(first.latents, reloaded.latents)
     assert len(reloaded.images) == 4
     assert reloaded.images[0].size == (8, 8)
+
+    # diffusers' own entry point finds the class through the model directory's pipeline_ddm.py.
+    from diffusers import DiffusionPipeline
+
+    through_diffusers = DiffusionPipeline.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert isinstance(through_diffusers, DDMPipeline)
+    through_diffusers.set_progress_bar_config(disable=True)
+    assert through_diffusers.num_experts == 3
+    assert torch.equal(through_diffusers(PROMPTS, generator=7, return_latents=True).latents, first.latents)
 
 
 def test_only_selected_experts_run(make_pipeline: Callable[..., DDMPipeline]) -> None:

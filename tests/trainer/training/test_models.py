@@ -1,4 +1,5 @@
-"""Experts (PixArt transformers) and routers built from every preset; save/load round trips."""
+"""Experts (PixArt transformers for images, Wan transformers for video) and routers built from every
+preset; save/load round trips; per-clip routing; the first-frame condition of image-to-video."""
 
 from __future__ import annotations
 
@@ -22,10 +23,23 @@ from atoll.trainer.models.router import build_router, router_logits, router_para
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_has_the_published_size(name: str) -> None:
     # Built on the meta device: dit-xl/2 is counted exactly without allocating 2.4 GB.
-    experts = expert_parameter_count(name, latent_shape=(4, 32, 32), text_dim=768)
-    assert experts == pytest.approx(PRESETS[name].architecture.approx_parameters(4, 768), rel=0.02)
-    routers = router_parameter_count(name, clusters=8, latent_shape=(4, 32, 32))
-    assert 0.5 * experts < routers < experts  # no cross-attention, no caption projection
+    video = PRESETS[name].architecture.video
+    latent = (16, 4, 32, 32) if video else (4, 32, 32)
+    experts = expert_parameter_count(name, latent_shape=latent, text_dim=768)
+    assert experts == pytest.approx(PRESETS[name].architecture.approx_parameters(latent[0], 768), rel=0.02)
+    routers = router_parameter_count(name, clusters=8, latent_shape=latent)
+    assert 0.4 * experts < routers < experts  # no cross-attention, no caption projection
+
+
+def test_video_presets_match_wan() -> None:
+    # Wan 2.1 T2V-1.3B: 16 latent channels, umT5 captions of width 4096; ~1.42 B parameters.
+    assert expert_parameter_count("wan-1.3b", latent_shape=(16, 21, 60, 60), text_dim=4096) == pytest.approx(
+        1.42e9, rel=0.01
+    )
+    # video-tiny with the offline caption encoder: the CPU-sized expert (~1.2 M parameters).
+    assert expert_parameter_count("video-tiny", latent_shape=(3, 8, 16, 16), text_dim=64) == pytest.approx(
+        1.24e6, rel=0.01
+    )
 
 
 def test_dit_xl_matches_pixart_alpha() -> None:
@@ -71,7 +85,7 @@ def test_clear_errors_for_bad_shapes(tmp_path: Path) -> None:
         build_expert("dit-xxl", latent_shape=(3, 16, 16), text_dim=8)
     with pytest.raises(ModelConfigError, match="not a multiple of preset tiny's patch size 2"):
         build_expert("tiny", latent_shape=(3, 15, 15), text_dim=8)
-    with pytest.raises(ModelConfigError, match="square latents"):
+    with pytest.raises(ModelConfigError, match="needs square latents"):
         build_router("tiny", clusters=2, latent_shape=(3, 8, 16))
     with pytest.raises(ModelConfigError, match=r"config\.json is missing"):
         model_from_directory(tmp_path)
