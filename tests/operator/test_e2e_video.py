@@ -55,7 +55,7 @@ def test_a_video_run_succeeds_through_the_operator(  # noqa: PLR0917 - fixtures
     name = run["metadata"]["name"]
     start_operator("--default-store", store_secret, "--default-store-secret", SECRET, "--max-gpus-per-pod", "1")
     apply(control_plane, namespace, run)
-    done = wait_run(control_plane, namespace, name, lambda r: phase(r) == "Succeeded", timeout=900, what="Succeeded")
+    done = wait_run(control_plane, namespace, name, lambda r: phase(r) == "Succeeded", timeout=600, what="Succeeded")
     assert done["status"]["phase"] == "Succeeded"
 
     # The planner placed each video expert on a GPU product it chose from the clip workload.
