@@ -147,8 +147,15 @@ def _job(case: Case, store: LocalStore, *, batch: int, micro: int, total: int, e
         "checkpointEvery": every,
         "compile": case.compile,
     }
+    video = case.model == "expert" and len(case.latent) == 4  # a clip latent [C, T, H, W]
     spec = synthetic_spec(
-        steps=total, router_steps=total, expert=settings, router=settings, global_batch=batch, checkpoint_every=every
+        steps=total,
+        router_steps=total,
+        expert=settings,
+        router=settings,
+        global_batch=batch,
+        checkpoint_every=every,
+        dataset={"uri": "builtin://moving-shapes", "frames": case.latent[1]} if video else None,
     )
     size = max(2 * batch, 16)
     write_synthetic_run(

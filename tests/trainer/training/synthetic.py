@@ -37,11 +37,13 @@ def synthetic_spec(
     router_steps: int = 20,
     expert: dict[str, Any] | None = None,
     router: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> DDMRunSpec:
-    """A valid spec for tiny experts and router on the synthetic data."""
+    """A valid spec for tiny experts and router on the synthetic data (`dataset` overrides
+    the dataset's fields, e.g. frames for a video preset)."""
     return DDMRunSpec.model_validate(
         {
-            "dataset": {"uri": "builtin://shapes", "resolution": 8},
+            "dataset": {"uri": "builtin://shapes", "resolution": 8, **(dataset or {})},
             "partition": {"clusters": clusters, "features": "pixels"},
             "expert": {
                 "preset": "tiny",
