@@ -80,9 +80,9 @@ def test_one_leader_and_a_fenced_takeover(control_plane: ControlPlane, namespace
 
 def test_the_fence_refuses_writes_while_not_leading(control_plane: ControlPlane, namespace: str, core_v1: Any) -> None:
     holder = elector(control_plane, namespace, "holder").start()
-    standby = elector(control_plane, namespace, "standby").start()
+    kube.wait_for(holder.acting, timeout=20, what="a leader")
+    standby = elector(control_plane, namespace, "standby").start()  # only once the Lease is held
     try:
-        kube.wait_for(holder.acting, timeout=20, what="a leader")
         from kubernetes.client.exceptions import ApiException
 
         pod = {
