@@ -44,7 +44,7 @@ def test_published_numbers() -> None:
     assert (xl.architecture.hidden_size, xl.architecture.depth, xl.architecture.heads) == (1152, 28, 16)
     assert xl.architecture.patch == (2, 2)
     assert (xl.recipe.learning_rate, xl.recipe.global_batch_size, xl.recipe.ema_decay) == (1e-4, 256, 0.9999)
-    with pytest.raises(PresetError, match="unknown preset 'dit-xxl': use one of tiny, dit-s/2"):
+    with pytest.raises(PresetError, match="unknown preset 'dit-xxl': use one of tiny, tiny-w2, dit-s/2"):
         get_preset("dit-xxl")
 
 
