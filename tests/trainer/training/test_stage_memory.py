@@ -49,7 +49,11 @@ os._exit(code)
 
 def _peak_rss_mib(args: list[str], log: Path) -> float:
     """Run one stage (`python -m atoll.trainer` arguments) to completion; its peak resident set in MiB."""
-    env = {**os.environ, "ATOLL_TORCH_THREADS": "1"}
+    # glibc gives each thread that allocates its own arena (up to 8 per core): how many the
+    # stage's threads (checkpoint upload, heartbeat, prefetch) touch depends on the machine's
+    # load, not on the data, and can move the peak by hundreds of MB between two runs. Two
+    # arenas for both runs keep that noise out of the comparison.
+    env = {**os.environ, "ATOLL_TORCH_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
     report = log.with_suffix(".rss")
     with log.open("wb") as out:
         done = subprocess.run(
