@@ -9,14 +9,13 @@ reason, like FID.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from atoll.trainer.encoders import WEIGHTS_ENV
+from atoll.trainer.evaluation.inception import find_weights
 
 I3D_ENV = "ATOLL_I3D_WEIGHTS"
 I3D_FILE = "i3d_torchscript.pt"
@@ -28,19 +27,7 @@ I3D_MIN_FRAMES = 9
 
 def find_i3d() -> tuple[Path | None, str]:
     """The weights file if present, else None and why (for metrics.json)."""
-    candidates: list[Path] = []
-    if os.environ.get(I3D_ENV):
-        candidates.append(Path(os.environ[I3D_ENV]).expanduser())
-    if os.environ.get(WEIGHTS_ENV):
-        candidates.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / I3D_FILE)
-    for path in candidates:
-        if path.is_file():
-            return path, ""
-    looked = ", ".join(str(p) for p in candidates) or f"${I3D_ENV} and ${WEIGHTS_ENV} (both unset)"
-    return None, (
-        f"no I3D weights on this machine (looked at {looked}); download {I3D_URL} where there is"
-        f" network and point ${I3D_ENV} at it (or put it in ${WEIGHTS_ENV}/)"
-    )
+    return find_weights(I3D_ENV, I3D_FILE, I3D_URL, "I3D")
 
 
 class I3DFeatures:

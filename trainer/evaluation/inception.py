@@ -20,21 +20,27 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 
 
-def find_inception() -> tuple[Path | None, str]:
-    """The weights file if present, else None and why (for metrics.json)."""
+def find_weights(env: str, filename: str, url: str, name: str) -> tuple[Path | None, str]:
+    """A TorchScript metric network's file: $env, else $ATOLL_WEIGHTS_DIR/filename; else None and
+    why (for metrics.json)."""
     candidates: list[Path] = []
-    if os.environ.get(INCEPTION_ENV):
-        candidates.append(Path(os.environ[INCEPTION_ENV]).expanduser())
+    if os.environ.get(env):
+        candidates.append(Path(os.environ[env]).expanduser())
     if os.environ.get(WEIGHTS_ENV):
-        candidates.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / INCEPTION_FILE)
+        candidates.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / filename)
     for path in candidates:
         if path.is_file():
             return path, ""
-    looked = ", ".join(str(p) for p in candidates) or f"${INCEPTION_ENV} and ${WEIGHTS_ENV} (both unset)"
+    looked = ", ".join(str(p) for p in candidates) or f"${env} and ${WEIGHTS_ENV} (both unset)"
     return None, (
-        f"no Inception weights on this machine (looked at {looked}); download {INCEPTION_URL} where there is"
-        f" network and point ${INCEPTION_ENV} at it (or put it in ${WEIGHTS_ENV}/)"
+        f"no {name} weights on this machine (looked at {looked}); download {url} where there is"
+        f" network and point ${env} at it (or put it in ${WEIGHTS_ENV}/)"
     )
+
+
+def find_inception() -> tuple[Path | None, str]:
+    """The weights file if present, else None and why (for metrics.json)."""
+    return find_weights(INCEPTION_ENV, INCEPTION_FILE, INCEPTION_URL, "Inception")
 
 
 class InceptionFeatures:
