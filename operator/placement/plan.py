@@ -74,7 +74,7 @@ class Plan:
         return next((a for a in self.assignments if a.expert == expert), None)
 
     def to_json(self) -> dict[str, Any]:
-        """The document `atoll plan` prints (issue 6's shape exactly)."""
+        """The document `atoll plan` prints (its documented shape exactly)."""
         return {
             "assignments": [a.to_json() for a in self.assignments],
             "makespanSeconds": round(self.makespan_seconds, 1),

@@ -44,7 +44,7 @@ heuristic's plan is kept."""
 
 
 def _without_start(problem: Problem) -> Problem:
-    """The problem with training time alone: issue 6's lower bound counts samples over speed."""
+    """The problem with training time alone: the lower bound counts samples over speed."""
     jobs = tuple(
         job
         if job.pinned

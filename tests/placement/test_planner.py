@@ -36,7 +36,7 @@ def test_a_lone_expert_takes_every_gpu_of_the_best_node() -> None:
     result = plan_run(run(clusters=1), [node("h100", H100, 8), node("l4", L4, 4)], now=NOW)
     (only,) = result.assignments
     assert (only.node, only.gpus, only.micro_batch * only.grad_accum * only.gpus) == ("h100", 8, 256)
-    # the bound is training time alone (issue 6); the plan adds the start of the expert
+    # the bound is training time alone; the plan adds the start of the expert
     assert result.makespan_seconds == pytest.approx(result.lower_bound_seconds + START_SECONDS)
 
 
