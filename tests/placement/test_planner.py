@@ -126,6 +126,6 @@ def test_identical_nodes_beyond_the_experts_change_no_plan_and_still_count_in_th
     few = plan_run(spec, [node("h100", H100, 8), *tail[:3]], now=NOW)
     assert many.makespan_seconds == pytest.approx(few.makespan_seconds)
     assert [a.node for a in many.assignments] == [a.node for a in few.assignments]
-    # issue 6's bound: all samples over the speed of every usable GPU (all 30 T4s count)
+    # the lower bound: all samples over the speed of every usable GPU (all 30 T4s count)
     speed = 8 * many.speeds["NVIDIA-H100-80GB-HBM3"] + 30 * many.speeds["Tesla-T4"]
     assert many.lower_bound_seconds == pytest.approx(3 * 10_000 * 256 / speed)
