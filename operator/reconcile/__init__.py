@@ -14,7 +14,7 @@ index that shows its pod, and every later decision reads a copy at least that ne
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -98,8 +98,16 @@ def decide_reserving(
     memory: RunMemory,
     settings: OperatorSettings,
 ) -> Decision:
-    """Under the ledger's lock: the GPU usage (every holder the index shows now, plus what
-    was promised and is not shown yet), the decision on it, and its GPUs reserved."""
+    """The decision, made on the GPU usage when it needs it: first without it, and where that
+    decision never read the usage (nothing to place, no move check due: most ticks of a
+    training run), that is the decision. Otherwise, under the ledger's lock: the GPU usage
+    (every holder the index shows now, plus what was promised and is not shown yet), the
+    decision on it, and its GPUs reserved. Runs that only watch their pods thus never wait for
+    the lock, nor for the copy of the index it guards, while another run places."""
+    usage = UsageProbe()
+    decision = decide(replace(observation, busy_gpus=usage), memory, settings)
+    if not usage.read:
+        return decision
     with ledger.deciding():
         observation = replace(observation, busy_gpus=ledger.usage(holders()))
         decision = decide(observation, memory, settings)
@@ -107,6 +115,30 @@ def decide_reserving(
             if create.node is not None:
                 ledger.reserve(create.key, create.node, create.gpus)
     return decision
+
+
+class UsageProbe(Mapping[str, int]):
+    """An empty GPU usage that remembers whether anything looked at it: a pure decision that
+    never did is the same on any usage."""
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def __getitem__(self, node: str) -> int:
+        self.read = True
+        raise KeyError(node)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read = True
+        return iter(())
+
+    def __len__(self) -> int:
+        self.read = True
+        return 0
+
+    def __contains__(self, node: object) -> bool:
+        self.read = True
+        return False
 
 
 def remember(before: RunMemory, decision: Decision, applied: Applied) -> RunMemory:

@@ -462,6 +462,48 @@ def test_the_gpu_holders_are_read_under_the_ledgers_lock() -> None:
     assert ledger.usage({})["t4-0"] == 1, "it reserved once the decision was made"
 
 
+def test_a_tick_with_nothing_to_place_neither_copies_the_index_nor_waits_for_the_ledger() -> None:
+    """Most ticks of a training run only watch its pods: they decide without the GPU usage, so
+    they neither wait for the ledger's lock while another run places nor copy the index's GPU
+    holders (a round trip to the busy event loop, under that lock, once per tick of every run)."""
+    status, experts, pods = running_experts()
+    observation = observe(run_with(status), experts=experts, pods=pods)
+    ledger = GpuLedger()
+
+    def holders() -> dict[str, GpuHolder]:
+        raise AssertionError("the GPU holders were copied for a tick that places nothing")
+
+    with ledger.deciding():  # another run is placing: this tick must not wait for it
+        done: list[Decision] = []
+        watcher = threading.Thread(
+            target=lambda: done.append(decide_reserving(ledger, observation, holders, RunMemory(), SETTINGS))
+        )
+        watcher.start()
+        watcher.join(timeout=5)
+    assert done, "the tick waited for the ledger's lock"
+    assert done[0] == decide_reserving(ledger, observation, dict, RunMemory(), SETTINGS)
+
+
+def test_a_tick_that_places_decides_on_the_gpu_usage() -> None:
+    """A fresh run places its partition: that decision reads the usage, so it is made again under
+    the lock on the real one (here: the node it would take when all are free is full)."""
+    t4s = [gpu_node(f"t4-{i}", "Tesla-T4", 15360, 1) for i in range(2)]
+    free = decide_reserving(GpuLedger(), observe(nodes=t4s), dict, RunMemory(), SETTINGS)
+    (first,) = {a.node for a in created(free).values()}
+    copies: list[int] = []
+
+    def holders() -> dict[str, GpuHolder]:
+        copies.append(1)
+        return {"ns/other": GpuHolder(str(first), 1)}
+
+    ledger = GpuLedger()
+    busy = decide_reserving(ledger, observe(nodes=t4s), holders, RunMemory(), SETTINGS)
+    assert copies == [1]
+    (other,) = {"t4-0", "t4-1"} - {first}
+    assert {a.node for a in created(busy).values()} == {other}
+    assert ledger.usage({}) == {other: 1}, "the partition's GPU is reserved"
+
+
 def test_expert_statuses_are_patched_only_when_they_change() -> None:
     status, experts, pods = running_experts()
     beat = {"expert-0": heartbeat("expert", 1, expert_index=0, step=20, total_steps=100)}
