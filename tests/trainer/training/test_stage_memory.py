@@ -6,7 +6,9 @@ reports its peak anonymous memory (sampled every 2 ms) before the interpreter te
 only blur the comparison). The expert and the router run on a synthetic run of 1,000 and of
 8,000 examples of 42 KiB each (3×16×16 latents, 77×256 half-precision captions: 42 and 336 MB
 of shards); the partition runs on tar shards of 4,000 and 24,000 images (16 px: 3 KiB of pixel
-features each). The bigger run's peak must stay within 40 MB of the smaller one's.
+features each). The bigger run's peak must stay within 40 MB of the smaller one's. On the code
+before streaming (eb2c2fe) the expert's anonymous peak grew from 532 to 674 MiB and the
+router's from 610 to 1289 MiB (both fail); here they stay within 2 MiB.
 """
 
 from __future__ import annotations
