@@ -66,9 +66,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config = kopf.OperatorSettings()
     config.persistence.finalizer = FINALIZER
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    config.persistence.diffbase_storage = RunsOnlyDiffBase(prefix=API_GROUP, key="last-handled-configuration")
     # Handler log lines are not Events (they would flood them); the reconciler posts its
     # own Events on every transition. Errors of kopf itself still become Events.
     config.posting.level = logging.ERROR
@@ -81,6 +79,23 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config.watching.client_timeout = 330
     config.networking.request_timeout = 60
     return config
+
+
+INDEXED_ONLY = frozenset({"Pod", "Node", EXPERT.kind})
+"""Kinds the operator only indexes: no change handler or daemon looks at their diffs."""
+
+
+class RunsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base ("essence": a deep copy of the object without its status), built only
+    for the kinds that have change handlers or daemons (DDMRuns). kopf builds one for every
+    watch event of every watched kind, and pods, nodes and DDMExperts have none of those
+    handlers: at 1000 nodes and 2000 pods those deep copies were a fifth of the event loop's
+    time, which delays the indexes the reconciler reads."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("kind") in INDEXED_ONLY:
+            return cast(kopf.BodyEssence, {})
+        return super().build(body=body, extra_fields=extra_fields)
 
 
 def post_event(event: Event) -> None:

@@ -1,9 +1,12 @@
-"""The kopf glue's copy of the indexes: taken at once, it never changes with the indexes."""
+"""The kopf glue: its copy of the indexes (taken at once, it never changes with the indexes) and kopf's settings."""
 
 from __future__ import annotations
 
-from atoll.operator.handlers import gpu_holders, snapshot
+import kopf
+
+from atoll.operator.handlers import gpu_holders, kopf_settings, snapshot
 from atoll.operator.ledger import GpuHolder
+from atoll.operator.settings import OperatorSettings
 
 from .situations import FLEET, expert, pod
 
@@ -29,3 +32,16 @@ def test_a_snapshot_is_a_copy_of_the_indexes() -> None:
     assert len(copied.pods) == 1
     assert "y/new" not in holders
     assert len(copied.nodes) == 3
+
+
+def test_kopf_keeps_no_diff_base_for_the_kinds_it_only_indexes() -> None:
+    """kopf deep-copies every watched object's essence on each event to find its changes; only
+    DDMRuns have handlers that use it (the finalizer, the daemon), so pods, nodes and DDMExperts
+    get an empty one, and DDMRuns the full one."""
+    storage = kopf_settings(OperatorSettings()).persistence.diffbase_storage
+    metadata = {"name": "x", "namespace": "ns", "labels": {"a": "b"}}
+    for kind in ("Pod", "Node", "DDMExpert"):
+        body = kopf.Body({"apiVersion": "v1", "kind": kind, "metadata": metadata, "spec": {"big": list(range(1000))}})
+        assert storage.build(body=body) == {}, kind
+    run = kopf.Body({"apiVersion": "atoll.dev/v1alpha1", "kind": "DDMRun", "metadata": metadata, "spec": {"k": 1}})
+    assert storage.build(body=run) == {"metadata": {"labels": {"a": "b"}}, "spec": {"k": 1}}
