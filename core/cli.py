@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "plan": "atoll.operator.placement.cli",
     "calibrate": "atoll.operator.placement.calibrate",
     "agent": "atoll.operator.agent.cli",
+    "island": "atoll.operator.islands.command",
 }
 
 

@@ -62,6 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-gpus-per-pod", type=int, metavar="N", help="cap GPUs per stage pod (1 on fleets with fake GPUs)"
     )
     parser.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    islands = parser.add_argument_group("compute islands")
+    islands.add_argument(
+        "--island-namespace",
+        metavar="NS",
+        help="probe every ComputeIsland with its kubeconfig Secret in NS and keep its status current (default: off)",
+    )
+    islands.add_argument(
+        "--island-interval", type=float, default=10.0, metavar="S", help="seconds between probes of a connected island"
+    )
     election = parser.add_argument_group("high availability")
     election.add_argument(
         "--leader-elect", action="store_true", help="run as one of several replicas: only the Lease holder acts"
@@ -169,6 +178,15 @@ def main(args: argparse.Namespace) -> int:
     )
     if elector is not None:
         elector.start()
+    monitor = None
+    if args.island_namespace:
+        from atoll.operator.islands.monitor import IslandMonitor
+
+        monitor = IslandMonitor(
+            load_config(args.kubeconfig), args.island_namespace,
+            interval_seconds=args.island_interval, acting=leadership.acting,
+        ).start()  # fmt: skip
+        log.info("probing compute islands", secrets_namespace=args.island_namespace)
     try:
         kopf.run(
             registry=registry,
@@ -179,6 +197,8 @@ def main(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
         )
     finally:
+        if monitor is not None:
+            monitor.stop()
         if elector is not None:
             elector.stop(release=True)
     return 0

@@ -8,12 +8,15 @@ from atoll.errors import BadInputError
 
 
 class SpecError(BadInputError, ValueError):
-    """A DDMRun that is not valid. `problems` lists `path: message` lines, paths in camelCase."""
+    """A DDMRun (or another atoll object) that is not valid.
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    `problems` lists `path: message` lines, paths in camelCase.
+    """
+
+    def __init__(self, source: str, problems: list[str], *, kind: str = "DDMRun") -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source} is not a valid DDMRun:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(f"{source} is not a valid {kind}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:

@@ -1,4 +1,4 @@
-"""Where a run's pods may go: GPU constraints, node selector, tolerations, CPU and memory per GPU.
+"""Where a run's pods may go: islands, GPU constraints, node selector, tolerations, CPU and memory per GPU.
 
 Part of the DDMRun spec (atoll.api.spec re-exports these models). Label keys and values,
 taint keys and toleration fields follow Kubernetes' own rules (atoll.api.names), so a run
@@ -14,10 +14,12 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from atoll.api.base import SpecModel
 from atoll.api.names import (
+    DNS_LABEL_PATTERN,
     LABEL_VALUE_MAX,
     LABEL_VALUE_PATTERN,
     QUALIFIED_NAME_MAX,
     QUALIFIED_NAME_PATTERN,
+    dns_label_problem,
     label_value_problem,
     qualified_name_problem,
 )
@@ -35,6 +37,24 @@ LabelValue = Annotated[
     AfterValidator(_label_value),
 ]
 """A Kubernetes label value (pattern in the CRD, a clear reason in pydantic)."""
+
+
+HOME_ISLAND = "home"
+"""The implicit island of the cluster the operator runs in; no ComputeIsland may take the name."""
+
+
+def _island_name(value: str) -> str:
+    if problem := dns_label_problem(value):
+        raise ValueError(f"invalid island name {value!r}: {problem}")
+    return value
+
+
+IslandName = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": DNS_LABEL_PATTERN, "maxLength": 63}),
+    AfterValidator(_island_name),
+]
+"""A ComputeIsland's name as a run names it (a DNS label), or `home` for the operator's own cluster."""
 
 
 def check_label_keys(value: dict[str, str], what: str) -> dict[str, str]:
@@ -124,8 +144,50 @@ class Toleration(SpecModel):
         return value
 
 
+class IslandPlacement(SpecModel):
+    """Which clusters (ComputeIslands, and `home`) the run's experts may go to."""
+
+    restrict: list[IslandName] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description=f"Only these islands ({HOME_ISLAND!r} is the operator's own cluster); every island when empty.",
+    )
+    prefer: list[IslandName] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description=(
+            "Islands to use first, in this order, when the plan's makespan is the same; each must be"
+            " in restrict when restrict is set."
+        ),
+    )
+
+    @field_validator("restrict", "prefer")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"names an island more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("prefer")
+    @classmethod
+    def _preferred_are_allowed(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        restrict = info.data.get("restrict") or []
+        outside = [name for name in value if restrict and name not in restrict]
+        if outside:
+            raise ValueError(f"prefers {', '.join(outside)}, which placement.islands.restrict leaves out")
+        return value
+
+
 class PlacementSpec(SpecModel):
     """Where the run's pods may go, and what CPU and memory they get."""
+
+    islands: IslandPlacement = Field(
+        default_factory=IslandPlacement,
+        description="Which clusters experts may run on: this one (home) and the ComputeIslands.",
+    )
 
     gpu: GPURequirements = Field(default_factory=GPURequirements, description="GPU constraints.")
     node_selector: dict[str, LabelValue] = Field(

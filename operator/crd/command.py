@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "print the DDMRun and DDMExpert CustomResourceDefinitions as YAML"
+HELP = "print the DDMRun, DDMExpert and ComputeIsland CustomResourceDefinitions as YAML"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
-"""The DDMRun and DDMExpert CustomResourceDefinitions, built from the API models.
+"""The DDMRun, DDMExpert and ComputeIsland CustomResourceDefinitions, built from the API models.
 
-Field schemas come from the pydantic models (atoll.api.spec, atoll.api.status); this
+Field schemas come from the pydantic models (atoll.api.spec, atoll.api.status, atoll.api.island); this
 module adds what only Kubernetes knows: CEL rules for cross-field checks, immutability,
 printer columns, names and the status subresource. Pure: never talks to a cluster.
 """
@@ -8,12 +8,15 @@ printer columns, names and the status subresource. Pure: never talks to a cluste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus
+from atoll.api.names import LABEL_VALUE_PATTERN
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.presets import PRESETS
 from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertSpec, DDMExpertStatus, DDMRunStatus
-from atoll.operator.crd.cel import IMMUTABLE, Rule
+from atoll.operator.crd.cel import IMMUTABLE, Rule, cel_string
 from atoll.operator.crd.pod_rules import POD_LIMITS, POD_LIST_MAPS, POD_RULES
 from atoll.operator.crd.schema import Schema, structural_schema
 
@@ -27,6 +30,7 @@ class Kind:
     kind: str
     plural: str
     short_name: str
+    scope: Literal["Namespaced", "Cluster"] = "Namespaced"
 
     @property
     def crd_name(self) -> str:
@@ -35,6 +39,7 @@ class Kind:
 
 RUN = Kind(kind="DDMRun", plural="ddmruns", short_name="ddm")
 EXPERT = Kind(kind="DDMExpert", plural="ddmexperts", short_name="ddmx")
+ISLAND = Kind(kind="ComputeIsland", plural="computeislands", short_name="island", scope="Cluster")
 
 
 def _preset_batch() -> str:
@@ -76,6 +81,14 @@ SPEC_RULES: dict[str, list[Rule]] = {
             "partition.clusters must not exceed dataset.maxExamples (every expert needs examples)",
             ".partition.clusters",
         ),
+    ],
+    "placement.islands": [
+        Rule(
+            "!has(self.restrict) || size(self.restrict) == 0 || !has(self.prefer)"
+            " || self.prefer.all(name, name in self.restrict)",
+            "placement.islands.prefer names an island that placement.islands.restrict leaves out",
+            ".prefer",
+        )
     ],
     "dataset": [IMMUTABLE],
     "partition": [IMMUTABLE],
@@ -159,7 +172,7 @@ def _crd(kind: Kind, spec: Schema, status: Schema, columns: list[dict[str, Any]]
         "metadata": {"name": kind.crd_name, "labels": {"app.kubernetes.io/name": "atoll"}},
         "spec": {
             "group": API_GROUP,
-            "scope": "Namespaced",
+            "scope": kind.scope,
             "names": {
                 "kind": kind.kind,
                 "listKind": f"{kind.kind}List",
@@ -226,6 +239,48 @@ def expert_crd() -> Schema:
     return _crd(EXPERT, spec, structural_schema(DDMExpertStatus, defaults=False), columns, [])
 
 
+ISLAND_NAME_RULE = Rule(
+    "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+    f" && self.metadata.name != '{HOME_ISLAND}'",
+    f"metadata.name must be a DNS label (at most 63 lower-case letters, digits and '-') other than"
+    f" '{HOME_ISLAND}', the implicit island of the home cluster",
+)
+
+
+COST_PRODUCTS_RULE = Rule(
+    "self.all(product, product.size() > 0 && product.size() <= 63"
+    f" && product.matches({cel_string(LABEL_VALUE_PATTERN)}))",
+    "costPerGpuHour keys must be GPU products (nvidia.com/gpu.product values: label values, at most 63 characters)",
+)
+
+
+def _condition(kind: str, field: str) -> str:
+    return f'.status.conditions[?(@.type=="{kind}")].{field}'
+
+
+def island_crd() -> Schema:
+    """The ComputeIsland CRD (cluster-scoped: another cluster experts may run on)."""
+    columns = [
+        _column("Connected", _condition("Connected", "status"), description="Whether the operator reaches the island."),
+        _column("Ready", _condition("Ready", "status"), description="Whether the island accepts new experts."),
+        _column("Reason", _condition("Ready", "reason"), description="Why the island is (not) Ready."),
+        _column("GPUs", ".status.gpus", "integer", "Allocatable GPUs on usable nodes."),
+        _column("Free", ".status.freeGpus", "integer", "GPUs no pod requests now."),
+        _column("Cordoned", ".spec.cordoned", "boolean", "A cordoned island accepts no new experts."),
+        _column("Failures", ".status.failedAttempts", "integer", "Failed probes in a row."),
+        _column("Disconnected", ".status.disconnectedSince", "date", "Since when the island has been unreachable."),
+        _column("Products", ".status.products", description="GPU products and counts.", priority=1),
+        _column("Namespace", ".spec.namespace", description="Namespace used on the island.", priority=1),
+        _column("Next-Retry", ".status.nextRetryTime", "date", "When the next probe is due.", priority=1),
+        _column("Version", ".status.serverVersion", description="Kubernetes version of the island.", priority=1),
+        AGE,
+    ]
+    spec = structural_schema(ComputeIslandSpec)
+    spec["properties"]["costPerGpuHour"]["x-kubernetes-validations"] = [COST_PRODUCTS_RULE.render()]
+    status = structural_schema(ComputeIslandStatus, defaults=False)
+    return _crd(ISLAND, spec, status, columns, [ISLAND_NAME_RULE])
+
+
 def all_crds() -> list[Schema]:
     """Every CRD atoll serves, in the order they are applied."""
-    return [run_crd(), expert_crd()]
+    return [run_crd(), expert_crd(), island_crd()]

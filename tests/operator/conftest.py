@@ -19,6 +19,7 @@ import pytest
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
 from tests.env.process import kill_group, start_group
+from tests.operator.islands import Island, start_island
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -27,12 +28,20 @@ SECRET = "minio-credentials"
 
 @pytest.fixture(scope="session")
 def atoll_crds(control_plane: ControlPlane) -> ControlPlane:
-    """The DDMRun and DDMExpert CRDs from crds/, established in the session's API server."""
+    """The DDMRun, DDMExpert and ComputeIsland CRDs from crds/, established in the session's API server."""
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    control_plane.kubectl(
+    wait = (
         "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev",
+        "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev", "crd/computeislands.atoll.dev",
     )  # fmt: skip
+    for _ in range(20):
+        # A CRD created a moment ago may have no status.conditions yet: kubectl wait then fails at
+        # once ("accessor error") instead of waiting; ask again.
+        result = control_plane.kubectl(*wait, check=False)
+        if result.returncode == 0 or "accessor error" not in result.stderr:
+            break
+        time.sleep(0.5)
+    control_plane.kubectl(*wait)
     return control_plane
 
 
@@ -165,3 +174,9 @@ def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
         if item["type"] == kind:
             return dict(item)
     return {}
+
+
+@pytest.fixture(scope="session")
+def island(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Island]:
+    """A second control plane standing in for a compute island (charts/atoll-island installed)."""
+    yield from start_island(tmp_path_factory.mktemp("island"))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from atoll.cli import main as atoll_main
-from atoll.operator.crd import all_crds, crd_file_name, expert_crd, render_crd, run_crd
+from atoll.operator.crd import all_crds, crd_file_name, expert_crd, island_crd, render_crd, run_crd
 from atoll.operator.crd.schema import walk
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -30,10 +30,14 @@ def test_crds_directory_is_current() -> None:
 def test_atoll_crds_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert atoll_main(["crds"]) == 0
     documents = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert [d["metadata"]["name"] for d in documents] == ["ddmruns.atoll.dev", "ddmexperts.atoll.dev"]
+    assert [d["metadata"]["name"] for d in documents] == [
+        "ddmruns.atoll.dev",
+        "ddmexperts.atoll.dev",
+        "computeislands.atoll.dev",
+    ]
 
 
-@pytest.mark.parametrize("crd", [run_crd(), expert_crd()], ids=["DDMRun", "DDMExpert"])
+@pytest.mark.parametrize("crd", [run_crd(), expert_crd(), island_crd()], ids=["DDMRun", "DDMExpert", "ComputeIsland"])
 def test_schemas_are_structural_and_documented(crd: dict[str, Any]) -> None:
     for path, node in walk(_schema(crd)):
         assert not set(FORBIDDEN) & set(node), f"{path} keeps {set(FORBIDDEN) & set(node)}"
@@ -66,6 +70,18 @@ def test_expert_crd_columns() -> None:
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
     for wanted in ("Run", "Cluster", "Examples", "Node", "GPU", "Step", "Loss", "Checkpoint", "Restarts"):
         assert wanted in columns
+
+
+def test_island_crd_is_cluster_scoped_with_status_columns() -> None:
+    crd = island_crd()
+    names = crd["spec"]["names"]
+    assert (crd["spec"]["scope"], names["kind"], names["shortNames"]) == ("Cluster", "ComputeIsland", ["island"])
+    columns = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Connected"] == '.status.conditions[?(@.type=="Connected")].status'
+    for wanted in ("Ready", "Reason", "GPUs", "Free", "Cordoned", "Failures", "Disconnected", "Next-Retry", "Products"):
+        assert wanted in columns
+    conditions = _schema(crd)["properties"]["status"]["properties"]["conditions"]["items"]
+    assert conditions["properties"]["type"]["enum"] == ["Connected", "Ready"]
 
 
 def test_defaults_bounds_enums_and_cel_rules_reach_the_schema() -> None:

@@ -262,15 +262,32 @@ MALFORMED: list[tuple[str, list[Callable[[dict[str, Any]], None]], str, bool]] =
         "spec.template.priorityClassName",
         True,
     ),
+    (
+        "island not a DNS label",
+        [_set("spec.placement.islands.restrict", ["Lab"])],
+        "spec.placement.islands.restrict[0]",
+        True,
+    ),
+    ("island named twice", [_set("spec.placement.islands.prefer", ["a", "a"])], "spec.placement.islands.prefer", True),
+    (
+        "preferred island left out",
+        [_set("spec.placement.islands", {"restrict": ["home"], "prefer": ["lab"]})],
+        "spec.placement.islands.prefer",
+        True,
+    ),
 ]
 
 
-@pytest.mark.parametrize("kind", ["ddmrun", "ddmexpert"])
+KINDS = {"ddmrun": "DDMRun", "ddmexpert": "DDMExpert", "computeisland": "ComputeIsland"}
+DEEP_FIELDS = {"ddmrun": "expert.microBatchSize", "ddmexpert": "steps", "computeisland": "kubeconfigSecretRef.key"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_kubectl_explain_documents_every_field(atoll_crds: ControlPlane, kind: str) -> None:
     """Every property of the served OpenAPI schema has a description, and kubectl explain shows it."""
     served = json.loads(atoll_crds.kubectl("get", "--raw", "/openapi/v3/apis/atoll.dev/v1alpha1").stdout)
     schemas = served["components"]["schemas"]
-    name = f"dev.atoll.v1alpha1.{'DDMRun' if kind == 'ddmrun' else 'DDMExpert'}"
+    name = f"dev.atoll.v1alpha1.{KINDS[kind]}"
     missing: list[str] = []
 
     def visit(node: dict[str, Any], path: str) -> None:
@@ -291,7 +308,7 @@ def test_kubectl_explain_documents_every_field(atoll_crds: ControlPlane, kind: s
         assert field in text, f"kubectl explain {kind}.spec does not list {field}"
         description = child.get("description") or child["allOf"][0].get("description", "")
         assert description.split()[0] in text
-    deep = atoll_crds.kubectl("explain", f"{kind}.spec.{'expert.microBatchSize' if kind == 'ddmrun' else 'steps'}")
+    deep = atoll_crds.kubectl("explain", f"{kind}.spec.{DEEP_FIELDS[kind]}")
     assert "DESCRIPTION" in deep.stdout
     assert len(deep.stdout.split("DESCRIPTION:")[1].strip()) > 10
 

@@ -104,7 +104,8 @@ def test_operator_agent_planner_and_crds_run_without_the_extra(operator_venv: Pa
     crds = run(operator_venv, "atoll", "crds")
     assert crds.returncode == 0, crds.stderr
     kinds = {doc["spec"]["names"]["kind"] for doc in yaml.safe_load_all(crds.stdout) if doc}
-    assert kinds == {"DDMRun", "DDMExpert"}
+    assert kinds == {"DDMRun", "DDMExpert", "ComputeIsland"}
+    assert run(operator_venv, "atoll", "island", "add", "--help").returncode == 0
 
 
 @pytest.mark.parametrize(

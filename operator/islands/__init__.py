@@ -1,0 +1,1 @@
+"""Compute islands: other Kubernetes clusters the home operator reaches with a kubeconfig Secret."""

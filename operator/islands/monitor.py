@@ -1,0 +1,136 @@
+"""Keeps every ComputeIsland's status current: probes each island, patches its status, posts an
+Event when Connected or Ready changes.
+
+A loop on a thread of its own, next to kopf (`atoll operator --island-namespace NS`): each
+tick lists the islands and reads each one's kubeconfig Secret from NS; it probes an island
+when a probe is due (always while connected; after nextRetryTime while disconnected), when
+its spec changed, or when its Secret changed (a rotation is used at the next tick, backoff
+or not). Only the leader replica acts. It never logs, stores or posts a kubeconfig or token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus
+from atoll.api.spec import API_GROUP, API_GROUP_VERSION, API_VERSION
+from atoll.log import get_logger
+from atoll.operator.crd import ISLAND
+from atoll.operator.islands.probe import probe as probe_island
+from atoll.operator.islands.probe import read_kubeconfig
+from atoll.operator.islands.status import Outcome, Unreached, changed, due, next_status
+
+log = get_logger(__name__)
+EVENT_NAMESPACE = "default"
+"""Events about a cluster-scoped object live in `default` (where kubectl describe looks)."""
+
+
+class IslandMonitor:
+    """Probes the islands every `interval_seconds` and writes what it saw into their status."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        namespace: str,
+        *,
+        interval_seconds: float = 10.0,
+        acting: Callable[[], bool] = lambda: True,
+        probe: Callable[[str, str], Outcome] = probe_island,
+    ) -> None:
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.interval_seconds = interval_seconds
+        self.acting = acting
+        self.probe = probe
+        self.custom: Any = client.CustomObjectsApi(api_client)  # dict bodies, dict answers
+        self.core: Any = client.CoreV1Api(api_client)
+        self._secret_versions: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- one tick -------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        """Probe every island that needs it and patch its status."""
+        islands = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, ISLAND.plural)["items"]
+        names = {island["metadata"]["name"] for island in islands}
+        self._secret_versions = {name: v for name, v in self._secret_versions.items() if name in names}
+        for island in islands:
+            self.reconcile(island, now or datetime.now(UTC))
+
+    def reconcile(self, island: dict[str, Any], now: datetime) -> None:
+        name = island["metadata"]["name"]
+        generation = island["metadata"].get("generation")
+        try:
+            spec = ComputeIslandSpec.model_validate(island.get("spec") or {})
+            previous = ComputeIslandStatus.model_validate(island.get("status") or {})
+        except ValidationError as error:
+            log.warning("island skipped: unreadable spec or status", island=name, errors=error.error_count())
+            return
+        secret = read_kubeconfig(self.core, self.namespace, spec.kubeconfig_secret_ref)
+        version = secret[1] if isinstance(secret, tuple) else ""
+        rotated = self._secret_versions.get(name) != version
+        if not (due(previous, now) or rotated or previous.observed_generation != generation):
+            return
+        outcome = secret if isinstance(secret, Unreached) else self.probe(secret[0], spec.namespace)
+        current = next_status(previous, outcome, spec=spec, now=now, generation=generation)
+        body = {"status": current.model_dump(by_alias=True, mode="json")}
+        self.custom.patch_cluster_custom_object_status(API_GROUP, API_VERSION, ISLAND.plural, name, body)
+        self._secret_versions[name] = version
+        for condition in changed(previous, current):
+            self._event(island, condition.status == "True", condition.reason, f"{condition.type}: {condition.message}")
+        log.info(
+            "island probed",
+            island=name,
+            connected=current.conditions[0].status,
+            reason=current.conditions[0].reason,
+            ready=current.conditions[1].status,
+            gpus=current.gpus,
+            failed_attempts=current.failed_attempts,
+        )
+
+    def _event(self, island: dict[str, Any], normal: bool, reason: str, message: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        now = datetime.now(UTC).isoformat()
+        body = {
+            "metadata": {"generateName": f"{island['metadata']['name']}.", "namespace": EVENT_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": API_GROUP_VERSION, "kind": ISLAND.kind,
+                "name": island["metadata"]["name"], "uid": island["metadata"]["uid"],
+            },
+            "reason": reason, "message": message[:1024], "type": "Normal" if normal else "Warning",
+            "source": {"component": "atoll-operator"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }  # fmt: skip
+        try:
+            self.core.create_namespaced_event(EVENT_NAMESPACE, body)
+        except ApiException as error:
+            log.warning("event not posted", island=island["metadata"]["name"], status=error.status)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Tick until stopped; an error in one tick is logged and the next tick tries again."""
+        while not self._stop.is_set():
+            if self.acting():
+                try:
+                    self.tick()
+                except Exception as error:  # one bad tick must not stop the monitor
+                    log.warning("island tick failed, retried next tick", error=type(error).__name__)
+            self._stop.wait(self.interval_seconds)
+
+    def start(self) -> IslandMonitor:
+        self._thread = threading.Thread(target=self.run, name="islands", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
