@@ -42,10 +42,19 @@ class WeightsNotFoundError(BadInputError):
     """A pretrained model's weights are not where spec.weights says (or not on this machine)."""
 
 
-def load_local(name: str, repo_id: str, load: Loader[_T], *, field: str, weights: WeightsSpec | None = None) -> _T:
+def load_local(
+    name: str,
+    repo_id: str,
+    load: Loader[_T],
+    *,
+    field: str,
+    weights: WeightsSpec | None = None,
+    download: bool = True,
+) -> _T:
     """Load model `name` (Hugging Face `repo_id`) with `load` from the source `weights` names.
 
-    `field` is the spec field that chose the model (named in every error).
+    `field` is the spec field that chose the model (named in every error). `download=False`
+    keeps source hub to its cache (metrics that are reported unavailable rather than fetched).
     """
     if weights is None:
         return _load_unconfigured(name, repo_id, load, field=field)
@@ -66,7 +75,7 @@ def load_local(name: str, repo_id: str, load: Loader[_T], *, field: str, weights
         assert weights.uri is not None  # the spec requires it for source store
         return _load_directory(fetch_from_store(weights.uri, name), name, repo_id, load, "spec.weights.uri")
     try:
-        return load(repo_id, local_files_only=False, cache_dir=weights.path)
+        return load(repo_id, local_files_only=not download, cache_dir=weights.path)
     except (OSError, ValueError) as error:
         raise WeightsNotFoundError(
             f"model {name} (chosen by {field}): {repo_id} could not be loaded from the Hugging Face hub"

@@ -43,6 +43,8 @@ class RealData:
     class_names: tuple[str, ...]
     factors: tuple[tuple[str, int], ...] = ()
     """The factors class labels combine (name, size), most significant first; empty: one factor."""
+    index: torch.Tensor | None = None
+    """[n] each row's example id in the dataset (its caption is dataset.caption(id)); None when unknown."""
 
     def factor_labels(self, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Labels [n] split into their factors [n, m] (one column when the label is not composite)."""
@@ -86,6 +88,7 @@ def read_real_data(store: Store, codec: LatentCodec | None = None, batch: int = 
         text_mask=data.text_mask,
         class_names=info.class_names if labelled else tuple(f"cluster {k}" for k in range(info.clusters)),
         factors=info.label_factors,
+        index=data.index,
     )
 
 

@@ -4,7 +4,8 @@ Per strategy: `evaluation.samples` images (or clips) conditioned on real caption
 domain Fréchet distance to the real data (FVD in a 3-D evaluator's features for clips;
 Inception FID / I3D FVD when those weights exist), for clips the text–video alignment
 (how often the evaluator recognises the content and motion the caption asked for) and
-temporal consistency, expert usage and speed, and eval/grid-<strategy>.png (an animated
+temporal consistency, CLIP text–video similarity (CLIP score for images) when CLIP's weights
+exist, expert usage and speed, and eval/grid-<strategy>.png (an animated
 .gif for clips). Adds the real-vs-real noise floor (and, for clips, real clips with their
 frames shuffled), the evaluator's held-out accuracy — domain scores of an evaluator near
 chance are reported as unreliable, not as numbers — and the router's accuracy by σ.
@@ -15,6 +16,7 @@ changes them.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +27,10 @@ from atoll.log import get_logger
 from atoll.stages import StageJob, is_done
 from atoll.store import NotFoundError, Store, join_key
 from atoll.trainer.context import StageContext
+from atoll.trainer.data import DatasetError, open_dataset
+from atoll.trainer.data.base import DatasetUnreachableError
+from atoll.trainer.encoders.text import CLIP_REPO
+from atoll.trainer.evaluation.clipsim import load_clip_scorer
 from atoll.trainer.evaluation.domain import DomainMetric, RealData, build_domain_metric, read_real_data
 from atoll.trainer.evaluation.grid import grid_order, grid_png, tensor_to_images
 from atoll.trainer.evaluation.i3d import I3DFeatures, find_i3d
@@ -44,6 +50,9 @@ JOB = StageJob("evaluate")
 METRICS = JOB.done_marker
 """eval/metrics.json: the evaluate stage's done marker, written last."""
 ROUTER_METRICS = join_key(layout.ROUTER, "metrics.json")
+
+ClipSimilarity = Callable[[torch.Tensor], "float | None"]
+"""Examples generated for (or taken from) the evaluation captions → their mean CLIP similarity."""
 
 
 def grid_key(strategy: str, video: bool = False) -> str:
@@ -85,6 +94,7 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
     if weights is not None:
         standard = I3DFeatures(weights, device) if video else InceptionFeatures(weights, device)
     metric = build_domain_metric(real, samples=spec.evaluation.samples, seed=spec.evaluation.seed, inception=standard)
+    clip_similarity, clip_info = _clip_similarity(spec, real, metric.sample_rows, device)
     metrics: dict[str, Any] = {
         "dataset": spec.dataset.uri,
         "video": video,
@@ -92,8 +102,9 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
         "sampling": {"steps": spec.sampling.steps, "guidance": spec.sampling.guidance},
         "experts": pipeline.num_experts,
         "classifier": _classifier(spec, real, metric),
-        "reference": _reference(real, metric, seed=spec.evaluation.seed),
+        "reference": _reference(real, metric, clip_similarity, seed=spec.evaluation.seed),
         standard_name: {"available": standard is not None, **({"weights": str(weights)} if weights else {})},
+        "clipSimilarity": clip_info,
         "strategies": {},
         "strategyOrder": list(spec.evaluation.strategies),  # JSON objects are stored with sorted keys
         "router": _router_metrics(store),
@@ -103,14 +114,23 @@ def evaluate(store: Store, spec: DDMRunSpec, heartbeat: Heartbeat | None = None)
     if heartbeat is not None:
         heartbeat.update(step=1, message="classifier trained", force=True)
     for i, strategy in enumerate(spec.evaluation.strategies):
-        metrics["strategies"][strategy] = _evaluate_strategy(store, spec, pipeline, real, metric, strategy=strategy)
+        metrics["strategies"][strategy] = _evaluate_strategy(
+            store, spec, pipeline, real, metric, clip_similarity=clip_similarity, strategy=strategy
+        )
         if heartbeat is not None:
             heartbeat.update(step=i + 2, message=f"evaluated {strategy}", force=True)
     return metrics
 
 
 def _evaluate_strategy(
-    store: Store, spec: DDMRunSpec, pipeline: DDMPipeline, real: RealData, metric: DomainMetric, *, strategy: str
+    store: Store,
+    spec: DDMRunSpec,
+    pipeline: DDMPipeline,
+    real: RealData,
+    metric: DomainMetric,
+    *,
+    clip_similarity: ClipSimilarity | None,
+    strategy: str,
 ) -> dict[str, Any]:
     needed = parse_strategy(strategy).min_experts
     if pipeline.num_experts > 1 and needed > pipeline.num_experts:
@@ -132,6 +152,7 @@ def _evaluate_strategy(
     row: dict[str, Any] = {
         **_scores(metric, "frechetDistance", metric.distance(samples)),
         ("fvd" if video else "fid"): metric.fid(samples),
+        "clipSimilarity": clip_similarity(samples) if clip_similarity else None,
         "expertsPerStep": generated.experts_per_step,
         "expertUsage": generated.selected,
         "expertWeight": generated.weight,
@@ -201,13 +222,16 @@ def _label_description(spec: DDMRunSpec, real: RealData) -> str:
     return real.label_kind
 
 
-def _reference(real: RealData, metric: DomainMetric, *, seed: int) -> dict[str, Any]:
+def _reference(
+    real: RealData, metric: DomainMetric, clip_similarity: ClipSimilarity | None, *, seed: int
+) -> dict[str, Any]:
     """The real-vs-real noise floor: the held-out real sample against the reference half
     (and, for clips, the same clips with their frames shuffled: a metric that sees time rises far above it)."""
     sample = real.images[metric.sample_rows]
     out: dict[str, Any] = {
         **_scores(metric, "frechetDistance", metric.distance(sample)),
         ("fvd" if sample.ndim == 5 else "fid"): metric.fid(sample),
+        "clipSimilarity": clip_similarity(sample) if clip_similarity else None,
         "referenceExamples": int(metric.reference_rows.shape[0]),
         "sampleExamples": int(metric.sample_rows.shape[0]),
     }
@@ -217,6 +241,25 @@ def _reference(real: RealData, metric: DomainMetric, *, seed: int) -> dict[str, 
         out.update(_scores(metric, "alignment", both))
         out["temporalConsistency"] = temporal_consistency(sample)
     return out
+
+
+def _clip_similarity(
+    spec: DDMRunSpec, real: RealData, rows: torch.Tensor, device: torch.device
+) -> tuple[ClipSimilarity | None, dict[str, Any]]:
+    """CLIPSIM against the captions of the evaluation rows, and what metrics.json says about it: the
+    weights it was loaded from, or why it is unavailable (no weights, or captions that cannot be read)."""
+    scorer, reason = load_clip_scorer(spec.weights, device)
+    if scorer is None:
+        return None, {"available": False, "reason": reason}
+    if real.index is None:
+        return None, {"available": False, "reason": "the real data carry no example ids to read captions by"}
+    try:
+        dataset = open_dataset(spec.dataset)
+        captions = [dataset.caption(int(i)) for i in real.index[rows]]
+    except (DatasetError, DatasetUnreachableError) as error:
+        return None, {"available": False, "reason": f"the evaluation captions could not be read: {error}"}
+    info = {"available": True, "model": CLIP_REPO, "weights": scorer.weights}
+    return (lambda examples: scorer(examples, captions)), info
 
 
 def _router_metrics(store: Store) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def _inception_stand_in(path: Path) -> None:
 
 
 def test_evaluate_writes_grids_and_metrics(
-    trained_run: StageContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_run: StageContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights_dir: Path
 ) -> None:
     ctx = copy_run(trained_run, tmp_path / "run")
     assemble.run(ctx)
@@ -136,11 +136,18 @@ def test_evaluate_writes_grids_and_metrics(
     for row in (top1, full):
         assert row["frechetDistance"] > 0
         assert row["fid"] is not None
+        assert -1 <= row["clipSimilarity"] <= 1  # a tiny random CLIP: computed, not meaningful
         png = (_root(ctx) / row["grid"]).read_bytes()
         assert png.startswith(b"\x89PNG")
     assert top1["grid"] == "eval/grid-top-1.png"
     assert metrics["reference"]["frechetDistance"] >= 0
     assert metrics["fid"]["available"] is True
+    assert metrics["clipSimilarity"] == {
+        "available": True,
+        "model": "openai/clip-vit-large-patch14",
+        "weights": str(weights_dir / "clip-vitl14"),
+    }
+    assert -1 <= metrics["reference"]["clipSimilarity"] <= 1
     assert metrics["classifier"]["classes"] == 10
     assert metrics["router"]["available"] is True
     assert len(metrics["router"]["accuracyBySigma"]) == 10

@@ -101,20 +101,27 @@ def test_the_router_reads_clips_and_is_best_at_low_noise(video_run: tuple[StageC
     assert low >= buckets[-1]["accuracy"], buckets
 
 
-def test_evaluate_writes_an_animated_grid_and_video_metrics(video_run: tuple[StageContext, list[float]]) -> None:
+def test_evaluate_writes_an_animated_grid_and_video_metrics(
+    video_run: tuple[StageContext, list[float]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx, _ = video_run
+    monkeypatch.setenv("ATOLL_WEIGHTS_DIR", str(tmp_path))  # no CLIP here: said so, not faked
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     evaluate.run(ctx)
     metrics = ctx.store.get_json("eval/metrics.json")
     assert metrics["video"] is True
     assert "fvd" in metrics
     assert metrics["fvd"]["available"] is False  # no I3D weights here: said so, not faked
     assert "i3d" in metrics["fvd"]["reason"].lower()
+    assert metrics["clipSimilarity"]["available"] is False
+    assert f"{tmp_path}/clip-vitl14 (absent)" in metrics["clipSimilarity"]["reason"]
     assert [f["name"] for f in metrics["classifier"]["factors"]] == ["digit", "direction"]
     reliable = metrics["classifier"]["reliable"]
     for row in metrics["strategies"].values():
         assert (row["frechetDistance"] is not None) == reliable
         assert row["grid"].endswith(".gif")
         assert 0 <= row["temporalConsistency"] <= 1
+        assert row["clipSimilarity"] is None
         assert row["secondsPerClip"] > 0
         with PIL.Image.open(io.BytesIO(ctx.store.get_bytes(row["grid"]))) as gif:
             assert gif.format == "GIF"

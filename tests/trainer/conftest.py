@@ -1,5 +1,7 @@
 """Tiny random-init copies of the real encoders (DINOv2, CLIP, the SD and Wan VAEs), saved like real weights.
 
+Shared by the data tests (encoders, weights sources) and the evaluation tests (CLIP similarity).
+
 `tiny_weights` is a directory laid out as $ATOLL_WEIGHTS_DIR expects (one save_pretrained
 copy per Atoll model name), so the tests exercise the real transformers/diffusers loading.
 """
@@ -16,13 +18,21 @@ import pytest
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from diffusers import AutoencoderKL, AutoencoderKLWan
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPTokenizer,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     tower = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     Dinov2Model(Dinov2Config(**tower, image_size=28, patch_size=14)).save_pretrained(root / "dinov2-vitl14")
-    # Laid out like openai/clip-vit-large-patch14: one CLIPModel plus its tokenizer in the same directory.
+    # Laid out like openai/clip-vit-large-patch14: one CLIPModel plus its tokenizer and image processor in the
+    # same directory.
     clip = CLIPModel(
         CLIPConfig(
             text_config={**tower, "vocab_size": 80, "max_position_embeddings": 12, "projection_dim": 24},
@@ -40,6 +50,9 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_file=str(root / "vocab.json"), merges_file=str(root / "merges.txt"), model_max_length=12
     )
     tokenizer.save_pretrained(root / "clip-vitl14")
+    CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        root / "clip-vitl14"
+    )
     AutoencoderKL(
         block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
