@@ -107,14 +107,15 @@ def _finish(core_v1: Any, namespace: str, name: str) -> None:
     core_v1.patch_namespaced_pod_status(name, namespace, {"status": status})
 
 
-def test_pending_gpu_pods_get_nodes_of_their_product_which_go_away_once_the_pods_are_done(
+def test_pending_gpu_pods_get_nodes_of_their_product_up_to_the_limit_which_go_away_once_the_pods_are_done(
     control_plane: ControlPlane, core_v1: Any, karpenter: Karpenter, namespace: str
 ) -> None:
     suffix = uuid.uuid4().hex[:6]
     pools = {gpu: f"{karpenter_env.slug(gpu)}-{suffix}" for gpu in (fleet.L4, fleet.T4)}
+    limits = {fleet.L4: 1, fleet.T4: 4}
     manifests = [node_class(f"test-{suffix}")] + [
         node_pool(
-            name, gpu, limit_gpus=4, consolidate_after_s=5,
+            name, gpu, limit_gpus=limits[gpu], consolidate_after_s=5,
             taints=(fleet.GPU_TAINT, OPT_IN_TAINT), node_class_name=f"test-{suffix}",
         )
         for gpu, name in pools.items()
@@ -143,6 +144,19 @@ def test_pending_gpu_pods_get_nodes_of_their_product_which_go_away_once_the_pods
         assert node["metadata"]["annotations"][KWOK_NODE_ANNOTATION] == "fake"  # kwok runs it, not the pod runtime
         assert fleet.EXECUTE_LABEL not in labels
     provisioned_s = time.monotonic() - started
+
+    # The L4 NodePool may hold one GPU: one more L4 pod stays Pending, and Karpenter says why.
+    core_v1.create_namespaced_pod(namespace, _gpu_pod("one-too-many", fleet.L4.product, pools[fleet.L4]))
+    kube.wait_for(
+        lambda: [e for e in kube.events_for(core_v1, namespace, "one-too-many") if "exceed limits" in e["message"]],
+        timeout=60,
+        what="Karpenter's event that the L4 NodePool is at its GPU limit",
+    )
+    assert (kube.read_pod(core_v1, namespace, "one-too-many") or {})["status"]["phase"] == "Pending"
+    assert (
+        len(control_plane.kubectl_json("get", "nodes", "-l", f"karpenter.sh/nodepool={pools[fleet.L4]}")["items"]) == 1
+    )
+    core_v1.delete_namespaced_pod("one-too-many", namespace, grace_period_seconds=0)
 
     # One pod is deleted; the other finishes and stays, still annotated do-not-disrupt: a
     # finished pod must not hold its node.
