@@ -2,10 +2,11 @@
 
 Store credentials reach a pod only through secretKeyRef (never a value in the manifest);
 placement becomes plain Kubernetes (GPU requests, node affinity on the GPU product,
-tolerations); CPU, memory, /dev/shm, scratch and the grace period come from
-atoll.operator.pod_resources (requests equal to limits: Guaranteed QoS), with a read-only
-root filesystem. Pod names are deterministic per stage and attempt, so a restarted operator
-creates nothing twice. Pure: no API calls.
+tolerations); the annotations of atoll.operator.placement.autoscalers keep cluster-autoscaler
+and Karpenter from taking a node away while its stage runs; CPU, memory, /dev/shm, scratch
+and the grace period come from atoll.operator.pod_resources (requests equal to limits:
+Guaranteed QoS), with a read-only root filesystem. Pod names are deterministic per stage and
+attempt, so a restarted operator creates nothing twice. Pure: no API calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from atoll.api.spec import DDMRunSpec
 from atoll.operator.placement import Assignment, labels
+from atoll.operator.placement.autoscalers import protecting_annotations
 from atoll.operator.pod_resources import SCRATCH, SHM, pod_resources, runtime_env, weights_env
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.template import apply_template
@@ -161,7 +163,9 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
     """The pod of one stage attempt."""
     name = pod_name(item.run, item.job, item.attempt)
     pod_labels = {**stage_labels(item.run, item.job), LABEL_ATTEMPT: str(item.attempt)}
-    annotations: dict[str, str] = {}
+    # Every stage is work lost if its node is scaled down under it; a finished pod no longer
+    # holds its node (both autoscalers skip terminal pods).
+    annotations: dict[str, str] = protecting_annotations()
     plan = item.assignment
     gpus = plan.gpus if plan is not None else 0
     sizes = pod_resources(spec, item.job, gpus)

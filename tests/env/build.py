@@ -143,6 +143,13 @@ TOOLS: tuple[Tool, ...] = (
         commands={"helm": "helm.sh/helm/v3/cmd/helm"},
         ldflags=("-X helm.sh/helm/v3/internal/version.version={version}",),
     ),
+    Tool(
+        name="karpenter",
+        module="sigs.k8s.io/karpenter",
+        # Karpenter with its kwok cloud provider, which creates kwok-managed Nodes for NodeClaims.
+        commands={"karpenter-kwok": "sigs.k8s.io/karpenter/kwok"},
+        ldflags=("-X sigs.k8s.io/karpenter/pkg/operator.Version={version}",),
+    ),
 )
 
 

@@ -4,7 +4,9 @@ with its state under .dev/.
 
 `up` writes .dev/kubeconfig and .dev/env and a Secret `minio-credentials` in namespace
 default, applies crds/ and starts `atoll operator` with the dev MinIO as its default store,
-so `kubectl apply -f manifests/examples/quickstart.yaml` trains a run. `down` stops
+so `kubectl apply -f manifests/examples/quickstart.yaml` trains a run. `up --autoscaler
+karpenter` starts from a small fleet instead and runs Karpenter's kwok provider with one
+NodePool per GPU product (tests/env/karpenter.py), so the fleet grows. `down` stops
 everything `up` started and checks that no process is left. It never signals a process
 that does not belong to .dev/ (pids are checked against their command line).
 """
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.env import fleet, kube
+from tests.env import fleet, karpenter, kube
 from tests.env.binaries import MissingPrerequisiteError
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
@@ -35,6 +37,8 @@ STATE = DEV / "state.json"
 CLUSTER_NAME = "atoll-dev"
 DEFAULT_STORE = "s3://atoll/runs"
 OPERATOR_MARKER = "atoll operator"
+AUTOSCALER_MARKER = "karpenter-kwok"
+AUTOSCALERS = ("karpenter",)
 
 
 def _cmdline(pid: int) -> str:
@@ -83,8 +87,10 @@ def is_up(state: dict[str, Any] | None) -> bool:
         return False
     cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
     alive = [pid for pid in cluster.pids().values() if _ours(pid, str(DEV))]
+    autoscaler = (state.get("autoscaler") or {}).get("pid")
     return (
         bool(alive)
+        and (autoscaler is None or _ours(autoscaler, AUTOSCALER_MARKER))
         and _ours(state["minio"]["pid"], str(DEV / "minio"))
         and _ours(state["runtime"]["pid"], "tests.env.podruntime")
         and _ours((state.get("operator") or {}).get("pid", 0), OPERATOR_MARKER)
@@ -114,7 +120,7 @@ def _kubectl() -> Path:
     return binaries.binary("kubectl")
 
 
-def up() -> int:
+def up(autoscaler: str | None = None) -> int:
     state = _read_state()
     if is_up(state):
         print("the dev environment is already up (make dev-down stops it)")
@@ -128,6 +134,7 @@ def up() -> int:
     cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
     minio = MinioServer(DEV / "minio")
     runtime = PodRuntimeProcess(DEV / "kubeconfig", DEV / "runtime")
+    autoscaler_pid: int | None = None
     try:
         print("starting the control plane (kwokctl, binary runtime)…", flush=True)
         cluster.start()
@@ -139,12 +146,20 @@ def up() -> int:
         from kubernetes import client
 
         core: Any = client.CoreV1Api(cluster.api_client())
-        names = fleet.apply(core, fleet.default_fleet())
+        pools = karpenter.DEV_FLEET if autoscaler == "karpenter" else fleet.DEFAULT_POOLS
+        names = fleet.apply(core, fleet.nodes(pools))
         kube.wait_nodes_ready(core, names, timeout=120)
+        if autoscaler == "karpenter":
+            print("starting Karpenter (kwok provider) with a NodePool per GPU product…", flush=True)
+            karpenter.apply_crds(cluster.kubectl)
+            manifests = karpenter.dev_node_pools()
+            cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+            autoscaler_pid = karpenter.Karpenter(DEV / "kubeconfig", DEV / "karpenter").start().pid
+            _write_state(cluster, minio, runtime, autoscaler_pid=autoscaler_pid)
         print("applying Atoll's CRDs and starting the operator…", flush=True)
         cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         operator = _start_operator(minio)
-        _write_state(cluster, minio, runtime, operator)
+        _write_state(cluster, minio, runtime, operator, autoscaler_pid=autoscaler_pid)
         core.create_namespaced_secret(
             "default",
             {
@@ -166,8 +181,13 @@ def up() -> int:
     (DEV / "env").write_text(
         "".join(f"export {key}={value if key == 'PATH' else shlex.quote(value)}\n" for key, value in env.items())
     )
-    products = sorted(fleet.products_of(fleet.default_fleet()))
+    products = sorted(fleet.products_of(fleet.nodes(pools)))
     print(f"up in {time.monotonic() - started:.0f}s: {len(names)} nodes, GPU products {', '.join(products)}")
+    if autoscaler == "karpenter":
+        print(
+            "Karpenter grows the fleet for pending GPU pods (NodePools autoscaled-<product>, log"
+            " .dev/karpenter/karpenter.log): kubectl get nodepools,nodeclaims"
+        )
     print(_usage())
     return 0
 
@@ -192,13 +212,19 @@ def _start_operator(minio: MinioServer) -> int:
 
 
 def _write_state(
-    cluster: ControlPlane, minio: MinioServer, runtime: PodRuntimeProcess, operator: int | None = None
+    cluster: ControlPlane,
+    minio: MinioServer,
+    runtime: PodRuntimeProcess,
+    operator: int | None = None,
+    *,
+    autoscaler_pid: int | None = None,
 ) -> None:
     state = {
         "cluster": {"name": cluster.name, "kubeconfig": str(cluster.kubeconfig), "ports": cluster.ports},
         "minio": {"pid": minio.pid, "endpoint": minio.endpoint},
         "runtime": {"pid": runtime.pid},
         "operator": {"pid": operator},
+        "autoscaler": {"pid": autoscaler_pid} if autoscaler_pid else None,
     }
     DEV.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=2))
@@ -210,6 +236,7 @@ def down(*, quiet: bool = False) -> int:
     # processes it started.
     for key, marker in (
         ("operator", OPERATOR_MARKER),
+        ("autoscaler", AUTOSCALER_MARKER),
         ("runtime", "tests.env.podruntime"),
         ("minio", str(DEV / "minio")),
     ):
@@ -253,9 +280,14 @@ def status() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.env.devenv", description=__doc__)
     parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument(
+        "--autoscaler", choices=AUTOSCALERS, help="up: start from a small fleet that this autoscaler grows"
+    )
     args = parser.parse_args(argv)
     try:
-        return {"up": up, "down": down, "status": status}[args.command]()
+        if args.command == "up":
+            return up(args.autoscaler)
+        return {"down": down, "status": status}[args.command]()
     except MissingPrerequisiteError as missing:
         print(f"error: {missing}", file=sys.stderr)
         return 1

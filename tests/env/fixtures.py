@@ -15,12 +15,16 @@ import pytest
 
 from tests.env import binaries, kube
 from tests.env import fleet as fleet_builders
+from tests.env import karpenter as karpenter_env
 from tests.env.binaries import MissingPrerequisiteError
 from tests.env.cluster import ControlPlane
+from tests.env.karpenter import Karpenter
 from tests.env.minio import MinioServer
 from tests.env.runtime_process import PodRuntimeProcess
 
-CLUSTER_FIXTURES = frozenset({"control_plane", "fleet", "pod_runtime", "namespace", "core_v1", "operator_image"})
+CLUSTER_FIXTURES = frozenset(
+    {"control_plane", "fleet", "pod_runtime", "namespace", "core_v1", "operator_image", "karpenter"}
+)
 MINIO_FIXTURES = frozenset({"minio", "minio_client", "minio_bucket", "s3_env"})
 
 
@@ -157,3 +161,25 @@ def operator_image() -> str:
         if binaries.in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+# --- autoscaler ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def karpenter(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Karpenter]:
+    """Karpenter's kwok provider against the session's control plane for the tests of one module:
+    its CRDs applied, GPU instance types of every fleet product. Afterwards every NodePool is
+    deleted, Karpenter removes the nodes it made, and it stops."""
+    autoscaler: Karpenter = _prerequisite(
+        lambda: Karpenter(control_plane.kubeconfig, tmp_path_factory.mktemp("karpenter"))
+    )
+    karpenter_env.apply_crds(control_plane.kubectl)
+    try:
+        autoscaler.start()
+        yield autoscaler
+    finally:
+        left = karpenter_env.remove_node_pools(control_plane.kubectl)
+        autoscaler.stop()
+        karpenter_env.force_remove_nodes(control_plane.kubectl)
+        assert not left, f"Karpenter did not remove {left}; its log ends:\n{autoscaler.log_tail()}"

@@ -129,3 +129,19 @@ def test_a_makespan_plan_pins_the_pod_to_its_node() -> None:
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["h100-1"]}]
     assert term["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"]
     assert pod["metadata"]["annotations"]["atoll.dev/planned-node"] == "h100-1"
+
+
+def test_every_stage_pod_keeps_autoscalers_off_its_node_and_the_template_cannot_undo_it() -> None:
+    protected = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
+    for job, plan in ((StageJob("expert", 2), PLAN), (StageJob("partition"), None), (StageJob("router"), None)):
+        annotations = build_pod(attempt(job=job, assignment=plan), SPEC, OperatorSettings())["metadata"]["annotations"]
+        assert annotations.items() >= protected.items(), job
+    overlay = DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://digits"},
+            "template": {"annotations": {"karpenter.sh/do-not-disrupt": "false", "example.com/team": "vision"}},
+        }
+    )
+    annotations = build_pod(attempt(), overlay, OperatorSettings())["metadata"]["annotations"]
+    assert annotations["karpenter.sh/do-not-disrupt"] == "true"
+    assert annotations["example.com/team"] == "vision"
