@@ -8,8 +8,9 @@ the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped)
 counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
 API server refuses for good fails the stage; a pinned pod Pending past
 failurePolicy.pendingTimeoutSeconds (placed again away from that node when another can take
-it), or on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed again. Level-based and pure: the same observation always
-gives the same decision, so a restarted operator continues where the last one was.
+it), or on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed
+again. Level-based and pure: the same observation always gives the same decision, so a
+restarted operator continues where the last one was.
 """
 
 from __future__ import annotations
