@@ -7,9 +7,10 @@ the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped)
 (bad arguments, bad input) fail at once, 5 (store unreachable) is retried with backoff and
 counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
 API server refuses for good fails the stage; a pinned pod Pending past
-failurePolicy.pendingTimeoutSeconds, or on a node lost for failurePolicy.nodeLostSeconds, is
-deleted and the stage placed again. Level-based and pure: the same observation always
-gives the same decision, so a restarted operator continues where the last one was.
+failurePolicy.pendingTimeoutSeconds (placed again away from that node when another can take
+it), or on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed
+again. Level-based and pure: the same observation always gives the same decision, so a
+restarted operator continues where the last one was.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class StageDecision:
     delete_pods: tuple[str, ...] = field(default=())
     """Pods to delete (stranded on a lost node, or Pending past the pending timeout)."""
     delete_why: str = "its node is lost (gone, NotReady or its GPU agent silent)"
+    avoid_node: str | None = None
+    """The node a pinned pod of this stage never got onto within the pending timeout: the
+    attempt created now goes to another node if one can take it (the scheduler may refuse
+    the node for what the plan does not weigh, such as CPU or memory other pods hold)."""
 
     @property
     def failed(self) -> bool:
@@ -202,7 +207,11 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         # Not the stage's failure: the placement was wrong. Placed again at once, no restart counted.
         replaced = status.model_copy(update={"message": late, "last_failure": late, "last_failure_attempt": attempt})
         decision = _start(replaced, inputs, first=True, after=attempt, delete=(*stranded, current.name))
-        return replace(decision, delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds")
+        return replace(
+            decision,
+            delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds",
+            avoid_node=current.planned_node,
+        )
     elif current is not None and current.active:
         return StageDecision(_running(status, current, attempt, inputs.progress), delete_pods=stranded)
     elif current is not None and current.phase == "Succeeded" and inputs.done is None:
@@ -267,6 +276,11 @@ def _ended(
             )
         )
         if gave_up is not None:
+            if outage_since is not None:
+                gave_up = (
+                    f"the store has been unreachable for {(inputs.now - outage_since).total_seconds():.0f} s,"
+                    f" longer than failurePolicy.storeOutageSeconds ({inputs.policy.store_outage_seconds}); {gave_up}"
+                )
             failed = status.model_copy(
                 update={
                     "phase": "Failed",
@@ -275,6 +289,7 @@ def _ended(
                     "last_failure_attempt": attempt,
                     "completion_time": inputs.now,
                     "restart_after": None,
+                    "store_outage_since": outage_since,
                 }
             )
             return StageDecision(failed, delete_pods=stranded)

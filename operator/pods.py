@@ -30,6 +30,7 @@ from atoll.operator.views import (
     LABEL_STAGE,
 )
 from atoll.stages import StageJob, stage_args
+from atoll.store.retry import DEADLINE_VARIABLE
 
 Manifest = dict[str, Any]
 
@@ -119,6 +120,8 @@ def _env(item: StageAttempt, spec: DDMRunSpec) -> list[dict[str, Any]]:
         {"name": "ATOLL_LOG_FORMAT", "value": "json"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if (retry := spec.failure_policy.store_retry_seconds) is not None:
+        env.append({"name": DEADLINE_VARIABLE, "value": str(retry)})  # how long before exit 5
     overrides = {variable["name"]: variable for variable in weights_env(spec)}
     env += [overrides.pop(v["name"], v) for v in runtime_env(CONTAINER)] + list(overrides.values())
     if item.store_secret:

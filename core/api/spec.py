@@ -448,6 +448,16 @@ class FailurePolicy(SpecModel):
             " against maxRestarts (until then they are retried with backoff)."
         ),
     )
+    store_retry_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=86_400,
+        description=(
+            "How long a stage retries one failing store call before its attempt ends with exit 5"
+            " (the store is unreachable) and is restarted with backoff; unset: the stage's own"
+            " default (180 s)."
+        ),
+    )
     node_lost_seconds: int = Field(
         default=120,
         ge=10,

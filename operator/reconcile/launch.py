@@ -1,12 +1,14 @@
 """Starting stage attempts, as decisions: place them (experts through the makespan planner,
 moves to their planned GPUs first), build their pods, and ask to delete pods stranded on
-lost nodes or Pending past their timeout. Pure: returns CreatePod / DeletePod actions, the executor applies them.
+lost nodes or Pending past their timeout (an expert whose pinned pod its node never took is
+placed on another node when one can take it now). Pure: returns CreatePod / DeletePod
+actions, the executor applies them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from atoll.api.spec import API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
@@ -22,9 +24,12 @@ from atoll.stages import StageJob
 
 def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome) -> dict[str, StageDecision]:
     """The decisions with every attempt to start placed and its pod asked for."""
-    for decision in decisions.values():
+    for slug, decision in decisions.items():
         for name in decision.delete_pods:
             out.actions.append(DeletePod(name, why=decision.delete_why, grace_seconds=0))
+        if decision.avoid_node is not None and decision.status.last_failure:
+            job = StageJob.from_slug(slug)
+            out.events.append(tick.event(job, "Warning", "PendingTimeout", decision.status.last_failure))
     starting = {slug: d for slug, d in decisions.items() if d.create_attempt is not None}
     if not starting:
         return decisions
@@ -82,7 +87,12 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         busy_gpus=busy,
         now=obs.now,
     )
-    experts = place_experts(fleet, placed_anew)
+    avoid: dict[int, str] = {}
+    for slug, decision in starting.items():
+        expert = StageJob.from_slug(slug).expert
+        if expert is not None and decision.avoid_node is not None:
+            avoid[expert] = decision.avoid_node
+    experts = _place_elsewhere(fleet, placed_anew, avoid)
     for k, assignment in experts.assignments.items():
         plan[StageJob("expert", k).slug] = assignment
         busy[assignment.node] = busy.get(assignment.node, 0) + assignment.gpus
@@ -102,6 +112,19 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         )
     plan.update(plan_stages(jobs, nodes, busy, tick.spec.placement, obs.now))
     return _Placed(plan, experts)
+
+
+def _place_elsewhere(fleet: FleetState, starting: list[int], avoid: Mapping[int, str]) -> ExpertPlacement:
+    """The experts' placement with the nodes in `avoid` counted as full (each never took that
+    expert's pinned pod within the pending timeout), when that places every such expert now;
+    else the placement over the fleet as it is (a node that may take it later beats none)."""
+    if not avoid:
+        return place_experts(fleet, starting)
+    full = {node.name: node.gpus for node in fleet.nodes if node.name in set(avoid.values())}
+    elsewhere = place_experts(replace(fleet, busy_gpus={**fleet.busy_gpus, **full}), starting)
+    if all(k in elsewhere.assignments for k in avoid):
+        return elsewhere
+    return place_experts(fleet, starting)
 
 
 def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, out: Outcome) -> StageDecision:

@@ -34,7 +34,10 @@ def stage_phases(tick: Tick, status: DDMRunStatus, decisions: Mapping[str, Stage
     for slug, decision in decisions.items():
         if decision.failed:
             job = StageJob.from_slug(slug)
-            failure = (f"{job.stage.capitalize()}Failed", f"{job.label}: {decision.status.message}")
+            # A stage given up because the store stayed unreachable: the store is what failed.
+            outage = decision.status.store_outage_since is not None
+            reason = "StoreUnreachable" if outage else f"{job.stage.capitalize()}Failed"
+            failure = (reason, f"{job.label}: {decision.status.message}")
             break
     return RunFacts(
         store_ready=status.store_uri is not None,

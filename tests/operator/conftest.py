@@ -26,22 +26,31 @@ CRDS = REPO / "crds"
 SECRET = "minio-credentials"
 
 
+def install_crds(plane: ControlPlane, *, timeout: float = 120) -> None:
+    """Apply crds/ and wait until every CRD is Established.
+
+    `kubectl wait --for=condition=Established` on a CRD created a moment ago, before the API
+    server has given it any status, fails at once ("status.conditions accessor error") instead
+    of waiting: asked again until the deadline.
+    """
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    deadline = time.monotonic() + timeout
+    while True:
+        result = plane.kubectl(
+            "wait", "--for=condition=Established", f"--timeout={timeout:.0f}s",
+            "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev", "crd/computeislands.atoll.dev", check=False,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return
+        if "accessor error" not in result.stderr or time.monotonic() > deadline:
+            raise AssertionError(f"the CRDs were not established: {result.stderr.strip()}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def atoll_crds(control_plane: ControlPlane) -> ControlPlane:
     """The DDMRun, DDMExpert and ComputeIsland CRDs from crds/, established in the session's API server."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    wait = (
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev", "crd/computeislands.atoll.dev",
-    )  # fmt: skip
-    for _ in range(20):
-        # A CRD created a moment ago may have no status.conditions yet: kubectl wait then fails at
-        # once ("accessor error") instead of waiting; ask again.
-        result = control_plane.kubectl(*wait, check=False)
-        if result.returncode == 0 or "accessor error" not in result.stderr:
-            break
-        time.sleep(0.5)
-    control_plane.kubectl(*wait)
+    install_crds(control_plane)
     return control_plane
 
 

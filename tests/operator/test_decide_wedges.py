@@ -162,6 +162,32 @@ def test_a_pinned_pod_pending_past_the_timeout_is_deleted_and_placed_again() -> 
     assert not shorter.of(DeletePod)
 
 
+def test_a_pod_its_planned_node_never_took_is_placed_on_another_node_and_says_why() -> None:
+    # The planner weighs GPUs only: the scheduler may refuse the node for CPU other pods hold.
+    # Placed again with the same view of the fleet, the expert would go back to the same node.
+    status, experts, pods = running_experts(expert0={"phase": "Pending", "node": "h100-0"})
+    message = "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector."
+    late = replace(_pending_expert("2026-03-01T11:49:59Z", message), planned_node="h100-0")
+    decision = step(observe(run_with(status), experts=experts, pods=[late, *pods[1:]]))
+    assert [d.name for d in decision.of(DeletePod)] == ["r-expert-0-a1"]
+    again = created(decision)["expert-0"]
+    assert again.manifest["metadata"]["name"] == "r-expert-0-a2"
+    assert again.node != "h100-0", "the node that never took the pod is avoided"
+    warning = next(e for e in decision.events if e.reason == "PendingTimeout")
+    assert warning.type == "Warning"
+    assert "Insufficient cpu" in warning.message
+    assert "pendingTimeoutSeconds" in warning.message
+    assert warning.target["metadata"]["name"] == "r-expert-0", "on the DDMExpert"
+
+
+def test_a_pod_no_other_node_can_take_is_placed_on_its_node_again() -> None:
+    status, experts, pods = running_experts(expert0={"phase": "Pending", "node": "h100-0"})
+    late = replace(_pending_expert("2026-03-01T11:49:59Z"), planned_node="h100-0")
+    cordoned = [n if n.name == "h100-0" else replace(n, unschedulable=True) for n in FLEET]
+    decision = step(observe(run_with(status), experts=experts, pods=[late, *pods[1:]], nodes=cordoned))
+    assert created(decision)["expert-0"].node == "h100-0", "better the node that may take it later than none"
+
+
 # --- a node that stops answering -----------------------------------------------------------------
 
 
@@ -247,8 +273,22 @@ def test_an_outage_longer_than_store_outage_seconds_counts_again() -> None:
     decision = step(
         observe(run_with(status), experts=experts, pods=[_outage_failure(4, "2026-03-01T11:59:50Z"), *pods[1:]])
     )
+    assert (decision.status.phase, decision.status.reason) == ("Failed", "StoreUnreachable")
+    message = decision.status.message or ""
+    assert "maxRestarts is 2" in message
+    assert "the store has been unreachable for 1200 s, longer than failurePolicy.storeOutageSeconds (900)" in message
+    assert "s3://atoll unreachable" in message, "the stage's own words"
+
+
+def test_a_run_that_fails_for_another_reason_after_an_outage_names_the_stage() -> None:
+    since = "2026-03-01T11:40:00Z"
+    status, experts, pods = running_experts(
+        expert0={"attempt": 4, "restarts": 2, "pod": "r-expert-0-a4", "storeOutageSince": since}
+    )
+    crashed = pod("expert", 4, "Failed", expert_index=0, exit_code=1, message="error: CUDA error: an illegal memory")
+    decision = step(observe(run_with(status), experts=experts, pods=[crashed, *pods[1:]]))
     assert (decision.status.phase, decision.status.reason) == ("Failed", "ExpertFailed")
-    assert "maxRestarts is 2" in (decision.status.message or "")
+    assert "unreachable" not in (decision.status.message or "")
 
 
 def test_a_running_attempt_that_reached_the_store_ends_the_outage() -> None:

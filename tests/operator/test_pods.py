@@ -80,6 +80,19 @@ def test_credentials_only_by_secret_reference() -> None:
     assert not [e for e in local["spec"]["containers"][0]["env"] if e["name"].startswith("MINIO_")]
 
 
+def test_the_store_retry_deadline_reaches_the_stage_only_when_the_spec_sets_it() -> None:
+    variable = "ATOLL_STORE_RETRY_SECONDS"  # atoll.store.retry reads it
+    default = build_pod(attempt(), SPEC, OperatorSettings())["spec"]["containers"][0]["env"]
+    assert variable not in {item["name"] for item in default}, "the stage's own default applies"
+    policy = {"storeRetrySeconds": 7}
+    spec = DDMRunSpec.model_validate(
+        {"dataset": {"uri": "builtin://digits"}, "partition": {"clusters": 4}, "failurePolicy": policy}
+    )
+    container = build_pod(attempt(), spec, OperatorSettings())["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env[variable] == {"name": variable, "value": "7"}
+
+
 def test_placement_becomes_gpu_requests_affinity_and_tolerations() -> None:
     pod = build_pod(attempt(), SPEC, OperatorSettings())
     spec = pod["spec"]
