@@ -99,15 +99,16 @@ def decide_reserving(
     settings: OperatorSettings,
 ) -> Decision:
     """The decision, made on the GPU usage when it needs it: first without it, and where that
-    decision never read the usage (nothing to place, no move check due: most ticks of a
-    training run), that is the decision. Otherwise, under the ledger's lock: the GPU usage
-    (every holder the index shows now, plus what was promised and is not shown yet), the
+    decision never reads the usage (nothing to place, no move check due: most ticks of a
+    training run), that is the decision. Otherwise — the first read of the usage stops that
+    first try at once, so no placement is planned twice — under the ledger's lock: the GPU
+    usage (every holder the index shows now, plus what was promised and is not shown yet), the
     decision on it, and its GPUs reserved. Runs that only watch their pods thus never wait for
     the lock, nor for the copy of the index it guards, while another run places."""
-    usage = UsageProbe()
-    decision = decide(replace(observation, busy_gpus=usage), memory, settings)
-    if not usage.read:
-        return decision
+    try:
+        return decide(replace(observation, busy_gpus=UsageProbe()), memory, settings)
+    except UsageNeeded:
+        pass
     with ledger.deciding():
         observation = replace(observation, busy_gpus=ledger.usage(holders()))
         decision = decide(observation, memory, settings)
@@ -117,28 +118,25 @@ def decide_reserving(
     return decision
 
 
-class UsageProbe(Mapping[str, int]):
-    """An empty GPU usage that remembers whether anything looked at it: a pure decision that
-    never did is the same on any usage."""
+class UsageNeeded(Exception):  # noqa: N818 - a signal inside decide_reserving, never escapes it
+    """The decision looked at the GPU usage: it has to be made on the real one."""
 
-    def __init__(self) -> None:
-        self.read = False
+
+class UsageProbe(Mapping[str, int]):
+    """A GPU usage that stops the decision the moment anything looks at it: a pure decision
+    that never did is the same on any usage."""
 
     def __getitem__(self, node: str) -> int:
-        self.read = True
-        raise KeyError(node)
+        raise UsageNeeded
 
     def __iter__(self) -> Iterator[str]:
-        self.read = True
-        return iter(())
+        raise UsageNeeded
 
     def __len__(self) -> int:
-        self.read = True
-        return 0
+        raise UsageNeeded
 
     def __contains__(self, node: object) -> bool:
-        self.read = True
-        return False
+        raise UsageNeeded
 
 
 def remember(before: RunMemory, decision: Decision, applied: Applied) -> RunMemory:

@@ -100,7 +100,8 @@ class Tick:
     def stage_status(self, job: StageJob, status: DDMRunStatus) -> StageStatus:
         """A stage's status at the end of the last tick."""
         if job.expert is not None:
-            return self.expert_statuses.get(job.expert, DDMExpertStatus())
+            known = self.expert_statuses.get(job.expert)
+            return known if known is not None else DDMExpertStatus()
         stage: StageStatus = getattr(status.stages, job.stage)
         return stage
 

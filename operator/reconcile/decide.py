@@ -148,8 +148,9 @@ def _decide_stages(tick: Tick, status: DDMRunStatus, out: Outcome) -> dict[str, 
     """Every stage's decision, in pipeline order so that a finished stage unblocks the next at once."""
     decisions: dict[str, StageDecision] = {}
 
-    def decide_job(job: StageJob) -> None:
-        ready = stage_ready(job.stage, stage_phases(tick, status, decisions))
+    def decide_job(job: StageJob, ready: bool | None = None) -> None:
+        if ready is None:
+            ready = stage_ready(job.stage, stage_phases(tick, status, decisions))
         decisions[job.slug] = decide_stage(_inputs(tick, status, job, ready))
 
     if not status.cluster_sizes and tick.obs.store.cluster_sizes:
@@ -158,8 +159,11 @@ def _decide_stages(tick: Tick, status: DDMRunStatus, out: Outcome) -> dict[str, 
     if decisions["partition"].status.phase == "Succeeded":
         _ensure_experts(tick, status, out)
     stop_moving_experts(tick, out)
+    # Whether experts may start depends on the stages before them only, never on each other:
+    # asked once for all of them (asked per expert, a tick of K experts costs K² look-ups).
+    experts_ready = stage_ready("expert", stage_phases(tick, status, decisions))
     for k in sorted(tick.experts):
-        decide_job(StageJob("expert", k))
+        decide_job(StageJob("expert", k), experts_ready)
     for stage in ("router", "assemble", "evaluate"):
         decide_job(StageJob(stage))
     return decisions

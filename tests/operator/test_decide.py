@@ -504,6 +504,49 @@ def test_a_tick_that_places_decides_on_the_gpu_usage() -> None:
     assert ledger.usage({}) == {other: 1}, "the partition's GPU is reserved"
 
 
+def test_a_tick_that_places_plans_once(monkeypatch: Any) -> None:
+    """The first try without the GPU usage stops where it first looks at the usage: the experts'
+    placement is planned once per tick, on the real usage (planning them on an empty usage first,
+    only to throw that plan away, doubled the CPU of every placing tick)."""
+    import atoll.operator.reconcile.launch as launch
+
+    plans: list[int] = []
+    real = launch.place_experts
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        plans.append(1)
+        return real(*args, **kwargs)
+
+    observation = observe(run_with(training_status()), experts=(expert(0), expert(1)), pods=(pod("router", 1),))
+    monkeypatch.setattr(launch, "place_experts", counted)
+    decision = decide_reserving(GpuLedger(), observation, dict, RunMemory(), SETTINGS)
+    assert {slug for slug in created(decision) if slug.startswith("expert-")} == {"expert-0", "expert-1"}
+    assert plans == [1]
+
+
+def test_a_tick_looks_at_the_pipeline_a_fixed_number_of_times_whatever_the_experts(monkeypatch: Any) -> None:
+    """Whether a stage may start is read from the pipeline's phases once for all experts (they
+    never wait for one another), not once per expert: a tick of K experts stays O(K)."""
+    import importlib
+
+    deciding = importlib.import_module("atoll.operator.reconcile.decide")  # the package exports decide()
+    looks: list[int] = []
+    real = deciding.stage_phases
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        looks.append(1)
+        return real(*args, **kwargs)
+
+    status, experts, pods = running_experts()
+    both = observe(run_with(status), experts=experts, pods=pods)
+    one = observe(run_with(status), experts=experts[:1], pods=pods)
+    monkeypatch.setattr(deciding, "stage_phases", counted)
+    step(one)
+    with_one = len(looks)
+    step(both)
+    assert len(looks) - with_one == with_one, "a second expert made the tick look at the pipeline more often"
+
+
 def test_expert_statuses_are_patched_only_when_they_change() -> None:
     status, experts, pods = running_experts()
     beat = {"expert-0": heartbeat("expert", 1, expert_index=0, step=20, total_steps=100)}
