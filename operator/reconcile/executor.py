@@ -63,7 +63,7 @@ class Executor:
     """Applies decisions through the Kubernetes API and the run's store; the Events to post
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
 
-    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 8) -> None:
+    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 16) -> None:
         self.kube = kube
         self.ledger = ledger
         self.stores = stores
