@@ -29,6 +29,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -285,8 +286,10 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
     command = [
         sys.executable, "-m", "atoll", "operator", "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", "bench-runs", "--default-store", str(store), "--interval", "1", "--store-poll", "2",
+        "--metrics-port", str(METRICS_PORT), "--metrics-address", "127.0.0.1",
     ]  # fmt: skip
     operator = start_group(command, log=log, cwd=REPO)
+    profiler = _profile(operator.pid, work, args.py_spy)
     watcher = Watcher(kube, "bench-runs").start()
     try:
         wait(lambda: "Initial authentication has finished" in log.read_text(), 120, "operator started")
@@ -302,8 +305,12 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         running = max(watcher.running.values()) - t0
         time.sleep(10)  # writes that still follow (heartbeat-free: nothing should change any more)
         rss = peak_rss_mib(operator.pid)
+        ticks = tick_times()
     finally:
         watcher.stop.set()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT only
+            profiler.wait(timeout=120)
         kill_group(operator.pid, proc=operator)
     delays = watcher.delays(watcher.bound)
     own = watcher.delays(watcher.pod_running)
@@ -313,6 +320,10 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         f" p95 {_percentile(delays, 0.95):.1f}s, max {delays[-1]:.1f}s; pod Running → DDMExpert Running:"
         f" median {_percentile(own, 0.5):.1f}s, max {own[-1]:.1f}s; writes: {watcher.expert_writes} DDMExpert,"
         f" {watcher.run_writes} DDMRun; operator peak RSS {rss:.0f} MiB"
+    )
+    print(
+        "reconcile ticks: "
+        + ", ".join(f"{step} {count} × {mean * 1000:.0f} ms" for step, (count, mean) in ticks.items())
     )
     return {
         "operator_experts_created_seconds": round(created, 2),
@@ -327,7 +338,45 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "operator_ddmexpert_writes": watcher.expert_writes,
         "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
+        "operator_ticks": {
+            step: {"count": count, "mean_seconds": round(mean, 4)} for step, (count, mean) in ticks.items()
+        },
     }
+
+
+METRICS_PORT = 18931
+
+
+def tick_times() -> dict[str, tuple[int, float]]:
+    """Ticks so far and their mean wall time, whole and per step, from the operator's /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "process_cpu_seconds":
+            sums["operator CPU seconds"] = [1.0, family.samples[0].value]
+        if family.name not in ("atoll_reconcile_seconds", "atoll_reconcile_step_seconds"):
+            continue
+        for sample in family.samples:
+            step = sample.labels.get("step", "tick")
+            if sample.name.endswith("_count"):
+                sums.setdefault(step, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                sums.setdefault(step, [0.0, 0.0])[1] = sample.value
+    return {step: (int(count), total / count if count else 0.0) for step, (count, total) in sums.items()}
+
+
+def _profile(pid: int, work: Path, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the operator (every thread, GIL holders only) until stopped, if asked."""
+    if out is None:
+        return None
+    command = ["py-spy", "record", "--pid", str(pid), "--threads", "--gil", "--rate", "50", "--format", "raw",
+               "--output", str(out), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(command, stdout=(work / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
 
 
 def _count(kube: Kube, plural: str) -> int:
@@ -344,6 +393,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, operator.log)")
     parser.add_argument("--skip-baselines", action="store_true", help="measure only the operator")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="OUT", help="record the operator with py-spy (raw format) into OUT"
+    )
     args = parser.parse_args()
     total = args.runs * args.experts
     work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
