@@ -508,7 +508,7 @@ def test_a_tick_that_places_plans_once(monkeypatch: Any) -> None:
     """The first try without the GPU usage stops where it first looks at the usage: the experts'
     placement is planned once per tick, on the real usage (planning them on an empty usage first,
     only to throw that plan away, doubled the CPU of every placing tick)."""
-    import atoll.operator.reconcile.launch as launch
+    from atoll.operator.reconcile import launch
 
     plans: list[int] = []
     real = launch.place_experts
