@@ -19,6 +19,7 @@ from atoll.api.spec import PlacementSpec, Toleration
 from atoll.operator.placement import labels
 from atoll.operator.placement.capacity import PodSize, Requests, gpu_room
 from atoll.operator.placement.gpus import canonical_product, lookup
+from atoll.operator.placement.manifests import field_at as _get
 
 ExclusionKind = Literal[
     "no-gpu",
@@ -276,15 +277,6 @@ class _Rules:
         if self.needs_bf16 and major is not None and major < 8:
             return f"{product} has no bf16 (compute capability {major}) and precision is bf16"
         return None
-
-
-def _get(mapping: Mapping[str, Any], *path: str) -> Any:
-    value: Any = mapping
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
 
 
 def _gpu_count(node: Mapping[str, Any]) -> int:
