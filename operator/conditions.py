@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from atoll.api.status import CONDITION_TYPES, Condition, ConditionType, RunPhase
 
@@ -25,26 +25,31 @@ class Trouble:
     message: str
 
 
-def _condition(
-    *,
-    previous: dict[ConditionType, Condition],
-    kind: ConditionType,
+ConditionT = TypeVar("ConditionT", bound=Condition)
+
+
+def transition(  # noqa: PLR0917 - the fields of one condition
+    model: type[ConditionT],
+    previous: Condition | None,
+    kind: str,
     status: Status,
     reason: str,
     message: str,
     now: datetime,
     generation: int | None,
-) -> Condition:
-    old = previous.get(kind)
-    since = old.last_transition_time if old is not None and old.status == status else now
-    return Condition(
-        type=kind,
-        status=status,
-        reason=reason,
-        message=message[:1024],
-        last_transition_time=since,
-        observed_generation=generation,
-    )
+) -> ConditionT:
+    """A condition of `model` (a run's Condition, an island's IslandCondition): it keeps the
+    lastTransitionTime of `previous` (the same type's condition before) until its status changes."""
+    since = previous.last_transition_time if previous is not None and previous.status == status else now
+    fields = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:1024],
+        "last_transition_time": since,
+        "observed_generation": generation,
+    }
+    return model.model_validate(fields)
 
 
 def run_conditions(
@@ -65,9 +70,7 @@ def run_conditions(
     failed_reason = reason or "Failed"
 
     def make(kind: ConditionType, status: Status, why: str, text: str) -> Condition:
-        return _condition(
-            previous=old, kind=kind, status=status, reason=why, message=text, now=now, generation=generation
-        )
+        return transition(Condition, old.get(kind), kind, status, why, text, now, generation)
 
     conditions = {
         "Ready": make("Ready", "True", "ModelReady", message)

@@ -32,13 +32,13 @@ from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.kube import Kube, connection_info
 from atoll.operator.leader import AlwaysLeader, Leadership
-from atoll.operator.ledger import GpuHolder
+from atoll.operator.ledger import GpuHolder, pod_holder
 from atoll.operator.metrics import OperatorMetrics
 from atoll.operator.probes import Health
 from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
 from atoll.operator.reconcile.observer import GpuHolders
 from atoll.operator.settings import OperatorSettings
-from atoll.operator.views import ANNOTATION_PLANNED_NODE, LABEL_RUN, ExpertView, NodeView, PodView, pod_gpus
+from atoll.operator.views import LABEL_RUN, ExpertView, NodeView, PodView
 from atoll.store import StoreError
 
 log = get_logger(__name__)
@@ -160,13 +160,10 @@ def build_registry(
 
     @kopf.index("pods", id="gpu_pods", registry=registry)
     async def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, GpuHolder]:
-        """Every pod that holds GPUs (atoll's or not), by namespace/name: its node (pinned node while unbound)."""
-        gpus = pod_gpus(body.get("spec", {}))
-        phase = body.get("status", {}).get("phase")
-        node = body.get("spec", {}).get("nodeName") or (body.metadata.annotations or {}).get(ANNOTATION_PLANNED_NODE)
-        if not gpus or not node or phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp"):
-            return {}
-        return {f"{body.metadata.namespace}/{body.metadata.name}": GpuHolder(node=node, gpus=gpus)}
+        """Every non-terminal pod that holds GPUs, CPU or memory of a node (atoll's or not), by
+        namespace/name: its node (pinned node while unbound), GPUs and CPU/memory requests."""
+        holder = pod_holder(body)
+        return {} if holder is None else {f"{body.metadata.namespace}/{body.metadata.name}": holder}
 
     @kopf.index("nodes", id="gpu_nodes", registry=registry)
     async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[Any, NodeView]:

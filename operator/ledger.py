@@ -1,4 +1,5 @@
-"""GPUs the operator has just promised to pods that its watch does not show yet.
+"""GPUs (and the CPU and memory of their pods) the operator has just promised to pods that its
+watch does not show yet.
 
 Every run reconciles on its own worker thread from the same indexes. Without a shared
 ledger, two runs deciding at once (or one run deciding again before the watch delivered
@@ -17,15 +18,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from atoll.operator.placement.capacity import Requests, pod_requests
+from atoll.operator.views import ANNOTATION_PLANNED_NODE, pod_gpus
 
 
 @dataclass(frozen=True, slots=True)
 class GpuHolder:
-    """A pod that holds (or, pinned and unbound, will hold) GPUs of a node."""
+    """A pod that holds (or, pinned and unbound, will hold) GPUs, CPU or memory of a node."""
 
     node: str
     gpus: int
+    requests: Requests = field(default_factory=Requests)
+    """The CPU and memory it requests."""
+
+
+def pod_holder(pod: Mapping[str, Any]) -> GpuHolder | None:
+    """What a Pod holds: its node (the planned node while unbound), GPUs and CPU/memory
+    requests; None for a pod that has finished, is being deleted, has no node or asks nothing."""
+    metadata, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    node = spec.get("nodeName") or (metadata.get("annotations") or {}).get(ANNOTATION_PLANNED_NODE)
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    if not node or finished or metadata.get("deletionTimestamp"):
+        return None
+    gpus, requests = pod_gpus(spec), pod_requests(spec)
+    return GpuHolder(node=node, gpus=gpus, requests=requests) if gpus or requests else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +52,7 @@ class _Reservation:
     node: str
     gpus: int
     expires: float
+    requests: Requests = field(default_factory=Requests)
 
 
 class GpuLedger:
@@ -53,22 +73,33 @@ class GpuLedger:
     def usage(self, holders: Mapping[str, GpuHolder]) -> dict[str, int]:
         """GPUs in use per node: every holder the index shows (pod key namespace/name → node,
         GPUs), plus the reservations whose pods it does not show yet."""
+        return self.held(holders)[0]
+
+    def held(self, holders: Mapping[str, GpuHolder]) -> tuple[dict[str, int], dict[str, Requests]]:
+        """GPUs and CPU/memory requested per node (nodes with none left out): every holder the
+        index shows, plus the reservations whose pods it does not show yet."""
         with self._lock:
             now = self._clock()
             for pod in [p for p, r in self._pending.items() if p in holders or r.expires < now]:
                 del self._pending[pod]
             busy: dict[str, int] = {}
-            for holder in holders.values():
-                busy[holder.node] = busy.get(holder.node, 0) + holder.gpus
-            for reservation in self._pending.values():
-                busy[reservation.node] = busy.get(reservation.node, 0) + reservation.gpus
-            return busy
+            requested: dict[str, Requests] = {}
+            items: list[GpuHolder | _Reservation] = [*holders.values(), *self._pending.values()]
+            for item in items:
+                if item.gpus:
+                    busy[item.node] = busy.get(item.node, 0) + item.gpus
+                if item.requests:
+                    requested[item.node] = requested.get(item.node, Requests()) + item.requests
+            return busy, requested
 
-    def reserve(self, pod: str, node: str, gpus: int) -> None:
-        """Count `gpus` of `node` as used by `pod` (namespace/name) until the index has it."""
-        if gpus > 0:
+    def reserve(self, pod: str, node: str, gpus: int, requests: Requests | None = None) -> None:
+        """Count `gpus` of `node` and the pod's CPU/memory `requests` as used by `pod`
+        (namespace/name) until the index has it."""
+        requests = requests or Requests()
+        if gpus > 0 or requests:
             with self._lock:
-                self._pending[pod] = _Reservation(node=node, gpus=gpus, expires=self._clock() + self._ttl)
+                expires = self._clock() + self._ttl
+                self._pending[pod] = _Reservation(node=node, gpus=gpus, expires=expires, requests=requests)
 
     def release(self, pod: str) -> None:
         """The pod will not exist (its creation failed)."""

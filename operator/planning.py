@@ -11,13 +11,15 @@ node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from atoll.api.spec import DDMRunSpec, PlacementSpec
 from atoll.operator.placement import Assignment, Migration, PlacementError, labels, migrations, read_fleet, replan
-from atoll.operator.placement.fleet import GpuNode
+from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size, gpu_room
+from atoll.operator.placement.fleet import GpuNode, as_dict
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
 from atoll.operator.views import NodeView
 from atoll.progress import StageProgress
@@ -61,6 +63,15 @@ class FleetState:
     busy_gpus: Mapping[str, int]
     """GPUs held per node by every pod (this run's running experts included) and promised ones."""
     now: datetime
+    busy_requests: Mapping[str, Requests] = field(default_factory=dict)
+    """CPU and memory requested per node by the same pods (every non-terminal pod on it)."""
+    running_requests: Mapping[str, Requests] = field(default_factory=dict)
+    """CPU and memory requested per node by the pods of the experts in `running`."""
+
+    @functools.cached_property
+    def pod_size(self) -> PodSize:
+        """What one of the run's expert pods on g GPUs requests (the pod builder's sizes)."""
+        return expert_pod_size(self.spec)
 
     def others(self) -> dict[str, int]:
         """GPUs held per node by pods other than this run's running experts."""
@@ -69,6 +80,15 @@ class FleetState:
             mine[where.node] = mine.get(where.node, 0) + where.gpus
         return {node: max(0, used - mine.get(node, 0)) for node, used in self.busy_gpus.items()}
 
+    def other_requests(self) -> dict[str, Requests]:
+        """CPU and memory requested per node by pods other than this run's running experts."""
+        mine = self.running_requests
+        return {node: used - mine.get(node, Requests()) for node, used in self.busy_requests.items()}
+
+    def free_gpus(self) -> dict[str, int]:
+        """GPUs free now per node: not held, and with the CPU and memory their expert pods need."""
+        return {node.name: free_gpus(node, self.busy_gpus, self.busy_requests, self.pod_size) for node in self.nodes}
+
     def planning_nodes(self, experts: int) -> list[NodeView]:
         return distinct_nodes(
             self.nodes,
@@ -76,7 +96,20 @@ class FleetState:
             experts=experts,
             max_gpus=self.spec.placement.gpu.max_per_expert,
             busy_gpus=self.busy_gpus,
+            free_gpus=self.free_gpus(),
         )
+
+
+def free_gpus(
+    node: NodeView, busy_gpus: Mapping[str, int], busy_requests: Mapping[str, Requests], size: PodSize
+) -> int:
+    """GPUs of `node` free now for expert pods of `size`: not held by any pod, and with the CPU
+    and memory those pods request left over by every pod on it."""
+    gpus = max(0, node.gpus - busy_gpus.get(node.name, 0))
+    try:
+        return gpu_room(as_dict(node), busy_requests.get(node.name, Requests()), size, gpus).gpus
+    except ValueError:
+        return 0  # unreadable allocatable: the fleet excludes the node
 
 
 def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlacement:
@@ -91,11 +124,12 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
             running=fleet.running,
             cluster_sizes=fleet.cluster_sizes,
             used_gpus=fleet.others(),
+            used_requests=fleet.other_requests(),
             now=fleet.now,
         )
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
-    free = {node.name: node.gpus - fleet.busy_gpus.get(node.name, 0) for node in fleet.nodes}
+    free = fleet.free_gpus()
     assignments = {
         a.expert: a
         for a in plan.next_to_start(set(fleet.running), free)
@@ -129,6 +163,7 @@ def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
             running=fleet.running,
             cluster_sizes=fleet.cluster_sizes,
             used_gpus=fleet.others(),
+            used_requests=fleet.other_requests(),
             now=fleet.now,
         )
     except PlacementError:
@@ -143,11 +178,14 @@ def distinct_nodes(
     experts: int,
     max_gpus: int,
     busy_gpus: Mapping[str, int],
+    free_gpus: Mapping[str, int] | None = None,
 ) -> list[NodeView]:
     """The nodes worth planning over: `keep`, plus enough of each kind of identical node.
 
     Nodes that look the same to the planner (product, memory, GPUs, free GPUs, labels,
-    taints, health) are interchangeable. A node with f free GPUs runs at least
+    taints, health) are interchangeable; `free_gpus` (node → GPUs free now, those whose
+    expert pods the node's free CPU and memory hold) replaces allocatable minus busy where
+    given. A node with f free GPUs runs at least
     ⌊f / max_gpus⌋ experts at once (each uses at most max_gpus), so ⌈experts / that⌉ nodes
     of a kind (at most `experts`: one each) can host every expert at the same time, and no
     plan needs more of them. On a 1000-node fleet of a few pools this shrinks the planner's
@@ -162,16 +200,18 @@ def distinct_nodes(
         if node.name in keep:
             chosen.append(node)
             continue
+        free = node.gpus - busy_gpus.get(node.name, 0)
+        if free_gpus is not None:
+            free = free_gpus.get(node.name, free)
         kind = (
             node.gpus,
-            node.gpus - busy_gpus.get(node.name, 0),
+            free,
             node.unschedulable,
             node.ready,
             tuple(sorted((k, v) for k, v in node.labels.items() if k not in _IDENTITY_LABELS)),
             tuple(sorted((k, v) for k, v in node.annotations.items() if k not in _VOLATILE_ANNOTATIONS)),
             tuple(sorted(str(sorted(t.items())) for t in node.taints)),
         )
-        free = node.gpus - busy_gpus.get(node.name, 0)
         per_node = free // max(1, max_gpus)
         needed = experts if per_node < 1 else -(-experts // per_node)
         if kinds.get(kind, 0) < needed:

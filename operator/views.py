@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from atoll.api.spec import API_GROUP, API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
 from atoll.operator.placement import labels
+from atoll.operator.placement.capacity import Requests, pod_requests
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -75,6 +76,10 @@ class NodeView:
     not_ready_since: datetime | None = None
     """When the Ready condition last left True (None: Ready, or never reported)."""
     taints: tuple[Mapping[str, Any], ...] = ()
+    cpu: str | None = None
+    """Allocatable cpu, the quantity as the node reports it (None: not reported)."""
+    memory: str | None = None
+    """Allocatable memory, the quantity as the node reports it (None: not reported)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -82,15 +87,18 @@ class NodeView:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         ready = conditions.get("Ready") or {}
         is_ready = ready.get("status", "True") == "True"
+        allocatable = status.get("allocatable") or {}
         return cls(
             name=metadata["name"],
             labels=dict(metadata.get("labels") or {}),
             annotations={k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(API_GROUP)},
-            gpus=_int((status.get("allocatable") or {}).get(labels.GPU_RESOURCE)),
+            gpus=_int(allocatable.get(labels.GPU_RESOURCE)),
             unschedulable=bool(spec.get("unschedulable")),
             ready=is_ready,
             not_ready_since=None if is_ready else parse_time(ready.get("lastTransitionTime")),
             taints=tuple(dict(t) for t in spec.get("taints") or []),
+            cpu=None if allocatable.get("cpu") is None else str(allocatable["cpu"]),
+            memory=None if allocatable.get("memory") is None else str(allocatable["memory"]),
         )
 
 
@@ -122,6 +130,8 @@ class PodView:
     deleting: bool = False
     owner_uid: str | None = None
     """uid of the object that owns the pod (its DDMExpert, or the DDMRun)."""
+    requests: Requests = field(default_factory=Requests)
+    """The CPU and memory it requests."""
 
     @property
     def finished(self) -> bool:
@@ -180,6 +190,7 @@ class PodView:
             finished_at=finished_at,
             deleting=metadata.get("deletionTimestamp") is not None,
             owner_uid=_owner_uid(metadata),
+            requests=pod_requests(spec),
         )
 
 

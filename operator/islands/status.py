@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus, IslandCondition, IslandConditionType, IslandGpus
+from atoll.operator.conditions import transition
 from atoll.operator.placement.fleet import read_fleet
 
 BACKOFF_FIRST_SECONDS = 5.0
@@ -68,27 +69,6 @@ def inventory(nodes: Sequence[Mapping[str, Any]], used_gpus: Mapping[str, int], 
     ]
 
 
-def _condition(  # noqa: PLR0917 - the fields of one condition, as run_conditions
-    previous: Mapping[IslandConditionType, IslandCondition],
-    kind: IslandConditionType,
-    status: Status,
-    reason: str,
-    message: str,
-    now: datetime,
-    generation: int | None,
-) -> IslandCondition:
-    old = previous.get(kind)
-    since = old.last_transition_time if old is not None and old.status == status else now
-    return IslandCondition(
-        type=kind,
-        status=status,
-        reason=reason,
-        message=message[:1024],
-        last_transition_time=since,
-        observed_generation=generation,
-    )
-
-
 def next_status(
     previous: ComputeIslandStatus,
     outcome: Outcome,
@@ -101,7 +81,7 @@ def next_status(
     old = {c.type: c for c in previous.conditions}
 
     def make(kind: IslandConditionType, status: Status, reason: str, message: str) -> IslandCondition:
-        return _condition(old, kind, status, reason, message, now, generation)
+        return transition(IslandCondition, old.get(kind), kind, status, reason, message, now, generation)
 
     if isinstance(outcome, Unreached):
         failed = previous.failed_attempts + 1

@@ -1,7 +1,9 @@
 """The GPU fleet as the planner sees it: Kubernetes Node objects → usable GPU nodes + why not.
 
 Reads GPU Feature Discovery labels, allocatable `nvidia.com/gpu`, the NVML agent's
-annotations, cordons, readiness, taints and the run's placement constraints. Pure: takes
+annotations, cordons, readiness, taints and the run's placement constraints; given the size
+of the run's expert pods, also the CPU and memory other pods leave free
+(atoll.operator.placement.capacity), which caps the GPUs a node offers. Pure: takes
 Node dicts (as `kubectl get nodes -o yaml` or kopf deliver them) or kubernetes-client
 models, never calls the API server.
 """
@@ -15,10 +17,22 @@ from typing import Any, Literal
 
 from atoll.api.spec import PlacementSpec, Toleration
 from atoll.operator.placement import labels
+from atoll.operator.placement.capacity import PodSize, Requests, gpu_room
 from atoll.operator.placement.gpus import canonical_product, lookup
+from atoll.operator.placement.manifests import field_at as _get
 
 ExclusionKind = Literal[
-    "no-gpu", "cordoned", "not-ready", "unhealthy", "stale", "constraint", "memory", "full", "bad-node"
+    "no-gpu",
+    "cordoned",
+    "not-ready",
+    "unhealthy",
+    "stale",
+    "constraint",
+    "memory",
+    "full",
+    "cpu",
+    "host-memory",
+    "bad-node",
 ]
 ALWAYS_TOLERATED = (Toleration(key=labels.GPU_RESOURCE, operator="Exists"),)
 """Atoll's pods always tolerate the GPU taint (see the pod builder)."""
@@ -36,7 +50,8 @@ class GpuNode:
     gpus: int
     """Allocatable nvidia.com/gpu."""
     free_gpus: int
-    """Allocatable minus the GPUs other pods already use."""
+    """Allocatable minus the GPUs other pods already use, capped by the expert pods the node's
+    free CPU and memory hold (when the fleet was read with a pod size)."""
     compute_major: int | None
 
 
@@ -66,11 +81,16 @@ def as_dict(node: Any) -> Mapping[str, Any]:
     """A Node as a camelCase mapping, from a dict, a kubernetes-client V1Node or a node view.
 
     A view is any object with `name`, `labels`, `annotations`, `gpus` (allocatable),
-    `unschedulable`, `ready` and `taints` (the operator's NodeView).
+    `unschedulable`, `ready` and `taints`, and optionally `cpu` and `memory` (allocatable
+    quantities): the operator's NodeView.
     """
     if isinstance(node, Mapping):
         return node
     if all(hasattr(node, a) for a in ("name", "labels", "annotations", "gpus", "unschedulable", "ready")):
+        allocatable = {labels.GPU_RESOURCE: str(node.gpus)}
+        for resource in ("cpu", "memory"):
+            if getattr(node, resource, None) is not None:
+                allocatable[resource] = str(getattr(node, resource))
         return {
             "metadata": {"name": node.name, "labels": dict(node.labels), "annotations": dict(node.annotations)},
             "spec": {
@@ -78,7 +98,7 @@ def as_dict(node: Any) -> Mapping[str, Any]:
                 "taints": [dict(t) for t in getattr(node, "taints", ())],
             },
             "status": {
-                "allocatable": {labels.GPU_RESOURCE: str(node.gpus)},
+                "allocatable": allocatable,
                 "conditions": [{"type": "Ready", "status": "True" if node.ready else "False"}],
             },
         }
@@ -112,15 +132,24 @@ def read_fleet(
     now: datetime | None = None,
     stale_after_seconds: float = 180.0,
     needs_bf16: bool = False,
+    pod_size: PodSize | None = None,
+    used_requests: Mapping[str, Requests] | None = None,
 ) -> Fleet:
     """Sort nodes into usable GPU nodes and exclusions (the first reason found, in the order
-    no GPU, cordoned, NotReady, unhealthy, stale, unreadable, constraint, full)."""
+    no GPU, cordoned, NotReady, unhealthy, stale, unreadable, constraint, full, CPU, host memory).
+
+    With `pod_size` (what an expert pod on g GPUs requests), a node offers only the GPUs whose
+    pods its free CPU and memory hold: allocatable minus `used_requests` (node → CPU and
+    memory requested by the non-terminal pods bound to it, those counted in `used_gpus`).
+    """
     rules = _Rules(
         placement=placement or PlacementSpec(),
         used_gpus=used_gpus or {},
         now=now or datetime.now(UTC),
         stale_after_seconds=stale_after_seconds,
         needs_bf16=needs_bf16,
+        pod_size=pod_size,
+        used_requests=used_requests or {},
     )
     usable: list[GpuNode] = []
     excluded: list[Exclusion] = []
@@ -152,6 +181,8 @@ class _Rules:
     now: datetime
     stale_after_seconds: float
     needs_bf16: bool
+    pod_size: PodSize | None
+    used_requests: Mapping[str, Requests]
 
     def read(self, node: Mapping[str, Any], name: str) -> GpuNode | Exclusion:
         try:
@@ -168,12 +199,28 @@ class _Rules:
         reason = self._constraint(node, product, memory_mib, compute_major)
         if reason is not None:
             return Exclusion(node=name, kind="constraint", reason=reason)
+        room = self._room(node, name, gpus)
+        if isinstance(room, Exclusion):
+            return room
+        return GpuNode(
+            name=name, product=product, memory_mib=memory_mib, gpus=gpus, free_gpus=room, compute_major=compute_major
+        )
+
+    def _room(self, node: Mapping[str, Any], name: str, gpus: int) -> int | Exclusion:
+        """The GPUs other pods leave free, capped by the expert pods the node's free CPU and
+        memory hold (with a pod size), or why not even one."""
         free = gpus - max(0, self.used_gpus.get(name, 0))
         if free <= 0:
             return Exclusion(node=name, kind="full", reason=f"all {gpus} GPUs in use by other pods")
-        return GpuNode(
-            name=name, product=product, memory_mib=memory_mib, gpus=gpus, free_gpus=free, compute_major=compute_major
-        )
+        if self.pod_size is None:
+            return free
+        try:
+            room = gpu_room(node, self.used_requests.get(name, Requests()), self.pod_size, free)
+        except ValueError as error:
+            return Exclusion(node=name, kind="bad-node", reason=str(error))
+        if room.gpus <= 0:
+            return Exclusion(node=name, kind="cpu" if room.limit == "cpu" else "host-memory", reason=room.reason)
+        return room.gpus
 
     def _availability(self, node: Mapping[str, Any]) -> tuple[ExclusionKind, str] | None:
         """Cordoned, NotReady, unhealthy or stale, by the node's spec, status and agent annotations."""
@@ -230,15 +277,6 @@ class _Rules:
         if self.needs_bf16 and major is not None and major < 8:
             return f"{product} has no bf16 (compute capability {major}) and precision is bf16"
         return None
-
-
-def _get(mapping: Mapping[str, Any], *path: str) -> Any:
-    value: Any = mapping
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
 
 
 def _gpu_count(node: Mapping[str, Any]) -> int:

@@ -2,8 +2,9 @@
 
 Builds the makespan problem of `atoll.operator.placement.schedule` from Node objects, the
 experts' work and the speed table: for every usable node and every GPU count g (g divides
-the global batch, g ≤ placement.gpu.maxPerExpert and the node's free GPUs, and the
-largest fitting micro-batch exists) one option lasting samples / speed(g), plus
+the global batch, g ≤ placement.gpu.maxPerExpert and the node's free GPUs — those whose
+expert pods its free CPU and memory hold, see the fleet — and the largest fitting
+micro-batch exists) one option lasting samples / speed(g), plus
 START_SECONDS for an expert not yet running. Pure and
 deterministic: equal inputs (`now` included) give equal plans.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from atoll.api import DDMRunSpec
 from atoll.api.spec import PlacementSpec
 from atoll.errors import AtollError
+from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size
 from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.schedule import Job, Option, Problem, lower_bound, solve
@@ -105,9 +107,11 @@ def plan_run(
     cluster_sizes: Sequence[int] | None = None,
     progress: Iterable[StageProgress] = (),
     used_gpus: Mapping[str, int] | None = None,
+    used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
 ) -> Plan:
-    """The initial plan of a run: every expert, nothing running yet."""
+    """The initial plan of a run: every expert, nothing running yet. A node offers only the
+    GPUs whose expert pods (sized as the pod builder sizes them) its free CPU and memory hold."""
     node_list = list(nodes)
     return plan(
         node_list,
@@ -117,6 +121,8 @@ def plan_run(
         speeds=speed_table(spec, progress=progress, nodes=node_list),
         used_gpus=used_gpus,
         now=now,
+        pod_size=expert_pod_size(spec),
+        used_requests=used_requests,
     )
 
 
@@ -132,12 +138,16 @@ def plan(
     stale_after_seconds: float = STALE_AFTER_SECONDS,
     efficiency: float = DATA_PARALLEL_EFFICIENCY,
     exact_budget: int | None = None,
+    pod_size: PodSize | None = None,
+    used_requests: Mapping[str, Requests] | None = None,
 ) -> Plan:
     """Place `experts` on the usable GPUs of `nodes` minimising the predicted makespan.
 
-    `used_gpus` (node → GPUs used by pods of other runs) lowers a node's capacity; pinned
-    experts keep their node even when it is no longer schedulable (cordoned, full).
-    Raises PlacementError when some expert fits nowhere.
+    `used_gpus` (node → GPUs used by pods of other runs) lowers a node's capacity, and with
+    `pod_size` (what an expert pod on g GPUs requests) so does the CPU and memory left by
+    `used_requests` (node → requests of those pods); pinned experts keep their node even
+    when it is no longer schedulable (cordoned, full). Raises PlacementError when some
+    expert fits nowhere.
     """
     placement = placement or PlacementSpec()
     speeds = speeds or SpeedTable(workload=workload)
@@ -148,6 +158,8 @@ def plan(
         now=now,
         stale_after_seconds=stale_after_seconds,
         needs_bf16=workload.precision == "bf16",
+        pod_size=pod_size,
+        used_requests=used_requests,
     )
     builder = _Builder(
         fleet=fleet,

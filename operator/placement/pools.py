@@ -16,6 +16,7 @@ from typing import Any
 
 from atoll.operator.placement import labels
 from atoll.operator.placement.gpus import canonical_product
+from atoll.operator.placement.manifests import field_at as _get
 
 DEFAULT_PROVISIONING_SECONDS = 300.0
 """From asking to a Ready GPU node when the NodePool does not say: cloud GPU instances
@@ -129,13 +130,4 @@ def _number(annotations: Mapping[str, str], key: str, default: float | None) -> 
         raise _UnusableError(f"metadata.annotations[{key}]: {text!r} is not a number") from None
     if not math.isfinite(value) or value < 0:
         raise _UnusableError(f"metadata.annotations[{key}]: {text!r} must be a finite number >= 0")
-    return value
-
-
-def _get(mapping: Mapping[str, Any], *path: str) -> Any:
-    value: Any = mapping
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
     return value

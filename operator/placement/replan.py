@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from atoll.api import DDMRunSpec
+from atoll.operator.placement.capacity import Requests, expert_pod_size
 from atoll.operator.placement.fleet import Fleet, as_dict, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.planner import (
@@ -34,9 +35,9 @@ RESTART_SECONDS = 120.0
 """What moving an expert costs: pod start, image and data loading, checkpoint restore."""
 MIN_GAIN_FRACTION = 0.05
 """A move must also shorten the expert's remaining time by this fraction (no ping-pong)."""
-KEEP_RUNNING_ON = frozenset({"cordoned", "full", "stale", "constraint", "memory"})
-"""Exclusions under which a running expert stays: cordoning evicts nothing, and a stale
-agent or a changed constraint does not stop a pod that already runs."""
+KEEP_RUNNING_ON = frozenset({"cordoned", "full", "cpu", "host-memory", "stale", "constraint", "memory"})
+"""Exclusions under which a running expert stays: cordoning evicts nothing, requests do not
+evict a bound pod, and a stale agent or a changed constraint does not stop a pod that already runs."""
 
 
 class Placed(Protocol):
@@ -72,13 +73,15 @@ def replan(
     running: Mapping[int, Placed],
     cluster_sizes: Sequence[int] | None = None,
     used_gpus: Mapping[str, int] | None = None,
+    used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
 ) -> Plan:
     """A new plan for the unfinished experts of a run in flight.
 
     `progress`: expert → its latest progress.json; `running`: expert → where its pod runs
-    now (node, GPUs, micro-batch, accumulation); `used_gpus`: GPUs held on each node by
-    pods *other than* those in `running`. A running expert whose node still exists, is
+    now (node, GPUs, micro-batch, accumulation); `used_gpus` and `used_requests`: GPUs and
+    CPU/memory requested on each node by pods *other than* those in `running` (a node offers
+    only the GPUs whose expert pods its free CPU and memory hold). A running expert whose node still exists, is
     Ready and healthy stays pinned there (start 0) with the work left after its current
     step; every other unfinished expert is placed anew with the work left after its last
     checkpoint (what a restart resumes from). Experts whose progress says done are left
@@ -105,6 +108,8 @@ def replan(
         speeds=speed_table(spec, progress=progress.values(), nodes=node_list),
         used_gpus=used_gpus,
         now=now,
+        pod_size=expert_pod_size(spec),
+        used_requests=used_requests,
     )
 
 
@@ -116,6 +121,7 @@ def migrations(
     running: Mapping[int, Placed],
     cluster_sizes: Sequence[int] | None = None,
     used_gpus: Mapping[str, int] | None = None,
+    used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
     restart_seconds: float = RESTART_SECONDS,
     min_gain_fraction: float = MIN_GAIN_FRACTION,
@@ -138,11 +144,18 @@ def migrations(
         running=running,
         cluster_sizes=cluster_sizes,
         used_gpus=used_gpus,
+        used_requests=used_requests,
         now=now,
     )
     workload = workload_of(spec)
     fleet = read_fleet(
-        node_list, placement=spec.placement, used_gpus=used_gpus, now=now, stale_after_seconds=STALE_AFTER_SECONDS
+        node_list,
+        placement=spec.placement,
+        used_gpus=used_gpus,
+        now=now,
+        stale_after_seconds=STALE_AFTER_SECONDS,
+        pod_size=expert_pod_size(spec),
+        used_requests=used_requests,
     )
     speeds = speed_table(spec, progress=progress.values(), nodes=node_list)
     busy = _Occupancy(status_quo.assignments, {n.name: n.free_gpus for n in fleet.nodes})

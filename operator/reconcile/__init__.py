@@ -21,6 +21,7 @@ from typing import Any
 
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
+from atoll.operator.placement.capacity import pod_requests
 from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
 from atoll.operator.reconcile.decide import decide
 from atoll.operator.reconcile.executor import Executor
@@ -110,11 +111,12 @@ def decide_reserving(
     except UsageNeeded:
         pass
     with ledger.deciding():
-        observation = replace(observation, busy_gpus=ledger.usage(holders()))
+        busy, requested = ledger.held(holders())
+        observation = replace(observation, busy_gpus=busy, busy_requests=requested)
         decision = decide(observation, memory, settings)
         for create in decision.of(CreatePod):
             if create.node is not None:
-                ledger.reserve(create.key, create.node, create.gpus)
+                ledger.reserve(create.key, create.node, create.gpus, pod_requests(create.manifest.get("spec") or {}))
     return decision
 
 

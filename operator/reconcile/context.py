@@ -8,7 +8,7 @@ and append actions, Events and troubles to one `Outcome`. Pure: no I/O.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
 from atoll.operator.placement import Assignment, labels
+from atoll.operator.placement.capacity import Requests
 from atoll.operator.pods import Owner
 from atoll.operator.reconcile.actions import Action, Event
 from atoll.operator.reconcile.observation import Observation, RunMemory, RunObject
@@ -130,16 +131,9 @@ class Tick:
         """Experts whose pod exists and holds (or waits for) its GPUs, where it is (re-planning
         keeps them there). `bound_only`: only pods that run already (what a move may stop)."""
         statuses = self.expert_statuses
-        nodes = self.nodes_known
         running: dict[int, Assignment] = {}
-        for pod in self.pods:
-            if pod.stage != "expert" or pod.expert is None or not pod.active:
-                continue
-            if bound_only and pod.phase != "Running":
-                continue
-            node = pod.node or pod.planned_node
-            if node is None or (nodes is not None and node not in nodes):
-                continue  # not placed yet, or stranded on a node that is gone (being replaced)
+        for pod, node in self._expert_pods(bound_only=bound_only):
+            assert pod.expert is not None
             status = statuses.get(pod.expert, DDMExpertStatus())
             running[pod.expert] = Assignment(
                 expert=pod.expert,
@@ -150,6 +144,29 @@ class Tick:
                 grad_accum=status.grad_accum,
             )
         return running
+
+    def running_requests(self, experts: Collection[int]) -> dict[str, Requests]:
+        """CPU and memory the pods of running `experts` (as `running_experts` finds them) request, per node."""
+        held: dict[str, Requests] = {}
+        for pod, node in self._expert_pods():
+            if pod.expert in experts:
+                held[node] = held.get(node, Requests()) + pod.requests
+        return held
+
+    def _expert_pods(self, *, bound_only: bool = False) -> list[tuple[PodView, str]]:
+        """This run's active expert pods with their node (the planned one while unbound), on nodes that exist."""
+        nodes = self.nodes_known
+        found = []
+        for pod in self.pods:
+            if pod.stage != "expert" or pod.expert is None or not pod.active:
+                continue
+            if bound_only and pod.phase != "Running":
+                continue
+            node = pod.node or pod.planned_node
+            if node is None or (nodes is not None and node not in nodes):
+                continue  # not placed yet, or stranded on a node that is gone (being replaced)
+            found.append((pod, node))
+        return found
 
     @functools.cached_property
     def lost_nodes(self) -> Mapping[str, str]:

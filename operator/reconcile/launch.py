@@ -15,7 +15,8 @@ from atoll.api.status import DDMExpertStatus
 from atoll.operator.attempts import StageDecision
 from atoll.operator.conditions import Trouble
 from atoll.operator.placement import Assignment
-from atoll.operator.planning import ExpertPlacement, FleetState, PlacementJob, place_experts, plan_stages
+from atoll.operator.placement.capacity import Requests, expert_pod_size
+from atoll.operator.planning import ExpertPlacement, FleetState, PlacementJob, free_gpus, place_experts, plan_stages
 from atoll.operator.pods import Owner, StageAttempt, build_pod, pod_name
 from atoll.operator.reconcile.actions import CreatePod, DeletePod
 from atoll.operator.reconcile.context import Outcome, Tick
@@ -56,8 +57,10 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     statuses = tick.expert_statuses
     lost = tick.lost_nodes
     nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
-    capacity = {node.name: node.gpus for node in nodes}
+    by_name = {node.name: node for node in nodes}
     busy = dict(obs.busy_gpus)
+    requested = dict(obs.busy_requests)
+    size = expert_pod_size(tick.placement_spec())
     plan: dict[str, Assignment] = {}
     placed_anew: list[int] = []
     for slug in starting:
@@ -65,7 +68,8 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         if job.expert is None:
             continue
         move = statuses[job.expert].move if job.expert in statuses else None
-        if move is not None and busy.get(move.node, 0) + move.gpus <= capacity.get(move.node, 0):
+        target = by_name.get(move.node) if move is not None else None
+        if move is not None and target is not None and free_gpus(target, busy, requested, size) >= move.gpus:
             plan[slug] = Assignment(
                 expert=job.expert,
                 node=move.node,
@@ -75,16 +79,20 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
                 grad_accum=move.grad_accum,
             )
             busy[move.node] = busy.get(move.node, 0) + move.gpus
+            requested[move.node] = requested.get(move.node, Requests()) + size(move.gpus)
         else:
             placed_anew.append(job.expert)
+    # An expert starting a new attempt no longer runs where its old pod is (being deleted).
+    running = {k: a for k, a in tick.running_experts().items() if k not in placed_anew}
     fleet = FleetState(
         spec=tick.placement_spec(),
         nodes=nodes,
-        # An expert starting a new attempt no longer runs where its old pod is (being deleted).
-        running={k: a for k, a in tick.running_experts().items() if k not in placed_anew},
+        running=running,
+        running_requests=tick.running_requests(running),
         progress={k: p for k in statuses if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
         busy_gpus=busy,
+        busy_requests=requested,
         now=obs.now,
     )
     avoid: dict[int, str] = {}

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from atoll.api.status import CheckpointStatus, DDMExpertStatus, DDMRunStatus
+from atoll.operator.placement.capacity import Requests
 from atoll.operator.views import ExpertView, NodeView, PodView
 from atoll.progress import StageProgress
 
@@ -110,6 +111,9 @@ class Observation:
     busy_gpus: Mapping[str, int] = field(default_factory=dict)
     """GPUs held per node by every GPU-holding pod, atoll's or not, and the GPUs promised to
     pods the watch does not show yet (the operator's ledger)."""
+    busy_requests: Mapping[str, Requests] = field(default_factory=dict)
+    """CPU and memory requested per node by every non-terminal pod bound (or pinned) to it,
+    atoll's or not, and by the pods promised in the ledger (read with `busy_gpus`)."""
     store: StoreSnapshot = field(default_factory=StoreSnapshot)
     now: datetime
     monotonic: float = 0.0

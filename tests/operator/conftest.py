@@ -185,6 +185,28 @@ def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def holder_pod(
+    name: str, node: str, resources: dict[str, str], *, affinity: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A pod bound to `node` (no scheduler) holding `resources`: a sleeping process under the pod runtime."""
+    spec: dict[str, Any] = {
+        "nodeName": node,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "holder",
+                "image": "busybox",
+                "command": ["python", "-c", "import time; time.sleep(3600)"],
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+            }
+        ],
+    }
+    if affinity is not None:
+        spec["affinity"] = affinity
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
 @pytest.fixture(scope="session")
 def island(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Island]:
     """A second control plane standing in for a compute island (charts/atoll-island installed)."""

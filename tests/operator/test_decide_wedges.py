@@ -163,7 +163,7 @@ def test_a_pinned_pod_pending_past_the_timeout_is_deleted_and_placed_again() -> 
 
 
 def test_a_pod_its_planned_node_never_took_is_placed_on_another_node_and_says_why() -> None:
-    # The planner weighs GPUs only: the scheduler may refuse the node for CPU other pods hold.
+    # The scheduler may refuse the node for what the planner's view missed (here: CPU a pod took since).
     # Placed again with the same view of the fleet, the expert would go back to the same node.
     status, experts, pods = running_experts(expert0={"phase": "Pending", "node": "h100-0"})
     message = "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector."

@@ -5,10 +5,11 @@ expert's lastFailure saying why; meanwhile the run shows Schedulable=False with 
 reason. The test ends once the new pods run on their new nodes (the rest of the run is the
 ordinary pipeline, tested elsewhere).
 
-How a pinned pod stays Pending: the planner weighs GPUs only, the scheduler also CPU. Every CPU
-of the H100 node with free GPUs is held by a pod without GPUs, every GPU of the other H100 node
-by another pod, and the spec's speed table makes an H100 far faster than anything else: the
-plan pins both experts to the first node, whose CPUs the scheduler sees taken.
+How a pinned pod stays Pending: the planner weighs GPUs, CPU and memory, not inter-pod
+anti-affinity. A pod on the H100 node with free GPUs refuses expert pods beside it (a required
+anti-affinity of its own), every GPU of the other H100 node is held by another pod, and the
+spec's speed table makes an H100 far faster than anything else: the plan pins both experts to
+the first node, which the scheduler refuses for the existing pod's anti-affinity.
 """
 
 from __future__ import annotations
@@ -23,34 +24,20 @@ import pytest
 from tests.env import fleet as fleet_builders
 from tests.env.cluster import ControlPlane
 from tests.env.runtime_process import PodRuntimeProcess
-from tests.operator.conftest import SECRET, OperatorProcess, apply, condition, phase, run_object
+from tests.operator.conftest import SECRET, OperatorProcess, apply, condition, holder_pod, phase, run_object
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
 H100 = fleet_builders.H100.product
 TIMEOUT = 10  # failurePolicy.pendingTimeoutSeconds (its lower bound)
-
-
-def holder(name: str, node: str, resources: dict[str, str]) -> dict[str, Any]:
-    """A pod bound to `node` (no scheduler) holding `resources`: a sleeping process under the pod runtime."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "holder",
-                    "image": "busybox",
-                    "command": ["python", "-c", "import time; time.sleep(3600)"],
-                    "resources": {"requests": dict(resources), "limits": dict(resources)},
-                }
-            ],
-        },
+NO_EXPERTS_BESIDE = {
+    "podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"atoll.dev/stage": "expert"}}, "topologyKey": "kubernetes.io/hostname"}
+        ]
     }
+}
+"""A pod's required anti-affinity against expert pods on its node: kube-scheduler keeps them off it."""
 
 
 def test_a_pod_its_planned_node_never_takes_is_placed_elsewhere_after_the_timeout(  # noqa: PLR0917 - fixtures
@@ -63,10 +50,12 @@ def test_a_pod_its_planned_node_never_takes_is_placed_elsewhere_after_the_timeou
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
     blocked, full = sorted(fleet.with_product(H100))
-    cpus = next(n for n in fleet.nodes if n["metadata"]["name"] == blocked)["status"]["allocatable"]["cpu"]
-    holders = {"cpu-holder": (blocked, {"cpu": cpus}), "gpu-holder": (full, {"nvidia.com/gpu": "8"})}
-    for name, (node, resources) in holders.items():
-        apply(control_plane, namespace, holder(name, node, resources))
+    holders = {
+        "loner": holder_pod("loner", blocked, {"cpu": "100m"}, affinity=NO_EXPERTS_BESIDE),
+        "gpu-holder": holder_pod("gpu-holder", full, {"nvidia.com/gpu": "8"}),
+    }
+    for manifest in holders.values():
+        apply(control_plane, namespace, manifest)
     slow = {product: 1.0 for product in fleet.products if product != H100}
     run = {
         "apiVersion": "atoll.dev/v1alpha1",
@@ -128,12 +117,12 @@ def test_a_pod_its_planned_node_never_takes_is_placed_elsewhere_after_the_timeou
             )
             time.sleep(1)
         assert unschedulable.get("reason") == "Unschedulable", unschedulable
-        assert "Insufficient cpu" in unschedulable["message"], unschedulable
+        assert "anti-affinity" in unschedulable["message"], unschedulable
         for k, status in experts().items():
             assert (status["attempt"], status["restarts"]) == (2, 0), f"expert {k}: a wrong placement is no failure"
             waited = f"on its planned node {blocked} (failurePolicy.pendingTimeoutSeconds is {TIMEOUT})"
-            assert waited in status["lastFailure"], f"the plan pinned expert {k} to the H100 whose CPUs are taken"
-            assert "Insufficient cpu" in status["lastFailure"], status
+            assert waited in status["lastFailure"], f"the plan pinned expert {k} to the H100 the loner refuses"
+            assert "anti-affinity" in status["lastFailure"], status
             assert pod(f"pinned-expert-{k}-a1") is None, "the pod that waited is deleted"
         events = control_plane.kubectl_json("get", "events", "-n", namespace)["items"]
         timeouts = [e for e in events if e["reason"] == "PendingTimeout"]

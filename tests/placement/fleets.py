@@ -45,7 +45,8 @@ def node(
     label, memory, major = product
     labels = {"kubernetes.io/hostname": name, **(extra_labels or {})}
     annotations: dict[str, str] = {}
-    allocatable: dict[str, str] = {"cpu": "64", "memory": "512Gi"}
+    # A DGX-like host: 28 cores and 256 GiB per GPU (the largest preset's expert pod asks 16 and 96).
+    allocatable: dict[str, str] = {"cpu": str(max(64, 28 * gpus)), "memory": f"{max(512, 256 * gpus)}Gi"}
     if state != "no-gpu":
         labels.update(
             {
