@@ -38,7 +38,7 @@ from atoll.operator.probes import Health
 from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
 from atoll.operator.reconcile.observer import GpuHolders
 from atoll.operator.settings import OperatorSettings
-from atoll.operator.views import ANNOTATION_PLANNED_NODE, LABEL_RUN, ExpertView, NodeView, PodView, pod_gpus
+from atoll.operator.views import LABEL_RUN, ExpertView, NodeView, PodView, gpus_held_at, pod_gpus
 from atoll.store import StoreError
 
 log = get_logger(__name__)
@@ -160,10 +160,11 @@ def build_registry(
 
     @kopf.index("pods", id="gpu_pods", registry=registry)
     async def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, GpuHolder]:
-        """Every pod that holds GPUs (atoll's or not), by namespace/name: its node (pinned node while unbound)."""
+        """Every pod that holds GPUs (atoll's or not), by namespace/name: its node (while unbound: its
+        pinned node, or the placeholder of the pool whose new node it waits for)."""
         gpus = pod_gpus(body.get("spec", {}))
         phase = body.get("status", {}).get("phase")
-        node = body.get("spec", {}).get("nodeName") or (body.metadata.annotations or {}).get(ANNOTATION_PLANNED_NODE)
+        node = gpus_held_at(body.get("spec", {}), body.metadata.annotations or {})
         if not gpus or not node or phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp"):
             return {}
         return {f"{body.metadata.namespace}/{body.metadata.name}": GpuHolder(node=node, gpus=gpus)}

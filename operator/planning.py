@@ -2,8 +2,9 @@
 each stage attempt gets, and which running experts should move to faster GPUs.
 
 Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
-re-planned whenever an expert must start, running experts pinned where they are, queued
-ones started only when their planned GPUs are free; `plan_moves`: the planner's
+re-planned whenever an expert must start, over the fleet and the pools the run declares,
+running experts pinned where they are, queued ones started only when their planned GPUs
+are free — a pool's GPUs are free up to its headroom; `plan_moves`: the planner's
 `migrations`). The short stages (partition, router, assemble, evaluate) go to the usable
 node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
 (atoll.operator.placement.fleet). Pure and deterministic: equal inputs give equal placements.
@@ -19,6 +20,7 @@ from atoll.api.spec import DDMRunSpec, PlacementSpec
 from atoll.operator.placement import Assignment, Migration, PlacementError, labels, migrations, read_fleet, replan
 from atoll.operator.placement.fleet import GpuNode
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
+from atoll.operator.placement.pools import GrowablePool, declared_pools
 from atoll.operator.views import NodeView
 from atoll.progress import StageProgress
 
@@ -69,6 +71,10 @@ class FleetState:
             mine[where.node] = mine.get(where.node, 0) + where.gpus
         return {node: max(0, used - mine.get(node, 0)) for node, used in self.busy_gpus.items()}
 
+    def pools(self) -> tuple[GrowablePool, ...]:
+        """The pools the run declares (spec.placement.pools), less what their nodes hold now."""
+        return declared_pools(self.spec.placement.pools, self.nodes)
+
     def planning_nodes(self, experts: int) -> list[NodeView]:
         return distinct_nodes(
             self.nodes,
@@ -83,6 +89,7 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
     """Assignments for the experts in `starting` that the run's current plan lets start now."""
     if not starting:
         return ExpertPlacement({})
+    pools = fleet.pools()
     try:
         plan = replan(
             fleet.spec,
@@ -92,10 +99,13 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
             cluster_sizes=fleet.cluster_sizes,
             used_gpus=fleet.others(),
             now=fleet.now,
+            pools=pools,
         )
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
     free = {node.name: node.gpus - fleet.busy_gpus.get(node.name, 0) for node in fleet.nodes}
+    for provision in plan.provisions:  # what a pool may still add, less what pods waiting for it hold
+        free[provision.placeholder] = provision.headroom_gpus - fleet.busy_gpus.get(provision.placeholder, 0)
     assignments = {
         a.expert: a
         for a in plan.next_to_start(set(fleet.running), free)
@@ -130,6 +140,7 @@ def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
             cluster_sizes=fleet.cluster_sizes,
             used_gpus=fleet.others(),
             now=fleet.now,
+            pools=fleet.pools(),
         )
     except PlacementError:
         return []

@@ -137,7 +137,9 @@ class Tick:
             if bound_only and pod.phase != "Running":
                 continue
             node = pod.node or pod.planned_node
-            if node is None or (nodes is not None and node not in nodes):
+            if node is None and pod.waits_at is not None:
+                node = pod.waits_at  # waits for a pool's new node: its GPUs are held there
+            elif node is None or (nodes is not None and node not in nodes):
                 continue  # not placed yet, or stranded on a node that is gone (being replaced)
             status = statuses.get(pod.expert, DDMExpertStatus())
             running[pod.expert] = Assignment(
