@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atoll.operator.placement.capacity import Requests, pod_requests
-from atoll.operator.views import ANNOTATION_PLANNED_NODE, pod_gpus
+from atoll.operator.views import gpus_held_at, pod_gpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +36,11 @@ class GpuHolder:
 
 
 def pod_holder(pod: Mapping[str, Any]) -> GpuHolder | None:
-    """What a Pod holds: its node (the planned node while unbound), GPUs and CPU/memory
-    requests; None for a pod that has finished, is being deleted, has no node or asks nothing."""
+    """What a Pod holds: its node (while unbound: its pinned node, or the placeholder of the pool
+    whose new node it waits for), GPUs and CPU/memory requests; None for a pod that has
+    finished, is being deleted, has no node or asks nothing."""
     metadata, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    node = spec.get("nodeName") or (metadata.get("annotations") or {}).get(ANNOTATION_PLANNED_NODE)
+    node = gpus_held_at(spec, metadata.get("annotations") or {})
     finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
     if not node or finished or metadata.get("deletionTimestamp"):
         return None

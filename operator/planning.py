@@ -2,8 +2,9 @@
 each stage attempt gets, and which running experts should move to faster GPUs.
 
 Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
-re-planned whenever an expert must start, running experts pinned where they are, queued
-ones started only when their planned GPUs are free; `plan_moves`: the planner's
+re-planned whenever an expert must start, over the fleet and the pools the run declares,
+running experts pinned where they are, queued ones started only when their planned GPUs
+are free — a pool's GPUs are free up to its headroom; `plan_moves`: the planner's
 `migrations`). The short stages (partition, router, assemble, evaluate) go to the usable
 node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
 (atoll.operator.placement.fleet). Pure and deterministic: equal inputs give equal placements.
@@ -21,6 +22,7 @@ from atoll.operator.placement import Assignment, Migration, PlacementError, labe
 from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size, gpu_room
 from atoll.operator.placement.fleet import GpuNode, as_dict
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
+from atoll.operator.placement.pools import GrowablePool, declared_pools
 from atoll.operator.views import NodeView
 from atoll.progress import StageProgress
 
@@ -89,6 +91,10 @@ class FleetState:
         """GPUs free now per node: not held, and with the CPU and memory their expert pods need."""
         return {node.name: free_gpus(node, self.busy_gpus, self.busy_requests, self.pod_size) for node in self.nodes}
 
+    def pools(self) -> tuple[GrowablePool, ...]:
+        """The pools the run declares (spec.placement.pools), less what their nodes hold now."""
+        return declared_pools(self.spec.placement.pools, self.nodes)
+
     def planning_nodes(self, experts: int) -> list[NodeView]:
         return distinct_nodes(
             self.nodes,
@@ -116,6 +122,7 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
     """Assignments for the experts in `starting` that the run's current plan lets start now."""
     if not starting:
         return ExpertPlacement({})
+    pools = fleet.pools()
     try:
         plan = replan(
             fleet.spec,
@@ -126,10 +133,13 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
             used_gpus=fleet.others(),
             used_requests=fleet.other_requests(),
             now=fleet.now,
+            pools=pools,
         )
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
     free = fleet.free_gpus()
+    for provision in plan.provisions:  # what a pool may still add, less what pods waiting for it hold
+        free[provision.placeholder] = provision.headroom_gpus - fleet.busy_gpus.get(provision.placeholder, 0)
     assignments = {
         a.expert: a
         for a in plan.next_to_start(set(fleet.running), free)
@@ -165,6 +175,7 @@ def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
             used_gpus=fleet.others(),
             used_requests=fleet.other_requests(),
             now=fleet.now,
+            pools=fleet.pools(),
         )
     except PlacementError:
         return []

@@ -1,9 +1,10 @@
 """Pure builders of the stage pods: one pod per stage attempt, running the stage command.
 
 Store credentials reach a pod only through secretKeyRef (never a value in the manifest);
-placement becomes plain Kubernetes (GPU requests, node affinity on the GPU product,
-tolerations); the annotations of atoll.operator.placement.autoscalers keep cluster-autoscaler
-and Karpenter from taking a node away while its stage runs; CPU, memory, /dev/shm, scratch
+placement becomes plain Kubernetes (GPU requests, node affinity on the GPU product and the
+planned node, or on the pool's labels for a node an autoscaler has yet to add; tolerations);
+the annotations of atoll.operator.placement.autoscalers keep cluster-autoscaler and
+Karpenter from taking a node away while its stage runs; CPU, memory, /dev/shm, scratch
 and the grace period come from atoll.operator.pod_resources (requests equal to limits:
 Guaranteed QoS), with a read-only root filesystem. Pod names are deterministic per stage and
 attempt, so a restarted operator creates nothing twice. Pure: no API calls.
@@ -23,6 +24,7 @@ from atoll.operator.template import apply_template
 from atoll.operator.views import (
     ANNOTATION_GPU_PRODUCT,
     ANNOTATION_PLANNED_NODE,
+    ANNOTATION_PLANNED_POOL,
     ANNOTATION_PREDICTED_SECONDS,
     LABEL_ATTEMPT,
     LABEL_EXPERT,
@@ -77,7 +79,8 @@ class StageAttempt:
     """Placement (node, GPU product, GPUs, batch split); None: anywhere the scheduler likes."""
     pinned: bool = False
     """True: the pod must run on the assignment's node itself (a makespan plan); False: any
-    node of its GPU product, the planned node preferred."""
+    node of its GPU product, the planned node preferred. An assignment to a pool's new node
+    names no node: the pod requires the pool's labels and the product, pinned or not."""
 
 
 def pod_name(run: str, job: StageJob, attempt: int) -> str:
@@ -136,12 +139,19 @@ def _env(item: StageAttempt, spec: DDMRunSpec) -> list[dict[str, Any]]:
 
 def _affinity(plan: Assignment | None, pinned: bool) -> dict[str, Any] | None:
     """Required: the planned GPU product, and the planned node itself for a pinned (makespan)
-    plan; otherwise the planned node is only preferred."""
+    plan, or the labels of the pool whose new node it waits for (no node name: an autoscaler
+    simulates the pod against the pool's node template and provisions for it); otherwise the
+    planned node is only preferred."""
     if plan is None:
         return None
     required: dict[str, Any] = {
         "matchExpressions": [{"key": labels.GPU_PRODUCT, "operator": "In", "values": [plan.gpu_product]}]
     }
+    if plan.pool is not None:
+        required["matchExpressions"] += [
+            {"key": key, "operator": "In", "values": [value]} for key, value in sorted(plan.pool_labels.items())
+        ]
+        return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [required]}}}
     if pinned:
         # metadata.name, not the hostname label (which differs from the node name on some clouds).
         required["matchFields"] = [{"key": "metadata.name", "operator": "In", "values": [plan.node]}]
@@ -174,7 +184,9 @@ def build_pod(item: StageAttempt, spec: DDMRunSpec, settings: OperatorSettings) 
     sizes = pod_resources(spec, item.job, gpus)
     if plan is not None:
         annotations[ANNOTATION_GPU_PRODUCT] = plan.gpu_product
-    if plan is not None and item.pinned:
+    if plan is not None and plan.pool is not None:
+        annotations[ANNOTATION_PLANNED_POOL] = plan.pool  # a node of the pool is still to come
+    elif plan is not None and item.pinned:
         annotations[ANNOTATION_PLANNED_NODE] = plan.node
     if plan is not None and plan.predicted_seconds:
         annotations[ANNOTATION_PREDICTED_SECONDS] = f"{plan.predicted_seconds:.0f}"

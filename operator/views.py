@@ -19,6 +19,7 @@ from atoll.api.spec import API_GROUP, API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
 from atoll.operator.placement import labels
 from atoll.operator.placement.capacity import Requests, pod_requests
+from atoll.operator.placement.pools import placeholder
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -27,6 +28,8 @@ LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 ANNOTATION_GPU_PRODUCT = f"{API_GROUP}/gpu-product"
 ANNOTATION_PLANNED_NODE = f"{API_GROUP}/planned-node"
 """On a pod pinned to one node by a makespan plan."""
+ANNOTATION_PLANNED_POOL = f"{API_GROUP}/planned-pool"
+"""On a pod that waits for a new node of an autoscaler pool (the pool's name)."""
 ANNOTATION_PREDICTED_SECONDS = f"{API_GROUP}/predicted-seconds"
 
 
@@ -59,6 +62,14 @@ def pod_gpus(spec: Mapping[str, Any]) -> int:
     for container in spec.get("containers") or []:
         total += _int(((container.get("resources") or {}).get("limits") or {}).get(labels.GPU_RESOURCE))
     return total
+
+
+def gpus_held_at(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> str | None:
+    """Where a pod holds its GPUs: its node; unbound, its pinned node or the placeholder of the
+    pool whose new node it waits for (None: nowhere yet)."""
+    pool, product = annotations.get(ANNOTATION_PLANNED_POOL), annotations.get(ANNOTATION_GPU_PRODUCT)
+    waits = placeholder(pool, product) if pool and product else None
+    return spec.get("nodeName") or annotations.get(ANNOTATION_PLANNED_NODE) or waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +130,8 @@ class PodView:
     gpu_product: str | None = None
     planned_node: str | None = None
     """The node a pinned pod waits for (set before it is bound)."""
+    planned_pool: str | None = None
+    """The autoscaler pool whose new node the pod waits for (no node is named)."""
     exit_code: int | None = None
     reason: str | None = None
     """Why the pod ended or waits (Error, Evicted, CreateContainerConfigError, Unschedulable…)."""
@@ -136,6 +149,15 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def waits_at(self) -> str | None:
+        """Where an unbound pod will hold its GPUs: its pinned node, or its pool's placeholder."""
+        if self.planned_node is not None:
+            return self.planned_node
+        if self.planned_pool is not None and self.gpu_product is not None:
+            return placeholder(self.planned_pool, self.gpu_product)
+        return None
 
     @property
     def active(self) -> bool:
@@ -182,6 +204,7 @@ class PodView:
             gpus=pod_gpus(spec),
             gpu_product=annotations.get(ANNOTATION_GPU_PRODUCT),
             planned_node=annotations.get(ANNOTATION_PLANNED_NODE),
+            planned_pool=annotations.get(ANNOTATION_PLANNED_POOL),
             exit_code=exit_code,
             reason=reason,
             message=message,

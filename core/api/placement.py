@@ -1,4 +1,5 @@
-"""Where a run's pods may go: islands, GPU constraints, node selector, tolerations, CPU and memory per GPU.
+"""Where a run's pods may go: islands, GPU constraints, node selector, tolerations, growable pools,
+CPU and memory per GPU.
 
 Part of the DDMRun spec (atoll.api.spec re-exports these models). Label keys and values,
 taint keys and toleration fields follow Kubernetes' own rules (atoll.api.names), so a run
@@ -181,6 +182,65 @@ class IslandPlacement(SpecModel):
         return value
 
 
+KARPENTER_NODEPOOL_LABEL = "karpenter.sh/nodepool"
+"""The label Karpenter puts on every node of a NodePool (the default selector of a pool)."""
+
+
+class GrowablePoolSpec(SpecModel):
+    """GPUs of one product an autoscaler can add (a Karpenter NodePool, a cluster-autoscaler node group)."""
+
+    name: LabelValue = Field(
+        min_length=1,
+        description=(
+            "The autoscaler's pool: a Karpenter NodePool's name, or a node group's name (then set"
+            " nodeLabels to the label its nodes carry)."
+        ),
+    )
+    product: LabelValue = Field(
+        min_length=1, description="GPU product of the pool's nodes (nvidia.com/gpu.product, e.g. NVIDIA-L4)."
+    )
+    max_gpus: int = Field(
+        ge=1,
+        le=100_000,
+        description=(
+            "The pool's GPU limit: GPUs its nodes may hold in all, nodes that exist included (a NodePool's"
+            " spec.limits). Plans never provision beyond it."
+        ),
+    )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="GPUs of the largest node the pool makes (an expert's GPUs are on one node); unset: any.",
+    )
+    provisioning_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="Seconds from asking for a node of the pool until it runs pods (boot, join, device plugin).",
+    )
+    cost_per_gpu_hour: float | None = Field(
+        default=None, ge=0, description="Price of one GPU of the pool for an hour (reported with the plan)."
+    )
+    node_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "Labels every node of the pool carries; pods for capacity the pool has yet to add require them."
+            f" Empty: {KARPENTER_NODEPOOL_LABEL}: <name>."
+        ),
+    )
+
+    @field_validator("node_labels")
+    @classmethod
+    def _label_keys_are_qualified(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_label_keys(value, "nodeLabels")
+
+    def selector(self) -> dict[str, str]:
+        """The labels a node of this pool carries (what a pod waiting for one requires)."""
+        return dict(self.node_labels) or {KARPENTER_NODEPOOL_LABEL: self.name}
+
+
 class PlacementSpec(SpecModel):
     """Where the run's pods may go, and what CPU and memory they get."""
 
@@ -200,6 +260,14 @@ class PlacementSpec(SpecModel):
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Extra tolerations (nvidia.com/gpu is always tolerated)."
+    )
+    pools: list[GrowablePoolSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Pools an autoscaler can grow: the planner weighs provisioning their GPUs (after their delay)"
+            " against waiting for the fleet's; one entry per (name, product)."
+        ),
     )
     speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
@@ -229,3 +297,13 @@ class PlacementSpec(SpecModel):
     @classmethod
     def _selector_keys_are_qualified(cls, value: dict[str, str]) -> dict[str, str]:
         return check_label_keys(value, "nodeSelector")
+
+    @field_validator("pools")
+    @classmethod
+    def _pools_are_distinct(cls, value: list[GrowablePoolSpec]) -> list[GrowablePoolSpec]:
+        seen: set[tuple[str, str]] = set()
+        for index, pool in enumerate(value):
+            if (pool.name, pool.product) in seen:
+                raise ValueError(f"pools[{index}]: pool {pool.name!r} of {pool.product} is declared twice")
+            seen.add((pool.name, pool.product))
+        return value

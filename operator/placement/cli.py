@@ -1,7 +1,8 @@
 """`atoll plan`: print the placement plan of a DDMRun on a fleet described by a NodeList file.
 
 No cluster needed: NODES.yaml is what `kubectl get nodes -o yaml` prints. The plan goes
-to stdout as JSON; nodes left out and where each speed figure came from go to stderr.
+to stdout as JSON (with what it provisions from the pools the run declares); nodes left out
+and where each speed figure came from go to stderr.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     from atoll.api import load_manifest
     from atoll.errors import AtollError
     from atoll.operator.placement.planner import plan_run
+    from atoll.operator.placement.pools import declared_pools
 
     manifest = load_manifest(args.run)
     nodes = read_nodes(Path(args.nodes))
@@ -43,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
         now = _parse_now(args.now) if args.now else newest_heartbeat(nodes)
     except ValueError as error:
         raise AtollError(f"--now: {error}") from None
-    result = plan_run(manifest.spec, nodes, cluster_sizes=sizes, now=now)
+    pools = declared_pools(manifest.spec.placement.pools, nodes)
+    result = plan_run(manifest.spec, nodes, cluster_sizes=sizes, now=now, pools=pools)
     json.dump(result.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()  # the JSON first, then the notes, when both go to a terminal

@@ -37,9 +37,16 @@ class Assignment:
     """Predicted finish from now, queueing included (0: not predicted)."""
     samples_per_second: float = 0.0
     """Predicted speed of the expert on its GPUs."""
+    pool: str | None = None
+    """The autoscaler pool whose new node the expert waits for (`node` is then the pool's
+    placeholder, `<pool>/<product>`, not a node); None: a node that exists."""
+    pool_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels every node of `pool` carries (what the expert's pod requires instead of a node name)."""
 
     def to_json(self) -> dict[str, Any]:
+        pool = {"pool": self.pool} if self.pool is not None else {}
         return {
+            **pool,
             "expert": self.expert,
             "node": self.node,
             "gpuProduct": self.gpu_product,
@@ -49,6 +56,36 @@ class Assignment:
             "samples": self.samples,
             "startSeconds": round(self.start_seconds, 1),
             "predictedSeconds": round(self.predicted_seconds, 1),
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Provision:
+    """GPUs a plan asks one autoscaler pool to add."""
+
+    pool: str
+    product: str
+    placeholder: str
+    """The name the plan's assignments give the pool's new nodes (`<pool>/<product>`)."""
+    gpus: int
+    """Most GPUs the plan's experts hold on the pool's new nodes at once."""
+    headroom_gpus: int
+    """GPUs the pool could add for this plan (its limit less what its nodes hold)."""
+    ready_seconds: float
+    """Its provisioning delay: no expert starts there before."""
+    gpu_hours: float
+    """GPU-hours the plan's experts run on it (provisioning and idle time not counted)."""
+    cost: float | None
+    """gpu_hours × the pool's cost per GPU-hour (None: the pool has no price)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "gpuProduct": self.product,
+            "gpus": self.gpus,
+            "readySeconds": round(self.ready_seconds, 1),
+            "gpuHours": round(self.gpu_hours, 3),
+            "cost": None if self.cost is None else round(self.cost, 2),
         }
 
 
@@ -69,18 +106,24 @@ class Plan:
     speed_sources: Mapping[str, str] = field(default_factory=dict)
     """Per product: where its speed came from (SpeedTable.note: the source — observed, spec, measured,
     scaled, built-in or calibrated — then what measured or derived it)."""
+    provisions: tuple[Provision, ...] = ()
+    """Capacity the plan asks autoscaler pools to add (empty: the fleet as it is suffices)."""
 
     def assignment(self, expert: int) -> Assignment | None:
         return next((a for a in self.assignments if a.expert == expert), None)
 
     def to_json(self) -> dict[str, Any]:
-        """The document `atoll plan` prints (its documented shape exactly)."""
-        return {
+        """The document `atoll plan` prints (its documented shape exactly; `provisions` only when
+        the plan provisions)."""
+        document: dict[str, Any] = {
             "assignments": [a.to_json() for a in self.assignments],
             "makespanSeconds": round(self.makespan_seconds, 1),
             "lowerBoundSeconds": round(self.lower_bound_seconds, 1),
             "speeds": {product: round(speed, 3) for product, speed in sorted(self.speeds.items())},
         }
+        if self.provisions:
+            document["provisions"] = [p.to_json() for p in self.provisions]
+        return document
 
     def next_to_start(self, started: Collection[int], free_gpus: Mapping[str, int]) -> list[Assignment]:
         """The experts whose pods may be created now, in the plan's order.

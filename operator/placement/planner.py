@@ -5,7 +5,14 @@ experts' work and the speed table: for every usable node and every GPU count g (
 the global batch, g ≤ placement.gpu.maxPerExpert and the node's free GPUs — those whose
 expert pods its free CPU and memory hold, see the fleet — and the largest fitting
 micro-batch exists) one option lasting samples / speed(g), plus
-START_SECONDS for an expert not yet running. Pure and
+START_SECONDS for an expert not yet running.
+
+Growable pools (`GrowablePool`: a Karpenter NodePool, a pool the run declares) join the
+problem as one more node each, named by its placeholder, whose GPUs are the pool's
+headroom and become usable only after its provisioning delay (the options' release). The
+plan is the better of the fleet alone and fleet plus pools: provisioning wins only when it
+shortens the makespan by more than MIN_PROVISION_GAIN, and experts that gain nothing on
+new capacity are moved off it (atoll.operator.placement.provision). Pure and
 deterministic: equal inputs (`now` included) give equal plans.
 """
 
@@ -22,7 +29,9 @@ from atoll.errors import AtollError
 from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size
 from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
-from atoll.operator.placement.schedule import Job, Option, Problem, lower_bound, solve
+from atoll.operator.placement.pools import GrowablePool
+from atoll.operator.placement.provision import pool_nodes, provisions, solve_with_pools
+from atoll.operator.placement.schedule import Job, Option, Problem, lower_bound
 from atoll.operator.placement.speeds import (
     DATA_PARALLEL_EFFICIENCY,
     SpeedTable,
@@ -109,6 +118,7 @@ def plan_run(
     used_gpus: Mapping[str, int] | None = None,
     used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
+    pools: Sequence[GrowablePool] = (),
 ) -> Plan:
     """The initial plan of a run: every expert, nothing running yet. A node offers only the
     GPUs whose expert pods (sized as the pod builder sizes them) its free CPU and memory hold."""
@@ -123,6 +133,7 @@ def plan_run(
         now=now,
         pod_size=expert_pod_size(spec),
         used_requests=used_requests,
+        pools=pools,
     )
 
 
@@ -140,14 +151,17 @@ def plan(
     exact_budget: int | None = None,
     pod_size: PodSize | None = None,
     used_requests: Mapping[str, Requests] | None = None,
+    pools: Sequence[GrowablePool] = (),
 ) -> Plan:
-    """Place `experts` on the usable GPUs of `nodes` minimising the predicted makespan.
+    """Place `experts` on the usable GPUs of `nodes`, and of `pools` once provisioned,
+    minimising the predicted makespan.
 
     `used_gpus` (node → GPUs used by pods of other runs) lowers a node's capacity, and with
     `pod_size` (what an expert pod on g GPUs requests) so does the CPU and memory left by
     `used_requests` (node → requests of those pods); pinned experts keep their node even
-    when it is no longer schedulable (cordoned, full). Raises PlacementError when some
-    expert fits nowhere.
+    when it is no longer schedulable (cordoned, full); an expert pinned to a pool's
+    placeholder waits for that pool's new node. Raises PlacementError when some expert
+    fits nowhere.
     """
     placement = placement or PlacementSpec()
     speeds = speeds or SpeedTable(workload=workload)
@@ -169,16 +183,18 @@ def plan(
         speeds=speeds,
         efficiency=efficiency,
         used_gpus=used_gpus or {},
+        pools=pools,
     )
     problem = builder.problem()
     budget = exact_budget
     if budget is None:
         budget = EXACT_SEARCH_BUDGET if len(experts) <= EXACT_SEARCH_MAX_EXPERTS else 0
-    schedule = solve(problem, exact_budget=budget)
+    schedule = solve_with_pools(problem, builder.first_pool, budget)
     assignments = []
     for job, expert in enumerate(builder.experts):
         option = builder.choices[job][schedule.choice[job]]
         node = builder.nodes[option.node]
+        pool = builder.pool_of[node.name].pool if node.name in builder.pool_of else None
         assignments.append(
             Assignment(
                 expert=expert.expert,
@@ -191,6 +207,8 @@ def plan(
                 start_seconds=schedule.start[job],
                 predicted_seconds=schedule.finish[job],
                 samples_per_second=option.speed,
+                pool=pool.pool if pool is not None else None,
+                pool_labels=dict(pool.node_labels) if pool is not None else {},
             )
         )
     products = {n.product: n for n in builder.nodes}
@@ -202,6 +220,7 @@ def plan(
         speed_sources={p: speeds.note(p, n.compute_major) for p, n in products.items()},
         excluded=fleet.excluded + tuple(builder.too_small),
         proven_optimal=schedule.proven_optimal,
+        provisions=provisions([builder.pool_of[name] for name in builder.pool_of], assignments),
     )
 
 
@@ -230,6 +249,7 @@ class _Builder:
         speeds: SpeedTable,
         efficiency: float,
         used_gpus: Mapping[str, int],
+        pools: Sequence[GrowablePool] = (),
     ) -> None:
         self.fleet = fleet
         self.experts = sorted(experts, key=lambda e: e.expert)
@@ -242,19 +262,41 @@ class _Builder:
         self.used_gpus = used_gpus
         self.too_small: list[Exclusion] = []
         self.nodes: list[GpuNode] = list(fleet.nodes)
-        self._pinned_nodes()
+        held: dict[str, int] = {}
+        for expert in self.experts:
+            if expert.pinned is not None:
+                held[expert.pinned.node] = held.get(expert.pinned.node, 0) + expert.pinned.gpus
+        usable, unusable = pool_nodes(
+            pools,
+            placement=placement,
+            bf16=workload.precision == "bf16",
+            held=held,
+            free_experts=sum(1 for e in self.experts if e.pinned is None),
+        )
+        self.pool_of = {entry.node.name: entry for entry in usable}
+        """Placeholder → its pool node; pool nodes are the problem's last nodes."""
+        self._pinned_nodes(placeholders={pool.placeholder for pool in pools})
+        self.nodes += [entry.node for entry in usable]
+        self.usable |= set(self.pool_of)
+        self.too_small += unusable
         self.choices: list[list[_Choice]] = []
         self.full_rate = 0.0
 
-    def _pinned_nodes(self) -> None:
-        """Nodes that only pinned experts may use (cordoned, full) join the problem with their GPUs."""
+    @property
+    def first_pool(self) -> int:
+        """Index of the first pool node (pool nodes come last); len(nodes) when there is none."""
+        return next((i for i, n in enumerate(self.nodes) if n.name in self.pool_of), len(self.nodes))
+
+    def _pinned_nodes(self, placeholders: set[str]) -> None:
+        """Nodes that only pinned experts may use (cordoned, full; a pool the run may no longer
+        use, for the experts waiting for it) join the problem with their GPUs."""
         usable = {n.name for n in self.nodes}
         extra: dict[str, GpuNode] = {}
         for expert in self.experts:
             pin = expert.pinned
-            if pin is None or pin.node in usable:
+            if pin is None or pin.node in usable or pin.node in self.pool_of:
                 continue
-            if pin.node not in self.fleet.all_nodes:
+            if pin.node not in self.fleet.all_nodes and pin.node not in placeholders:
                 raise PlacementError(f"expert {expert.expert} is pinned to node {pin.node}, which does not exist")
             held = extra.get(pin.node)
             gpus = pin.gpus + (held.gpus if held else 0)
@@ -269,6 +311,8 @@ class _Builder:
         self._drop_unneeded(splits)
         node_index = {n.name: i for i, n in enumerate(self.nodes)}
         per_gpu = [self.speeds.per_gpu(n.product, n.compute_major) for n in self.nodes]
+        pool_of = self.pool_of
+        ready = [pool_of[n.name].pool.provisioning_seconds if n.name in pool_of else 0.0 for n in self.nodes]
         jobs = []
         for expert in self.experts:
             choices: list[_Choice] = []
@@ -292,7 +336,9 @@ class _Builder:
                             node=c.node,
                             gpus=c.gpus,
                             seconds=expert.samples / c.speed + (0.0 if expert.pinned is not None else START_SECONDS),
-                            release=expert.release_seconds,
+                            release=expert.release_seconds
+                            if expert.pinned is not None
+                            else max(expert.release_seconds, ready[c.node]),
                         )
                         for c in choices
                     ),
@@ -330,7 +376,7 @@ class _Builder:
         kept = []
         for node in fitting:
             kind = (node.product, node.memory_mib, node.free_gpus, node.compute_major)
-            if node.name in pinned_here:
+            if node.name in pinned_here or node.name in self.pool_of:
                 kept.append(node)
             elif kinds.get(kind, 0) < free_experts:
                 kinds[kind] = kinds.get(kind, 0) + 1
@@ -345,7 +391,9 @@ class _Builder:
             if node.name not in self.usable:
                 continue
             bf16 = trains_in_bf16(self.workload, node.product, node.compute_major)
+            pool = self.pool_of.get(node.name)
             top = min(self.placement.gpu.max_per_expert, node.free_gpus)
+            top = min(top, pool.per_expert_gpus) if pool is not None else top
             fits_any = False
             for batch in batches:
                 options = []

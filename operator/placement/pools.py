@@ -1,20 +1,23 @@
 """Capacity that can grow: the autoscaler pools a plan may provision GPUs from.
 
-Reads Karpenter NodePools into `GrowablePool`s: the GPU product (from the NodePool's
-requirements or template labels), how many GPUs it may still add (its `nvidia.com/gpu` limit
-minus what its nodes already hold, `status.resources`), how long a new node takes to join,
-and an optional price. A NodePool the planner cannot use is skipped with the reason, naming
-the field. Pure: takes NodePool dicts, never calls the API server, and decides nothing.
+Reads Karpenter NodePools, and the pools a run declares in `spec.placement.pools`, into
+`GrowablePool`s: the GPU product, how many GPUs it may still add (its `nvidia.com/gpu` limit
+minus what its nodes already hold), how long a new node takes to join, an optional price,
+and the node labels a pod waiting for one of its nodes requires. A NodePool the planner
+cannot use is skipped with the reason, naming the field. Pure: takes NodePool and Node
+dicts, never calls the API server, and decides nothing (the planner does).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from atoll.api.placement import KARPENTER_NODEPOOL_LABEL, GrowablePoolSpec
 from atoll.operator.placement import labels
+from atoll.operator.placement.fleet import as_dict
 from atoll.operator.placement.gpus import canonical_product
 from atoll.operator.placement.manifests import field_at as _get
 
@@ -41,11 +44,64 @@ class GrowablePool:
     """Its `nvidia.com/gpu` limit; None: no GPU limit. Shared by every product of one NodePool."""
     provisioning_seconds: float
     cost_per_gpu_hour: float | None
+    gpus_per_node: int | None = None
+    """GPUs of the largest node it makes (None: not known, any size)."""
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels every node it makes carries (a pod waiting for one of them requires these)."""
 
     @property
     def headroom_gpus(self) -> int | None:
         """GPUs it may still add (None: no limit)."""
         return None if self.max_gpus is None else max(0, self.max_gpus - self.gpus_in_use)
+
+    @property
+    def placeholder(self) -> str:
+        """The name plans give the node(s) this pool has yet to make (see `placeholder`)."""
+        return placeholder(self.pool, self.product)
+
+
+def placeholder(pool: str, product: str) -> str:
+    """`<pool>/<product>`: where a plan puts an expert on GPUs a pool has yet to add. Never a
+    real node's name (node names have no '/'), so it never collides with one."""
+    return f"{pool}/{product}"
+
+
+def declared_pools(specs: Sequence[GrowablePoolSpec], nodes: Iterable[Any]) -> tuple[GrowablePool, ...]:
+    """The pools a run declares (`spec.placement.pools`), with the GPUs their existing nodes hold.
+
+    A node belongs to a pool when it carries every label of the pool's selector; its
+    allocatable GPUs count against the pool's `maxGpus`.
+    """
+    node_list = [as_dict(node) for node in nodes]
+    pools = []
+    for spec in specs:
+        selector = spec.selector()
+        in_use = 0
+        for node in node_list:
+            node_labels: Mapping[str, str] = _get(node, "metadata", "labels") or {}
+            if all(node_labels.get(key) == value for key, value in selector.items()):
+                allocatable = _get(node, "status", "allocatable", labels.GPU_RESOURCE)
+                in_use += int(str(allocatable)) if str(allocatable or "").isdigit() else 0
+        pools.append(
+            GrowablePool(
+                pool=spec.name,
+                product=canonical_product(spec.product),
+                gpus_in_use=in_use,
+                max_gpus=spec.max_gpus,
+                provisioning_seconds=spec.provisioning_seconds,
+                cost_per_gpu_hour=spec.cost_per_gpu_hour,
+                gpus_per_node=spec.gpus_per_node,
+                node_labels=selector,
+            )
+        )
+    return tuple(sorted(pools, key=lambda p: (p.pool, p.product)))
+
+
+def merged(declared: Sequence[GrowablePool], discovered: Sequence[GrowablePool]) -> tuple[GrowablePool, ...]:
+    """Declared pools, plus discovered ones (NodePools) the run does not declare: a declaration wins."""
+    names = {(p.pool, p.product) for p in declared}
+    pools = [*declared, *(p for p in discovered if (p.pool, p.product) not in names)]
+    return tuple(sorted(pools, key=lambda p: (p.pool, p.product)))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +139,7 @@ def _read(node_pool: Mapping[str, Any], name: str) -> list[GrowablePool]:
     in_use = _get(node_pool, "status", "resources", labels.GPU_RESOURCE)
     provisioning = _number(annotations, PROVISIONING_ANNOTATION, DEFAULT_PROVISIONING_SECONDS)
     cost = _number(annotations, COST_ANNOTATION, None)
+    per_node = _largest_node(node_pool)
     return [
         GrowablePool(
             pool=name,
@@ -91,9 +148,20 @@ def _read(node_pool: Mapping[str, Any], name: str) -> list[GrowablePool]:
             max_gpus=_gpus(limit, "spec.limits") if limit is not None else None,
             provisioning_seconds=provisioning if provisioning is not None else DEFAULT_PROVISIONING_SECONDS,
             cost_per_gpu_hour=cost,
+            gpus_per_node=per_node,
+            node_labels={KARPENTER_NODEPOOL_LABEL: name},
         )
         for product in products
     ]
+
+
+def _largest_node(node_pool: Mapping[str, Any]) -> int | None:
+    """GPUs of the largest node a NodePool may make: its `In` requirement on nvidia.com/gpu.count."""
+    for requirement in _get(node_pool, "spec", "template", "spec", "requirements") or []:
+        if requirement.get("key") == labels.GPU_COUNT and requirement.get("operator") == "In":
+            counts = [_gpus(value, "spec.template.spec.requirements") for value in requirement.get("values") or []]
+            return max(counts) if counts else None
+    return None
 
 
 def _products(node_pool: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from atoll.operator.placement.planner import (
     plan,
     speed_table,
 )
+from atoll.operator.placement.pools import GrowablePool
 from atoll.operator.placement.schedule import EPS
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 from atoll.operator.placement.workload import workload_of
@@ -75,6 +76,7 @@ def replan(
     used_gpus: Mapping[str, int] | None = None,
     used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
+    pools: Sequence[GrowablePool] = (),
 ) -> Plan:
     """A new plan for the unfinished experts of a run in flight.
 
@@ -86,7 +88,8 @@ def replan(
     step; every other unfinished expert is placed anew with the work left after its last
     checkpoint (what a restart resumes from). Experts whose progress says done are left
     out. An assignment on another node than where the expert runs means: move it (that
-    only happens when its node is gone, NotReady or unhealthy).
+    only happens when its node is gone, NotReady or unhealthy). An expert whose pod waits
+    for a new node of a pool (running at the pool's placeholder) stays pinned there.
     """
     node_list = [as_dict(n) for n in nodes]
     work = _remaining_work(
@@ -97,6 +100,7 @@ def replan(
         cluster_sizes=cluster_sizes,
         used_gpus=used_gpus,
         now=now,
+        pools=pools,
     )
     if not work:
         return Plan(assignments=(), makespan_seconds=0.0, lower_bound_seconds=0.0, speeds={}, proven_optimal=True)
@@ -110,6 +114,7 @@ def replan(
         now=now,
         pod_size=expert_pod_size(spec),
         used_requests=used_requests,
+        pools=pools,
     )
 
 
@@ -125,6 +130,7 @@ def migrations(
     now: datetime | None = None,
     restart_seconds: float = RESTART_SECONDS,
     min_gain_fraction: float = MIN_GAIN_FRACTION,
+    pools: Sequence[GrowablePool] = (),
 ) -> list[Migration]:
     """Running experts that should move to faster GPUs left idle, at their next checkpoint.
 
@@ -146,6 +152,7 @@ def migrations(
         used_gpus=used_gpus,
         used_requests=used_requests,
         now=now,
+        pools=pools,
     )
     workload = workload_of(spec)
     fleet = read_fleet(
@@ -166,7 +173,11 @@ def migrations(
     candidates = [
         (a.expert, a)
         for a in status_quo.assignments
-        if a.expert is not None and a.expert in running and a.start_seconds <= EPS and running[a.expert].node == a.node
+        if a.expert is not None
+        and a.expert in running
+        and a.start_seconds <= EPS
+        and running[a.expert].node == a.node
+        and a.pool is None  # an expert waiting for a pool's new node does not train yet
     ]
     for expert, stay in sorted(candidates, key=lambda pair: (-pair[1].predicted_seconds, pair[0])):
         item = progress.get(expert)
@@ -226,9 +237,11 @@ def _remaining_work(
     cluster_sizes: Sequence[int] | None,
     used_gpus: Mapping[str, int] | None,
     now: datetime | None,
+    pools: Sequence[GrowablePool] = (),
 ) -> list[ExpertWork]:
     fleet = read_fleet(nodes, placement=spec.placement, used_gpus=used_gpus, now=now)
     products = node_products(nodes)
+    waiting = {pool.placeholder: pool.product for pool in pools}
     batch = spec.expert.recipe().global_batch_size
     work: list[ExpertWork] = []
     for expert in experts_of(spec, cluster_sizes):
@@ -236,11 +249,13 @@ def _remaining_work(
         if item is not None and item.state == "done":
             continue
         where = running.get(expert.expert)
-        if where is not None and (where.node in products and _node_keeps_pods(fleet, where.node)):
+        if where is not None and (
+            where.node in waiting or (where.node in products and _node_keeps_pods(fleet, where.node))
+        ):
             step = item.step if item is not None else 0
             left = expert.samples - step * batch
             if left > 0:
-                pin = _pin(where, products[where.node], left, batch)
+                pin = _pin(where, products.get(where.node) or waiting[where.node], left, batch)
                 work.append(replace(expert, samples=left, pinned=pin))
             continue
         resumed = item.last_checkpoint.step if item is not None and item.last_checkpoint is not None else 0

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 EPS = 1e-9
@@ -173,6 +173,43 @@ def solve_exact(problem: Problem, *, budget: int | None = None, incumbent: Sched
         assert start is not None
         incumbent = search.finalise(start)
     return _BranchAndBound(problem, search, incumbent, budget).run()
+
+
+def vacate(problem: Problem, schedule: Schedule, nodes: Collection[int]) -> Schedule:
+    """`schedule` with jobs moved off `nodes` (capacity that costs to use, such as GPUs still to
+    be provisioned) wherever that does not lengthen its makespan.
+
+    Jobs on `nodes`, shortest first, each take their first option elsewhere (fewest
+    GPU-seconds first) that keeps every node's list schedule within the makespan; repeated
+    until nothing moves. The solvers minimise the makespan and spread the rest of the load,
+    so without this a job off the critical path may sit on costly capacity for nothing.
+    """
+    costly = set(nodes)
+    search = _Search(problem)
+    choice = list(schedule.choice)
+    limit = schedule.makespan + EPS * max(1.0, schedule.makespan)
+    moved = True
+    while moved:
+        moved = False
+        for job in reversed(search.lpt):
+            options = problem.jobs[job].options
+            if problem.jobs[job].pinned or options[choice[job]].node not in costly:
+                continue
+            elsewhere = sorted(
+                (i for i, o in enumerate(options) if o.node not in costly),
+                key=lambda i: (options[i].gpus * options[i].seconds, i),
+            )
+            for index in elsewhere:
+                trial = [*choice[:job], index, *choice[job + 1 :]]
+                if max(search.spans(trial)) <= limit:
+                    choice, moved = trial, True
+                    break
+    if choice == list(schedule.choice):
+        return schedule
+    result = search.finalise(choice)
+    if result.makespan > limit:
+        return schedule
+    return Schedule(result.choice, result.start, result.finish, result.makespan, schedule.proven_optimal)
 
 
 # --- internals ------------------------------------------------------------------------------

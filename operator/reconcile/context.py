@@ -134,7 +134,7 @@ class Tick:
         running: dict[int, Assignment] = {}
         for pod, node in self._expert_pods(bound_only=bound_only):
             assert pod.expert is not None
-            status = statuses.get(pod.expert, DDMExpertStatus())
+            status = statuses.get(pod.expert) or DDMExpertStatus()
             running[pod.expert] = Assignment(
                 expert=pod.expert,
                 node=node,
@@ -163,7 +163,9 @@ class Tick:
             if bound_only and pod.phase != "Running":
                 continue
             node = pod.node or pod.planned_node
-            if node is None or (nodes is not None and node not in nodes):
+            if node is None and pod.waits_at is not None:
+                node = pod.waits_at  # waits for a pool's new node: its GPUs are held there
+            elif node is None or (nodes is not None and node not in nodes):
                 continue  # not placed yet, or stranded on a node that is gone (being replaced)
             found.append((pod, node))
         return found

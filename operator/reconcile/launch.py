@@ -163,7 +163,10 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
         pinned=job.stage == "expert",
     )
     name = pod_name(tick.obs.run.name, job, attempt)
-    where = f" on {assignment.gpu_product or 'a GPU'} (planned node {assignment.node})"
+    planned = f"planned node {assignment.node}"
+    if assignment.pool is not None:
+        planned = f"a new node of pool {assignment.pool}"
+    where = f" on {assignment.gpu_product or 'a GPU'} ({planned})"
     started = tick.event(job, "Normal", "AttemptStarted", f"{job.label}: attempt {attempt}, pod {name}{where}")
     out.actions.append(
         CreatePod(
@@ -174,7 +177,7 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
         "attempt": attempt,
         "pod": name,
         "message": f"attempt {attempt} created",
-        "node": assignment.node,
+        "node": assignment.node if assignment.pool is None else None,  # recorded once a node takes it
         "gpu": assignment.gpu_product,
         "gpus": assignment.gpus,
     }

@@ -128,6 +128,42 @@ def test_experts_go_through_the_makespan_planner() -> None:
     assert "minMemoryGiB" in none.error
 
 
+def test_experts_start_on_a_declared_pool_up_to_its_limit_and_pods_waiting_for_it_hold_its_gpus() -> None:
+    spec = DDMRunSpec.model_validate(
+        {
+            "dataset": {"uri": "builtin://digits"},
+            "partition": {"clusters": 3},
+            "expert": {"preset": "tiny"},
+            "placement": {
+                "pools": [
+                    {"name": "t4", "product": "Tesla-T4", "maxGpus": 2, "gpusPerNode": 1, "provisioningSeconds": 0}
+                ]
+            },
+        }
+    )
+    nodes = [node("t4-0", "Tesla-T4", 15360, 1)]
+    waiting = "t4/Tesla-T4"
+    placed = place_experts(fleet_state(spec, nodes), [0, 1, 2])
+    assert sorted(a.node for a in placed.assignments.values()) == ["t4-0", waiting, waiting]
+    assert {a.pool for a in placed.assignments.values() if a.node == waiting} == {"t4"}
+    # Expert 1's pod waits for the pool's node: its GPU is held at the placeholder; one is left for expert 2.
+    on_pool = Assignment(expert=1, node=waiting, gpu_product="Tesla-T4", gpus=1, micro_batch=64, grad_accum=1)
+    on_fleet = Assignment(expert=0, node="t4-0", gpu_product="Tesla-T4", gpus=1, micro_batch=64, grad_accum=1)
+    running = {0: on_fleet, 1: on_pool}
+    state = fleet_state(spec, nodes, running=running, busy_gpus={"t4-0": 1, waiting: 1})
+    assert [(a.node, a.pool) for a in place_experts(state, [2]).assignments.values()] == [(waiting, "t4")]
+    # Another run's pod waits for the pool's last GPU: expert 2 waits, the pool's limit holds.
+    full = place_experts(fleet_state(spec, nodes, running=running, busy_gpus={"t4-0": 1, waiting: 2}), [2])
+    assert full.assignments == {}
+    assert full.waiting is not None
+    assert "expert 2 queued" in full.waiting
+    # Once a node of the pool exists it counts against the limit (and is planned over as a node).
+    labels = {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360", "karpenter.sh/nodepool": "t4"}
+    grown = [*nodes, NodeView(name="t4-new", labels=labels, gpus=1)]
+    again = place_experts(fleet_state(spec, grown, running={0: on_fleet}, busy_gpus={"t4-0": 1}), [1, 2])
+    assert sorted(a.node for a in again.assignments.values()) == ["t4-new", waiting]
+
+
 def test_identical_nodes_are_planned_over_at_most_once_per_expert() -> None:
     pool = [node(f"l4-{i}", "NVIDIA-L4", 23034, 4) for i in range(50)]
     busy = {"l4-7": 2}

@@ -6,8 +6,10 @@ import json
 
 from atoll.api.spec import DDMRunSpec
 from atoll.operator.placement import Assignment
+from atoll.operator.placement.pools import placeholder
 from atoll.operator.pods import Owner, StageAttempt, build_pod, pod_name, stage_command
 from atoll.operator.settings import OperatorSettings
+from atoll.operator.views import PodView, gpus_held_at
 from atoll.stages import StageJob
 
 SPEC = DDMRunSpec.model_validate(
@@ -142,6 +144,47 @@ def test_a_makespan_plan_pins_the_pod_to_its_node() -> None:
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["h100-1"]}]
     assert term["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"]
     assert pod["metadata"]["annotations"]["atoll.dev/planned-node"] == "h100-1"
+
+
+def test_a_pod_for_a_node_a_pool_has_yet_to_add_selects_the_pool_and_product_not_a_node() -> None:
+    product = "NVIDIA-L4"
+    waiting = Assignment(
+        expert=2,
+        node=placeholder("autoscaled-l4", product),
+        gpu_product=product,
+        gpus=1,
+        micro_batch=32,
+        grad_accum=2,
+        pool="autoscaled-l4",
+        pool_labels={"karpenter.sh/nodepool": "autoscaled-l4"},
+    )
+    for pinned in (True, False):
+        pod = build_pod(attempt(assignment=waiting, pinned=pinned), SPEC, OperatorSettings())
+        affinity = pod["spec"]["affinity"]["nodeAffinity"]
+        assert affinity == {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "nvidia.com/gpu.product", "operator": "In", "values": [product]},
+                            {"key": "karpenter.sh/nodepool", "operator": "In", "values": ["autoscaled-l4"]},
+                        ]
+                    }
+                ]
+            }
+        }  # no matchFields, no preferred node: the node has no name yet
+        assert "nodeName" not in pod["spec"]
+        annotations = pod["metadata"]["annotations"]
+        assert "atoll.dev/planned-node" not in annotations
+        assert annotations["atoll.dev/planned-pool"] == "autoscaled-l4"
+        assert annotations["karpenter.sh/do-not-disrupt"] == "true"
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        # The operator counts its GPUs at the pool's placeholder until a node takes it, then at the node.
+        view = PodView.from_body(pod)
+        assert view is not None
+        assert (view.planned_pool, view.planned_node) == ("autoscaled-l4", None)
+        assert view.waits_at == waiting.node == gpus_held_at(pod["spec"], annotations)
+        assert gpus_held_at({**pod["spec"], "nodeName": "l4-abc12"}, annotations) == "l4-abc12"
 
 
 def test_every_stage_pod_keeps_autoscalers_off_its_node_and_the_template_cannot_undo_it() -> None:

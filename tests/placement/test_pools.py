@@ -1,4 +1,5 @@
-"""NodePools read as growable capacity: product, GPU headroom, provisioning delay, price."""
+"""NodePools and declared pools read as growable capacity: product, GPU headroom, provisioning
+delay, price, node labels; a bad declaration names its field."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from atoll.operator.placement.pools import DEFAULT_PROVISIONING_SECONDS, read_node_pools
+from atoll.api.errors import SpecError
+from atoll.api.load import parse_manifest
+from atoll.operator.placement.pools import DEFAULT_PROVISIONING_SECONDS, declared_pools, read_node_pools
 from tests.env import fleet
 from tests.env.karpenter import dev_node_pools, node_pool
 
@@ -96,3 +99,68 @@ def test_a_node_pool_the_planner_cannot_use_is_skipped_with_the_field(change: An
     ((name, reason),) = read.skipped
     assert name == "bad"
     assert field in reason
+
+
+def _manifest(pools: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "atoll.dev/v1alpha1",
+        "kind": "DDMRun",
+        "metadata": {"name": "r"},
+        "spec": {"dataset": {"uri": "builtin://digits"}, "placement": {"pools": pools}},
+    }
+
+
+def test_declared_pools_count_the_gpus_their_nodes_hold_against_their_limit() -> None:
+    pools = [
+        {"name": "autoscaled-l4", "product": fleet.L4.product, "maxGpus": 4, "provisioningSeconds": 45},
+        {
+            "name": "gpu-a100",
+            "product": fleet.A100_40GB.product,
+            "maxGpus": 16,
+            "gpusPerNode": 8,
+            "costPerGpuHour": 1.5,
+            "nodeLabels": {"eks.amazonaws.com/nodegroup": "gpu-a100"},
+        },
+    ]
+    spec = parse_manifest(_manifest(pools), "run.yaml").spec
+    nodes = [
+        {
+            "metadata": {"name": "l4-new", "labels": {"karpenter.sh/nodepool": "autoscaled-l4"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "1"}},
+        },
+        {
+            "metadata": {"name": "a100-1", "labels": {"eks.amazonaws.com/nodegroup": "gpu-a100"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+        },
+        {"metadata": {"name": "other", "labels": {}}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}},
+    ]
+    l4, a100 = declared_pools(spec.placement.pools, nodes)
+    assert (l4.pool, l4.product, l4.max_gpus, l4.gpus_in_use, l4.headroom_gpus) == (
+        "autoscaled-l4", fleet.L4.product, 4, 1, 3
+    )  # fmt: skip
+    assert (l4.provisioning_seconds, l4.cost_per_gpu_hour, l4.gpus_per_node) == (45, None, None)
+    assert l4.node_labels == {"karpenter.sh/nodepool": "autoscaled-l4"}
+    assert l4.placeholder == f"autoscaled-l4/{fleet.L4.product}"
+    assert (a100.headroom_gpus, a100.gpus_per_node, a100.cost_per_gpu_hour) == (8, 8, 1.5)
+    assert a100.node_labels == {"eks.amazonaws.com/nodegroup": "gpu-a100"}
+    assert read_node_pools([node_pool("l4", fleet.L4, limit_gpus=4)]).pools[0].node_labels == {
+        "karpenter.sh/nodepool": "l4"
+    }
+
+
+@pytest.mark.parametrize(
+    ("pools", "field"),
+    [
+        ([{"name": "l4", "product": "NVIDIA-L4"}], "spec.placement.pools[0].maxGpus"),
+        ([{"name": "l4", "product": "NVIDIA-L4", "maxGpus": 0}], "spec.placement.pools[0].maxGpus"),
+        ([{"name": "l4", "product": "NVIDIA-L4", "maxGpus": 2, "provisioningSeconds": -1}], "provisioningSeconds"),
+        ([{"name": "l 4", "product": "NVIDIA-L4", "maxGpus": 2}], "spec.placement.pools[0].name"),
+        ([{"name": "l4", "product": "NVIDIA-L4", "maxGpus": 2, "nodeLabels": {"bad key!": "x"}}], "nodeLabels"),
+        ([{"name": "l4", "product": "NVIDIA-L4", "maxGpus": 2, "speed": 3}], "spec.placement.pools[0].speed"),
+        ([{"name": "l4", "product": "NVIDIA-L4", "maxGpus": 2}] * 2, "spec.placement.pools"),
+    ],
+)
+def test_a_bad_pool_declaration_names_the_field(pools: list[dict[str, Any]], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_manifest(_manifest(pools), "run.yaml")
+    assert field in str(caught.value)
