@@ -4,8 +4,10 @@ each stage attempt gets, and which running experts should move to faster GPUs.
 Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
 re-planned whenever an expert must start, running experts pinned where they are, queued
 ones started only when their planned GPUs are free; `plan_moves`: the planner's
-`migrations`). The short stages (partition, router, assemble, evaluate) go to the usable
-node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
+`migrations`), over the nodes of the islands `placement.islands` allows, its preferred
+islands first when that finishes as early (atoll.operator.islands.fleet). The short stages
+(partition, router, assemble, evaluate) go to the usable home node with the most free GPUs
+(`plan_stages`); "usable" is the fleet's one rule
 (atoll.operator.placement.fleet). Pure and deterministic: equal inputs give equal placements.
 """
 
@@ -15,8 +17,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import DDMRunSpec, PlacementSpec
-from atoll.operator.placement import Assignment, Migration, PlacementError, labels, migrations, read_fleet, replan
+from atoll.operator.islands.fleet import no_island_node, preference_tiers, restricted
+from atoll.operator.placement import Assignment, Migration, PlacementError, Plan, labels, migrations, read_fleet, replan
 from atoll.operator.placement.fleet import GpuNode
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
 from atoll.operator.views import NodeView
@@ -70,13 +74,50 @@ class FleetState:
         return {node: max(0, used - mine.get(node, 0)) for node, used in self.busy_gpus.items()}
 
     def planning_nodes(self, experts: int) -> list[NodeView]:
+        """The nodes worth planning over, on the islands placement.islands.restrict allows."""
+        keep = {w.node for w in self.running.values()}
         return distinct_nodes(
-            self.nodes,
-            keep={w.node for w in self.running.values()},
+            restricted(self.nodes, self.spec.placement.islands, keep=keep),
+            keep=keep,
             experts=experts,
             max_gpus=self.spec.placement.gpu.max_per_expert,
             busy_gpus=self.busy_gpus,
         )
+
+    def plan(self, nodes: Sequence[NodeView]) -> Plan:
+        return replan(
+            self.spec,
+            nodes,
+            progress=self.progress,
+            running=self.running,
+            cluster_sizes=self.cluster_sizes,
+            used_gpus=self.others(),
+            now=self.now,
+        )
+
+
+PREFER_TOLERANCE = 1e-6
+"""A preferred islands' plan is taken when its makespan is within this fraction of the best one."""
+
+
+def preferred_plan(fleet: FleetState) -> Plan:
+    """The plan over the nodes placement.islands allows; when placement.islands.prefer names
+    islands, the plan over the first preferred island alone (then the first two, …) instead,
+    as soon as one finishes as early as the plan over every allowed node."""
+    islands = fleet.spec.placement.islands
+    nodes = fleet.planning_nodes(fleet.spec.partition.clusters - len(fleet.running))
+    if islands.restrict and not nodes:
+        raise PlacementError(no_island_node(islands))
+    best = fleet.plan(nodes)
+    keep = {w.node for w in fleet.running.values()}
+    for tier in preference_tiers(nodes, islands, keep=keep):
+        try:
+            candidate = fleet.plan(tier)
+        except PlacementError:
+            continue  # the preferred islands cannot take every expert
+        if candidate.makespan_seconds <= best.makespan_seconds * (1 + PREFER_TOLERANCE):
+            return candidate
+    return best
 
 
 def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlacement:
@@ -84,15 +125,7 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
     if not starting:
         return ExpertPlacement({})
     try:
-        plan = replan(
-            fleet.spec,
-            fleet.planning_nodes(fleet.spec.partition.clusters - len(fleet.running)),
-            progress=fleet.progress,
-            running=fleet.running,
-            cluster_sizes=fleet.cluster_sizes,
-            used_gpus=fleet.others(),
-            now=fleet.now,
-        )
+        plan = preferred_plan(fleet)
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
     free = {node.name: node.gpus - fleet.busy_gpus.get(node.name, 0) for node in fleet.nodes}
@@ -163,6 +196,7 @@ def distinct_nodes(
             chosen.append(node)
             continue
         kind = (
+            node.island,
             node.gpus,
             node.gpus - busy_gpus.get(node.name, 0),
             node.unschedulable,
@@ -210,10 +244,11 @@ def plan_stages(
 ) -> dict[str, Assignment]:
     """An assignment for each job that some node can run (jobs no node fits are left out).
 
-    A job goes to the usable node with the most free GPUs (ties by name). When every
-    usable node is busy it still gets the largest one and its pod queues there.
+    A job goes to the usable home node with the most free GPUs (ties by name): short stages
+    stay in the home cluster. When every usable node is busy it still gets the largest one
+    and its pod queues there.
     """
-    candidates = stage_nodes(nodes, placement, now)
+    candidates = stage_nodes([n for n in nodes if n.island == HOME_ISLAND], placement, now)
     free = {node.name: node.gpus - busy_gpus.get(node.name, 0) for node in candidates}
     plan: dict[str, Assignment] = {}
     for job in jobs:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import API_GROUP, API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
 from atoll.operator.placement import labels
@@ -75,6 +76,8 @@ class NodeView:
     not_ready_since: datetime | None = None
     """When the Ready condition last left True (None: Ready, or never reported)."""
     taints: tuple[Mapping[str, Any], ...] = ()
+    island: str = HOME_ISLAND
+    """The cluster the node belongs to (`name` is then qualified by it: atoll.operator.islands.fleet)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -122,6 +125,10 @@ class PodView:
     deleting: bool = False
     owner_uid: str | None = None
     """uid of the object that owns the pod (its DDMExpert, or the DDMRun)."""
+    island: str = HOME_ISLAND
+    """The cluster the pod runs in (its nodes are then qualified by it: atoll.operator.islands.fleet)."""
+    origin_namespace: str | None = None
+    """For a pod on an island: the home namespace of its run."""
 
     @property
     def finished(self) -> bool:
