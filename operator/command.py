@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from atoll.operator.leader import LEASE_NAME, LeaseTimings
 from atoll.operator.settings import DEFAULT_IMAGE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from atoll.operator.islands.remote import Islands
+    from atoll.operator.kube import Kube
 
 HELP = "run the operator that reconciles DDMRuns (kopf)"
 
@@ -110,6 +117,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="also log every handler run (kopf's own lines)")
 
 
+def _islands(args: argparse.Namespace, kube: Kube, acting: Callable[[], bool]) -> Islands | None:
+    """The islands experts may be dispatched to (with --island-namespace), else None."""
+    if not args.island_namespace:
+        return None
+    from atoll.operator.islands.registry import IslandRegistry
+    from atoll.operator.islands.remote import Islands
+
+    return Islands(IslandRegistry(), kube, acting=acting)
+
+
 def main(args: argparse.Namespace) -> int:
     import kopf
 
@@ -164,7 +181,10 @@ def main(args: argparse.Namespace) -> int:
     kube = FencedKube(api, leadership) if elector is not None else Kube(api)
     metrics = OperatorMetrics(leadership)
     replica = Replica(leadership=leadership, metrics=metrics, health=Health(leadership))
-    registry = build_registry(Reconciler(kube, settings, timer=metrics.record_step), kube, settings, replica)
+    islands = _islands(args, kube, leadership.acting)
+    registry = build_registry(
+        Reconciler(kube, settings, timer=metrics.record_step, islands=islands), kube, settings, replica
+    )
     if args.metrics_port is not None:
         server = serve(metrics, replica.health, args.metrics_address, args.metrics_port)
         log.info("metrics and probes served", address=args.metrics_address, port=server.server_port)
@@ -184,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
 
         monitor = IslandMonitor(
             load_config(args.kubeconfig), args.island_namespace,
-            interval_seconds=args.island_interval, acting=leadership.acting,
+            interval_seconds=args.island_interval, acting=leadership.acting, islands=islands,
         ).start()  # fmt: skip
         log.info("probing compute islands", secrets_namespace=args.island_namespace)
     try:

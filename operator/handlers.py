@@ -30,6 +30,9 @@ from atoll.api.spec import API_GROUP, API_VERSION, DDMRunSpec
 from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.crd import EXPERT, RUN
+from atoll.operator.islands.fleet import union_nodes
+from atoll.operator.islands.registry import IslandRegistry
+from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube, connection_info
 from atoll.operator.leader import AlwaysLeader, Leadership
 from atoll.operator.ledger import GpuHolder, pod_holder
@@ -103,12 +106,19 @@ def post_event(event: Event) -> None:
     kopf.event(kopf.Body(cast(Any, event.target)), type=event.type, reason=event.reason, message=event.message)
 
 
-def snapshot(key: tuple[str, str], indexes: Mapping[str, Any]) -> IndexSnapshot:
-    """What the indexes show for one run, copied at once (call it in the event loop)."""
+def snapshot(key: tuple[str, str], indexes: Mapping[str, Any], islands: IslandRegistry | None = None) -> IndexSnapshot:
+    """What the indexes show for one run, copied at once (call it in the event loop), and what
+    the island registry knows: the islands' nodes next to home's, the run's pods there."""
+    home = tuple(view for values in indexes["gpu_nodes"].values() for view in values)
+    pods = tuple(indexes["run_pods"].get(key, ()))
+    if islands is None:
+        return IndexSnapshot(pods=pods, experts=tuple(indexes["run_experts"].get(key, ())), nodes=home)
+    fleets = islands.fleets()
     return IndexSnapshot(
-        pods=tuple(indexes["run_pods"].get(key, ())),
+        pods=pods + islands.pods_of(*key),
         experts=tuple(indexes["run_experts"].get(key, ())),
-        nodes=tuple(view for values in indexes["gpu_nodes"].values() for view in values),
+        nodes=union_nodes(home, fleets),
+        islands=fleets,
     )
 
 
@@ -117,14 +127,18 @@ def gpu_holders(index: Mapping[str, Any]) -> dict[str, GpuHolder]:
     return {pod: holder for pod, values in index.items() for holder in values}
 
 
-def holders_from(loop: asyncio.AbstractEventLoop, index: Mapping[str, Any]) -> GpuHolders:
-    """For a worker thread: a copy of the GPU holders, made in the event loop when called."""
+def holders_from(
+    loop: asyncio.AbstractEventLoop, index: Mapping[str, Any], islands: IslandRegistry | None = None
+) -> GpuHolders:
+    """For a worker thread: a copy of the GPU holders, made in the event loop when called (and
+    the pods holding GPUs on islands, as the island registry last saw them)."""
 
     async def copy_now() -> dict[str, GpuHolder]:
         return gpu_holders(index)
 
     def read() -> dict[str, GpuHolder]:
-        return asyncio.run_coroutine_threadsafe(copy_now(), loop).result(timeout=60)
+        held = asyncio.run_coroutine_threadsafe(copy_now(), loop).result(timeout=60)
+        return held if islands is None else {**held, **islands.holders()}
 
     return read
 
@@ -202,6 +216,8 @@ def build_registry(
                 kube.delete_pod(namespace, pod["metadata"]["name"])
         if remaining:
             raise kopf.TemporaryError(f"waiting for {len(remaining)} pod(s) of {name} to stop", delay=2)
+        if reconciler.islands is not None:
+            _stop_island_pods(reconciler.islands, namespace, name)
         _reclaim(body, name, namespace, kube, settings)
         reconciler.forget(body)
 
@@ -244,7 +260,8 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
     memory = RunMemory()
     term: int | None = None
     loop = asyncio.get_running_loop()
-    holders = holders_from(loop, indexes["gpu_pods"])
+    islands = None if reconciler.islands is None else reconciler.islands.registry
+    holders = holders_from(loop, indexes["gpu_pods"], islands)
     leadership, metrics = replica.leadership, replica.metrics
     while not stopped:
         woken.clear()
@@ -257,7 +274,7 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
         if term != leadership.term:
             memory, term = RunMemory(), leadership.term
         raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
-        copied = snapshot(key, indexes)
+        copied = snapshot(key, indexes, islands)
         started = time.perf_counter()
         try:
             memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, holders, memory)
@@ -284,6 +301,19 @@ async def _pause(woken: asyncio.Event, stopped: kopf.DaemonStopped, seconds: flo
             await asyncio.wait_for(woken.wait(), timeout=min(0.5, max(0.0, deadline - loop.time())))
         except TimeoutError:
             continue
+
+
+def _stop_island_pods(islands: Islands, namespace: str, run: str) -> None:
+    """Delete the run's active pods on islands, best effort: an island that cannot be reached
+    now does not hold the run's deletion up (the island monitor collects them later)."""
+    for pod in islands.registry.pods_of(namespace, run):
+        if not pod.active:
+            continue
+        try:
+            islands.delete_pod(pod.island, pod.namespace, pod.name)
+        except Exception as error:  # collected as an orphan once the island answers
+            log.warning("island pod of a deleted run left to orphan collection", island=pod.island, pod=pod.name,
+                        error=type(error).__name__)  # fmt: skip
 
 
 def _reclaim(body: kopf.Body, name: str, namespace: str, kube: Kube, settings: OperatorSettings) -> None:

@@ -5,8 +5,10 @@ Experts go through the makespan planner of atoll.operator.placement (`place_expe
 re-planned whenever an expert must start, over the fleet and the pools the run declares,
 running experts pinned where they are, queued ones started only when their planned GPUs
 are free — a pool's GPUs are free up to its headroom; `plan_moves`: the planner's
-`migrations`). The short stages (partition, router, assemble, evaluate) go to the usable
-node with the most free GPUs (`plan_stages`); "usable" is the fleet's one rule
+`migrations`), over the nodes of the islands `placement.islands` allows, its preferred
+islands first when that finishes as early (atoll.operator.islands.fleet). The short stages
+(partition, router, assemble, evaluate) go to the usable home node with the most free GPUs
+(`plan_stages`); "usable" is the fleet's one rule
 (atoll.operator.placement.fleet). Pure and deterministic: equal inputs give equal placements.
 """
 
@@ -17,8 +19,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import DDMRunSpec, PlacementSpec
-from atoll.operator.placement import Assignment, Migration, PlacementError, labels, migrations, read_fleet, replan
+from atoll.operator.islands.fleet import no_island_node, preference_tiers, restricted
+from atoll.operator.placement import Assignment, Migration, PlacementError, Plan, labels, migrations, read_fleet, replan
 from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size, gpu_room
 from atoll.operator.placement.fleet import GpuNode, as_dict
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
@@ -96,14 +100,53 @@ class FleetState:
         return declared_pools(self.spec.placement.pools, self.nodes)
 
     def planning_nodes(self, experts: int) -> list[NodeView]:
+        """The nodes worth planning over, on the islands placement.islands.restrict allows."""
+        keep = {w.node for w in self.running.values()}
         return distinct_nodes(
-            self.nodes,
-            keep={w.node for w in self.running.values()},
+            restricted(self.nodes, self.spec.placement.islands, keep=keep),
+            keep=keep,
             experts=experts,
             max_gpus=self.spec.placement.gpu.max_per_expert,
             busy_gpus=self.busy_gpus,
             free_gpus=self.free_gpus(),
         )
+
+    def plan(self, nodes: Sequence[NodeView]) -> Plan:
+        return replan(
+            self.spec,
+            nodes,
+            progress=self.progress,
+            running=self.running,
+            cluster_sizes=self.cluster_sizes,
+            used_gpus=self.others(),
+            used_requests=self.other_requests(),
+            now=self.now,
+            pools=self.pools(),
+        )
+
+
+PREFER_TOLERANCE = 1e-6
+"""A preferred islands' plan is taken when its makespan is within this fraction of the best one."""
+
+
+def preferred_plan(fleet: FleetState) -> Plan:
+    """The plan over the nodes placement.islands allows; when placement.islands.prefer names
+    islands, the plan over the first preferred island alone (then the first two, …) instead,
+    as soon as one finishes as early as the plan over every allowed node."""
+    islands = fleet.spec.placement.islands
+    nodes = fleet.planning_nodes(fleet.spec.partition.clusters - len(fleet.running))
+    if islands.restrict and not nodes:
+        raise PlacementError(no_island_node(islands))
+    best = fleet.plan(nodes)
+    keep = {w.node for w in fleet.running.values()}
+    for tier in preference_tiers(nodes, islands, keep=keep):
+        try:
+            candidate = fleet.plan(tier)
+        except PlacementError:
+            continue  # the preferred islands cannot take every expert
+        if candidate.makespan_seconds <= best.makespan_seconds * (1 + PREFER_TOLERANCE):
+            return candidate
+    return best
 
 
 def free_gpus(
@@ -122,19 +165,8 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
     """Assignments for the experts in `starting` that the run's current plan lets start now."""
     if not starting:
         return ExpertPlacement({})
-    pools = fleet.pools()
     try:
-        plan = replan(
-            fleet.spec,
-            fleet.planning_nodes(fleet.spec.partition.clusters - len(fleet.running)),
-            progress=fleet.progress,
-            running=fleet.running,
-            cluster_sizes=fleet.cluster_sizes,
-            used_gpus=fleet.others(),
-            used_requests=fleet.other_requests(),
-            now=fleet.now,
-            pools=pools,
-        )
+        plan = preferred_plan(fleet)
     except PlacementError as error:
         return ExpertPlacement({}, error=str(error))
     free = fleet.free_gpus()
@@ -215,6 +247,7 @@ def distinct_nodes(
         if free_gpus is not None:
             free = free_gpus.get(node.name, free)
         kind = (
+            node.island,
             node.gpus,
             free,
             node.unschedulable,
@@ -261,10 +294,11 @@ def plan_stages(
 ) -> dict[str, Assignment]:
     """An assignment for each job that some node can run (jobs no node fits are left out).
 
-    A job goes to the usable node with the most free GPUs (ties by name). When every
-    usable node is busy it still gets the largest one and its pod queues there.
+    A job goes to the usable home node with the most free GPUs (ties by name): short stages
+    stay in the home cluster. When every usable node is busy it still gets the largest one
+    and its pod queues there.
     """
-    candidates = stage_nodes(nodes, placement, now)
+    candidates = stage_nodes([n for n in nodes if n.island == HOME_ISLAND], placement, now)
     free = {node.name: node.gpus - busy_gpus.get(node.name, 0) for node in candidates}
     plan: dict[str, Assignment] = {}
     for job in jobs:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import API_GROUP, API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
 from atoll.operator.placement import labels
@@ -91,6 +92,8 @@ class NodeView:
     """Allocatable cpu, the quantity as the node reports it (None: not reported)."""
     memory: str | None = None
     """Allocatable memory, the quantity as the node reports it (None: not reported)."""
+    island: str = HOME_ISLAND
+    """The cluster the node belongs to (`name` is then qualified by it: atoll.operator.islands.fleet)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -145,6 +148,10 @@ class PodView:
     """uid of the object that owns the pod (its DDMExpert, or the DDMRun)."""
     requests: Requests = field(default_factory=Requests)
     """The CPU and memory it requests."""
+    island: str = HOME_ISLAND
+    """The cluster the pod runs in (its nodes are then qualified by it: atoll.operator.islands.fleet)."""
+    origin_namespace: str | None = None
+    """For a pod on an island: the home namespace of its run."""
 
     @property
     def finished(self) -> bool:

@@ -176,3 +176,8 @@ class DDMExpertStatus(StageStatus):
         default=None, ge=0, description="Training time the placement plan predicts on this GPU."
     )
     move: MoveStatus | None = Field(default=None, description="A planned move to faster GPUs, if any.")
+    island: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Cluster the newest attempt runs on: home (the operator's own) or a ComputeIsland.",
+    )

@@ -5,7 +5,10 @@ A loop on a thread of its own, next to kopf (`atoll operator --island-namespace 
 tick lists the islands and reads each one's kubeconfig Secret from NS; it probes an island
 when a probe is due (always while connected; after nextRetryTime while disconnected), when
 its spec changed, or when its Secret changed (a rotation is used at the next tick, backoff
-or not). Only the leader replica acts. It never logs, stores or posts a kubeconfig or token.
+or not). With a registry it also records what each probe saw (the island's nodes and pods:
+placement and the reconciler read them there) and removes the orphans of deleted runs from
+each island it reached. Only the leader replica acts. It never logs, stores or posts a
+kubeconfig or token.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from pydantic import ValidationError
 from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus
 from atoll.api.spec import API_GROUP, API_GROUP_VERSION, API_VERSION
 from atoll.log import get_logger
-from atoll.operator.crd import ISLAND
+from atoll.operator.crd import ISLAND, RUN
+from atoll.operator.islands.fleet import accepts_experts
 from atoll.operator.islands.probe import probe as probe_island
 from atoll.operator.islands.probe import read_kubeconfig
-from atoll.operator.islands.status import Outcome, Unreached, changed, due, next_status
+from atoll.operator.islands.registry import IslandRegistry
+from atoll.operator.islands.remote import Islands
+from atoll.operator.islands.status import Outcome, Reached, Unreached, changed, due, next_status
 
 log = get_logger(__name__)
 EVENT_NAMESPACE = "default"
@@ -41,9 +47,12 @@ class IslandMonitor:
         interval_seconds: float = 10.0,
         acting: Callable[[], bool] = lambda: True,
         probe: Callable[[str, str], Outcome] = probe_island,
+        islands: Islands | None = None,
     ) -> None:
         from kubernetes import client
 
+        self.islands = islands
+        self.registry: IslandRegistry | None = None if islands is None else islands.registry
         self.namespace = namespace
         self.interval_seconds = interval_seconds
         self.acting = acting
@@ -61,6 +70,8 @@ class IslandMonitor:
         islands = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, ISLAND.plural)["items"]
         names = {island["metadata"]["name"] for island in islands}
         self._secret_versions = {name: v for name, v in self._secret_versions.items() if name in names}
+        if self.registry is not None:
+            self.registry.keep_only(names)
         for island in islands:
             self.reconcile(island, now or datetime.now(UTC))
 
@@ -83,6 +94,10 @@ class IslandMonitor:
         body = {"status": current.model_dump(by_alias=True, mode="json")}
         self.custom.patch_cluster_custom_object_status(API_GROUP, API_VERSION, ISLAND.plural, name, body)
         self._secret_versions[name] = version
+        if isinstance(outcome, Reached) and not isinstance(secret, Unreached):
+            self._reached(name, spec, secret[0], version, outcome, accepts_experts(spec, current))
+        elif self.registry is not None:
+            self.registry.unreached(name)
         for condition in changed(previous, current):
             self._event(island, condition.status == "True", condition.reason, f"{condition.type}: {condition.message}")
         log.info(
@@ -94,6 +109,26 @@ class IslandMonitor:
             gpus=current.gpus,
             failed_attempts=current.failed_attempts,
         )
+
+    def _reached(  # noqa: PLR0917 - what one successful probe saw
+        self, name: str, spec: ComputeIslandSpec, kubeconfig: str, version: str, outcome: Reached, accepts: bool
+    ) -> None:
+        """Record the island's nodes and pods, then remove the orphans of deleted runs there."""
+        if self.registry is None or self.islands is None:
+            return
+        self.registry.reached(
+            name, spec, kubeconfig=kubeconfig, version=version, nodes=outcome.nodes, pods=outcome.pods,
+            accepts=accepts,
+        )  # fmt: skip
+        try:
+            self.islands.collect_orphans(name, self._live_runs)
+        except Exception as error:  # an island that fails now is tried again at the next probe
+            log.warning("orphans not collected, tried again next probe", island=name, error=type(error).__name__)
+
+    def _live_runs(self) -> set[str]:
+        """The UIDs of every DDMRun at home."""
+        runs = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, RUN.plural)["items"]
+        return {str(run["metadata"]["uid"]) for run in runs}
 
     def _event(self, island: dict[str, Any], normal: bool, reason: str, message: str) -> None:
         from kubernetes.client.exceptions import ApiException

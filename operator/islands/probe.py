@@ -85,7 +85,7 @@ def probe(kubeconfig: str, namespace: str) -> Outcome:
         node = spec.get("nodeName")
         if node and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             used[node] = used.get(node, 0) + pod_gpus(spec)
-    return Reached(version=str(version), nodes=tuple(nodes), used_gpus=used)
+    return Reached(version=str(version), nodes=tuple(nodes), used_gpus=used, pods=tuple(pods))
 
 
 def _items(response: Any) -> list[dict[str, Any]]:

@@ -30,6 +30,8 @@ class Reached:
     version: str
     nodes: tuple[Mapping[str, Any], ...]
     used_gpus: Mapping[str, int]
+    pods: tuple[Mapping[str, Any], ...] = ()
+    """Every pod of the island's namespace."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -39,7 +39,7 @@ class Assignment:
     """Predicted speed of the expert on its GPUs."""
     pool: str | None = None
     """The autoscaler pool whose new node the expert waits for (`node` is then the pool's
-    placeholder, `<pool>/<product>`, not a node); None: a node that exists."""
+    placeholder, `<pool>:<product>`, not a node); None: a node that exists."""
     pool_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels every node of `pool` carries (what the expert's pod requires instead of a node name)."""
 
@@ -66,7 +66,7 @@ class Provision:
     pool: str
     product: str
     placeholder: str
-    """The name the plan's assignments give the pool's new nodes (`<pool>/<product>`)."""
+    """The name the plan's assignments give the pool's new nodes (`<pool>:<product>`)."""
     gpus: int
     """Most GPUs the plan's experts hold on the pool's new nodes at once."""
     headroom_gpus: int

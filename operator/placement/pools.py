@@ -61,9 +61,9 @@ class GrowablePool:
 
 
 def placeholder(pool: str, product: str) -> str:
-    """`<pool>/<product>`: where a plan puts an expert on GPUs a pool has yet to add. Never a
-    real node's name (node names have no '/'), so it never collides with one."""
-    return f"{pool}/{product}"
+    """`<pool>:<product>`: where a plan puts an expert on GPUs a pool has yet to add. Never a
+    real node's name (node names have no ':'), nor an island's node (`<island>/<node>`)."""
+    return f"{pool}:{product}"
 
 
 def declared_pools(specs: Sequence[GrowablePoolSpec], nodes: Iterable[Any]) -> tuple[GrowablePool, ...]:

@@ -1,7 +1,7 @@
 """Growable capacity in a plan: autoscaler pools as nodes of the makespan problem, the choice
 between the fleet alone and the fleet plus pools, and what a plan asks of each pool.
 
-A pool joins the problem as one node named by its placeholder (`<pool>/<product>`), whose
+A pool joins the problem as one node named by its placeholder (`<pool>:<product>`), whose
 GPUs are what the pool may still add and whose options start no earlier than its
 provisioning delay. `solve_with_pools` keeps the fleet-alone schedule unless provisioning
 shortens the makespan by more than MIN_PROVISION_GAIN, and moves experts that gain nothing

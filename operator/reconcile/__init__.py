@@ -19,6 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
 from atoll.operator.placement.capacity import pod_requests
@@ -57,12 +58,15 @@ class Reconciler:
         monotonic: Callable[[], float] = time.monotonic,
         ledger: GpuLedger | None = None,
         timer: Callable[[str, float], None] | None = None,
+        islands: Islands | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger or GpuLedger()
         self.stores = RunStores()
-        self.observer = Observer(kube, settings, self.stores)
-        self.executor = Executor(kube, self.ledger, self.stores)
+        self.islands = islands
+        """The compute islands experts may be dispatched to (None: home only)."""
+        self.observer = Observer(kube, settings, self.stores, islands)
+        self.executor = Executor(kube, self.ledger, self.stores, islands=islands)
         self.clock = clock
         self.monotonic = monotonic
         self.timer = timer

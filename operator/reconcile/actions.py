@@ -60,12 +60,17 @@ class CreatePod:
     gpus: int = 0
     started: Event | None = None
     """Posted once the pod was created by this action (not when it already existed)."""
+    island: str | None = None
+    """The ComputeIsland to create it on (None: home)."""
+    store_secret: str | None = None
+    """The run's store Secret at home (copied to the island before an island's pod is created)."""
 
     @property
     def key(self) -> str:
-        """namespace/name, the GPU ledger's key."""
+        """namespace/name (island:namespace/name on an island), the GPU ledger's key."""
         metadata = self.manifest["metadata"]
-        return f"{metadata['namespace']}/{metadata['name']}"
+        key = f"{metadata['namespace']}/{metadata['name']}"
+        return key if self.island is None else f"{self.island}:{key}"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from atoll.log import get_logger
 from atoll.operator import storage
+from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
 from atoll.operator.reconcile.actions import (
@@ -63,8 +64,12 @@ class Executor:
     """Applies decisions through the Kubernetes API and the run's store; the Events to post
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
 
-    def __init__(self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 16) -> None:
+    def __init__(
+        self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 16, islands: Islands | None = None
+    ) -> None:
         self.kube = kube
+        self.islands = islands
+        """Where pods planned on a ComputeIsland's nodes are created (None: islands are off)."""
         self.ledger = ledger
         self.stores = stores
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
@@ -80,10 +85,7 @@ class Executor:
             self._call(applied, f"DDMExpert {name}", self.kube.ensure_expert, dict(expert.manifest))
         for delete in decision.of(DeletePod):
             log.info("deleting pod", pod=delete.name, namespace=run.namespace, why=delete.why)
-            self._call(
-                applied, f"deleting pod {delete.name}", self.kube.delete_pod, run.namespace, delete.name,
-                grace_seconds=delete.grace_seconds,
-            )  # fmt: skip
+            self._call(applied, f"deleting pod {delete.name}", self._delete, run, delete)
         creates: list[CreatePod] = decision.of(CreatePod)
         outcomes = self.pool.map(lambda create: self._create(run, create), creates)
         for create, (created, failure, refused) in zip(creates, outcomes, strict=True):
@@ -112,12 +114,14 @@ class Executor:
         return applied
 
     def _call(self, applied: Applied, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """One API call; an API error is recorded (False), never raised."""
+        """One API call; an API error is recorded (False), never raised (nor an island that
+        cannot be reached or is not known)."""
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             call(*args, **kwargs)
-        except ApiException as error:
+        except (ApiException, HTTPError, OSError, LookupError) as error:
             applied.errors.append(f"{what}: {_api_error(error)}")
             return False
         return True
@@ -150,11 +154,22 @@ class Executor:
         applied.spec_write_failure = problem
         applied.errors.append(f"spec.json not written: {problem.message}")
 
+    def _delete(self, run: RunObject, delete: DeletePod) -> None:
+        """Delete a pod of the run where it is: at home, or on the island the registry saw it on."""
+        if self.islands is not None:
+            for pod in self.islands.registry.pods_of(run.namespace, run.name):
+                if pod.name == delete.name:
+                    self.islands.delete_pod(pod.island, pod.namespace, pod.name, grace_seconds=delete.grace_seconds)
+                    return
+        self.kube.delete_pod(run.namespace, delete.name, grace_seconds=delete.grace_seconds)
+
     def _create(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None, str | None]:
         """(created now, why it could not be created, the API server's refusal for good)."""
         from kubernetes.client.exceptions import ApiException
 
         name = create.manifest["metadata"]["name"]
+        if create.island is not None:
+            return self._create_on_island(run, create)
         try:
             created = self.kube.create_pod(dict(create.manifest))
             if not created and not self._ours(run.namespace, name, create):
@@ -163,6 +178,27 @@ class Executor:
             if (refused := permanent_refusal(error)) is not None:
                 return False, None, refused
             return False, f"cannot create pod {name}: {_api_error(error)}", None
+        return created, None, None
+
+    def _create_on_island(self, run: RunObject, create: CreatePod) -> tuple[bool, str | None, str | None]:
+        """An island's pod (and its store Secret there): created, or why not."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        name, island = create.manifest["metadata"]["name"], str(create.island)
+        if self.islands is None:
+            return False, f"cannot create pod {name} on island {island}: islands are off in this operator", None
+        try:
+            created = self.islands.create_pod(
+                island, create.manifest, origin_namespace=run.namespace, run=run.name, run_uid=run.uid,
+                home_secret=create.store_secret,
+            )  # fmt: skip
+        except ApiException as error:
+            if (refused := permanent_refusal(error)) is not None:
+                return False, None, f"island {island}: {refused}"
+            return False, f"cannot create pod {name} on island {island}: {_api_error(error)}", None
+        except (LookupError, OSError, HTTPError) as error:  # unknown island, unreachable API server, no store Secret
+            return False, f"cannot create pod {name} on island {island}: {type(error).__name__}: {error}", None
         return created, None, None
 
     def _ours(self, namespace: str, name: str, create: CreatePod) -> bool:

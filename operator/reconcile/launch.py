@@ -1,7 +1,8 @@
 """Starting stage attempts, as decisions: place them (experts through the makespan planner,
 moves to their planned GPUs first), build their pods, and ask to delete pods stranded on
 lost nodes or Pending past their timeout (an expert whose pinned pod its node never took is
-placed on another node when one can take it now). Pure: returns CreatePod / DeletePod
+placed on another node when one can take it now). An expert planned on an island's node gets
+the same pod, made fit for the island (atoll.operator.islands.dispatch). Pure: returns CreatePod / DeletePod
 actions, the executor applies them.
 """
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
 from atoll.operator.attempts import StageDecision
 from atoll.operator.conditions import Trouble
+from atoll.operator.islands.dispatch import island_pod
+from atoll.operator.islands.fleet import island_of
 from atoll.operator.placement import Assignment
 from atoll.operator.placement.capacity import Requests, expert_pod_size
 from atoll.operator.planning import ExpertPlacement, FleetState, PlacementJob, free_gpus, place_experts, plan_stages
@@ -57,6 +61,8 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     statuses = tick.expert_statuses
     lost = tick.lost_nodes
     nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
+    if not (obs.store.run_uri or "").startswith("s3://"):
+        nodes = tuple(node for node in nodes if node.island == HOME_ISLAND)  # islands reach an S3 store only
     by_name = {node.name: node for node in nodes}
     busy = dict(obs.busy_gpus)
     requested = dict(obs.busy_requests)
@@ -163,14 +169,28 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
         pinned=job.stage == "expert",
     )
     name = pod_name(tick.obs.run.name, job, attempt)
+    island = island_of(assignment.node)
     planned = f"planned node {assignment.node}"
     if assignment.pool is not None:
         planned = f"a new node of pool {assignment.pool}"
     where = f" on {assignment.gpu_product or 'a GPU'} ({planned})"
     started = tick.event(job, "Normal", "AttemptStarted", f"{job.label}: attempt {attempt}, pod {name}{where}")
+    manifest = build_pod(item, tick.spec, tick.settings)
+    if island != HOME_ISLAND:
+        fleet = next((f for f in tick.obs.islands if f.name == island), None)
+        if fleet is None:
+            message = f"waiting for island {island} (planned node {assignment.node}) to be known again"
+            return StageDecision(decision.status.model_copy(update={"phase": "Pending", "message": message}))
+        manifest = island_pod(manifest, island_namespace=fleet.namespace, run_uid=tick.obs.run.uid)
     out.actions.append(
         CreatePod(
-            job.slug, build_pod(item, tick.spec, tick.settings), assignment.node, assignment.gpus, started=started
+            job.slug,
+            manifest,
+            assignment.node,
+            assignment.gpus,
+            started=started,
+            island=None if island == HOME_ISLAND else island,
+            store_secret=store.secret,
         )
     )
     update: dict[str, object] = {
@@ -187,6 +207,7 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
             grad_accum=assignment.grad_accum,
             predicted_seconds=assignment.predicted_seconds or None,
             move=None,
+            island=island,
         )
     return StageDecision(decision.status.model_copy(update=update))
 

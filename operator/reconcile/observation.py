@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from atoll.api.status import CheckpointStatus, DDMExpertStatus, DDMRunStatus
+from atoll.operator.islands.fleet import IslandFleet
 from atoll.operator.placement.capacity import Requests
 from atoll.operator.views import ExpertView, NodeView, PodView
 from atoll.progress import StageProgress
@@ -107,7 +108,9 @@ class Observation:
     experts: tuple[ExpertView, ...] = ()
     """DDMExperts labelled with the run's name (any owner)."""
     nodes: tuple[NodeView, ...] | None = None
-    """Every node (None: not known yet, so nothing is declared lost)."""
+    """Every node, home and islands' (None: not known yet, so nothing is declared lost)."""
+    islands: tuple[IslandFleet, ...] = ()
+    """The islands known now: where an expert placed on one of their nodes is dispatched."""
     busy_gpus: Mapping[str, int] = field(default_factory=dict)
     """GPUs held per node by every GPU-holding pod, atoll's or not, and the GPUs promised to
     pods the watch does not show yet (the operator's ledger)."""

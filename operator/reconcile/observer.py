@@ -19,10 +19,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import DDMRunSpec
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator import storage
+from atoll.operator.islands.dispatch import island_pod_view
+from atoll.operator.islands.fleet import IslandFleet, split_node
+from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuHolder
 from atoll.operator.reconcile.context import own_objects, parse_status
@@ -45,6 +49,8 @@ class IndexSnapshot:
     pods: tuple[PodView, ...] = ()
     experts: tuple[ExpertView, ...] = ()
     nodes: tuple[NodeView, ...] = ()
+    """The home cluster's nodes and those of every known island (atoll.operator.islands.fleet)."""
+    islands: tuple[IslandFleet, ...] = ()
 
 
 GpuHolders = Callable[[], Mapping[str, GpuHolder]]
@@ -82,10 +88,13 @@ class RunStores:
 class Observer:
     """Builds one run's Observation per tick."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings, stores: RunStores) -> None:
+    def __init__(
+        self, kube: Kube, settings: OperatorSettings, stores: RunStores, islands: Islands | None = None
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.stores = stores
+        self.islands = islands
 
     def observe(
         self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory, *, now: datetime, monotonic: float
@@ -96,6 +105,7 @@ class Observer:
             pods=indexes.pods,
             experts=indexes.experts,
             nodes=indexes.nodes or None,
+            islands=indexes.islands,
             now=now,
             monotonic=monotonic,
         )
@@ -129,11 +139,25 @@ class Observer:
                 continue
             if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
                 continue
-            body = self.kube.get_pod(run.namespace, status.pod)
-            view = PodView.from_body(body) if body is not None else None
+            view = self._read_pod(run, status.pod, status.node)
             if view is not None:
                 found.append(view)
         return tuple(found)
+
+    def _read_pod(self, run: RunObject, name: str, node: str | None) -> PodView | None:
+        """A stage pod straight from the API server of the cluster its node is in."""
+        island, _ = split_node(node or "")
+        if island == HOME_ISLAND or self.islands is None:
+            body = self.kube.get_pod(run.namespace, name)
+            return PodView.from_body(body) if body is not None else None
+        fleet = self.islands.registry.fleet(island)
+        if fleet is None:
+            return None
+        try:
+            body = self.islands.get_pod(island, fleet.namespace, name)
+        except Exception:  # unreachable now: the island's pods as last seen stand
+            return next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+        return island_pod_view(island, body) if body is not None else None
 
     # --- the store ------------------------------------------------------------------------
 

@@ -142,7 +142,7 @@ def test_experts_start_on_a_declared_pool_up_to_its_limit_and_pods_waiting_for_i
         }
     )
     nodes = [node("t4-0", "Tesla-T4", 15360, 1)]
-    waiting = "t4/Tesla-T4"
+    waiting = "t4:Tesla-T4"
     placed = place_experts(fleet_state(spec, nodes), [0, 1, 2])
     assert sorted(a.node for a in placed.assignments.values()) == ["t4-0", waiting, waiting]
     assert {a.pool for a in placed.assignments.values() if a.node == waiting} == {"t4"}

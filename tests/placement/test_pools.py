@@ -140,7 +140,7 @@ def test_declared_pools_count_the_gpus_their_nodes_hold_against_their_limit() ->
     )  # fmt: skip
     assert (l4.provisioning_seconds, l4.cost_per_gpu_hour, l4.gpus_per_node) == (45, None, None)
     assert l4.node_labels == {"karpenter.sh/nodepool": "autoscaled-l4"}
-    assert l4.placeholder == f"autoscaled-l4/{fleet.L4.product}"
+    assert l4.placeholder == f"autoscaled-l4:{fleet.L4.product}"
     assert (a100.headroom_gpus, a100.gpus_per_node, a100.cost_per_gpu_hour) == (8, 8, 1.5)
     assert a100.node_labels == {"eks.amazonaws.com/nodegroup": "gpu-a100"}
     assert read_node_pools([node_pool("l4", fleet.L4, limit_gpus=4)]).pools[0].node_labels == {

@@ -52,7 +52,7 @@ def test_a_fleet_too_small_gets_new_gpus_up_to_the_pool_limit_and_never_beyond()
     grown = planned(spec, fleet)
 
     (asked,) = grown.provisions
-    assert (asked.pool, asked.product, asked.placeholder) == ("h100", H100[0], f"h100/{H100[0]}")
+    assert (asked.pool, asked.product, asked.placeholder) == ("h100", H100[0], f"h100:{H100[0]}")
     assert asked.gpus == peak_gpus(grown, asked.placeholder) == 3  # the limit, all of it
     on_pool = [a for a in grown.assignments if a.pool == "h100"]
     assert on_pool
@@ -81,7 +81,7 @@ def test_a_pool_at_its_limit_is_left_out_with_the_reason() -> None:
     fleet = [node("l4", L4, 1), cordoned]
     result = planned(spec, fleet)
     assert result.provisions == ()
-    (full,) = [e for e in result.excluded if e.node == f"h100/{H100[0]}"]
+    (full,) = [e for e in result.excluded if e.node == f"h100:{H100[0]}"]
     assert full.kind == "full"
     assert "pool h100: at its GPU limit (2 GPUs, 2 held by its nodes)" in full.reason
 

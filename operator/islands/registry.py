@@ -1,0 +1,137 @@
+"""What the home operator knows of its islands now: each island's nodes (qualified by its name),
+the atoll pods there, the GPUs pods hold there, and a client to reach it.
+
+The island monitor writes it after each probe (atoll.operator.islands.monitor); the
+reconciler's threads read it (placement over the union of fleets, the run's pods on islands)
+and dispatch through it. Every method holds one lock. An island that stops answering keeps
+its last known nodes, marked unschedulable (no new expert goes there, running ones are not
+taken for lost) and its last known pods. Never logs or returns a kubeconfig.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from atoll.api.island import ComputeIslandSpec
+from atoll.operator.islands.dispatch import island_pod_view
+from atoll.operator.islands.fleet import IslandFleet, island_nodes, qualified
+from atoll.operator.islands.kubeconfig import client_for
+from atoll.operator.ledger import GpuHolder, pod_holder
+from atoll.operator.views import PodView
+
+
+def holder_key(island: str, namespace: str, name: str) -> str:
+    """A pod on an island in the GPU ledger (home pods are namespace/name)."""
+    return f"{island}:{namespace}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Island:
+    fleet: IslandFleet
+    pods: tuple[PodView, ...]
+    holders: Mapping[str, GpuHolder]
+    kubeconfig: str
+    version: str
+
+
+def _holders(island: str, namespace: str, pods: Iterable[Mapping[str, Any]]) -> dict[str, GpuHolder]:
+    """What the island's bound pods hold (GPUs, CPU, memory), at their qualified node names."""
+    held: dict[str, GpuHolder] = {}
+    for pod in pods:
+        holder = pod_holder(pod)
+        if holder is None or not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        name = (pod.get("metadata") or {})["name"]
+        held[holder_key(island, namespace, name)] = replace(holder, node=qualified(island, holder.node))
+    return held
+
+
+class IslandRegistry:
+    """The islands as last seen, shared by the island monitor and the reconciler."""
+
+    def __init__(self, connect: Callable[[str], Any] = client_for) -> None:
+        self._lock = threading.Lock()
+        self._islands: dict[str, _Island] = {}
+        self._clients: dict[str, tuple[str, Any]] = {}
+        self._connect = connect
+
+    def reached(
+        self,
+        name: str,
+        spec: ComputeIslandSpec,
+        *,
+        kubeconfig: str,
+        version: str,
+        nodes: Iterable[Mapping[str, Any]],
+        pods: Iterable[Mapping[str, Any]],
+        accepts: bool,
+    ) -> None:
+        """An island answered: its nodes (unschedulable unless it `accepts` experts) and pods."""
+        pod_list = list(pods)
+        views = island_nodes(name, nodes)
+        if not accepts:
+            views = tuple(replace(view, unschedulable=True) for view in views)
+        fleet = IslandFleet(name=name, namespace=spec.namespace, store_endpoint=spec.store_endpoint, nodes=views)
+        found = (island_pod_view(name, body) for body in pod_list)
+        island = _Island(
+            fleet=fleet,
+            pods=tuple(view for view in found if view is not None),
+            holders=_holders(name, spec.namespace, pod_list),
+            kubeconfig=kubeconfig,
+            version=version,
+        )
+        with self._lock:
+            self._islands[name] = island
+
+    def unreached(self, name: str) -> None:
+        """An island did not answer: no new experts there; what was seen of it stays."""
+        with self._lock:
+            island = self._islands.get(name)
+            if island is not None:
+                nodes = tuple(replace(view, unschedulable=True) for view in island.fleet.nodes)
+                self._islands[name] = replace(island, fleet=replace(island.fleet, nodes=nodes))
+
+    def keep_only(self, names: Iterable[str]) -> None:
+        """Forget the islands whose ComputeIsland is gone."""
+        kept = set(names)
+        with self._lock:
+            for name in [n for n in self._islands if n not in kept]:
+                del self._islands[name]
+                self._clients.pop(name, None)
+
+    def fleets(self) -> tuple[IslandFleet, ...]:
+        with self._lock:
+            return tuple(island.fleet for _, island in sorted(self._islands.items()))
+
+    def pods_of(self, namespace: str, run: str) -> tuple[PodView, ...]:
+        """The pods of the run `namespace/run` on every island."""
+        with self._lock:
+            islands = list(self._islands.values())
+        return tuple(p for i in islands for p in i.pods if p.origin_namespace == namespace and p.run == run)
+
+    def holders(self) -> dict[str, GpuHolder]:
+        """Every pod holding GPUs on an island (keys: holder_key)."""
+        with self._lock:
+            return {key: holder for island in self._islands.values() for key, holder in island.holders.items()}
+
+    def fleet(self, name: str) -> IslandFleet | None:
+        with self._lock:
+            island = self._islands.get(name)
+        return None if island is None else island.fleet
+
+    def core(self, name: str) -> Any:
+        """A CoreV1Api for the island (built again when its kubeconfig Secret changed)."""
+        from kubernetes import client
+
+        with self._lock:
+            island = self._islands.get(name)
+            if island is None:
+                raise LookupError(f"island {name} is not known (not probed yet, or deleted)")
+            cached = self._clients.get(name)
+            if cached is None or cached[0] != island.version:
+                cached = (island.version, self._connect(island.kubeconfig))
+                self._clients[name] = cached
+            return client.CoreV1Api(cached[1])
