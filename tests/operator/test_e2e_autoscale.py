@@ -31,8 +31,7 @@ from tests.env import fleet as fleet_builders
 from tests.env.cluster import ControlPlane
 from tests.env.karpenter import Karpenter, node_class, node_pool
 from tests.env.runtime_process import PodRuntimeProcess
-from tests.operator.conftest import SECRET, OperatorProcess, apply, run_object
-from tests.operator.test_e2e_pending import holder
+from tests.operator.conftest import SECRET, OperatorProcess, apply, holder_pod, run_object
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
@@ -67,7 +66,7 @@ def test_a_run_short_of_gpus_gets_a_node_of_the_planned_product_which_goes_away_
     holders = {}
     for name in fleet.with_product(L4):
         gpus = next(n for n in fleet.nodes if n["metadata"]["name"] == name)["status"]["allocatable"]["nvidia.com/gpu"]
-        holders[f"l4-holder-{name}"] = holder(f"l4-holder-{name}", name, {"nvidia.com/gpu": gpus})
+        holders[f"l4-holder-{name}"] = holder_pod(f"l4-holder-{name}", name, {"nvidia.com/gpu": gpus})
     for manifest in holders.values():
         apply(control_plane, namespace, manifest)
     slow = {product: 1.0 for product in fleet.products if product != L4}
