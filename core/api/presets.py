@@ -28,6 +28,7 @@ PresetName = Literal[
     "dit-b/2",
     "dit-l/2",
     "dit-xl/2",
+    "video-nano",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -41,6 +42,7 @@ PRESET_NAMES: tuple[PresetName, ...] = (
     "dit-b/2",
     "dit-l/2",
     "dit-xl/2",
+    "video-nano",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -177,6 +179,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # any frame count). video-tiny (~1.2 M parameters with the offline caption encoder) trains on
     # 2 CPU cores; wan-1.3b has Wan 2.1 T2V-1.3B's shape (width 1536, 30 blocks, 12 heads, FFN
     # 8960, patch (1, 2, 2)).
+    # The video quickstart's expert: half video-tiny's width and a coarser patch, (1, 4, 4) — 64
+    # tokens of a 4 × 16 × 16 clip — so that thousands of steps fit the 2-core budget.
+    "video-nano": _wan(64, 4, 2, 256, patch=(1, 4, 4)),
     "video-tiny": _wan(128, 4, 4, 512),
     "video-tiny-w2": _wan(256, 4, 8, 1024),  # four video-tiny experts' parameters in one model
     "video-s": _wan(384, 12, 6, 1536),
@@ -229,6 +234,7 @@ PRESET_RECIPES: dict[str, str] = {
     "dit-b/2": "dit",
     "dit-l/2": "dit",
     "dit-xl/2": "dit",
+    "video-nano": "cpu-video",
     "video-tiny": "cpu-video",
     "video-tiny-w2": "cpu-video",
     "video-s": "dit",

@@ -100,6 +100,8 @@ def run_locally(manifest: DDMRunManifest, args: argparse.Namespace) -> int:
         )
         return 130
     done = f"finished in {result.wall_seconds:.0f}s"
+    if result.cpu_seconds:
+        done += f", {sum(result.cpu_seconds.values()):.0f} CPU s in stages"
     if result.skipped:
         done += f" (already done: {', '.join(result.skipped)})"
     console.print(done, highlight=False, soft_wrap=True)

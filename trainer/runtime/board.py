@@ -25,7 +25,7 @@ class Board(Protocol):
     def begin(self, jobs: list[StageJob]) -> None: ...
     def started(self, job: StageJob, log_path: Path, threads: int) -> None: ...
     def update(self, job: StageJob, progress: StageProgress | None) -> None: ...
-    def finished(self, job: StageJob, seconds: float, *, skipped: bool) -> None: ...
+    def finished(self, job: StageJob, seconds: float, *, skipped: bool, cpu_seconds: float = 0.0) -> None: ...
     def failed(self, job: StageJob) -> None: ...
     def refresh(self) -> None: ...
     def end(self) -> None: ...
@@ -73,12 +73,12 @@ class LiveBoard:
         total = progress.total_steps or None
         self.progress.update(self.tasks[job], completed=progress.step, total=total, detail=_detail(progress))
 
-    def finished(self, job: StageJob, seconds: float, *, skipped: bool) -> None:
+    def finished(self, job: StageJob, seconds: float, *, skipped: bool, cpu_seconds: float = 0.0) -> None:
         task = self.tasks[job]
         total = self.progress.tasks[task].total or 1
         if skipped:
             self.progress.start_task(task)
-        detail = "already done" if skipped else f"done in {seconds:.0f}s"
+        detail = "already done" if skipped else f"done in {seconds:.0f}s, {cpu_seconds:.0f} CPU s"
         self.progress.update(task, total=total, completed=total, detail=detail)
         self.progress.stop_task(task)
 
@@ -115,13 +115,13 @@ class PlainBoard:
     def update(self, job: StageJob, progress: StageProgress | None) -> None:
         self.latest[job] = progress
 
-    def finished(self, job: StageJob, seconds: float, *, skipped: bool) -> None:
+    def finished(self, job: StageJob, seconds: float, *, skipped: bool, cpu_seconds: float = 0.0) -> None:
         last = self.latest.pop(job, None)
         if skipped:
             self._say(f"{job.label} already done")
             return
         detail = f" (step {last.step}/{last.total_steps}, {_detail(last)})" if last and last.total_steps else ""
-        self._say(f"{job.label} done in {seconds:.0f}s{detail}")
+        self._say(f"{job.label} done in {seconds:.0f}s, {cpu_seconds:.0f} CPU s{detail}")
 
     def failed(self, job: StageJob) -> None:
         self.latest.pop(job, None)

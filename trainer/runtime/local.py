@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -79,6 +80,9 @@ class RunResult:
     store: Store
     logs: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each stage run here, by job label."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + system, its own children included) of each stage run here, by job label."""
     skipped: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -187,9 +191,13 @@ class LocalRuntime:
         try:
             while pending or running:
                 for job, item in list(running.items()):
+                    before = _children_cpu_seconds()
                     code = item.process.poll()
                     if code is None:
                         continue
+                    # poll() reaped this one stage and nothing else: the children's CPU time
+                    # grew by exactly its own (and that of the processes it waited for).
+                    result.cpu_seconds[job.label] = _children_cpu_seconds() - before
                     del running[job]
                     item.handle.close()
                     if code != 0:
@@ -197,7 +205,9 @@ class LocalRuntime:
                         raise StageFailedError(job, self._failure_reason(item, code), item.log_path, code)
                     finished.add(job)
                     result.seconds[job.label] = time.monotonic() - item.started
-                    self.board.finished(job, result.seconds[job.label], skipped=False)
+                    self.board.finished(
+                        job, result.seconds[job.label], skipped=False, cpu_seconds=result.cpu_seconds[job.label]
+                    )
                 for job in list(pending):
                     if len(running) >= self.slots:
                         break
@@ -299,6 +309,12 @@ class LocalRuntime:
                         os.killpg(item.process.pid, signal.SIGKILL)
                     item.process.wait()
                 item.handle.close()
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of every child process reaped so far (and of what they reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _last_line(path: Path, offset: int) -> str:

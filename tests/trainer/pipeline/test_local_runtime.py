@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,10 @@ def test_interrupted_run_resumes_to_the_end(tmp_path: Path) -> None:
         assert str(store / "eval" / name) in second.stdout
     assert str(store / "model") in second.stdout
     assert "real vs real" in second.stdout
+    # every stage it ran reports its CPU time (its own processes only, not the other stages')
+    for label in ("expert 0", "assemble", "evaluate"):
+        assert re.search(rf"{label} done in \d+s, [1-9]\d* CPU s", second.stdout), second.stdout
+    assert re.search(r"finished in \d+s, [1-9]\d* CPU s in stages", second.stdout), second.stdout
 
     # a finished run is not run again
     third = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
