@@ -198,6 +198,10 @@ def test_the_standby_takes_over_mid_run(  # noqa: PLR0917 - fixtures; one story,
         kube.wait_for(lambda: ready(ports[standby]).startswith("ready: standby"), timeout=60, what="standby ready")
 
         run = quickstart_small()
+        # Long enough that the experts are seen training past a checkpoint and are still training
+        # when the leader dies (at 60 steps a quiet machine trains them in ~4 s, between two
+        # looks of the test at their status, and the run was done before the failover).
+        run["spec"]["expert"]["steps"] = 400
         name = run["metadata"]["name"]
         apply(control_plane, namespace, run)
 

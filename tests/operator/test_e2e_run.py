@@ -227,12 +227,14 @@ def _check_columns(control_plane: ControlPlane, namespace: str, name: str) -> No
     assert row[:4] == [name, "Succeeded", "2/2", "100%"]
     table = [line.split() for line in control_plane.kubectl("get", "ddmx", "-n", namespace).stdout.strip().split("\n")]
     assert table[0] == [
-        "NAME", "RUN", "CLUSTER", "EXAMPLES", "PHASE", "NODE", "GPU", "STEP", "LOSS", "CHECKPOINT", "RESTARTS", "AGE",
+        "NAME", "RUN", "CLUSTER", "EXAMPLES", "PHASE", "ISLAND", "NODE", "GPU", "STEP", "LOSS", "CHECKPOINT",
+        "RESTARTS", "AGE",
     ]  # fmt: skip
     products = {p.product for p in fleet_builders.PRODUCTS}
     for row in table[1:]:
         cells = dict(zip(table[0], row, strict=True))
         assert cells["RUN"] == name
+        assert cells["ISLAND"] == "home"
         assert int(cells["EXAMPLES"]) > 0
         assert cells["PHASE"] == "Succeeded"
         assert cells["GPU"] in products
