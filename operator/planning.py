@@ -93,11 +93,20 @@ class FleetState:
 
     def free_gpus(self) -> dict[str, int]:
         """GPUs free now per node: not held, and with the CPU and memory their expert pods need."""
+        return dict(self._free)
+
+    @functools.cached_property
+    def _free(self) -> dict[str, int]:
+        """`free_gpus`, worked out once per placement (a tick asks several times)."""
         return {node.name: free_gpus(node, self.busy_gpus, self.busy_requests, self.pod_size) for node in self.nodes}
+
+    @functools.cached_property
+    def _pools(self) -> tuple[GrowablePool, ...]:
+        return declared_pools(self.spec.placement.pools, self.nodes)
 
     def pools(self) -> tuple[GrowablePool, ...]:
         """The pools the run declares (spec.placement.pools), less what their nodes hold now."""
-        return declared_pools(self.spec.placement.pools, self.nodes)
+        return self._pools
 
     def planning_nodes(self, experts: int) -> list[NodeView]:
         """The nodes worth planning over, on the islands placement.islands.restrict allows."""
