@@ -220,7 +220,12 @@ class GrowablePoolSpec(SpecModel):
         description="Seconds from asking for a node of the pool until it runs pods (boot, join, device plugin).",
     )
     cost_per_gpu_hour: float | None = Field(
-        default=None, ge=0, description="Price of one GPU of the pool for an hour (reported with the plan)."
+        default=None,
+        ge=0,
+        description=(
+            "Price of one GPU of the pool for an hour (reported with the plan; minimised under"
+            " placement.deadlineHours, and breaking makespan ties)."
+        ),
     )
     node_labels: dict[str, LabelValue] = Field(
         default_factory=dict,
@@ -267,6 +272,17 @@ class PlacementSpec(SpecModel):
         description=(
             "Pools an autoscaler can grow: the planner weighs provisioning their GPUs (after their delay)"
             " against waiting for the fleet's; one entry per (name, product)."
+        ),
+    )
+    deadline_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=8760,
+        description=(
+            "Hours the experts' training may take, counted from the plan that places them: the planner"
+            " then minimises cost (GPU-hours × costPerGpuHour of pools, islands and nodes) among plans"
+            " that finish within it, and falls back to the fastest plan, saying so, when none does."
+            " Unset: the fastest plan, cost breaking ties."
         ),
     )
     speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(

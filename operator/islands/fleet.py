@@ -17,6 +17,9 @@ from typing import Any
 
 from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus
 from atoll.api.placement import HOME_ISLAND, IslandPlacement
+from atoll.operator.placement import labels
+from atoll.operator.placement.gpus import canonical_product
+from atoll.operator.placement.pools import COST_ANNOTATION
 from atoll.operator.views import NodeView
 
 SEPARATOR = "/"
@@ -55,6 +58,19 @@ def island_nodes(island: str, bodies: Iterable[Mapping[str, Any]]) -> tuple[Node
     """The views of an island's Node objects, each tagged with the island and its name qualified."""
     views = (NodeView.from_body(body) for body in bodies)
     return tuple(replace(view, name=qualified(island, view.name), island=island) for view in views)
+
+
+def priced(nodes: Iterable[NodeView], cost_per_gpu_hour: Mapping[str, float]) -> tuple[NodeView, ...]:
+    """The nodes, each carrying its island's price of its GPU product (ComputeIsland
+    `spec.costPerGpuHour`) as the annotation the planner's cost objective reads; a node of a
+    product the island does not price keeps its annotations as they are."""
+    by_product = {canonical_product(product): price for product, price in cost_per_gpu_hour.items()}
+    result = []
+    for node in nodes:
+        price = by_product.get(canonical_product(node.labels.get(labels.GPU_PRODUCT, "")))
+        annotations = node.annotations if price is None else {**node.annotations, COST_ANNOTATION: repr(float(price))}
+        result.append(replace(node, annotations=annotations))
+    return tuple(result)
 
 
 def accepts_experts(spec: ComputeIslandSpec, status: ComputeIslandStatus) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from atoll.api.island import ComputeIslandSpec
 from atoll.operator.islands.dispatch import island_pod_view
-from atoll.operator.islands.fleet import IslandFleet, island_nodes, qualified
+from atoll.operator.islands.fleet import IslandFleet, island_nodes, priced, qualified
 from atoll.operator.islands.kubeconfig import client_for
 from atoll.operator.ledger import GpuHolder, pod_holder
 from atoll.operator.views import PodView
@@ -71,7 +71,7 @@ class IslandRegistry:
     ) -> None:
         """An island answered: its nodes (unschedulable unless it `accepts` experts) and pods."""
         pod_list = list(pods)
-        views = island_nodes(name, nodes)
+        views = priced(island_nodes(name, nodes), spec.cost_per_gpu_hour)
         if not accepts:
             views = tuple(replace(view, unschedulable=True) for view in views)
         fleet = IslandFleet(name=name, namespace=spec.namespace, store_endpoint=spec.store_endpoint, nodes=views)

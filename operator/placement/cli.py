@@ -1,8 +1,9 @@
 """`atoll plan`: print the placement plan of a DDMRun on a fleet described by a NodeList file.
 
 No cluster needed: NODES.yaml is what `kubectl get nodes -o yaml` prints. The plan goes
-to stdout as JSON (with what it provisions from the pools the run declares); nodes left out
-and where each speed figure came from go to stderr.
+to stdout as JSON (with its GPU-hours and cost, and what it provisions from the pools the
+run declares); notes on how it was chosen (a deadline no plan meets), nodes left out and
+where each speed figure came from go to stderr.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     json.dump(result.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()  # the JSON first, then the notes, when both go to a terminal
+    for reason in result.reasons:
+        print(f"note: {reason}", file=sys.stderr)
     for exclusion in result.excluded:
         print(f"not used: {exclusion.node}: {exclusion.reason}", file=sys.stderr)
     for product, source in sorted(result.speed_sources.items()):

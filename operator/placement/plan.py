@@ -90,6 +90,27 @@ class Provision:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PlanCost:
+    """What a plan's experts hold: GPU-hours from each one's planned start to its finish (the
+    start cost included; a pool's provisioning delay and idle GPUs not), and their price."""
+
+    gpu_hours: float = 0.0
+    cost: float | None = None
+    """Σ GPU-hours × price per GPU-hour over the GPUs with a price; None: none has one."""
+    unpriced_gpu_hours: float = 0.0
+    """Of `gpu_hours`, those on GPUs with no known price (not in `cost`)."""
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "gpuHours": round(self.gpu_hours, 3),
+            "cost": None if self.cost is None else round(self.cost, 2),
+        }
+        if self.cost is not None and self.unpriced_gpu_hours > 0:
+            document["unpricedGpuHours"] = round(self.unpriced_gpu_hours, 3)
+        return document
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Plan:
     """A placement of every unfinished expert of a run."""
 
@@ -108,19 +129,39 @@ class Plan:
     scaled, built-in or calibrated — then what measured or derived it)."""
     provisions: tuple[Provision, ...] = ()
     """Capacity the plan asks autoscaler pools to add (empty: the fleet as it is suffices)."""
+    cost: PlanCost = field(default_factory=PlanCost)
+    """GPU-hours the plan's experts hold and what they cost."""
+    deadline_seconds: float | None = None
+    """The deadline the plan was made for (from now; None: none, the fastest plan)."""
+    reasons: tuple[str, ...] = ()
+    """What a person should know about how the plan was chosen (a deadline no plan meets, a bad price)."""
+
+    @property
+    def meets_deadline(self) -> bool | None:
+        """Whether the makespan is within the deadline (None: no deadline)."""
+        if self.deadline_seconds is None:
+            return None
+        return self.makespan_seconds <= self.deadline_seconds * (1 + 1e-9)
 
     def assignment(self, expert: int) -> Assignment | None:
         return next((a for a in self.assignments if a.expert == expert), None)
 
     def to_json(self) -> dict[str, Any]:
-        """The document `atoll plan` prints (its documented shape exactly; `provisions` only when
-        the plan provisions)."""
+        """The document `atoll plan` prints (its documented shape exactly; `deadlineSeconds` and
+        `meetsDeadline` only with a deadline, `reasons` only when there are some, `provisions`
+        only when the plan provisions)."""
         document: dict[str, Any] = {
             "assignments": [a.to_json() for a in self.assignments],
             "makespanSeconds": round(self.makespan_seconds, 1),
             "lowerBoundSeconds": round(self.lower_bound_seconds, 1),
+            **self.cost.to_json(),
             "speeds": {product: round(speed, 3) for product, speed in sorted(self.speeds.items())},
         }
+        if self.deadline_seconds is not None:
+            document["deadlineSeconds"] = round(self.deadline_seconds, 1)
+            document["meetsDeadline"] = self.meets_deadline
+        if self.reasons:
+            document["reasons"] = list(self.reasons)
         if self.provisions:
             document["provisions"] = [p.to_json() for p in self.provisions]
         return document

@@ -12,7 +12,9 @@ problem as one more node each, named by its placeholder, whose GPUs are the pool
 headroom and become usable only after its provisioning delay (the options' release). The
 plan is the better of the fleet alone and fleet plus pools: provisioning wins only when it
 shortens the makespan by more than MIN_PROVISION_GAIN, and experts that gain nothing on
-new capacity are moved off it (atoll.operator.placement.provision). Pure and
+new capacity are moved off it (atoll.operator.placement.provision). Cost then decides
+(atoll.operator.placement.cost): it breaks makespan ties, and under
+`placement.deadlineHours` the cheapest plan that meets the deadline wins. Pure and
 deterministic: equal inputs (`now` included) give equal plans.
 """
 
@@ -27,6 +29,7 @@ from atoll.api import DDMRunSpec
 from atoll.api.spec import PlacementSpec
 from atoll.errors import AtollError
 from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size
+from atoll.operator.placement.cost import Pricing, apply_objective, node_prices, plan_cost, prices_of
 from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.pools import GrowablePool
@@ -152,9 +155,11 @@ def plan(
     pod_size: PodSize | None = None,
     used_requests: Mapping[str, Requests] | None = None,
     pools: Sequence[GrowablePool] = (),
+    deadline_seconds: float | None = None,
 ) -> Plan:
     """Place `experts` on the usable GPUs of `nodes`, and of `pools` once provisioned,
-    minimising the predicted makespan.
+    minimising the predicted makespan, then cost; or, with a deadline (`deadline_seconds`
+    from now, else placement.deadlineHours), minimising cost among plans that meet it.
 
     `used_gpus` (node → GPUs used by pods of other runs) lowers a node's capacity, and with
     `pod_size` (what an expert pod on g GPUs requests) so does the CPU and memory left by
@@ -165,8 +170,12 @@ def plan(
     """
     placement = placement or PlacementSpec()
     speeds = speeds or SpeedTable(workload=workload)
+    node_list = list(nodes)
+    prices, price_problems = node_prices(node_list)
+    if deadline_seconds is None and placement.deadline_hours is not None:
+        deadline_seconds = placement.deadline_hours * 3600
     fleet = read_fleet(
-        nodes,
+        node_list,
         placement=placement,
         used_gpus=used_gpus,
         now=now,
@@ -184,12 +193,21 @@ def plan(
         efficiency=efficiency,
         used_gpus=used_gpus or {},
         pools=pools,
+        prices=prices,
     )
     problem = builder.problem()
     budget = exact_budget
     if budget is None:
         budget = EXACT_SEARCH_BUDGET if len(experts) <= EXACT_SEARCH_MAX_EXPERTS else 0
-    schedule = solve_with_pools(problem, builder.first_pool, budget)
+    candidates = solve_with_pools(problem, builder.first_pool, budget)
+    objective = apply_objective(
+        problem,
+        fastest=candidates.chosen,
+        seeds=candidates.others,
+        pricing=builder.pricing(),
+        deadline=deadline_seconds,
+    )
+    schedule = objective.schedule
     assignments = []
     for job, expert in enumerate(builder.experts):
         option = builder.choices[job][schedule.choice[job]]
@@ -221,6 +239,9 @@ def plan(
         excluded=fleet.excluded + tuple(builder.too_small),
         proven_optimal=schedule.proven_optimal,
         provisions=provisions([builder.pool_of[name] for name in builder.pool_of], assignments),
+        cost=plan_cost(assignments, builder.known_prices()),
+        deadline_seconds=deadline_seconds,
+        reasons=objective.reasons + price_problems,
     )
 
 
@@ -250,8 +271,11 @@ class _Builder:
         efficiency: float,
         used_gpus: Mapping[str, int],
         pools: Sequence[GrowablePool] = (),
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         self.fleet = fleet
+        self.prices = dict(prices or {})
+        """Node name → price of one of its GPUs for an hour (nodes with a known price only)."""
         self.experts = sorted(experts, key=lambda e: e.expert)
         if len({e.expert for e in self.experts}) != len(self.experts):
             raise PlacementError("an expert appears twice in the work list")
@@ -281,6 +305,19 @@ class _Builder:
         self.too_small += unusable
         self.choices: list[list[_Choice]] = []
         self.full_rate = 0.0
+
+    def known_prices(self) -> dict[str, float]:
+        """Problem node name → price of a GPU-hour, where one is known (nodes and pools)."""
+        known = {n.name: self.prices[n.name] for n in self.nodes if n.name in self.prices}
+        for name, entry in self.pool_of.items():
+            if entry.pool.cost_per_gpu_hour is not None:
+                known[name] = entry.pool.cost_per_gpu_hour
+        return known
+
+    def pricing(self) -> Pricing:
+        """The cost objective's view of the problem's nodes (unknown prices count as 0)."""
+        names = [n.name for n in self.nodes]
+        return Pricing(price=prices_of(names, self.known_prices()), provisioned=tuple(n in self.pool_of for n in names))
 
     @property
     def first_pool(self) -> int:
@@ -359,7 +396,7 @@ class _Builder:
         """Leave out nodes no expert fits, and identical nodes beyond what the experts could use.
 
         n unpinned experts never use more than n nodes of one kind (product, memory, free
-        GPUs, compute capability), and nodes of a kind are interchangeable: keeping the
+        GPUs, compute capability, price), and nodes of a kind are interchangeable: keeping the
         first n of each kind by name changes no optimum, and shrinks a 1000-node fleet of a
         few pools to a problem of tens of nodes. The issue's lower bound still counts the
         speed of every usable GPU (`full_rate`).
@@ -372,10 +409,10 @@ class _Builder:
             if n.name in pinned_here or any(splits.get((n.name, e.global_batch)) for e in self.experts)
         ]
         self.full_rate = sum(n.free_gpus * self.speeds.per_gpu(n.product, n.compute_major) for n in fitting)
-        kinds: dict[tuple[str, int, int, int | None], int] = {}
+        kinds: dict[tuple[str, int, int, int | None, float | None], int] = {}
         kept = []
         for node in fitting:
-            kind = (node.product, node.memory_mib, node.free_gpus, node.compute_major)
+            kind = (node.product, node.memory_mib, node.free_gpus, node.compute_major, self.prices.get(node.name))
             if node.name in pinned_here or node.name in self.pool_of:
                 kept.append(node)
             elif kinds.get(kind, 0) < free_experts:

@@ -100,18 +100,28 @@ def _unusable(
     return None
 
 
-def solve_with_pools(problem: Problem, first_pool: int, budget: int) -> Schedule:
+@dataclass(frozen=True, slots=True)
+class PoolSchedules:
+    """The makespan schedules of a problem with pools: the one the makespan rule picks, and the
+    other candidate (fleet alone or fleet plus pools), which a cost objective may prefer."""
+
+    chosen: Schedule
+    """The fleet alone unless provisioning gains more than MIN_PROVISION_GAIN."""
+    others: tuple[Schedule, ...] = ()
+
+
+def solve_with_pools(problem: Problem, first_pool: int, budget: int) -> PoolSchedules:
     """The better of the fleet alone (nodes before `first_pool`) and the fleet plus pools (the
     problem's last nodes): provisioning only for a gain above MIN_PROVISION_GAIN, and only
     for the experts that need it."""
     if first_pool >= len(problem.capacity):
-        return solve(problem, exact_budget=budget)
+        return PoolSchedules(solve(problem, exact_budget=budget))
     grown = vacate(problem, solve(problem, exact_budget=budget), range(first_pool, len(problem.capacity)))
     kept: list[list[int]] = []
     for job in problem.jobs:
         kept.append([i for i, o in enumerate(job.options) if o.node < first_pool])
         if not kept[-1]:
-            return grown  # some expert fits only on new capacity (or, pinned, waits for it)
+            return PoolSchedules(grown)  # some expert fits only on new capacity (or, pinned, waits for it)
     fleet_only = Problem(
         capacity=problem.capacity[:first_pool],
         rate=problem.rate[:first_pool],
@@ -121,10 +131,11 @@ def solve_with_pools(problem: Problem, first_pool: int, budget: int) -> Schedule
         ),
     )
     static = solve(fleet_only, exact_budget=budget)
-    if grown.makespan < static.makespan * (1 - MIN_PROVISION_GAIN):
-        return grown
     choice = tuple(index[c] for index, c in zip(kept, static.choice, strict=True))
-    return Schedule(choice, static.start, static.finish, static.makespan, static.proven_optimal)
+    alone = Schedule(choice, static.start, static.finish, static.makespan, static.proven_optimal)
+    if grown.makespan < static.makespan * (1 - MIN_PROVISION_GAIN):
+        return PoolSchedules(grown, (alone,))
+    return PoolSchedules(alone, (grown,))
 
 
 def provisions(used: Sequence[PoolNode], assignments: Sequence[Assignment]) -> tuple[Provision, ...]:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 EPS = 1e-9
-_Rank = tuple[float, float, int, int]
+_Rank = tuple[float, ...]
 """How a greedy construction orders a job's options; the last element is the option's index."""
 PERMUTE_UP_TO = 6
 """Queued jobs on one node up to which every order is tried (6! = 720)."""
@@ -212,6 +212,31 @@ def vacate(problem: Problem, schedule: Schedule, nodes: Collection[int]) -> Sche
     return Schedule(result.choice, result.start, result.finish, result.makespan, schedule.proven_optimal)
 
 
+class ListSchedules:
+    """List schedules of one problem's choices (memoised), for searches with another objective
+    than the makespan (atoll.operator.placement.cost): node spans, greedy fits, final schedules."""
+
+    def __init__(self, problem: Problem) -> None:
+        self._search = _Search(problem)
+
+    def spans(self, choice: Sequence[int]) -> list[float]:
+        """Every node's makespan when it runs its jobs of `choice` in LPT order."""
+        return self._search.spans(choice)
+
+    def node_span(self, node: int, jobs: Sequence[int], choice: Sequence[int]) -> float:
+        """The makespan of `node` running `jobs` (their options of `choice`) in LPT order."""
+        return self._search.node_span(node, [(j, self._search.jobs[j].options[choice[j]]) for j in jobs])
+
+    def fit(self, rank: Callable[[float, Option, int], tuple[float, ...] | None]) -> list[int] | None:
+        """List scheduling, longest job first, each job taking its option of the smallest `rank`
+        (start, option, option index → a tuple ending with the index; None: not allowed)."""
+        return self._search._greedy(rank)
+
+    def finalise(self, choice: Sequence[int]) -> Schedule:
+        """Start and finish of every job of `choice`, with the best order of each node's queue."""
+        return self._search.finalise(choice)
+
+
 # --- internals ------------------------------------------------------------------------------
 
 
@@ -347,8 +372,9 @@ class _Search:
                     best = ranked
             if best is None:
                 return None
-            choice[job] = best[3]
-            _place(free[self.jobs[job].options[best[3]].node], self.jobs[job].options[best[3]])
+            chosen = int(best[-1])
+            choice[job] = chosen
+            _place(free[self.jobs[job].options[chosen].node], self.jobs[job].options[chosen])
         return choice
 
     def round_robin(self) -> list[int] | None:

@@ -95,7 +95,7 @@ def test_no_usable_node_fails_with_every_reason() -> None:
 def test_plan_json_has_exactly_the_documented_shape() -> None:
     result = plan_run(run(clusters=2), [node("h100", H100, 8), node("a100", A100_40, 8)], now=NOW)
     document = result.to_json()
-    assert list(document) == ["assignments", "makespanSeconds", "lowerBoundSeconds", "speeds"]
+    assert list(document) == ["assignments", "makespanSeconds", "lowerBoundSeconds", "gpuHours", "cost", "speeds"]
     assert list(document["assignments"][0]) == [
         "expert",
         "node",
