@@ -272,15 +272,13 @@ def run_case(case: Case) -> dict[str, Any]:
         if s >= SPEED_UP_GOAL - 1e-9 and r <= GPU_HOURS_GOAL + 1e-9
     ]
     curve = []
-    top = static.makespan_hours
-    for fraction in (1.0, 1.25, 1.5, 2.0, 3.0, 5.0):
-        deadline = fastest.makespan_hours * fraction
-        if deadline > top * 1.0001 and curve:
-            break
-        point, result = atoll(case, pools=True, deadline_hours=min(deadline, top))
+    top = static.makespan_hours  # past it the fleet alone meets the deadline
+    deadlines = [fastest.makespan_hours * f for f in (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)]
+    for deadline in [*(d for d in deadlines if d < top * 0.9999), top]:
+        point, result = atoll(case, pools=True, deadline_hours=deadline)
         curve.append(
             {
-                "deadlineHours": min(deadline, top),
+                "deadlineHours": deadline,
                 "makespanHours": point.makespan_hours,
                 "gpuHours": point.gpu_hours,
                 "cost": point.cost,
