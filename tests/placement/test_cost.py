@@ -15,6 +15,7 @@ from atoll.api.load import parse_manifest
 from atoll.operator.islands.fleet import IslandFleet, island_nodes, priced, union_nodes
 from atoll.operator.placement import Plan, plan_run
 from atoll.operator.placement.pools import COST_ANNOTATION, declared_pools
+from atoll.operator.views import NodeView
 from tests.placement.fleets import NOW, PRODUCTS, node
 
 H100, L4, T4 = PRODUCTS[0], PRODUCTS[5], PRODUCTS[8]
@@ -150,6 +151,11 @@ def test_island_prices_reach_the_plan() -> None:
     result = plan_run(run(clusters=1), nodes, now=NOW)
     assert [a.node for a in result.assignments] == ["lab/gpu-1"]
     assert result.cost.cost == pytest.approx(priced_hours(result, {"lab/gpu-1": 1.5}))
+    # A home node's own price reaches the planner through the operator's view of it too.
+    home = NodeView.from_body(with_price(node("gpu-0", H100, 8), "0.5"))
+    cheapest = plan_run(run(clusters=1), union_nodes([home], []) + nodes, now=NOW)
+    assert [a.node for a in cheapest.assignments] == ["gpu-0"]
+    assert cheapest.cost.cost == pytest.approx(priced_hours(cheapest, {"gpu-0": 0.5}))
 
 
 def test_a_bad_node_price_is_reported_and_counts_as_none() -> None:

@@ -111,3 +111,24 @@ def test_single_node_documents_and_an_invalid_run(capsys: pytest.CaptureFixture[
     code, _, notes = plan(capsys, "--nodes", str(one), "--run", str(bad))
     assert code == 1
     assert "spec.expert.stepsPolicy: must be one of 'equal' or 'proportional'" in notes
+
+
+def test_a_deadline_no_plan_meets_is_a_note_and_the_plan_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import yaml
+
+    manifest = yaml.safe_load(Path(RUN).read_text())
+    manifest["spec"].setdefault("placement", {})["deadlineHours"] = 0.01
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump(manifest))
+    code, document, notes = plan(capsys, "--nodes", NODES, "--run", str(run))
+    assert code == 0
+    assert document is not None
+    assert (document["deadlineSeconds"], document["meetsDeadline"]) == (36.0, False)
+    assignments = document["assignments"]
+    assert isinstance(assignments, list)
+    held = sum(a["gpus"] * (a["predictedSeconds"] - a["startSeconds"]) for a in assignments) / 3600
+    assert document["gpuHours"] == pytest.approx(held, abs=0.01)
+    assert document["cost"] is None  # no node of the example fleet has a price
+    assert "note: no plan meets placement.deadlineHours 0.01 h: the fastest finishes in" in notes
