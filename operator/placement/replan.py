@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from atoll.api import DDMRunSpec
 from atoll.operator.placement.capacity import Requests, expert_pod_size
+from atoll.operator.placement.cost import node_prices
 from atoll.operator.placement.fleet import Fleet, as_dict, node_products, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.planner import (
@@ -118,6 +119,14 @@ def replan(
     )
 
 
+def _dearer(prices: Mapping[str, float], stay: Assignment, boundary: float, move: tuple[str, int, float]) -> bool:
+    """Whether moving at the checkpoint boundary (to `move`: node, GPUs, predicted finish) costs
+    more than staying: GPU-seconds from the boundary on × each node's price (none: free)."""
+    node, gpus, finish = move
+    staying = stay.gpus * (stay.predicted_seconds - boundary) * prices.get(stay.node, 0.0)
+    return gpus * (finish - boundary) * prices.get(node, 0.0) > staying * (1 + 1e-9)
+
+
 def migrations(
     spec: DDMRunSpec,
     nodes: Iterable[Any],
@@ -140,9 +149,13 @@ def migrations(
     plan leaves idle from then until the moved expert would finish — so no other expert
     is delayed and the makespan cannot grow — and finish sooner than staying by more than
     the restart cost (included in the prediction) and `min_gain_fraction` of the time it
-    has left. Accepted moves reserve their GPUs before the next expert is considered.
+    has left. Accepted moves reserve their GPUs before the next expert is considered. Under
+    `placement.deadlineHours` a move must also not cost more than staying (GPU-hours from the
+    checkpoint boundary on × the nodes' prices): the plan is the cheapest that meets the
+    deadline, and idle dear GPUs are idle on purpose.
     """
     node_list = [as_dict(n) for n in nodes]
+    prices = node_prices(node_list)[0] if spec.placement.deadline_hours is not None else None
     status_quo = replan(
         spec,
         node_list,
@@ -202,6 +215,8 @@ def migrations(
                 speed = throughput(per_gpu, gpus)
                 finish = release + left / speed
                 if not busy.idle(node.name, gpus, until_boundary, finish):
+                    continue
+                if prices is not None and _dearer(prices, stay, until_boundary, (node.name, gpus, finish)):
                     continue
                 rank = (finish, gpus, node.name)
                 if best is None or rank < best[:3]:

@@ -168,6 +168,23 @@ def test_two_experts_never_migrate_onto_the_same_free_gpus() -> None:
     assert sum(m.to.gpus for m in moves if m.to.node == "h100-0") <= 8
 
 
+def test_under_a_deadline_an_expert_does_not_move_to_dearer_gpus() -> None:
+    # Spot L4s are cheaper per sample than on-demand H100s: the H100s are idle on purpose.
+    fleet = [node("l4-0", L4, 4), node("h100-0", H100, 8)]
+    fleet[0]["metadata"]["annotations"]["atoll.dev/cost-per-gpu-hour"] = "0.25"
+    fleet[1]["metadata"]["annotations"]["atoll.dev/cost-per-gpu-hour"] = "3.0"
+    reports = {0: progress(0, step=1200, checkpoint=1000)}
+    spec = run(clusters=1)
+    (fastest,) = migrations(spec, fleet, progress=reports, running={0: _at("l4-0", 4)}, now=NOW)
+    assert fastest.to.node == "h100-0"  # no deadline: time alone decides, as before
+    deadline = spec.model_copy(update={"placement": spec.placement.model_copy(update={"deadline_hours": 48.0})})
+    assert migrations(deadline, fleet, progress=reports, running={0: _at("l4-0", 4)}, now=NOW) == []
+    # Priced the other way round, the move is cheaper as well as faster: it is taken.
+    fleet[0]["metadata"]["annotations"]["atoll.dev/cost-per-gpu-hour"] = "3.0"
+    (cheaper,) = migrations(deadline, fleet, progress=reports, running={0: _at("l4-0", 4)}, now=NOW)
+    assert cheaper.to.node == "h100-0"
+
+
 def _at(node_name: str, gpus: int) -> Assignment:
     return Assignment(
         expert=0,
