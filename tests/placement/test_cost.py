@@ -4,6 +4,7 @@ the fastest, with the reason). Prices come from pools, node annotations and Comp
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +14,10 @@ from atoll.api import DDMRunSpec
 from atoll.api.errors import SpecError
 from atoll.api.load import parse_manifest
 from atoll.operator.islands.fleet import IslandFleet, island_nodes, priced, union_nodes
-from atoll.operator.placement import Plan, plan_run
+from atoll.operator.placement import PlacementError, Plan, plan_run
 from atoll.operator.placement.pools import COST_ANNOTATION, declared_pools
 from atoll.operator.views import NodeView
-from tests.placement.fleets import NOW, PRODUCTS, node
+from tests.placement.fleets import NOW, PRODUCTS, node, random_case
 
 H100, L4, T4 = PRODUCTS[0], PRODUCTS[5], PRODUCTS[8]
 
@@ -188,3 +189,25 @@ def test_a_bad_deadline_names_the_field(value: Any, why: str) -> None:
         parse_manifest(manifest({"deadlineHours": value}), "run.yaml")
     assert "spec.placement.deadlineHours" in str(caught.value)
     assert why in str(caught.value)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_on_random_priced_fleets_a_met_deadline_never_costs_more_than_the_fastest_plan(seed: int) -> None:
+    case = random_case(seed, max_nodes=8, max_experts=6)
+    rng = random.Random(seed)
+    for body in case.nodes:
+        if rng.random() < 0.8:
+            with_price(body, f"{rng.choice((0.2, 0.35, 0.8, 1.5, 3.0))}")
+    try:
+        fastest = plan_run(case.spec, case.nodes, cluster_sizes=case.sizes, used_gpus=case.used_gpus, now=NOW)
+    except PlacementError:
+        return
+    factor = rng.choice((1.0, 1.3, 2.0, 5.0))
+    placement = case.spec.placement.model_copy(update={"deadline_hours": fastest.makespan_seconds * factor / 3600})
+    spec = case.spec.model_copy(update={"placement": placement})
+    cheap = plan_run(spec, case.nodes, cluster_sizes=case.sizes, used_gpus=case.used_gpus, now=NOW)
+    assert cheap.meets_deadline, (seed, cheap.reasons)
+    assert (cheap.cost.cost or 0.0) <= (fastest.cost.cost or 0.0) * (1 + 1e-9) + 1e-9, seed
+    assert sorted(a.expert for a in cheap.assignments) == sorted(a.expert for a in fastest.assignments)
+    again = plan_run(spec, list(reversed(case.nodes)), cluster_sizes=case.sizes, used_gpus=case.used_gpus, now=NOW)
+    assert again.to_json() == cheap.to_json()  # deterministic, whatever the order of the nodes
