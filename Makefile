@@ -19,6 +19,7 @@ export ATOLL_CACHE
 PACKAGE_DIRS := $(shell find core trainer operator -type d -not -name __pycache__ 2>/dev/null)
 PYTEST_ARGS ?=
 AUTOSCALER ?=
+ISLANDS ?= 0
 # Every extra: the training stages (torch, diffusers, …) and the tools. `pip install atoll`
 # alone is the operator install (see docs/testing.md).
 EXTRAS := --extra train --extra dev
@@ -88,8 +89,8 @@ test-unit: install ## only the tests that need no control plane or MinIO
 	$(PY) -m pytest -m "not cluster and not minio" $(PYTEST_ARGS)
 
 .PHONY: dev-up
-dev-up: testenv ## start control plane, GPU fleet, MinIO and pod runtime in the background (.dev/); AUTOSCALER=karpenter: a small fleet Karpenter grows
-	$(PY) -m tests.env.devenv up $(if $(AUTOSCALER),--autoscaler $(AUTOSCALER))
+dev-up: testenv ## start control plane, GPU fleet, MinIO and pod runtime in the background (.dev/); AUTOSCALER=karpenter: a small fleet Karpenter grows; ISLANDS=N: N compute islands too
+	$(PY) -m tests.env.devenv up $(if $(AUTOSCALER),--autoscaler $(AUTOSCALER)) --islands $(ISLANDS)
 
 .PHONY: dev-down
 dev-down: ## stop everything dev-up started

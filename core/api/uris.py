@@ -140,3 +140,10 @@ def local_root_problem(root: str) -> str | None:
     if "\\" in root:
         return "contains a backslash"
     return None
+
+
+def checked_uri(value: str, *, dataset: bool) -> str:
+    """`value` if it follows the URI rules, else ValueError saying which (for pydantic validators)."""
+    if problem := uri_problem(value, dataset=dataset):
+        raise ValueError(problem)
+    return value

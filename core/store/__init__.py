@@ -19,15 +19,10 @@ from atoll.store.base import (
     StoreUnavailableError,
     join_key,
 )
-from atoll.store.checkpoint import (
-    Checkpoint,
-    CheckpointFile,
-    CheckpointStore,
-    CommitRecord,
-    CommitStats,
-    CorruptCheckpointError,
-)
+from atoll.store.checkpoint import CheckpointStore
+from atoll.store.commits import CommitRecord, CommitStats
 from atoll.store.local import LocalStore
+from atoll.store.manifest import Checkpoint, CheckpointFile, CorruptCheckpointError
 
 
 def open_store(uri: str) -> Store:

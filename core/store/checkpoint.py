@@ -14,9 +14,9 @@ newer claim (the check and the write are not atomic) is rejected by readers, bec
 claim lists the checkpoints it inherited. The worst a stale attempt can do is make one
 newer checkpoint invalid, never make a corrupt or foreign one look valid.
 Deletion (retention) removes the manifest first, so a half-deleted checkpoint is never valid.
-A manifest whose file names or objects leave the checkpoint's directory (absolute, '..',
-empty or '.' segments, backslashes, control characters) is corrupt: readers fall back past
-it, and restore() never writes outside its target directory.
+A manifest whose file names or objects leave the checkpoint's directory is corrupt
+(atoll.store.manifest): readers fall back past it, and restore() never writes outside its
+target directory.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import contextlib
 import hashlib
 import json
 import queue
-import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -40,82 +39,22 @@ from atoll import layout
 from atoll.api.spec import RetentionSpec
 from atoll.log import get_logger
 from atoll.store.base import NotFoundError, Store, StoreError, join_key
+from atoll.store.commits import CommitRecord, CommitStats
 from atoll.store.fencing import Claim, check_fence, claim, read_claim
+from atoll.store.manifest import (
+    MANIFEST,
+    Checkpoint,
+    CorruptCheckpointError,
+    check_sizes,
+    inside,
+    manifest_document,
+    parse_manifest,
+)
 from atoll.store.retention import kept_steps
 
 log = get_logger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT = 1
 _STEP_PREFIX = "step-"
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-class CorruptCheckpointError(StoreError):
-    """A checkpoint's files do not match its manifest (missing, wrong size or sha256)."""
-
-
-@dataclass(frozen=True)
-class CheckpointFile:
-    """One file of a checkpoint, as its manifest records it."""
-
-    name: str
-    """Path relative to the checkpoint directory (what restore() recreates)."""
-    size: int
-    sha256: str
-    key: str = ""
-    """The object's key in the store (per-attempt name; see the module docstring)."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed checkpoint (manifest present)."""
-
-    step: int
-    key: str
-    """The checkpoint's prefix, e.g. experts/0/checkpoints/step-000000400."""
-    attempt: int
-    created_at: datetime
-    files: dict[str, CheckpointFile]
-    metadata: dict[str, Any]
-
-    @property
-    def size(self) -> int:
-        """Total bytes of the checkpoint's files."""
-        return sum(f.size for f in self.files.values())
-
-
-@dataclass(frozen=True)
-class CommitRecord:
-    """What one commit cost."""
-
-    step: int
-    files: int
-    bytes: int
-    stall_seconds: float
-    """Time the training thread was blocked in commit() (backpressure)."""
-    upload_seconds: float
-    """Time the worker spent uploading files and manifest (fence checks included)."""
-    error: str | None = None
-
-
-@dataclass
-class CommitStats:
-    """Every commit of this CheckpointStore, in order of completion."""
-
-    commits: list[CommitRecord] = field(default_factory=list)
-
-    @property
-    def stall_seconds(self) -> float:
-        return sum(c.stall_seconds for c in self.commits)
-
-    @property
-    def upload_seconds(self) -> float:
-        return sum(c.upload_seconds for c in self.commits)
-
-    @property
-    def bytes(self) -> int:
-        return sum(c.bytes for c in self.commits)
 
 
 @dataclass(frozen=True)
@@ -200,7 +139,7 @@ class CheckpointStore:
         directory.mkdir(parents=True, exist_ok=True)
         root = directory.resolve()
         for entry in checkpoint.files.values():
-            target = _inside(root, entry.name)
+            target = inside(root, entry.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             digest, size = hashlib.sha256(), 0
@@ -232,7 +171,7 @@ class CheckpointStore:
                 self._skip(checkpoint.key, error)
                 for entry in checkpoint.files.values():
                     with contextlib.suppress(CorruptCheckpointError):
-                        _inside(directory.resolve(), entry.name).unlink(missing_ok=True)
+                        inside(directory.resolve(), entry.name).unlink(missing_ok=True)
                 continue
             return checkpoint
         return None
@@ -365,14 +304,7 @@ class CheckpointStore:
             digest = self.store.put_file_sha256(join_key(key, obj), path)
             entries[name] = {"size": size, "sha256": digest, "object": obj}
             total += size
-        manifest = {
-            "format": FORMAT,
-            "step": job.step,
-            "attempt": self.attempt,
-            "createdAt": datetime.now(UTC).isoformat(),
-            "files": entries,
-            "metadata": job.metadata,
-        }
+        manifest = manifest_document(job.step, self.attempt, datetime.now(UTC), entries, job.metadata)
         check_fence(self.store, self.stage_prefix, self._claim)
         self.store.put_json(manifest_key, manifest)
         log.info("checkpoint committed", checkpoint=self.store.uri_of(key), attempt=self.attempt, bytes=total)
@@ -444,14 +376,7 @@ class CheckpointStore:
                     raise CorruptCheckpointError(
                         f"written by stale attempt {checkpoint.attempt} after attempt {fence.attempt} claimed the stage"
                     )
-                sizes = {info.key: info.size for info in self.store.list_objects(key + "/")}
-                for entry in checkpoint.files.values():
-                    if entry.key not in sizes:
-                        raise CorruptCheckpointError(f"{entry.name} is missing")
-                    if sizes[entry.key] != entry.size:
-                        raise CorruptCheckpointError(
-                            f"{entry.name} has {sizes[entry.key]} bytes, the manifest says {entry.size}"
-                        )
+                check_sizes(checkpoint, {info.key: info.size for info in self.store.list_objects(key + "/")})
             except (CorruptCheckpointError, NotFoundError) as error:
                 self._skip(key, error)
                 continue
@@ -470,48 +395,4 @@ class CheckpointStore:
             return None
 
     def _read_manifest(self, step: int, key: str) -> Checkpoint:
-        manifest_key = join_key(key, MANIFEST)
-        try:
-            raw = json.loads(self.store.get_bytes(manifest_key))
-            if raw.get("format") != FORMAT:
-                raise CorruptCheckpointError(f"manifest format {raw.get('format')!r}, expected {FORMAT}")
-            if int(raw["step"]) != step:
-                raise CorruptCheckpointError(f"manifest says step {raw['step']}, the key says {step}")
-            files = {
-                name: CheckpointFile(
-                    name=_relative(name, "file name"),
-                    size=int(entry["size"]),
-                    sha256=str(entry["sha256"]),
-                    key=join_key(key, _relative(entry.get("object", name), "object")),
-                )
-                for name, entry in raw["files"].items()
-            }
-            return Checkpoint(
-                step=step,
-                key=key,
-                attempt=int(raw["attempt"]),
-                created_at=datetime.fromisoformat(raw["createdAt"]),
-                files=files,
-                metadata=dict(raw.get("metadata") or {}),
-            )
-        except NotFoundError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise CorruptCheckpointError(f"unreadable manifest: {error!r}") from error
-
-
-def _relative(path: object, what: str) -> str:
-    """`path` if it is a plain relative path inside a checkpoint directory; else CorruptCheckpointError."""
-    if not isinstance(path, str) or not path:
-        raise CorruptCheckpointError(f"manifest {what} {path!r} is not a path")
-    if path.startswith("/") or _UNSAFE.search(path) or any(part in ("", ".", "..") for part in path.split("/")):
-        raise CorruptCheckpointError(f"manifest {what} {path!r} leaves the checkpoint's directory")
-    return path
-
-
-def _inside(root: Path, name: str) -> Path:
-    """root/name, resolved; CorruptCheckpointError if it is not inside `root` (a resolved directory)."""
-    target = (root / _relative(name, "file name")).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise CorruptCheckpointError(f"file {name!r} would be written outside {root}")
-    return target
+        return parse_manifest(self.store.get_bytes(join_key(key, MANIFEST)), step, key)

@@ -187,6 +187,7 @@ def is_built(tool: Tool) -> bool:
 def build(tool: Tool, *, log: bool = True) -> dict[str, Path]:
     """Build one tool unless its pinned version is already in the cache."""
     out = tool.output_dir()
+    _remove_abandoned_staging(out)
     if is_built(tool):
         return binaries(tool)
     if shutil.which("go") is None:
@@ -199,6 +200,42 @@ def build(tool: Tool, *, log: bool = True) -> dict[str, Path]:
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _build_into(tool, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.monotonic() - started
+    (staging / STAMP).write_text(
+        json.dumps({"tool": tool.name, "version": tool.version(), "seconds": round(seconds, 1)}, indent=2)
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    if log:
+        print(f"built {tool.name} {tool.version()} in {seconds:.0f}s", flush=True)
+    return binaries(tool)
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Delete the staging folders of builds whose process is gone (killed mid-build)."""
+    for staging in out.parent.glob(out.name + ".tmp-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_into(tool: Tool, staging: Path) -> None:
+    """Download the pinned modules and build the tool's binaries into `staging`."""
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly"}
     download = subprocess.run(
         ["go", "mod", "download"], cwd=tool.directory, env=env, capture_output=True, text=True, check=False
@@ -214,21 +251,11 @@ def build(tool: Tool, *, log: bool = True) -> dict[str, Path]:
     ]  # fmt: skip
     result = subprocess.run(command, cwd=tool.directory, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
         raise BuildError(f"building {tool.name} failed:\n{result.stderr.strip()[-4000:]}")
     for binary, package in tool.commands.items():
         built = staging / _default_binary_name(package)
         if built.name != binary:
             built.rename(staging / binary)
-    seconds = time.monotonic() - started
-    (staging / STAMP).write_text(
-        json.dumps({"tool": tool.name, "version": tool.version(), "seconds": round(seconds, 1)}, indent=2)
-    )
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    if log:
-        print(f"built {tool.name} {tool.version()} in {seconds:.0f}s", flush=True)
-    return binaries(tool)
 
 
 def _default_binary_name(package: str) -> str:

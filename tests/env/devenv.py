@@ -6,7 +6,9 @@ with its state under .dev/.
 default, applies crds/ and starts `atoll operator` with the dev MinIO as its default store,
 so `kubectl apply -f manifests/examples/quickstart.yaml` trains a run. `up --autoscaler
 karpenter` starts from a small fleet instead and runs Karpenter's kwok provider with one
-NodePool per GPU product (tests/env/karpenter.py), so the fleet grows. `down` stops
+NodePool per GPU product (tests/env/karpenter.py), so the fleet grows. `up --islands N` also
+starts N compute islands (tests/env/devislands.py: a control plane, GPU fleet and pod runtime
+each), registers them with `atoll island add` and runs the operator with islands on. `down` stops
 everything `up` started and checks that no process is left. It never signals a process
 that does not belong to .dev/ (pids are checked against their command line).
 """
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.env import fleet, karpenter, kube
+from tests.env import devislands, fleet, karpenter, kube
 from tests.env.binaries import MissingPrerequisiteError
 from tests.env.cluster import ControlPlane
 from tests.env.minio import MinioServer
@@ -88,8 +90,10 @@ def is_up(state: dict[str, Any] | None) -> bool:
     cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
     alive = [pid for pid in cluster.pids().values() if _ours(pid, str(DEV))]
     autoscaler = (state.get("autoscaler") or {}).get("pid")
+    island_runtimes = [island["runtime"] for island in state.get("islands") or []]
     return (
         bool(alive)
+        and all(_ours(pid, "tests.env.podruntime") for pid in island_runtimes)
         and (autoscaler is None or _ours(autoscaler, AUTOSCALER_MARKER))
         and _ours(state["minio"]["pid"], str(DEV / "minio"))
         and _ours(state["runtime"]["pid"], "tests.env.podruntime")
@@ -120,7 +124,7 @@ def _kubectl() -> Path:
     return binaries.binary("kubectl")
 
 
-def up(autoscaler: str | None = None) -> int:
+def up(autoscaler: str | None = None, island_count: int = 0) -> int:
     state = _read_state()
     if is_up(state):
         print("the dev environment is already up (make dev-down stops it)")
@@ -135,6 +139,8 @@ def up(autoscaler: str | None = None) -> int:
     minio = MinioServer(DEV / "minio")
     runtime = PodRuntimeProcess(DEV / "kubeconfig", DEV / "runtime")
     autoscaler_pid: int | None = None
+    dev_islands = devislands.islands(DEV, island_count)
+    island_state: list[dict[str, Any]] = []
     try:
         print("starting the control plane (kwokctl, binary runtime)…", flush=True)
         cluster.start()
@@ -156,10 +162,19 @@ def up(autoscaler: str | None = None) -> int:
             cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
             autoscaler_pid = karpenter.Karpenter(DEV / "kubeconfig", DEV / "karpenter").start().pid
             _write_state(cluster, minio, runtime, autoscaler_pid=autoscaler_pid)
+        for island, mix in zip(dev_islands, devislands.ISLAND_MIXES, strict=False):
+            print(f"starting compute island {island.name} (control plane, fleet, pod runtime)…", flush=True)
+            island_state.append({"name": island.name, "runtime": None})
+            _write_state(cluster, minio, runtime, autoscaler_pid=autoscaler_pid, islands=island_state)
+            _, island_runtime, _ = devislands.start(island, mix)
+            island_state[-1]["runtime"] = island_runtime.pid
+            _write_state(cluster, minio, runtime, autoscaler_pid=autoscaler_pid, islands=island_state)
         print("applying Atoll's CRDs and starting the operator…", flush=True)
         cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
-        operator = _start_operator(minio)
-        _write_state(cluster, minio, runtime, operator, autoscaler_pid=autoscaler_pid)
+        for island in dev_islands:
+            devislands.register(island, DEV / "kubeconfig", "default")
+        operator = _start_operator(minio, islands=bool(dev_islands))
+        _write_state(cluster, minio, runtime, operator, autoscaler_pid=autoscaler_pid, islands=island_state)
         core.create_namespaced_secret(
             "default",
             {
@@ -188,11 +203,16 @@ def up(autoscaler: str | None = None) -> int:
             "Karpenter grows the fleet for pending GPU pods (NodePools autoscaled-<product>, log"
             " .dev/karpenter/karpenter.log): kubectl get nodepools,nodeclaims"
         )
+    if dev_islands:
+        print(
+            f"compute islands {', '.join(i.name for i in dev_islands)} (kubectl get island; their kubeconfigs:"
+            " .dev/islands/<name>/kubeconfig); restrict a run to one with spec.placement.islands.restrict"
+        )
     print(_usage())
     return 0
 
 
-def _start_operator(minio: MinioServer) -> int:
+def _start_operator(minio: MinioServer, *, islands: bool = False) -> int:
     """`atoll operator` in its own session, its log in .dev/operator.log; returns its pid."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -206,6 +226,7 @@ def _start_operator(minio: MinioServer) -> int:
         "--default-store", DEFAULT_STORE, "--default-store-secret", "minio-credentials",
         # Every GPU of a pod becomes a training process on this machine's CPU: one each.
         "--max-gpus-per-pod", "1",
+        *(["--island-namespace", "default", "--island-interval", "2"] if islands else []),
     ]  # fmt: skip
     process = start_group(command, log=DEV / "operator.log", env=env, cwd=DEV)
     return process.pid
@@ -218,6 +239,7 @@ def _write_state(
     operator: int | None = None,
     *,
     autoscaler_pid: int | None = None,
+    islands: list[dict[str, Any]] | None = None,
 ) -> None:
     state = {
         "cluster": {"name": cluster.name, "kubeconfig": str(cluster.kubeconfig), "ports": cluster.ports},
@@ -225,6 +247,7 @@ def _write_state(
         "runtime": {"pid": runtime.pid},
         "operator": {"pid": operator},
         "autoscaler": {"pid": autoscaler_pid} if autoscaler_pid else None,
+        "islands": islands or [],
     }
     DEV.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=2))
@@ -243,6 +266,11 @@ def down(*, quiet: bool = False) -> int:
         pid = (state.get(key) or {}).get("pid")
         if pid and _ours(pid, marker):
             stop_group(pid, grace=15)
+    for island in state.get("islands") or []:
+        pid = island.get("runtime")
+        if pid and _ours(pid, "tests.env.podruntime"):
+            stop_group(pid, grace=15)
+        devislands.stop(devislands.DevIsland(island["name"], DEV / "islands" / island["name"]))
     if (DEV / "cluster").exists():
         cluster = ControlPlane(DEV / "cluster", name=CLUSTER_NAME, kubeconfig=DEV / "kubeconfig")
         cluster.started = True
@@ -283,10 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--autoscaler", choices=AUTOSCALERS, help="up: start from a small fleet that this autoscaler grows"
     )
+    parser.add_argument(
+        "--islands", type=int, default=0, metavar="N", help="up: also start N compute islands (at most 4)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            return up(args.autoscaler)
+            return up(args.autoscaler, args.islands)
         return {"down": down, "status": status}[args.command]()
     except MissingPrerequisiteError as missing:
         print(f"error: {missing}", file=sys.stderr)

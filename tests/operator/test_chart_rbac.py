@@ -155,6 +155,38 @@ def test_watch_namespaces_grants_namespaced_access_only_there(release_factory: A
     assert [rule["resources"] for rule in roles[0]["rules"]] == [["nodes"]]
 
 
+ISLAND_MONITOR_CLUSTER: list[Check] = [
+    ("list", "computeislands.atoll.dev", None),
+    ("patch", "computeislands.atoll.dev", "status"),
+]
+ISLAND_MONITOR_CLUSTER_NEVER: list[Check] = [
+    *[(verb, "computeislands.atoll.dev", None) for verb in ("create", "update", "patch", "delete")],
+    ("update", "computeislands.atoll.dev", "status"),
+]
+
+
+def test_islands_grant_the_island_monitor_exactly_what_it_needs(release_factory: Any, namespace: str) -> None:
+    release = release_factory("--set", f"watchNamespaces={{{namespace}}}", "--set", "islands.enabled=true")
+    operator = release.account("operator")
+    assert all(matrix(release, operator, ISLAND_MONITOR_CLUSTER, None).values())
+    assert not any(matrix(release, operator, ISLAND_MONITOR_CLUSTER_NEVER, None).values())
+    assert release.can(operator, ("list", "ddmruns.atoll.dev", None), "kube-system"), (
+        "orphan collection lists every run"
+    )
+    assert not release.can(operator, ("patch", "ddmruns.atoll.dev", None), "kube-system")
+    assert release.can(operator, ("get", "secrets", None), release.namespace), "the kubeconfig Secrets"
+    assert not release.can(operator, ("get", "secrets", None), "kube-system")
+    assert not release.can(operator, ("list", "secrets", None), release.namespace)
+    assert release.can(operator, ("create", "events", None), "default"), "Events about cluster-scoped islands"
+    assert all(matrix(release, operator, OPERATOR_IN_NAMESPACE, namespace).values())
+    deployment = next(o for o in helm_template(
+        release.name, str(CHART), "-n", release.namespace, "--set", "islands.enabled=true"
+    ) if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-operator"))  # fmt: skip
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--island-namespace={release.namespace}" in args
+    assert "--island-interval=10" in args
+
+
 def _token_api(control_plane: ControlPlane, token: str) -> Any:
     """A CoreV1Api that authenticates with token alone (no client certificate)."""
     from kubernetes import client

@@ -18,7 +18,8 @@ import torch
 
 from atoll import layout
 from atoll.store import Store
-from atoll.store.checkpoint import Checkpoint, CheckpointStore
+from atoll.store.checkpoint import CheckpointStore
+from atoll.store.manifest import Checkpoint
 from atoll.trainer.models.common import ModelConfigError
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from atoll.errors import AtollError
 from atoll.log import get_logger
 from atoll.progress import CheckpointRef, StageName
 from atoll.store import FencedError, Store, open_store
-from atoll.store.checkpoint import Checkpoint, CheckpointStore
+from atoll.store.checkpoint import CheckpointStore
+from atoll.store.manifest import Checkpoint
 from atoll.trainer.context import StageContext
 from atoll.trainer.heartbeat import Heartbeat
 from atoll.trainer.interrupts import StageStoppedError, sigterm_raises
