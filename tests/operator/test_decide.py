@@ -592,3 +592,22 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
         0: ("Running", "a100-0", None),
         1: ("Running", "a100-0", None),
     }
+
+
+def test_an_attempt_started_is_one_event_and_one_waiting_for_a_place_another() -> None:
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy={"h100-0": 8, "t4-0": 4},
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    started = step(world)
+    events = [(e.target["metadata"]["name"], e.reason) for e in started.events]
+    announced = [(c.started.target["metadata"]["name"], c.started.reason) for c in started.of(CreatePod) if c.started]
+    assert announced == [("r-expert-0", "AttemptStarted"), ("r-expert-1", "AttemptStarted")]
+    assert not [e for e in events if e[0].startswith("r-expert-")], "the pod's AttemptStarted Event tells it"
+    # No GPU free anywhere: Pending without a pod is told by a Scheduling Event of its own.
+    waiting = step(replace(world, busy_gpus={"h100-0": 8, "a100-0": 8, "t4-0": 4}))
+    assert not waiting.of(CreatePod)
+    assert [e.reason for e in waiting.events if e.target["metadata"]["name"] == "r-expert-0"] == ["Scheduling"]
