@@ -37,6 +37,21 @@ on one API call at a time; 1000 real kubelets start their pods independently. Wi
 took ~20 s (median) from binding 1024 pods to marking them Running in bench/operator_scale.py:
 the simulated kubelets, not the cluster, were the queue (docs/benchmarks.md, "Operator scale")."""
 
+KWOK_DEFAULT_OPTIONS: dict[str, Any] = {
+    "cidr": "10.0.0.0/24",
+    "manageAllNodes": False,
+    "enableDebuggingHandlers": True,
+    "enableContentionProfiling": False,
+    "enableProfilingHandler": True,
+    "podPlayStageParallelism": 4,
+    "nodePlayStageParallelism": 4,
+    "nodeLeaseParallelism": 4,
+    "podsOnNodeSyncParallelism": 1,
+    "enablePodsOnNodeSyncListPager": True,
+    "enablePodsOnNodeSyncStreamWatch": False,
+}
+"""kwok v0.8.0's defaults of its KwokConfiguration options (pkg/apis/config/v1alpha1)."""
+
 _BINARY_OPTIONS = {
     "kubeApiserverBinary": "kube-apiserver",
     "kubeControllerManagerBinary": "kube-controller-manager",
@@ -157,11 +172,18 @@ class ControlPlane:
 
     def kwok_configuration(self) -> dict[str, Any]:
         """The kwok controller's own settings (a KwokConfiguration document next to the
-        KwokctlConfiguration: kwokctl hands it to the controller in its --config file)."""
+        KwokctlConfiguration: kwokctl hands it to the controller in its --config file).
+
+        Every option kwok v0.8.0 defaults is spelled out with its default: kwokctl saves the
+        document without applying them, and the controller then refuses zero workers (it
+        exits on "node leases parallelism must be greater than 0")."""
         return {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokConfiguration",
-            "options": {"podPlayStageParallelism": self.kwok_pod_workers},
+            "options": {
+                **KWOK_DEFAULT_OPTIONS,
+                "podPlayStageParallelism": self.kwok_pod_workers,
+            },
         }
 
     def _env(self) -> dict[str, str]:

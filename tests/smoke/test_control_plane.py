@@ -39,13 +39,17 @@ def test_components_are_the_pinned_local_binaries(control_plane: ControlPlane) -
 def test_kwok_plays_pod_stages_with_the_configured_workers(control_plane: ControlPlane) -> None:
     # kwok's default of 4 workers for every simulated kubelet was the queue at 1000 nodes.
     pid = control_plane.pids()["kwok-controller"]
+    time.sleep(1)  # a controller that refuses its configuration exits right after starting
+    assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z", "kwok-controller exited"
     argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
     config = Path(next(arg for arg in argv if arg.startswith("--config=")).removeprefix("--config="))
     documents = [doc for doc in yaml.safe_load_all(config.read_text()) if doc]
     kwok = [doc for doc in documents if doc["kind"] == "KwokConfiguration"]
     assert len(kwok) == 1, [doc["kind"] for doc in documents]
-    assert kwok[0]["options"]["podPlayStageParallelism"] == KWOK_POD_WORKERS == control_plane.kwok_pod_workers
+    options = kwok[0]["options"]
+    assert options["podPlayStageParallelism"] == KWOK_POD_WORKERS == control_plane.kwok_pod_workers
     assert KWOK_POD_WORKERS > 4
+    assert options["nodeLeaseParallelism"] == 4, "kwok's defaults are spelled out: kwokctl does not apply them"
 
 
 def heartbeat_ready(core: Any) -> bool:
