@@ -367,6 +367,12 @@ def _start(
     return StageDecision(status.model_copy(update=update), create_attempt=attempt, delete_pods=delete)
 
 
+def waiting_message(attempt: int) -> str:
+    """A created attempt's message until its pod runs, unless the pod says why it waits: the
+    same from the create on, so the pod appearing in the watch (and binding) writes nothing."""
+    return f"attempt {attempt} waits for its pod to run"
+
+
 def _running(status: StageStatus, pod: PodView, attempt: int, progress: StageProgress | None = None) -> StageStatus:
     phase = "Running" if pod.phase == "Running" else "Pending"
     message = None
@@ -374,6 +380,8 @@ def _running(status: StageStatus, pod: PodView, attempt: int, progress: StagePro
         message = _last_line(pod.message)
     elif phase == "Pending" and pod.reason:
         message = pod.reason
+    elif phase == "Pending":
+        message = waiting_message(attempt)
     update: dict[str, object] = {"phase": phase, "attempt": attempt, "pod": pod.name, "message": message}
     if progress is not None and progress.attempt == attempt:
         update["store_outage_since"] = None  # this attempt reached the store: an outage ended

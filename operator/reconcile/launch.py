@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import API_GROUP_VERSION
 from atoll.api.status import DDMExpertStatus
-from atoll.operator.attempts import StageDecision
+from atoll.operator.attempts import StageDecision, waiting_message
 from atoll.operator.conditions import Trouble
 from atoll.operator.islands.dispatch import island_pod
 from atoll.operator.islands.fleet import island_of
@@ -196,7 +196,7 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
     update: dict[str, object] = {
         "attempt": attempt,
         "pod": name,
-        "message": f"attempt {attempt} created",
+        "message": waiting_message(attempt),
         "node": assignment.node if assignment.pool is None else None,  # recorded once a node takes it
         "gpu": assignment.gpu_product,
         "gpus": assignment.gpus,

@@ -1,6 +1,7 @@
 """The run's status at the end of one decision: each stage's new status (a DDMExpert's patch
 only when it changed), the run's phase through the state machine, conditions, progress,
-the model URI, and an Event for every transition. Pure.
+the model URI, and an Event for every transition (one: a stage whose pod is created now is
+told by that pod's AttemptStarted Event). Pure.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from atoll.api.status import DDMExpertStatus, DDMRunStatus, RunPhase, StageStatu
 from atoll.operator.attempts import StageDecision
 from atoll.operator.conditions import Trouble, changed, run_conditions
 from atoll.operator.machine import TERMINAL, RunFacts, advance, run_progress
-from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
+from atoll.operator.reconcile.actions import CreatePod, DeletePod, PatchExpertStatus
 from atoll.operator.reconcile.context import Outcome, Tick
 from atoll.stages import StageJob
 
@@ -59,19 +60,22 @@ def record_stages(
     checkpoints = tick.obs.store.checkpoints
     previous = tick.expert_statuses
     experts = dict(previous)
+    # A stage whose pod is created now has its transition to Pending told by that pod's
+    # AttemptStarted Event (attempt, pod, GPU, node): a second Event would say less, once more.
+    announced = {a.stage for a in out.actions if isinstance(a, CreatePod) and a.started is not None}
     for slug, decision in decisions.items():
         job = StageJob.from_slug(slug)
         new = decision.status
         if job.expert is None:
             old: StageStatus = getattr(status.stages, job.stage)
-            _stage_event(tick, job, old.phase, new, out)
+            _stage_event(tick, job, old.phase, new, out, announced=slug in announced)
             setattr(status.stages, job.stage, new)
             continue
         assert isinstance(new, DDMExpertStatus)
         if slug in checkpoints:
             new = new.model_copy(update={"last_checkpoint": checkpoints[slug]})
         old_expert = previous.get(job.expert, DDMExpertStatus())
-        _stage_event(tick, job, old_expert.phase, new, out)
+        _stage_event(tick, job, old_expert.phase, new, out, announced=slug in announced)
         view = tick.experts.get(job.expert)
         if view is not None and new != old_expert:
             out.actions.append(PatchExpertStatus(job.expert, view.name, new))
@@ -79,8 +83,12 @@ def record_stages(
     return experts
 
 
-def _stage_event(tick: Tick, job: StageJob, old: str, status: StageStatus, out: Outcome) -> None:
-    if status.phase in ("Waiting", old):
+def _stage_event(
+    tick: Tick, job: StageJob, old: str, status: StageStatus, out: Outcome, *, announced: bool = False
+) -> None:
+    """An Event for the stage's transition to `status` (`announced`: its pod is created now,
+    whose AttemptStarted Event tells the transition to Pending)."""
+    if status.phase in ("Waiting", old) or (announced and status.phase == "Pending"):
         return
     kind = "Warning" if status.phase in ("Restarting", "Failed") else "Normal"
     reason = {"Pending": "Scheduling"}.get(status.phase, status.phase)

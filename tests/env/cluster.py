@@ -30,6 +30,28 @@ KWOK_VERSION = "v0.8.0"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_SELECTOR = f"{KWOK_NODE_ANNOTATION}=fake"
 
+KWOK_POD_WORKERS = 32
+"""Pods kwok plays stages for at once (kwok's `podPlayStageParallelism`, 4 by default). kwok
+simulates the kubelet of every node it manages with one shared pool of workers, each waiting
+on one API call at a time; 1000 real kubelets start their pods independently. With 4, kwok
+took ~20 s (median) from binding 1024 pods to marking them Running in bench/operator_scale.py:
+the simulated kubelets, not the cluster, were the queue (docs/benchmarks.md, "Operator scale")."""
+
+KWOK_DEFAULT_OPTIONS: dict[str, Any] = {
+    "cidr": "10.0.0.0/24",
+    "manageAllNodes": False,
+    "enableDebuggingHandlers": True,
+    "enableContentionProfiling": False,
+    "enableProfilingHandler": True,
+    "podPlayStageParallelism": 4,
+    "nodePlayStageParallelism": 4,
+    "nodeLeaseParallelism": 4,
+    "podsOnNodeSyncParallelism": 1,
+    "enablePodsOnNodeSyncListPager": True,
+    "enablePodsOnNodeSyncStreamWatch": False,
+}
+"""kwok v0.8.0's defaults of its KwokConfiguration options (pkg/apis/config/v1alpha1)."""
+
 _BINARY_OPTIONS = {
     "kubeApiserverBinary": "kube-apiserver",
     "kubeControllerManagerBinary": "kube-controller-manager",
@@ -89,6 +111,7 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         node_monitor_period_s: float = 2.0,
         node_monitor_grace_s: float | None = None,
+        kwok_pod_workers: int = KWOK_POD_WORKERS,
     ):
         self._owns_directory = directory is None
         self.node_monitor_period_s = node_monitor_period_s
@@ -96,6 +119,8 @@ class ControlPlane:
         delays lifting the not-ready taint of a node that just became Ready)."""
         self.node_monitor_grace_s = node_monitor_grace_s
         """How long a node may miss heartbeats before it is NotReady (None: kwokctl's 200 s)."""
+        self.kwok_pod_workers = kwok_pod_workers
+        """Pods the kwok controller plays stages for at once (see KWOK_POD_WORKERS)."""
         self.directory = Path(directory or tempfile.mkdtemp(prefix="atoll-cluster-"))
         self.name = name or f"atoll-{uuid.uuid4().hex[:8]}"
         self.workdir = self.directory / "kwok"
@@ -145,6 +170,22 @@ class ControlPlane:
             ],
         }
 
+    def kwok_configuration(self) -> dict[str, Any]:
+        """The kwok controller's own settings (a KwokConfiguration document next to the
+        KwokctlConfiguration: kwokctl hands it to the controller in its --config file).
+
+        Every option kwok v0.8.0 defaults is spelled out with its default: kwokctl saves the
+        document without applying them, and the controller then refuses zero workers (it
+        exits on "node leases parallelism must be greater than 0")."""
+        return {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokConfiguration",
+            "options": {
+                **KWOK_DEFAULT_OPTIONS,
+                "podPlayStageParallelism": self.kwok_pod_workers,
+            },
+        }
+
     def _env(self) -> dict[str, str]:
         return {**os.environ, "KWOK_WORKDIR": str(self.workdir)}
 
@@ -164,7 +205,7 @@ class ControlPlane:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "kwokctl.yaml"
-        config.write_text(yaml.safe_dump(self.configuration(), sort_keys=False))
+        config.write_text(yaml.safe_dump_all([self.configuration(), self.kwok_configuration()], sort_keys=False))
         (self.directory / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         result = self._kwokctl(
             "create", "cluster", "--config", str(config), "--kubeconfig", str(self.kubeconfig),

@@ -558,3 +558,56 @@ def test_expert_statuses_are_patched_only_when_they_change() -> None:
     again = step(later(replace(observation, run=run_with(first.status)), 1), first.memory)
     assert again.actions == ()
     assert isinstance(again.memory.experts[1], DDMExpertStatus)
+
+
+def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> None:
+    # Writes at scale: created → seen Pending → bound → Running was 3 status patches per
+    # expert, the middle one only swapping "created" for no message. Two are real changes.
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy={"h100-0": 8, "t4-0": 4},  # both experts go to the A100 node (the pods' GPU product)
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    first = step(world)
+    assert {created(first)[f"expert-{k}"].node for k in (0, 1)} == {"a100-0"}
+    assert {p.expert: p.status.phase for p in first.of(PatchExpertStatus)} == {0: "Pending", 1: "Pending"}
+
+    def expert_pods(phase: str, *, bound: bool) -> tuple[Any, ...]:
+        return tuple(
+            pod("expert", 1, phase, expert_index=k, node="a100-0" if bound else None, planned_node="a100-0",
+                created_at="2026-03-01T12:00:00Z")
+            for k in (0, 1)
+        )  # fmt: skip
+
+    decision = first
+    for seconds, (phase, bound) in enumerate((("Pending", False), ("Pending", True), ("Running", True)), start=1):
+        pods = (pod("router", 1), *expert_pods(phase, bound=bound))
+        decision = step(later(replace(world, run=run_with(decision.status)), seconds, pods=pods), decision.memory)
+        patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+        if phase == "Pending":
+            assert patched == {}, f"the pod {'bound' if bound else 'seen'} Pending is no change of the status"
+    assert {k: (s.phase, s.node, s.message) for k, s in patched.items()} == {
+        0: ("Running", "a100-0", None),
+        1: ("Running", "a100-0", None),
+    }
+
+
+def test_an_attempt_started_is_one_event_and_one_waiting_for_a_place_another() -> None:
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy={"h100-0": 8, "t4-0": 4},
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    started = step(world)
+    events = [(e.target["metadata"]["name"], e.reason) for e in started.events]
+    announced = [(c.started.target["metadata"]["name"], c.started.reason) for c in started.of(CreatePod) if c.started]
+    assert announced == [("r-expert-0", "AttemptStarted"), ("r-expert-1", "AttemptStarted")]
+    assert not [e for e in events if e[0].startswith("r-expert-")], "the pod's AttemptStarted Event tells it"
+    # No GPU free anywhere: Pending without a pod is told by a Scheduling Event of its own.
+    waiting = step(replace(world, busy_gpus={"h100-0": 8, "a100-0": 8, "t4-0": 4}))
+    assert not waiting.of(CreatePod)
+    assert [e.reason for e in waiting.events if e.target["metadata"]["name"] == "r-expert-0"] == ["Scheduling"]

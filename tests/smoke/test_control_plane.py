@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.env import fleet as fleet_builders
 from tests.env import kube
-from tests.env.cluster import KUBE_VERSION, ControlPlane, ControlPlaneError
+from tests.env.cluster import KUBE_VERSION, KWOK_POD_WORKERS, ControlPlane, ControlPlaneError
 from tests.env.process import ephemeral_ports
 from tests.env.runtime_process import PodRuntimeProcess
 
@@ -33,6 +34,22 @@ def test_components_are_the_pinned_local_binaries(control_plane: ControlPlane) -
     }  # fmt: skip
     assert control_plane.workdir.is_relative_to(control_plane.directory)  # never ~/.kwok
     assert control_plane.server.startswith("https://127.0.0.1:")
+
+
+def test_kwok_plays_pod_stages_with_the_configured_workers(control_plane: ControlPlane) -> None:
+    # kwok's default of 4 workers for every simulated kubelet was the queue at 1000 nodes.
+    pid = control_plane.pids()["kwok-controller"]
+    time.sleep(1)  # a controller that refuses its configuration exits right after starting
+    assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z", "kwok-controller exited"
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    config = Path(next(arg for arg in argv if arg.startswith("--config=")).removeprefix("--config="))
+    documents = [doc for doc in yaml.safe_load_all(config.read_text()) if doc]
+    kwok = [doc for doc in documents if doc["kind"] == "KwokConfiguration"]
+    assert len(kwok) == 1, [doc["kind"] for doc in documents]
+    options = kwok[0]["options"]
+    assert options["podPlayStageParallelism"] == KWOK_POD_WORKERS == control_plane.kwok_pod_workers
+    assert KWOK_POD_WORKERS > 4
+    assert options["nodeLeaseParallelism"] == 4, "kwok's defaults are spelled out: kwokctl does not apply them"
 
 
 def heartbeat_ready(core: Any) -> bool:
