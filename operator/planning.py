@@ -73,6 +73,9 @@ class FleetState:
     """CPU and memory requested per node by the same pods (every non-terminal pod on it)."""
     running_requests: Mapping[str, Requests] = field(default_factory=dict)
     """CPU and memory requested per node by the pods of the experts in `running`."""
+    excluded_pools: frozenset[str] = frozenset()
+    """Declared pools left out of this placement (a pod waited for their new node past
+    failurePolicy.pendingTimeoutSeconds)."""
 
     @functools.cached_property
     def pod_size(self) -> PodSize:
@@ -102,10 +105,12 @@ class FleetState:
 
     @functools.cached_property
     def _pools(self) -> tuple[GrowablePool, ...]:
-        return declared_pools(self.spec.placement.pools, self.nodes)
+        declared = declared_pools(self.spec.placement.pools, self.nodes)
+        return tuple(pool for pool in declared if pool.pool not in self.excluded_pools)
 
     def pools(self) -> tuple[GrowablePool, ...]:
-        """The pools the run declares (spec.placement.pools), less what their nodes hold now."""
+        """The pools the run declares (spec.placement.pools), less what their nodes hold now,
+        `excluded_pools` left out."""
         return self._pools
 
     def planning_nodes(self, experts: int) -> list[NodeView]:

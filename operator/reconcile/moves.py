@@ -66,6 +66,8 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         decision = decided.get(job.slug)
         if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:
             continue
+        if decision.status.evacuation:
+            continue  # leaving its node already: placed anew once stopped
         target = move.to
         assert target.micro_batch is not None
         assert target.grad_accum is not None
