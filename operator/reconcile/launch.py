@@ -110,6 +110,7 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         running_requests=tick.running_requests(running),
         progress={k: p for k in statuses if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
+        cluster_pools=obs.node_pools,
         busy_gpus=busy,
         busy_requests=requested,
         now=obs.now,

@@ -55,6 +55,7 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         running=running,
         progress={k: p for k in running if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
+        cluster_pools=obs.node_pools,
         busy_gpus=obs.busy_gpus,
         busy_requests=obs.busy_requests,
         running_requests=tick.running_requests(running),

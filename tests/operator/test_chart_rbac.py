@@ -53,9 +53,14 @@ OPERATOR_NEVER: list[Check] = [
     ("create", "deployments.apps", None),
     ("create", "rolebindings.rbac.authorization.k8s.io", None),
 ]
-OPERATOR_CLUSTER: list[Check] = [("list", "nodes", None), ("watch", "nodes", None)]
+OPERATOR_CLUSTER: list[Check] = [
+    ("list", "nodes", None),
+    ("watch", "nodes", None),
+    ("list", "nodepools.karpenter.sh", None),
+]
 OPERATOR_CLUSTER_NEVER: list[Check] = [
     *[(verb, "nodes", None) for verb in ("get", "patch", "update", "delete")],
+    *[(verb, "nodepools.karpenter.sh", None) for verb in ("create", "patch", "update", "delete")],
     *[(verb, "namespaces", None) for verb in ("get", "list", "watch")],
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
 ]
@@ -152,7 +157,7 @@ def test_watch_namespaces_grants_namespaced_access_only_there(release_factory: A
     assert all(matrix(release, operator, OPERATOR_CLUSTER, None).values())
     assert not any(matrix(release, operator, OPERATOR_NEVER, namespace).values())
     roles = [o for o in release.objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-operator")]
-    assert [rule["resources"] for rule in roles[0]["rules"]] == [["nodes"]]
+    assert [rule["resources"] for rule in roles[0]["rules"]] == [["nodes"], ["nodepools"]]
 
 
 def _token_api(control_plane: ControlPlane, token: str) -> Any:
