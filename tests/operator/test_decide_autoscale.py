@@ -13,6 +13,7 @@ import pytest
 
 from atoll.operator.placement.autoscalers import deletion_taint
 from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
+from atoll.operator.views import NodeView
 from atoll.stages import ExitCode
 
 from .situations import FLEET, gpu_node, later, observe, pod, step, store
@@ -120,3 +121,28 @@ def test_a_pod_waiting_for_a_pools_node_past_the_pending_timeout_is_replanned_wi
     zero = {p.expert: p.status for p in late.of(PatchExpertStatus)}[0]
     assert "waiting for a new node of pool more-a100" in (zero.last_failure or "")
     assert zero.restarts == 0, "the placement was wrong, not the expert: no restart counted"
+
+
+def test_a_node_being_removed_still_counts_against_its_pools_limit() -> None:
+    """The expert leaving a pool's node is not planned on a new node of that pool while the old
+    one still holds the pool's last GPU (the autoscaler could not make it: it would wait)."""
+    taint = {"key": "ToBeDeletedByClusterAutoscaler", "value": "1733000000", "effect": "NoSchedule"}
+    labels = {"nvidia.com/gpu.product": A100, "nvidia.com/gpu.memory": "40960", "karpenter.sh/nodepool": "more-a100"}
+    grown = NodeView(name="a100-new", labels=labels, gpus=1, taints=(taint,))
+    placement = {**POOL_SPEC, "pools": [{**POOL_SPEC["pools"][0], "maxGpus": 1}]}  # type: ignore[index]
+    status, experts, pods = running_experts(expert0={"node": "a100-new"}, expert1={"node": "t4-0", "gpu": "Tesla-T4"})
+    world = observe(
+        run_with(status, placement=placement),
+        experts=experts,
+        pods=[pod("expert", 1, expert_index=1, node="t4-0"), pods[2]],  # expert 0's pod stopped and gone
+        nodes=(*FLEET, grown),
+        busy={"a100-0": 8, "t4-0": 1},
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    evacuated = replace(
+        experts[0], status=experts[0].status.model_copy(update={"evacuation": "node a100-new is being removed"})
+    )
+    decision = step(replace(world, experts=(evacuated, experts[1])))
+    again = created(decision)["expert-0"]
+    assert again.node in ("h100-0", "t4-0"), again.node
+    assert "atoll.dev/planned-pool" not in again.manifest["metadata"]["annotations"]
