@@ -17,7 +17,7 @@ from atoll.operator.planning import place_experts
 from tests.env import fleet
 from tests.env.cluster import ControlPlane
 from tests.env.karpenter import apply_crds, node_pool
-from tests.operator.conftest import Island
+from tests.operator.islands import Island
 
 from .test_planning import fleet_state, node
 
