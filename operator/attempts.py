@@ -219,6 +219,10 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911, PLR091
     current = next((p for p in pods if p.attempt == attempt), None)
     if current is None and (not_created := _not_created(status, inputs, attempt, stranded)) is not None:
         return not_created
+    if current is None and status.pod is None and status.phase == "Pending":
+        # Decided at an earlier tick, never created (no node could take it then): place the
+        # same attempt again, nothing ended.
+        return StageDecision(status, create_attempt=attempt, delete_pods=stranded)
     lost = None
     if current is not None and current.name in stranded:
         lost = f"{_node_lost(current, inputs)}: attempt {attempt} is restarted elsewhere"
