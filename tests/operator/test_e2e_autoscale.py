@@ -43,7 +43,8 @@ OPT_IN_TAINT = {"key": "atoll.dev/autoscaling-test", "value": "true", "effect": 
 def grows(
     name: str, pool: str, products: Iterable[str], *, steps: int = 10, checkpoint_every: int = 10
 ) -> dict[str, Any]:
-    """A small run whose plan wants one GPU of `pool` (an L4 is fastest by far)."""
+    """A small run of two experts (the router needs two clusters) whose plan wants a GPU of
+    `pool` for each (an L4 is fastest by far)."""
     slow = {product: 1.0 for product in products if product != L4}
     return {
         "apiVersion": "atoll.dev/v1alpha1",
@@ -51,7 +52,7 @@ def grows(
         "metadata": {"name": name},
         "spec": {
             "dataset": {"uri": "builtin://digits", "resolution": 8, "maxExamples": 64},
-            "partition": {"clusters": 1, "features": "pixels", "fineClusters": 8, "sampleSize": 64},
+            "partition": {"clusters": 2, "features": "pixels", "fineClusters": 8, "sampleSize": 64},
             "expert": {"preset": "tiny", "steps": steps, "globalBatchSize": 8, "checkpointEvery": checkpoint_every},
             "router": {"preset": "tiny", "steps": 10, "globalBatchSize": 8},
             "sampling": {"steps": 4, "strategy": "top-1"},
@@ -60,15 +61,18 @@ def grows(
                 "gpu": {"maxPerExpert": 1},
                 "speeds": {L4: 1000.0, **slow},
                 "tolerations": [{"key": OPT_IN_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-                "pools": [{"name": pool, "product": L4, "maxGpus": 1, "provisioningSeconds": 5}],
+                "pools": [{"name": pool, "product": L4, "maxGpus": 3, "provisioningSeconds": 5}],
             },
         },
     }
 
 
-def grow_setup(control_plane: ControlPlane, fleet: fleet_builders.Fleet, namespace: str) -> tuple[str, list[str]]:
-    """An executed L4 NodePool of one GPU for this test alone, and pods holding every L4 GPU of
-    the static fleet; returns the NodePool's name and the holders' names."""
+def grow_setup(
+    control_plane: ControlPlane, fleet: fleet_builders.Fleet, namespace: str, *, consolidate_after_s: int = 2
+) -> tuple[str, list[str]]:
+    """An executed L4 NodePool of three GPUs (one-GPU nodes: the 4-GPU type exceeds the limit)
+    for this test alone, and pods holding every L4 GPU of the static fleet; returns the
+    NodePool's name and the holders' names."""
     suffix = uuid.uuid4().hex[:6]
     pool = f"e2e-l4-{suffix}"
     control_plane.kubectl(
@@ -77,7 +81,7 @@ def grow_setup(control_plane: ControlPlane, fleet: fleet_builders.Fleet, namespa
             json.dumps(m)
             for m in (
                 node_class(f"e2e-{suffix}"),
-                node_pool(pool, fleet_builders.L4, limit_gpus=1, consolidate_after_s=2, execute=True,
+                node_pool(pool, fleet_builders.L4, limit_gpus=3, consolidate_after_s=consolidate_after_s, execute=True,
                           taints=(fleet_builders.GPU_TAINT, OPT_IN_TAINT), node_class_name=f"e2e-{suffix}"),
             )
         ),
@@ -98,9 +102,9 @@ def tear_down(control_plane: ControlPlane, namespace: str, run: str, pool: str, 
     control_plane.kubectl("delete", "nodepools.karpenter.sh", pool, "--wait=false", check=False)
 
 
-def expert_status(control_plane: ControlPlane, namespace: str) -> dict[str, Any]:
+def expert_statuses(control_plane: ControlPlane, namespace: str) -> dict[int, dict[str, Any]]:
     items = control_plane.kubectl_json("get", "ddmexperts", "-n", namespace)["items"]
-    return dict(items[0].get("status") or {}) if items else {}
+    return {item["spec"]["expert"]: dict(item.get("status") or {}) for item in items}
 
 
 def test_a_run_short_of_gpus_trains_on_a_new_node_of_the_planned_product_which_goes_away_after(  # noqa: PLR0917 - fixtures
@@ -119,48 +123,54 @@ def test_a_run_short_of_gpus_trains_on_a_new_node_of_the_planned_product_which_g
         apply(control_plane, namespace, grows("grows", pool, fleet.products))
         started = time.monotonic()
 
-        def running_on_a_node() -> dict[str, Any] | None:
-            status = expert_status(control_plane, namespace)
-            if not status.get("node") or not status.get("pod"):
-                return None
-            found = [p for p in pods(control_plane, namespace, "grows") if p["metadata"]["name"] == status["pod"]]
-            return found[0] if found and found[0].get("spec", {}).get("nodeName") else None
+        def running_on_nodes() -> list[dict[str, Any]] | None:
+            statuses = expert_statuses(control_plane, namespace)
+            names = {status.get("pod") for status in statuses.values()}
+            bound = [
+                p
+                for p in pods(control_plane, namespace, "grows")
+                if p["metadata"]["name"] in names and p.get("spec", {}).get("nodeName")
+            ]
+            return bound if len(statuses) == len(bound) == 2 else None
 
-        # The partition runs first, on the static fleet; then the expert's pod waits for a node.
-        attempt = wait_for(running_on_a_node, timeout=420, what="the expert's pod bound to a node", interval=1)
-        terms = attempt["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        assert terms["nodeSelectorTerms"] == [
-            {
-                "matchExpressions": [
-                    {"key": "nvidia.com/gpu.product", "operator": "In", "values": [L4]},
-                    {"key": "karpenter.sh/nodepool", "operator": "In", "values": [pool]},
-                ]
-            }
-        ]
-        assert attempt["metadata"]["annotations"]["atoll.dev/planned-pool"] == pool
-        node = attempt["spec"]["nodeName"]
-        assert node not in fleet.names, "a node Karpenter made, not the static fleet's"
-        labels = control_plane.kubectl_json("get", "node", node)["metadata"]["labels"]
-        assert (labels["karpenter.sh/nodepool"], labels["nvidia.com/gpu.product"]) == (pool, L4)
+        # The partition runs first, on the static fleet; then the experts' pods wait for nodes.
+        attempts = wait_for(running_on_nodes, timeout=420, what="both experts' pods bound to nodes", interval=1)
+        nodes = set()
+        for attempt in attempts:
+            terms = attempt["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert terms["nodeSelectorTerms"] == [
+                {
+                    "matchExpressions": [
+                        {"key": "nvidia.com/gpu.product", "operator": "In", "values": [L4]},
+                        {"key": "karpenter.sh/nodepool", "operator": "In", "values": [pool]},
+                    ]
+                }
+            ]
+            assert attempt["metadata"]["annotations"]["atoll.dev/planned-pool"] == pool
+            node = attempt["spec"]["nodeName"]
+            assert node not in fleet.names, "a node Karpenter made, not the static fleet's"
+            labels = control_plane.kubectl_json("get", "node", node)["metadata"]["labels"]
+            assert (labels["karpenter.sh/nodepool"], labels["nvidia.com/gpu.product"]) == (pool, L4)
+            nodes.add(node)
         run = wait_run(
             control_plane, namespace, "grows", lambda r: phase(r) == "Succeeded", timeout=600, what="Succeeded"
         )
         succeeded_s = time.monotonic() - started
         assert run["status"]["modelUri"], run["status"]
-        expert = expert_status(control_plane, namespace)
-        assert (expert["node"], expert["attempt"], expert["restarts"]) == (node, 1, 0), expert
-        assert expert["step"] == expert["totalSteps"] == 10, expert
-        # Executed there, not simulated: the pod runtime ran the stage on that node, and the
-        # stage trained every step (the status reads its heartbeat and done marker).
-        state = pod_runtime.state(namespace, expert["pod"])
-        assert state is not None
-        assert state["node"] == node, state
-        assert "expert" in state["command"], state
+        for expert in expert_statuses(control_plane, namespace).values():
+            assert expert["node"] in nodes, expert
+            assert (expert["attempt"], expert["restarts"]) == (1, 0), expert
+            assert expert["step"] == expert["totalSteps"] == 10, expert
+            # Executed there, not simulated: the pod runtime ran the stage on that node, and the
+            # stage trained every step (the status reads its heartbeat and done marker).
+            state = pod_runtime.state(namespace, expert["pod"])
+            assert state is not None
+            assert (state["node"], "expert" in state["command"]) == (expert["node"], True), state
         # The run's finished pods (kept for their logs until the run is deleted) do not keep
-        # the node: Karpenter removes it (possibly already while the later stages ran).
+        # the nodes: Karpenter removes them (possibly already while the later stages ran).
         deadline = time.monotonic() + 120
-        while control_plane.kubectl("get", "node", node, check=False).returncode == 0:
-            assert time.monotonic() < deadline, f"Karpenter kept {node}; its log ends:\n{karpenter.log_tail()}"
+        while control_plane.kubectl("get", "node", *nodes, "--ignore-not-found", "-o", "name").stdout.strip():
+            assert time.monotonic() < deadline, f"Karpenter kept {nodes}; its log ends:\n{karpenter.log_tail()}"
             time.sleep(1)
         removed_s = time.monotonic() - started
         assert phase(run_object(control_plane, namespace, "grows")) == "Succeeded"
@@ -179,33 +189,38 @@ def test_an_expert_on_a_node_tainted_for_deletion_checkpoints_and_resumes_elsewh
     store_secret: str,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    pool, holders = grow_setup(control_plane, fleet, namespace)
+    # Nodes stay 30 s after they empty: the expert moving off the tainted node may be queued
+    # for the other expert's L4 node, which must not go away in between.
+    pool, holders = grow_setup(control_plane, fleet, namespace, consolidate_after_s=30)
     start_operator("--default-store", store_secret, "--default-store-secret", SECRET)
     try:
-        apply(control_plane, namespace, grows("evacuates", pool, fleet.products, steps=2000, checkpoint_every=50))
+        apply(control_plane, namespace, grows("evacuates", pool, fleet.products, steps=1000, checkpoint_every=50))
         started = time.monotonic()
-        first = wait_for(
-            lambda: (e := expert_status(control_plane, namespace)).get("node") and (e.get("step") or 0) >= 20 and e,
-            timeout=420,
-            what="the expert training on Karpenter's node past step 20",
-            interval=1,
+
+        def training_on_a_new_node() -> tuple[int, dict[str, Any]] | None:
+            for k, status in sorted(expert_statuses(control_plane, namespace).items()):
+                if status.get("node") and status["node"] not in fleet.names and (status.get("step") or 0) >= 20:
+                    return k, status
+            return None
+
+        k, first = wait_for(
+            training_on_a_new_node, timeout=420, what="an expert training on Karpenter's node past step 20", interval=1
         )
         node = first["node"]
-        assert node not in fleet.names, "on Karpenter's node, not the static fleet"
         # An autoscaler is about to remove the node: its deletion taint (the value is a Unix time).
         control_plane.kubectl("taint", "node", node, f"ToBeDeletedByClusterAutoscaler={int(time.time())}:NoSchedule")
-        tainted_step = expert_status(control_plane, namespace).get("step") or 0
+        tainted_step = expert_statuses(control_plane, namespace)[k].get("step") or 0
         tainted_s = time.monotonic() - started
         moved = wait_for(
-            lambda: (e := expert_status(control_plane, namespace)).get("attempt") == 2 and e.get("node") and e,
-            timeout=180,
+            lambda: (e := expert_statuses(control_plane, namespace)[k]).get("attempt") == 2 and e.get("node") and e,
+            timeout=420,
             what="the expert's next attempt placed elsewhere",
             interval=1,
         )
         assert moved["node"] != node
         assert (moved["moves"], moved["restarts"], moved.get("lastFailure")) == (1, 1, None), moved
         log = wait_for(
-            lambda: '"resumed"' in (text := pod_runtime.logs(namespace, "evacuates-expert-0-a2")) and text,
+            lambda: '"resumed"' in (text := pod_runtime.logs(namespace, f"evacuates-expert-{k}-a2")) and text,
             timeout=180,
             what="the next attempt resuming",
             interval=1,
