@@ -20,6 +20,7 @@ import yaml
 from tests.env import binaries, kube
 from tests.env import fleet as fleet_builders
 from tests.env.cluster import ControlPlane
+from tests.env.karpenter import apply_crds
 
 pytestmark = pytest.mark.cluster
 
@@ -124,6 +125,8 @@ def matrix(release: Release, account: str, checks: list[Check], namespace: str |
 
 @pytest.fixture
 def release_factory(atoll_crds: ControlPlane) -> Iterator[Any]:
+    # Karpenter's CRDs, so that `kubectl auth can-i … nodepools.karpenter.sh` resolves the resource.
+    apply_crds(atoll_crds.kubectl)
     made: list[Release] = []
 
     def make(*sets: str) -> Release:
