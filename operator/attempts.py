@@ -8,9 +8,11 @@ the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped)
 counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
 API server refuses for good fails the stage; a pinned pod Pending past
 failurePolicy.pendingTimeoutSeconds (placed again away from that node when another can take
-it), or on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed
-again. Level-based and pure: the same observation always gives the same decision, so a
-restarted operator continues where the last one was.
+it), a pod waiting that long for a pool's new node (placed again without that pool), or one
+on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed again. An
+expert on a node an autoscaler is removing is stopped gracefully (it checkpoints) and moves.
+Level-based and pure: the same observation always gives the same decision, so a restarted
+operator continues where the last one was.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from atoll.api.spec import FailurePolicy
-from atoll.api.status import CheckpointStatus, StageStatus
+from atoll.api.status import CheckpointStatus, DDMExpertStatus, StageStatus
 from atoll.operator.views import PodView
 from atoll.progress import StageProgress
 from atoll.stages import ExitCode
@@ -53,7 +55,12 @@ class StageInputs:
     policy: FailurePolicy
     now: datetime
     moving: bool = False
-    """The operator ended the current attempt itself to move the stage to faster GPUs."""
+    """The operator ended the current attempt itself to move the stage to faster GPUs, or off
+    a node being removed (`evacuating`)."""
+    evacuating: str | None = None
+    """Why the current attempt must leave its node (an expert on a node an autoscaler taints
+    for deletion), or None: its pod is stopped with SIGTERM, the trainer commits a checkpoint
+    at its next step, and once the pod is gone the next attempt starts elsewhere, as a move."""
     creation_failed: str | None = None
     """Why the pod of the current attempt could not be created (it is created again)."""
     creation_refused: str | None = None
@@ -71,10 +78,16 @@ class StageDecision:
     delete_pods: tuple[str, ...] = field(default=())
     """Pods to delete (stranded on a lost node, or Pending past the pending timeout)."""
     delete_why: str = "its node is lost (gone, NotReady or its GPU agent silent)"
+    stop_pods: tuple[str, ...] = field(default=())
+    """Pods to stop gracefully (SIGTERM, their grace period: a training stage commits a
+    checkpoint first), with `stop_why`."""
+    stop_why: str = ""
     avoid_node: str | None = None
     """The node a pinned pod of this stage never got onto within the pending timeout: the
     attempt created now goes to another node if one can take it (the scheduler may refuse
-    the node for what the plan does not weigh, such as CPU or memory other pods hold)."""
+    the node for what the plan does not weigh, such as CPU or memory other pods hold). For a
+    pod that waited for an autoscaler's pool, that pool's placeholder (`<pool>:<product>`):
+    the attempt created now is planned without the pool."""
 
     @property
     def failed(self) -> bool:
@@ -138,16 +151,22 @@ def _node_lost(pod: PodView, inputs: StageInputs) -> str | None:
 
 
 def _pending_too_long(pod: PodView, inputs: StageInputs) -> str | None:
-    """Why a pinned pod that no node took within the pending timeout is given up, or None."""
-    if pod.phase != "Pending" or pod.node is not None or pod.planned_node is None or pod.created_at is None:
+    """Why a pod that no node took within the pending timeout is given up, or None: a pod
+    pinned to a node, or one waiting for a new node of an autoscaler's pool."""
+    if pod.phase != "Pending" or pod.node is not None or pod.waits_at is None or pod.created_at is None:
         return None
     waited = (inputs.now - pod.created_at).total_seconds()
     if waited < inputs.policy.pending_timeout_seconds:
         return None
     why = f": {_last_line(pod.unschedulable)}" if pod.unschedulable else ""
+    where = f"on its planned node {pod.planned_node}"
+    again = "placed again"
+    if pod.planned_node is None:
+        where = f"waiting for a new node of pool {pod.planned_pool}"
+        again = "placed again without that pool"
     return (
-        f"pod {pod.name} was Pending for {waited:.0f} s on its planned node {pod.planned_node}"
-        f" (failurePolicy.pendingTimeoutSeconds is {inputs.policy.pending_timeout_seconds}){why}; placed again"
+        f"pod {pod.name} was Pending for {waited:.0f} s {where}"
+        f" (failurePolicy.pendingTimeoutSeconds is {inputs.policy.pending_timeout_seconds}){why}; {again}"
     )
 
 
@@ -173,7 +192,7 @@ def _not_created(
     return None
 
 
-def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one return per outcome
+def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911, PLR0912 - one branch per outcome
     """The stage's status and next action (see the module docstring)."""
     status = inputs.status
     if status.phase in ("Succeeded", "Failed"):
@@ -200,9 +219,15 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
     current = next((p for p in pods if p.attempt == attempt), None)
     if current is None and (not_created := _not_created(status, inputs, attempt, stranded)) is not None:
         return not_created
+    if current is None and status.pod is None and status.phase == "Pending":
+        # Decided at an earlier tick, never created (no node could take it then): place the
+        # same attempt again, nothing ended.
+        return StageDecision(status, create_attempt=attempt, delete_pods=stranded)
     lost = None
     if current is not None and current.name in stranded:
         lost = f"{_node_lost(current, inputs)}: attempt {attempt} is restarted elsewhere"
+    elif current is not None and inputs.evacuating and not current.finished and current.node is not None:
+        return _evacuate(status, current, inputs.evacuating, stranded)
     elif current is not None and current.active and (late := _pending_too_long(current, inputs)) is not None:
         # Not the stage's failure: the placement was wrong. Placed again at once, no restart counted.
         replaced = status.model_copy(update={"message": late, "last_failure": late, "last_failure_attempt": attempt})
@@ -210,7 +235,7 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         return replace(
             decision,
             delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds",
-            avoid_node=current.planned_node,
+            avoid_node=current.waits_at,
         )
     elif current is not None and current.active:
         return StageDecision(_running(status, current, attempt, inputs.progress), delete_pods=stranded)
@@ -221,7 +246,8 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
 
     if inputs.moving and lost is None and (current is None or not current.active):
         # Ended on purpose at a checkpoint: not a failure, the next attempt starts at once.
-        moved = status.model_copy(update={"moves": status.moves + 1, "message": "moving to faster GPUs"})
+        why = f"{inputs.evacuating}: resuming elsewhere from its last checkpoint" if inputs.evacuating else None
+        moved = status.model_copy(update={"moves": status.moves + 1, "message": why or "moving to faster GPUs"})
         return _start(moved, inputs, first=False, after=attempt, delete=stranded)
     if lost is None and current is not None and current.exit_code in (ExitCode.FENCED, ExitCode.STOPPED):
         # Fenced: a newer attempt claimed the stage (another operator, a re-applied run).
@@ -234,6 +260,18 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         )
         return _start(status.model_copy(update={"message": why}), inputs, first=True, after=attempt, delete=stranded)
     return _ended(status, inputs, attempt=attempt, current=current, lost=lost, stranded=stranded)
+
+
+def _evacuate(status: StageStatus, current: PodView, why: str, stranded: tuple[str, ...]) -> StageDecision:
+    """Stop the current attempt on a node being removed: SIGTERM (once; an eviction may have
+    sent it already) makes the trainer checkpoint at its next step and exit; the next attempt
+    starts elsewhere once the pod is gone."""
+    update: dict[str, object] = {"message": f"{why}: stopping at a checkpoint to move"}
+    if isinstance(status, DDMExpertStatus):
+        update["evacuation"] = why
+    stopping = status.model_copy(update=update)
+    stop = (current.name,) if current.active else ()
+    return StageDecision(stopping, delete_pods=stranded, stop_pods=stop, stop_why=why)
 
 
 def _outage_since(status: StageStatus, current: PodView | None, lost: str | None, now: datetime) -> datetime | None:

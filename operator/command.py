@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from atoll.operator.islands.remote import Islands
     from atoll.operator.kube import Kube
+    from atoll.operator.nodepools import NodePoolWatch
 
 HELP = "run the operator that reconciles DDMRuns (kopf)"
 
@@ -78,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     islands.add_argument(
         "--island-interval", type=float, default=10.0, metavar="S", help="seconds between probes of a connected island"
     )
+    parser.add_argument(
+        "--node-pool-interval", type=float, default=30.0, metavar="S",
+        help="seconds between lists of Karpenter NodePools, planned over as growable pools (0: never read them)",
+    )  # fmt: skip
     election = parser.add_argument_group("high availability")
     election.add_argument(
         "--leader-elect", action="store_true", help="run as one of several replicas: only the Lease holder acts"
@@ -127,7 +132,7 @@ def _islands(args: argparse.Namespace, kube: Kube, acting: Callable[[], bool]) -
     return Islands(IslandRegistry(), kube, acting=acting)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per part the operator starts
     import kopf
 
     from atoll.log import get_logger
@@ -182,9 +187,11 @@ def main(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics(leadership)
     replica = Replica(leadership=leadership, metrics=metrics, health=Health(leadership))
     islands = _islands(args, kube, leadership.acting)
+    node_pools = _node_pools(args)
     registry = build_registry(
-        Reconciler(kube, settings, timer=metrics.record_step, islands=islands), kube, settings, replica
-    )
+        Reconciler(kube, settings, timer=metrics.record_step, islands=islands, node_pools=node_pools),
+        kube, settings, replica,
+    )  # fmt: skip
     if args.metrics_port is not None:
         server = serve(metrics, replica.health, args.metrics_address, args.metrics_port)
         log.info("metrics and probes served", address=args.metrics_address, port=server.server_port)
@@ -217,8 +224,20 @@ def main(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
         )
     finally:
+        if node_pools is not None:
+            node_pools.stop()
         if monitor is not None:
             monitor.stop()
         if elector is not None:
             elector.stop(release=True)
     return 0
+
+
+def _node_pools(args: argparse.Namespace) -> NodePoolWatch | None:
+    """The NodePool lister, started (None with --node-pool-interval 0)."""
+    from atoll.operator.kube import load_config
+    from atoll.operator.nodepools import NodePoolWatch
+
+    if args.node_pool_interval <= 0:
+        return None
+    return NodePoolWatch(load_config(args.kubeconfig), interval_seconds=args.node_pool_interval).start()

@@ -37,6 +37,7 @@ from atoll.operator.kube import Kube, connection_info
 from atoll.operator.leader import AlwaysLeader, Leadership
 from atoll.operator.ledger import GpuHolder, pod_holder
 from atoll.operator.metrics import OperatorMetrics
+from atoll.operator.placement.pools import GrowablePool
 from atoll.operator.probes import Health
 from atoll.operator.reconcile import Event, IndexSnapshot, Reconciler, RunMemory
 from atoll.operator.reconcile.observer import GpuHolders
@@ -106,19 +107,27 @@ def post_event(event: Event) -> None:
     kopf.event(kopf.Body(cast(Any, event.target)), type=event.type, reason=event.reason, message=event.message)
 
 
-def snapshot(key: tuple[str, str], indexes: Mapping[str, Any], islands: IslandRegistry | None = None) -> IndexSnapshot:
+def snapshot(
+    key: tuple[str, str],
+    indexes: Mapping[str, Any],
+    islands: IslandRegistry | None = None,
+    node_pools: tuple[GrowablePool, ...] = (),
+) -> IndexSnapshot:
     """What the indexes show for one run, copied at once (call it in the event loop), and what
-    the island registry knows: the islands' nodes next to home's, the run's pods there."""
+    the island registry knows: the islands' nodes next to home's, the run's pods there; and the
+    cluster's NodePools as last listed."""
     home = tuple(view for values in indexes["gpu_nodes"].values() for view in values)
     pods = tuple(indexes["run_pods"].get(key, ()))
+    experts = tuple(indexes["run_experts"].get(key, ()))
     if islands is None:
-        return IndexSnapshot(pods=pods, experts=tuple(indexes["run_experts"].get(key, ())), nodes=home)
+        return IndexSnapshot(pods=pods, experts=experts, nodes=home, node_pools=node_pools)
     fleets = islands.fleets()
     return IndexSnapshot(
         pods=pods + islands.pods_of(*key),
-        experts=tuple(indexes["run_experts"].get(key, ())),
+        experts=experts,
         nodes=union_nodes(home, fleets),
         islands=fleets,
+        node_pools=node_pools,
     )
 
 
@@ -274,7 +283,8 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
         if term != leadership.term:
             memory, term = RunMemory(), leadership.term
         raw = copy.deepcopy(dict(body))  # the live body changes under us as events arrive
-        copied = snapshot(key, indexes, islands)
+        pools = reconciler.node_pools.current() if reconciler.node_pools is not None else ()
+        copied = snapshot(key, indexes, islands, pools)
         started = time.perf_counter()
         try:
             memory, events = await loop.run_in_executor(workers, reconciler.tick, raw, copied, holders, memory)

@@ -24,7 +24,7 @@ from atoll.api.spec import DDMRunSpec, PlacementSpec
 from atoll.operator.islands.fleet import no_island_node, preference_tiers, restricted
 from atoll.operator.placement import Assignment, Migration, PlacementError, Plan, labels, migrations, read_fleet, replan
 from atoll.operator.placement.capacity import PodSize, Requests, expert_pod_size, gpu_room
-from atoll.operator.placement.fleet import GpuNode, as_dict
+from atoll.operator.placement.fleet import GpuNode, as_dict, untolerated_pool_taint
 from atoll.operator.placement.planner import STALE_AFTER_SECONDS
 from atoll.operator.placement.pools import GrowablePool, declared_pools
 from atoll.operator.views import NodeView
@@ -73,6 +73,12 @@ class FleetState:
     """CPU and memory requested per node by the same pods (every non-terminal pod on it)."""
     running_requests: Mapping[str, Requests] = field(default_factory=dict)
     """CPU and memory requested per node by the pods of the experts in `running`."""
+    cluster_pools: Sequence[GrowablePool] = ()
+    """Pools read from the cluster (Karpenter NodePools): planned over next to the declared ones,
+    a declared pool of the same name winning, those with taints the run does not tolerate left out."""
+    excluded_pools: frozenset[str] = frozenset()
+    """Declared pools left out of this placement (a pod waited for their new node past
+    failurePolicy.pendingTimeoutSeconds)."""
 
     @functools.cached_property
     def pod_size(self) -> PodSize:
@@ -102,10 +108,19 @@ class FleetState:
 
     @functools.cached_property
     def _pools(self) -> tuple[GrowablePool, ...]:
-        return declared_pools(self.spec.placement.pools, self.nodes)
+        placement = self.spec.placement
+        declared = declared_pools(placement.pools, self.nodes)
+        names = {pool.pool for pool in declared}
+        read = [
+            pool
+            for pool in self.cluster_pools
+            if pool.pool not in names and untolerated_pool_taint(pool.taints, placement) is None
+        ]
+        return tuple(pool for pool in (*declared, *read) if pool.pool not in self.excluded_pools)
 
     def pools(self) -> tuple[GrowablePool, ...]:
-        """The pools the run declares (spec.placement.pools), less what their nodes hold now."""
+        """The pools the run declares (spec.placement.pools), less what their nodes hold now, and
+        those read from the cluster it may use (`cluster_pools`), `excluded_pools` left out."""
         return self._pools
 
     def planning_nodes(self, experts: int) -> list[NodeView]:

@@ -81,7 +81,11 @@ class StageStatus(StatusModel):
         default=0, ge=0, description="Attempts started after the previous one ended unfinished (failed, lost, moved)."
     )
     moves: int = Field(
-        default=0, ge=0, description="Attempts ended on purpose to move to faster GPUs (not failures; experts only)."
+        default=0,
+        ge=0,
+        description=(
+            "Attempts ended on purpose to move to faster GPUs or off a node being removed (not failures; experts only)."
+        ),
     )
     pod: str | None = Field(default=None, description="Name of the newest attempt's pod.")
     node: str | None = Field(default=None, description="Node the newest attempt runs (or ran) on.")
@@ -176,6 +180,15 @@ class DDMExpertStatus(StageStatus):
         default=None, ge=0, description="Training time the placement plan predicts on this GPU."
     )
     move: MoveStatus | None = Field(default=None, description="A planned move to faster GPUs, if any.")
+    evacuation: str | None = Field(
+        default=None,
+        max_length=400,
+        description=(
+            "Why the current attempt leaves its node (a deletion taint on it, e.g. ToBeDeletedByClusterAutoscaler or"
+            " karpenter.sh/disrupted): its pod is stopped (SIGTERM: the trainer commits a checkpoint at its next step)"
+            " and the expert resumes from that checkpoint on other capacity."
+        ),
+    )
     island: str | None = Field(
         default=None,
         max_length=63,

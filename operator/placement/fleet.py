@@ -327,6 +327,11 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def untolerated_pool_taint(taints: Iterable[Mapping[str, Any]], placement: PlacementSpec) -> str | None:
+    """The first taint of a pool's nodes the run does not tolerate (the rule nodes follow), or None."""
+    return _untolerated_taint({"spec": {"taints": list(taints)}}, [*ALWAYS_TOLERATED, *placement.tolerations])
+
+
 def _tolerates(toleration: Toleration, taint: Mapping[str, Any]) -> bool:
     if toleration.effect is not None and toleration.effect != taint.get("effect"):
         return False

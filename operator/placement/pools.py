@@ -48,6 +48,8 @@ class GrowablePool:
     """GPUs of the largest node it makes (None: not known, any size)."""
     node_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels every node it makes carries (a pod waiting for one of them requires these)."""
+    taints: tuple[Mapping[str, Any], ...] = ()
+    """Taints every node it makes carries (a NodePool's template; a run must tolerate them)."""
 
     @property
     def headroom_gpus(self) -> int | None:
@@ -150,6 +152,7 @@ def _read(node_pool: Mapping[str, Any], name: str) -> list[GrowablePool]:
             cost_per_gpu_hour=cost,
             gpus_per_node=per_node,
             node_labels={KARPENTER_NODEPOOL_LABEL: name},
+            taints=tuple(dict(t) for t in _get(node_pool, "spec", "template", "spec", "taints") or ()),
         )
         for product in products
     ]

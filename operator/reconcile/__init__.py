@@ -22,6 +22,7 @@ from typing import Any
 from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
+from atoll.operator.nodepools import NodePoolWatch
 from atoll.operator.placement.capacity import pod_requests
 from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
 from atoll.operator.reconcile.decide import decide
@@ -59,8 +60,11 @@ class Reconciler:
         ledger: GpuLedger | None = None,
         timer: Callable[[str, float], None] | None = None,
         islands: Islands | None = None,
+        node_pools: NodePoolWatch | None = None,
     ) -> None:
         self.settings = settings
+        self.node_pools = node_pools
+        """The cluster's Karpenter NodePools, listed now and then (None: not read)."""
         self.ledger = ledger or GpuLedger()
         self.stores = RunStores()
         self.islands = islands

@@ -19,6 +19,7 @@ from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
 from atoll.operator.placement import Assignment, labels
+from atoll.operator.placement.autoscalers import deletion_taint
 from atoll.operator.placement.capacity import Requests
 from atoll.operator.pods import Owner
 from atoll.operator.reconcile.actions import Action, Event
@@ -189,6 +190,12 @@ class Tick:
             if beat is not None and (silent := (self.obs.now - beat).total_seconds()) >= limit:
                 lost[node.name] = f"its GPU agent silent for {silent:.0f} s, failurePolicy.nodeLostSeconds is {limit}"
         return lost
+
+    @functools.cached_property
+    def deletion_taints(self) -> Mapping[str, str]:
+        """Nodes an autoscaler is removing (a deletion taint on them) → that taint: nothing new
+        goes there, and the experts on them move off at a checkpoint."""
+        return {node.name: taint for node in self.obs.nodes or () if (taint := deletion_taint(node.taints)) is not None}
 
     @functools.cached_property
     def nodes_known(self) -> frozenset[str] | None:

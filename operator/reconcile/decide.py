@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from atoll.api.errors import format_validation_error
 from atoll.api.spec import DDMRunSpec
-from atoll.api.status import DDMExpertStatus, DDMRunStatus
+from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.operator.attempts import StageDecision, StageInputs, decide_stage
 from atoll.operator.conditions import Trouble
 from atoll.operator.experts import build_expert
@@ -32,6 +32,7 @@ from atoll.operator.reconcile.moves import move_check_due, plan_expert_moves, st
 from atoll.operator.reconcile.observation import Observation, RunMemory
 from atoll.operator.reconcile.report import advance_phase, fail, record_stages, stage_phases, stop_pods, summarize
 from atoll.operator.settings import OperatorSettings
+from atoll.operator.views import PodView
 from atoll.stages import StageJob
 
 
@@ -127,6 +128,7 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
     pods = tick.stage_pods(job)
     current = next((p for p in pods if p.attempt == previous.attempt), None)
     moving = isinstance(previous, DDMExpertStatus) and previous.move is not None
+    evacuating = _evacuating(tick, previous, current)
     return StageInputs(
         ready=ready,
         pods=pods,
@@ -138,10 +140,26 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         lost_nodes=tick.lost_nodes,
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
-        moving=moving and (current is None or not current.active),
+        moving=(moving and (current is None or not current.active))
+        or (evacuating is not None and (current is None or current.finished)),
+        evacuating=evacuating,
         creation_failed=tick.memory.creation_failures.get(job.slug),
         creation_refused=tick.memory.creation_refusals.get(job.slug),
     )
+
+
+def _evacuating(tick: Tick, previous: StageStatus, current: PodView | None) -> str | None:
+    """Why an expert's current attempt must leave its node: remembered from an earlier tick, or
+    its pod's node (the one it ran on, if the pod is gone already) carries a deletion taint."""
+    if not isinstance(previous, DDMExpertStatus):
+        return None
+    if previous.evacuation is not None:
+        return previous.evacuation
+    if current is not None and current.finished:
+        return None
+    where = current.node if current is not None else (previous.node if previous.phase == "Running" else None)
+    taint = tick.deletion_taints.get(where) if where is not None else None
+    return None if taint is None else f"node {where} is being removed (taint {taint})"
 
 
 def _decide_stages(tick: Tick, status: DDMRunStatus, out: Outcome) -> dict[str, StageDecision]:

@@ -32,6 +32,18 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     for slug, decision in decisions.items():
         for name in decision.delete_pods:
             out.actions.append(DeletePod(name, why=decision.delete_why, grace_seconds=0))
+        for name in decision.stop_pods:
+            job = StageJob.from_slug(slug)
+            out.actions.append(DeletePod(name, why=f"{decision.stop_why}: checkpointing to move"))
+            out.events.append(
+                tick.event(
+                    job,
+                    "Normal",
+                    "Evacuating",
+                    f"{job.label}: {decision.stop_why}; pod {name} is stopped (it checkpoints at its next step)"
+                    " and the stage resumes from that checkpoint on other capacity",
+                )
+            )
         if decision.avoid_node is not None and decision.status.last_failure:
             job = StageJob.from_slug(slug)
             out.events.append(tick.event(job, "Warning", "PendingTimeout", decision.status.last_failure))
@@ -61,6 +73,9 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     statuses = tick.expert_statuses
     lost = tick.lost_nodes
     nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
+    # nor to one an autoscaler is removing: kept in view unschedulable (its GPUs still count
+    # against its pool's limit until it is gone), whatever the run tolerates
+    nodes = tuple(replace(n, unschedulable=True) if n.name in tick.deletion_taints else n for n in nodes)
     if not (obs.store.run_uri or "").startswith("s3://"):
         nodes = tuple(node for node in nodes if node.island == HOME_ISLAND)  # islands reach an S3 store only
     by_name = {node.name: node for node in nodes}
@@ -97,6 +112,7 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         running_requests=tick.running_requests(running),
         progress={k: p for k in statuses if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
+        cluster_pools=obs.node_pools,
         busy_gpus=busy,
         busy_requests=requested,
         now=obs.now,
@@ -131,10 +147,18 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
 def _place_elsewhere(fleet: FleetState, starting: list[int], avoid: Mapping[int, str]) -> ExpertPlacement:
     """The experts' placement with the nodes in `avoid` counted as full (each never took that
     expert's pinned pod within the pending timeout), when that places every such expert now;
-    else the placement over the fleet as it is (a node that may take it later beats none)."""
+    else the placement over the fleet as it is (a node that may take it later beats none).
+    A pool in `avoid` (by its placeholder: no node came for the pod that waited for it) is
+    left out of the plan either way."""
     if not avoid:
         return place_experts(fleet, starting)
-    full = {node.name: node.gpus for node in fleet.nodes if node.name in set(avoid.values())}
+    avoided = set(avoid.values())
+    pools = frozenset(pool.pool for pool in fleet.pools() if pool.placeholder in avoided)
+    if pools:
+        fleet = replace(fleet, excluded_pools=fleet.excluded_pools | pools)
+    full = {node.name: node.gpus for node in fleet.nodes if node.name in avoided}
+    if not full:
+        return place_experts(fleet, starting)
     elsewhere = place_experts(replace(fleet, busy_gpus={**fleet.busy_gpus, **full}), starting)
     if all(k in elsewhere.assignments for k in avoid):
         return elsewhere
@@ -207,6 +231,7 @@ def _start(tick: Tick, job: StageJob, decision: StageDecision, placed: _Placed, 
             grad_accum=assignment.grad_accum,
             predicted_seconds=assignment.predicted_seconds or None,
             move=None,
+            evacuation=None,
             island=island,
         )
     return StageDecision(decision.status.model_copy(update=update))

@@ -55,6 +55,7 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         running=running,
         progress={k: p for k in running if (p := obs.store.progress.get(StageJob("expert", k).slug)) is not None},
         cluster_sizes=obs.store.cluster_sizes or tick.previous.cluster_sizes or None,
+        cluster_pools=obs.node_pools,
         busy_gpus=obs.busy_gpus,
         busy_requests=obs.busy_requests,
         running_requests=tick.running_requests(running),
@@ -66,6 +67,8 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         decision = decided.get(job.slug)
         if decision is None or not isinstance(decision.status, DDMExpertStatus) or decision.status.move:
             continue
+        if decision.status.evacuation:
+            continue  # leaving its node already: placed anew once stopped
         target = move.to
         assert target.micro_batch is not None
         assert target.grad_accum is not None

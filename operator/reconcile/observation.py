@@ -18,6 +18,7 @@ from typing import Any, Literal
 from atoll.api.status import CheckpointStatus, DDMExpertStatus, DDMRunStatus
 from atoll.operator.islands.fleet import IslandFleet
 from atoll.operator.placement.capacity import Requests
+from atoll.operator.placement.pools import GrowablePool
 from atoll.operator.views import ExpertView, NodeView, PodView
 from atoll.progress import StageProgress
 
@@ -111,6 +112,8 @@ class Observation:
     """Every node, home and islands' (None: not known yet, so nothing is declared lost)."""
     islands: tuple[IslandFleet, ...] = ()
     """The islands known now: where an expert placed on one of their nodes is dispatched."""
+    node_pools: tuple[GrowablePool, ...] = ()
+    """Growable pools read from the cluster (Karpenter NodePools; none where it has none)."""
     busy_gpus: Mapping[str, int] = field(default_factory=dict)
     """GPUs held per node by every GPU-holding pod, atoll's or not, and the GPUs promised to
     pods the watch does not show yet (the operator's ledger)."""

@@ -29,6 +29,7 @@ from atoll.operator.islands.fleet import IslandFleet, split_node
 from atoll.operator.islands.remote import Islands
 from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuHolder
+from atoll.operator.placement.pools import GrowablePool
 from atoll.operator.reconcile.context import own_objects, parse_status
 from atoll.operator.reconcile.observation import Observation, RunMemory, RunObject, StoreProblem, StoreSnapshot
 from atoll.operator.settings import OperatorSettings
@@ -51,6 +52,8 @@ class IndexSnapshot:
     nodes: tuple[NodeView, ...] = ()
     """The home cluster's nodes and those of every known island (atoll.operator.islands.fleet)."""
     islands: tuple[IslandFleet, ...] = ()
+    node_pools: tuple[GrowablePool, ...] = ()
+    """Karpenter NodePools as growable pools, as last listed (atoll.operator.nodepools)."""
 
 
 GpuHolders = Callable[[], Mapping[str, GpuHolder]]
@@ -106,6 +109,7 @@ class Observer:
             experts=indexes.experts,
             nodes=indexes.nodes or None,
             islands=indexes.islands,
+            node_pools=indexes.node_pools,
             now=now,
             monotonic=monotonic,
         )

@@ -25,10 +25,14 @@ KUBE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
 
-# kwok simulates only the nodes carrying this annotation; the GPU nodes that the pod
-# process runtime executes are left to it (see tests/env/fleet.py).
+# kwok simulates only the nodes carrying this annotation and not this label; the GPU nodes
+# that the pod process runtime executes are left to it (see tests/env/fleet.py). Karpenter's
+# kwok provider annotates every Node it creates: a NodePool whose template carries the label
+# gets nodes that the runtime executes and kwok leaves alone (it never marks their pods Running).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_SELECTOR = f"{KWOK_NODE_ANNOTATION}=fake"
+KWOK_NODE_LABEL_SELECTOR = "atoll.dev/execute!=true"
+"""fleet.EXECUTE_LABEL (fleet imports this module, so it is spelled out here)."""
 
 KWOK_POD_WORKERS = 32
 """Pods kwok plays stages for at once (kwok's `podPlayStageParallelism`, 4 by default). kwok
@@ -165,6 +169,7 @@ class ControlPlane:
                     "extraArgs": [
                         {"key": "manage-all-nodes", "value": "false", "override": True},
                         {"key": "manage-nodes-with-annotation-selector", "value": KWOK_NODE_SELECTOR},
+                        {"key": "manage-nodes-with-label-selector", "value": KWOK_NODE_LABEL_SELECTOR},
                     ],
                 },
             ],

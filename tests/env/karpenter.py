@@ -3,8 +3,9 @@ instance-types file built from the fleet's GPU products, NodePool / KWOKNodeClas
 and the Karpenter process itself, run against a control plane on loopback.
 
 Karpenter creates its Nodes itself, annotated `kwok.x-k8s.io/node: fake`: the control plane's
-kwok controller makes them Ready and simulates their pods; the pod process runtime never
-executes them (they carry no `atoll.dev/execute` label). The builders are pure; only
+kwok controller makes them Ready and simulates their pods, unless their NodePool labels them
+`atoll.dev/execute: "true"` (`node_pool(..., execute=True)`): then kwok leaves them alone and
+the pod process runtime is their kubelet, exactly as for the static fleet's GPU nodes. The builders are pure; only
 `Karpenter` and `apply_crds` touch a process or a cluster, and nothing here signals a
 process it did not start.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from tests.env import binaries
 from tests.env.fleet import (
     A100_40GB,
+    EXECUTE_LABEL,
     GPU_RESOURCE,
     GPU_TAINT,
     H100,
@@ -152,21 +154,26 @@ def node_pool(
     consolidate_after_s: int = 30,
     taints: Sequence[Mapping[str, str]] = (GPU_TAINT,),
     node_class_name: str = "default",
+    execute: bool = False,
 ) -> dict[str, Any]:
     """A NodePool of one GPU product, at most limit_gpus GPUs, on-demand, removed when empty.
 
     Its nodes carry `atoll.dev/pool: <name>` like the static fleet's pools, and the GPU taint
-    that every GPU node of the fleet has.
+    that every GPU node of the fleet has. `execute`: its nodes are labelled
+    `atoll.dev/execute: "true"`, so the pod process runtime runs their pods (kwok does not).
     """
     if limit_gpus < 0:
         raise ValueError(f"limit_gpus must be >= 0, got {limit_gpus}")
+    node_labels = {POOL_LABEL: name}
+    if execute:
+        node_labels[EXECUTE_LABEL] = "true"
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
         "metadata": {"name": name},
         "spec": {
             "template": {
-                "metadata": {"labels": {POOL_LABEL: name}},
+                "metadata": {"labels": node_labels},
                 "spec": {
                     "requirements": [
                         _requirement("nvidia.com/gpu.product", gpu.product),
@@ -196,9 +203,12 @@ DEV_REGISTRATION_DELAY_S = 20
 
 
 def dev_node_pools(*, consolidate_after_s: int = 60) -> list[dict[str, Any]]:
-    """The dev environment's KWOKNodeClass and one NodePool per GPU product (`autoscaled-<product>`)."""
+    """The dev environment's KWOKNodeClass and one NodePool per GPU product (`autoscaled-<product>`),
+    whose nodes the pod process runtime executes (runs train on them)."""
     pools = [
-        node_pool(f"autoscaled-{slug(gpu)}", gpu, limit_gpus=limit, consolidate_after_s=consolidate_after_s)
+        node_pool(
+            f"autoscaled-{slug(gpu)}", gpu, limit_gpus=limit, consolidate_after_s=consolidate_after_s, execute=True
+        )
         for gpu, limit in DEV_LIMITS.items()
     ]
     return [node_class(registration_delay_s=DEV_REGISTRATION_DELAY_S), *pools]

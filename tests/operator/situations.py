@@ -104,6 +104,7 @@ def pod(
     finished_at: str = "2026-03-01T11:59:00Z",
     created_at: str = "2026-03-01T11:50:00Z",
     planned_node: str | None = None,
+    planned_pool: str | None = None,
     unschedulable: str | None = None,
 ) -> PodView:
     """A stage pod as the watch delivers it (the runtime's container status included)."""
@@ -131,6 +132,8 @@ def pod(
     }
     if planned_node is not None:
         metadata["annotations"]["atoll.dev/planned-node"] = planned_node
+    if planned_pool is not None:
+        metadata["annotations"]["atoll.dev/planned-pool"] = planned_pool
     if deleting:
         metadata["deletionTimestamp"] = "2026-03-01T12:00:00Z"
     spec: dict[str, Any] = {"containers": [{"name": "stage", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}

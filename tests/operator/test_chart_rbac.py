@@ -20,6 +20,7 @@ import yaml
 from tests.env import binaries, kube
 from tests.env import fleet as fleet_builders
 from tests.env.cluster import ControlPlane
+from tests.env.karpenter import apply_crds
 
 pytestmark = pytest.mark.cluster
 
@@ -53,9 +54,14 @@ OPERATOR_NEVER: list[Check] = [
     ("create", "deployments.apps", None),
     ("create", "rolebindings.rbac.authorization.k8s.io", None),
 ]
-OPERATOR_CLUSTER: list[Check] = [("list", "nodes", None), ("watch", "nodes", None)]
+OPERATOR_CLUSTER: list[Check] = [
+    ("list", "nodes", None),
+    ("watch", "nodes", None),
+    ("list", "nodepools.karpenter.sh", None),
+]
 OPERATOR_CLUSTER_NEVER: list[Check] = [
     *[(verb, "nodes", None) for verb in ("get", "patch", "update", "delete")],
+    *[(verb, "nodepools.karpenter.sh", None) for verb in ("create", "patch", "update", "delete")],
     *[(verb, "namespaces", None) for verb in ("get", "list", "watch")],
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
 ]
@@ -119,6 +125,8 @@ def matrix(release: Release, account: str, checks: list[Check], namespace: str |
 
 @pytest.fixture
 def release_factory(atoll_crds: ControlPlane) -> Iterator[Any]:
+    # Karpenter's CRDs, so that `kubectl auth can-i … nodepools.karpenter.sh` resolves the resource.
+    apply_crds(atoll_crds.kubectl)
     made: list[Release] = []
 
     def make(*sets: str) -> Release:
@@ -152,7 +160,7 @@ def test_watch_namespaces_grants_namespaced_access_only_there(release_factory: A
     assert all(matrix(release, operator, OPERATOR_CLUSTER, None).values())
     assert not any(matrix(release, operator, OPERATOR_NEVER, namespace).values())
     roles = [o for o in release.objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-operator")]
-    assert [rule["resources"] for rule in roles[0]["rules"]] == [["nodes"]]
+    assert [rule["resources"] for rule in roles[0]["rules"]] == [["nodes"], ["nodepools"]]
 
 
 ISLAND_MONITOR_CLUSTER: list[Check] = [

@@ -22,8 +22,8 @@ from atoll.operator.reconcile.observer import RunStores
 from atoll.stages import ExitCode
 from atoll.store import LocalStore
 
-from .situations import FLEET, SPEC, T0, gpu_node, heartbeat, later, observe, pod, run_body, step, store
-from .test_decide import condition, created, run_with, running_experts
+from .situations import FLEET, SPEC, T0, expert, gpu_node, heartbeat, later, observe, pod, run_body, step, store
+from .test_decide import condition, created, run_with, running_experts, training_status
 
 # --- a store the operator cannot write ---------------------------------------------------------
 
@@ -317,3 +317,27 @@ def test_an_attempt_stopped_by_sigterm_resumes_at_once_and_uses_no_restart() -> 
     assert created(decision)["expert-0"].manifest["metadata"]["name"] == "r-expert-0-a2"
     patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
     assert (patched[0].attempt, patched[0].restarts) == (2, 2)
+
+
+# --- an attempt no node can take yet ------------------------------------------------------------
+
+
+def test_an_expert_no_node_can_take_yet_keeps_its_attempt_and_counts_no_restart_while_it_waits() -> None:
+    full = {"h100-0": 8, "t4-0": 4, "a100-0": 8}
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy=full,
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    first = step(world)
+    assert not first.of(CreatePod)
+    waiting = {p.expert: p.status for p in first.of(PatchExpertStatus)}
+    assert {(s.phase, s.attempt, s.restarts) for s in waiting.values()} == {("Pending", 1, 0)}
+    experts = tuple(replace(expert(k), status=waiting[k]) for k in (0, 1))
+    later_on = step(later(replace(world, run=run_with(first.status), experts=experts), 60), first.memory)
+    assert not later_on.of(CreatePod)
+    assert not later_on.of(PatchExpertStatus), "still attempt 1, no restart: nothing ended"
+    freed = step(later(replace(world, run=run_with(first.status), experts=experts, busy_gpus={}), 90), first.memory)
+    assert {c.manifest["metadata"]["name"] for c in freed.of(CreatePod)} >= {"r-expert-0-a1", "r-expert-1-a1"}
