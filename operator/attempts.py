@@ -8,8 +8,9 @@ the exit codes of the stage contract decide the rest: 3 (fenced) and 6 (stopped)
 counts as a failure only once the outage outlasts failurePolicy.storeOutageSeconds. A pod the
 API server refuses for good fails the stage; a pinned pod Pending past
 failurePolicy.pendingTimeoutSeconds (placed again away from that node when another can take
-it), or on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed
-again. Level-based and pure: the same observation always gives the same decision, so a
+it), or on a node lost for failurePolicy.nodeLostSeconds, or on an island unreachable for
+failurePolicy.islandLostSeconds, is deleted (on an island: once it answers again) and the stage
+placed again. Level-based and pure: the same observation always gives the same decision, so a
 restarted operator continues where the last one was.
 """
 
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 
 from atoll.api.spec import FailurePolicy
 from atoll.api.status import CheckpointStatus, StageStatus
+from atoll.operator.islands.fleet import island_of
 from atoll.operator.views import PodView
 from atoll.progress import StageProgress
 from atoll.stages import ExitCode
@@ -50,6 +52,11 @@ class StageInputs:
     lost_nodes: Mapping[str, str] = field(default_factory=dict)
     """Nodes that exist but are lost (NotReady or their agent silent for
     failurePolicy.nodeLostSeconds) → why: their pods are deleted and restarted elsewhere."""
+    lost_islands: Mapping[str, str] = field(default_factory=dict)
+    """Islands unreachable for failurePolicy.islandLostSeconds → why: the attempts there are
+    restarted elsewhere (their pods are deleted once the island answers again)."""
+    unreachable_islands: frozenset[str] = frozenset()
+    """Islands whose last probe failed: an attempt's pod there is not seen, not gone."""
     policy: FailurePolicy
     now: datetime
     moving: bool = False
@@ -126,7 +133,9 @@ def _with_progress(status: StageStatus, progress: StageProgress | None) -> Stage
 
 
 def _node_lost(pod: PodView, inputs: StageInputs) -> str | None:
-    """Why the pod's node (or, unbound, the node its plan pins it to) is lost, or None."""
+    """Why the pod's island or node (or, unbound, the node its plan pins it to) is lost, or None."""
+    if pod.island in inputs.lost_islands:
+        return inputs.lost_islands[pod.island]
     where = pod.node or pod.planned_node
     if where is None:
         return None
@@ -198,12 +207,12 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
 
     stranded = tuple(p.name for p in pods if p.active and _node_lost(p, inputs))
     current = next((p for p in pods if p.attempt == attempt), None)
-    if current is None and (not_created := _not_created(status, inputs, attempt, stranded)) is not None:
-        return not_created
-    lost = None
-    if current is not None and current.name in stranded:
-        lost = f"{_node_lost(current, inputs)}: attempt {attempt} is restarted elsewhere"
-    elif current is not None and current.active and (late := _pending_too_long(current, inputs)) is not None:
+    if current is None:
+        early = _not_created(status, inputs, attempt, stranded) or _unseen_on_island(status, inputs, attempt, stranded)
+        if early is not None:
+            return early
+    lost = _attempt_lost(status, current, inputs, attempt, stranded)
+    if lost is None and current is not None and current.active and (late := _pending_too_long(current, inputs)):
         # Not the stage's failure: the placement was wrong. Placed again at once, no restart counted.
         replaced = status.model_copy(update={"message": late, "last_failure": late, "last_failure_attempt": attempt})
         decision = _start(replaced, inputs, first=True, after=attempt, delete=(*stranded, current.name))
@@ -212,9 +221,9 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
             delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds",
             avoid_node=current.planned_node,
         )
-    elif current is not None and current.active:
+    if lost is None and current is not None and current.active:
         return StageDecision(_running(status, current, attempt, inputs.progress), delete_pods=stranded)
-    elif current is not None and current.phase == "Succeeded" and inputs.done is None:
+    if lost is None and current is not None and current.phase == "Succeeded" and inputs.done is None:
         # Exited 0: done once the store shows its done marker (read on the next look).
         finishing = _running(status, current, attempt).model_copy(update={"phase": "Running", "message": "finishing"})
         return StageDecision(finishing, delete_pods=stranded)
@@ -234,6 +243,29 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911 - one r
         )
         return _start(status.model_copy(update={"message": why}), inputs, first=True, after=attempt, delete=stranded)
     return _ended(status, inputs, attempt=attempt, current=current, lost=lost, stranded=stranded)
+
+
+def _unseen_on_island(
+    status: StageStatus, inputs: StageInputs, attempt: int, stranded: tuple[str, ...]
+) -> StageDecision | None:
+    """The current attempt's pod is not seen because its island does not answer (and is not
+    lost yet): waited for, not taken for gone (None: this is not the case)."""
+    island = island_of(status.node or "")
+    if island not in inputs.unreachable_islands or island in inputs.lost_islands:
+        return None
+    unseen = f"island {island} does not answer: attempt {attempt} is waited for (failurePolicy.islandLostSeconds)"
+    return StageDecision(status.model_copy(update={"message": unseen}), delete_pods=stranded)
+
+
+def _attempt_lost(
+    status: StageStatus, current: PodView | None, inputs: StageInputs, attempt: int, stranded: tuple[str, ...]
+) -> str | None:
+    """Why the current attempt is lost with its node or island (its pod unseen: the operator
+    started while the island was down), or None."""
+    why = _node_lost(current, inputs) if current is not None and current.name in stranded else None
+    if current is None:
+        why = inputs.lost_islands.get(island_of(status.node or ""))
+    return None if why is None else f"{why}: attempt {attempt} is restarted elsewhere"
 
 
 def _outage_since(status: StageStatus, current: PodView | None, lost: str | None, now: datetime) -> datetime | None:

@@ -97,7 +97,7 @@ class IslandMonitor:
         if isinstance(outcome, Reached) and not isinstance(secret, Unreached):
             self._reached(name, spec, secret[0], version, outcome, accepts_experts(spec, current))
         elif self.registry is not None:
-            self.registry.unreached(name)
+            self.registry.unreached(name, spec, since=current.disconnected_since or now)
         for condition in changed(previous, current):
             self._event(island, condition.status == "True", condition.reason, f"{condition.type}: {condition.message}")
         log.info(

@@ -136,6 +136,8 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         claimed_attempt=store.claims.get(job.slug, 0),
         nodes=tick.nodes_known,
         lost_nodes=tick.lost_nodes,
+        lost_islands=tick.lost_islands,
+        unreachable_islands=frozenset(tick.unreachable_islands),
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
         moving=moving and (current is None or not current.active),

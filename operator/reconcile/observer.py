@@ -153,10 +153,13 @@ class Observer:
         fleet = self.islands.registry.fleet(island)
         if fleet is None:
             return None
+        last_seen = next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+        if fleet.disconnected_since is not None:
+            return last_seen  # its last probe failed: no request that would wait out a timeout each tick
         try:
             body = self.islands.get_pod(island, fleet.namespace, name)
         except Exception:  # unreachable now: the island's pods as last seen stand
-            return next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+            return last_seen
         return island_pod_view(island, body) if body is not None else None
 
     # --- the store ------------------------------------------------------------------------
