@@ -19,7 +19,7 @@ from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
-from atoll.operator.islands.loss import lost_islands, unreachable
+from atoll.operator.islands.loss import StageKey, lost_islands, unreachable
 from atoll.operator.placement import Assignment, labels
 from atoll.operator.placement.capacity import Requests
 from atoll.operator.pods import Owner
@@ -207,7 +207,15 @@ class Tick:
     @functools.cached_property
     def lost_islands(self) -> Mapping[str, str]:
         """Islands unreachable for failurePolicy.islandLostSeconds → why: their experts are placed again elsewhere."""
-        return lost_islands(self.obs.islands, self.spec.failure_policy.island_lost_seconds, self.obs.now)
+        if self.parsed is None:
+            return {}
+        return lost_islands(self.obs.islands, self.parsed.failure_policy.island_lost_seconds, self.obs.now)
+
+    def current_attempts(self, status: DDMRunStatus) -> dict[StageKey, int]:
+        """Every stage's current attempt, as the statuses at the end of the last tick say."""
+        jobs = [StageJob(stage) for stage in ("partition", "router", "assemble", "evaluate")]
+        jobs += [StageJob("expert", k) for k in sorted(self.experts)]
+        return {(job.stage, job.expert): self.stage_status(job, status).attempt for job in jobs}
 
     @functools.cached_property
     def nodes_known(self) -> frozenset[str] | None:

@@ -40,7 +40,11 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
         if decision.avoid_node is not None and decision.status.last_failure:
             job = StageJob.from_slug(slug)
             out.events.append(tick.event(job, "Warning", "PendingTimeout", decision.status.last_failure))
-    _remove_left_overs(tick, decisions, out)
+    current: dict[StageKey, int] = {}
+    for slug, decision in decisions.items():
+        job = StageJob.from_slug(slug)
+        current[(job.stage, job.expert)] = max(decision.status.attempt, decision.create_attempt or 0)
+    remove_left_overs(tick, current, out)
     starting = {slug: d for slug, d in decisions.items() if d.create_attempt is not None}
     if not starting:
         return decisions
@@ -51,12 +55,9 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     return decided
 
 
-def _remove_left_overs(tick: Tick, decisions: Mapping[str, StageDecision], out: Outcome) -> None:
-    """Delete the pods a lost island kept of attempts replaced since, once it answers again."""
-    current: dict[StageKey, int] = {}
-    for slug, decision in decisions.items():
-        job = StageJob.from_slug(slug)
-        current[(job.stage, job.expert)] = max(decision.status.attempt, decision.create_attempt or 0)
+def remove_left_overs(tick: Tick, current: Mapping[StageKey, int], out: Outcome) -> None:
+    """Delete the pods a lost island kept of attempts replaced since (`current`: each stage's
+    current attempt), once it answers again (atoll.operator.islands.loss.left_over)."""
     deleting = {action.name for action in out.actions if isinstance(action, DeletePod)}
     for pod in left_over(tick.pods, current, tick.unreachable_islands):
         if pod.name not in deleting:

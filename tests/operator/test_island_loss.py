@@ -9,13 +9,14 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from atoll.api.status import DDMRunStatus
 from atoll.operator.islands.fleet import IslandFleet
 from atoll.operator.islands.loss import left_over, lost_islands
 from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
 from atoll.operator.views import PodView
 from atoll.stages import ExitCode
 
-from .situations import FLEET, SPEC, T0, later, observe, pod, step, store
+from .situations import FLEET, SPEC, T0, expert, later, observe, pod, step, store
 from .test_decide import created, run_with, running_experts
 from .test_decide_islands import LAB
 
@@ -121,3 +122,14 @@ def test_the_registry_knows_an_island_unreachable_since_the_operator_started() -
     reached = registry.fleet("lab")
     assert reached is not None
     assert reached.disconnected_since is None
+
+
+def test_a_finished_run_removes_what_a_lost_island_kept_once_it_answers() -> None:
+    """The run may finish before the island answers again: its left-overs go all the same."""
+    finished = DDMRunStatus(phase="Succeeded")
+    experts = [expert(k, {"phase": "Succeeded", "attempt": 2, "node": "t4-0", "island": "home"}) for k in (0, 1)]
+    seen = observe(run_with(finished), experts=experts, pods=(on_lab(1),), nodes=(*FLEET, *LAB.nodes))
+    still_down = step(replace(seen, islands=(lab_down(600),)))
+    assert not still_down.of(DeletePod)
+    back = step(replace(seen, islands=(LAB,)))
+    assert [d.name for d in back.of(DeletePod)] == ["r-expert-0-a1"]
