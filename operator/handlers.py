@@ -119,6 +119,7 @@ def snapshot(key: tuple[str, str], indexes: Mapping[str, Any], islands: IslandRe
         experts=tuple(indexes["run_experts"].get(key, ())),
         nodes=union_nodes(home, fleets),
         islands=fleets,
+        islands_synced=islands.synced,
     )
 
 

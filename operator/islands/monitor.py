@@ -74,6 +74,8 @@ class IslandMonitor:
             self.registry.keep_only(names)
         for island in islands:
             self.reconcile(island, now or datetime.now(UTC))
+        if self.registry is not None:
+            self.registry.mark_synced()
 
     def reconcile(self, island: dict[str, Any], now: datetime) -> None:
         name = island["metadata"]["name"]

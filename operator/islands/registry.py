@@ -58,6 +58,7 @@ class IslandRegistry:
         self._islands: dict[str, _Island] = {}
         self._clients: dict[str, tuple[str, Any]] = {}
         self._connect = connect
+        self._synced = False
 
     def reached(
         self,
@@ -104,6 +105,18 @@ class IslandRegistry:
             nodes = tuple(replace(view, unschedulable=True) for view in island.fleet.nodes)
             fleet = replace(island.fleet, nodes=nodes, disconnected_since=since)
             self._islands[name] = replace(island, fleet=fleet)
+
+    def mark_synced(self) -> None:
+        """The island monitor has looked at every island once (reached or not)."""
+        with self._lock:
+            self._synced = True
+
+    @property
+    def synced(self) -> bool:
+        """Whether every island was looked at since this operator started: until then an island
+        missing here may just not be probed yet."""
+        with self._lock:
+            return self._synced
 
     def keep_only(self, names: Iterable[str]) -> None:
         """Forget the islands whose ComputeIsland is gone."""

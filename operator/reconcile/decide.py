@@ -139,6 +139,7 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         lost_nodes=tick.lost_nodes,
         lost_islands=tick.lost_islands,
         unreachable_islands=frozenset(tick.unreachable_islands),
+        islands_synced=tick.obs.islands_synced,
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
         moving=moving and (current is None or not current.active),

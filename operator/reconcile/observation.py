@@ -111,6 +111,9 @@ class Observation:
     """Every node, home and islands' (None: not known yet, so nothing is declared lost)."""
     islands: tuple[IslandFleet, ...] = ()
     """The islands known now: where an expert placed on one of their nodes is dispatched."""
+    islands_synced: bool = True
+    """False until the island monitor has looked at every island once since the operator
+    started: an attempt on an island whose pod is not seen is waited for meanwhile."""
     busy_gpus: Mapping[str, int] = field(default_factory=dict)
     """GPUs held per node by every GPU-holding pod, atoll's or not, and the GPUs promised to
     pods the watch does not show yet (the operator's ledger)."""

@@ -51,6 +51,8 @@ class IndexSnapshot:
     nodes: tuple[NodeView, ...] = ()
     """The home cluster's nodes and those of every known island (atoll.operator.islands.fleet)."""
     islands: tuple[IslandFleet, ...] = ()
+    islands_synced: bool = True
+    """Whether the island monitor has looked at every island since the operator started."""
 
 
 GpuHolders = Callable[[], Mapping[str, GpuHolder]]
@@ -106,6 +108,7 @@ class Observer:
             experts=indexes.experts,
             nodes=indexes.nodes or None,
             islands=indexes.islands,
+            islands_synced=indexes.islands_synced,
             now=now,
             monotonic=monotonic,
         )

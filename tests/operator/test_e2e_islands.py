@@ -115,16 +115,18 @@ def island_column(home: ControlPlane, namespace: str) -> list[str]:
     return [row.split()[column] for row in rows if row.strip()]
 
 
-def broken_island(home: ControlPlane, namespace: str) -> str:
+@pytest.fixture
+def broken(atoll_crds: ControlPlane, namespace: str) -> Iterator[str]:
     """A ComputeIsland whose kubeconfig Secret is not a kubeconfig."""
     name = f"broken-{uuid.uuid4().hex[:6]}"
-    home.kubectl("apply", "-f", "-", input=json.dumps(island_manifest(name, namespace=ISLAND_NAMESPACE)))
+    atoll_crds.kubectl("apply", "-f", "-", input=json.dumps(island_manifest(name, namespace=ISLAND_NAMESPACE)))
     secret = {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret_name(name), "namespace": namespace},
         "stringData": {"kubeconfig": "not: [yaml"},
     }  # fmt: skip
-    home.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    return name
+    atoll_crds.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    yield name
+    atoll_crds.kubectl("delete", "computeisland", name, "--ignore-not-found", "--wait=false")
 
 
 def commits(minio_client: Any, bucket: str, prefix: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -148,9 +150,9 @@ def test_a_run_on_an_island_trains_there_and_survives_losing_it(  # noqa: PLR091
     island: Island,
     island_fleet: PodRuntimeProcess,
     lab: str,
+    broken: str,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    broken = broken_island(atoll_crds, namespace)
     operator = start_operator(
         "--default-store", store_secret, "--default-store-secret", SECRET, "--max-gpus-per-pod", "1",
         "--island-namespace", namespace, "--island-interval", "1",
@@ -243,7 +245,6 @@ def test_a_run_on_an_island_trains_there_and_survives_losing_it(  # noqa: PLR091
         assert token not in seen
         for part in token.split(".")[1:]:
             assert part[:20] not in seen
-    atoll_crds.kubectl("delete", "computeisland", broken, "--wait=false")
 
     # The run deleted at home: its Secret on the island is collected.
     control_plane.kubectl("delete", "ddmrun", name, "-n", namespace, "--timeout=60s")

@@ -133,3 +133,24 @@ def test_a_finished_run_removes_what_a_lost_island_kept_once_it_answers() -> Non
     assert not still_down.of(DeletePod)
     back = step(replace(seen, islands=(LAB,)))
     assert [d.name for d in back.of(DeletePod)] == ["r-expert-0-a1"]
+
+
+def test_before_the_islands_are_first_probed_an_unseen_attempt_there_is_waited_for() -> None:
+    """The operator just started: the registry knows no island yet, so a pod there is not seen."""
+    unprobed = replace(expert_zero_on_lab(LAB, ()), islands=(), islands_synced=False)
+    waiting = step(unprobed)
+    assert "expert-0" not in created(waiting)
+    patched = {p.expert: p.status for p in waiting.of(PatchExpertStatus)}
+    assert "not looked at yet" in (patched[0].message or "")
+    gone = step(replace(unprobed, islands_synced=True))  # probed, and no such island any more
+    assert created(gone)["expert-0"].island is None
+    restarted = {p.expert: p.status for p in gone.of(PatchExpertStatus)}
+    assert "disappeared" in (restarted[0].last_failure or "")
+
+
+def test_a_failed_run_stops_its_pods_but_not_on_an_island_that_does_not_answer() -> None:
+    failed = DDMRunStatus(phase="Failed")
+    experts = [expert(k, {"phase": "Running", "attempt": 1}) for k in (0, 1)]
+    seen = observe(run_with(failed), experts=experts, pods=(on_lab(1),), nodes=(*FLEET, *LAB.nodes))
+    assert not step(replace(seen, islands=(lab_down(5),))).of(DeletePod)
+    assert [d.name for d in step(replace(seen, islands=(LAB,))).of(DeletePod)] == ["r-expert-0-a1"]
