@@ -9,10 +9,12 @@ counts as a failure only once the outage outlasts failurePolicy.storeOutageSecon
 API server refuses for good fails the stage; a pinned pod Pending past
 failurePolicy.pendingTimeoutSeconds (placed again away from that node when another can take
 it), a pod waiting that long for a pool's new node (placed again without that pool), or one
-on a node lost for failurePolicy.nodeLostSeconds, is deleted and the stage placed again. An
-expert on a node an autoscaler is removing is stopped gracefully (it checkpoints) and moves.
-Level-based and pure: the same observation always gives the same decision, so a restarted
-operator continues where the last one was.
+on a node lost for failurePolicy.nodeLostSeconds, or on an island unreachable for
+failurePolicy.islandLostSeconds, is deleted (on an island: once it answers again) and the
+stage placed again. An expert on a node an autoscaler is removing is stopped gracefully (it
+checkpoints) and moves. Level-based and pure: the same observation always gives the same
+decision, so a restarted operator continues where the last one was. (One concept, a stage's
+attempts, in one file of a little over 400 lines.)
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from atoll.api.placement import HOME_ISLAND
 from atoll.api.spec import FailurePolicy
 from atoll.api.status import CheckpointStatus, DDMExpertStatus, StageStatus
+from atoll.operator.islands.fleet import island_of
 from atoll.operator.views import PodView
 from atoll.progress import StageProgress
 from atoll.stages import ExitCode
@@ -52,6 +56,13 @@ class StageInputs:
     lost_nodes: Mapping[str, str] = field(default_factory=dict)
     """Nodes that exist but are lost (NotReady or their agent silent for
     failurePolicy.nodeLostSeconds) → why: their pods are deleted and restarted elsewhere."""
+    lost_islands: Mapping[str, str] = field(default_factory=dict)
+    """Islands unreachable for failurePolicy.islandLostSeconds → why: the attempts there are
+    restarted elsewhere (their pods are deleted once the island answers again)."""
+    unreachable_islands: frozenset[str] = frozenset()
+    """Islands whose last probe failed: an attempt's pod there is not seen, not gone."""
+    islands_synced: bool = True
+    """False until every island was probed once since the operator started (pods unseen meanwhile)."""
     policy: FailurePolicy
     now: datetime
     moving: bool = False
@@ -139,7 +150,9 @@ def _with_progress(status: StageStatus, progress: StageProgress | None) -> Stage
 
 
 def _node_lost(pod: PodView, inputs: StageInputs) -> str | None:
-    """Why the pod's node (or, unbound, the node its plan pins it to) is lost, or None."""
+    """Why the pod's island or node (or, unbound, the node its plan pins it to) is lost, or None."""
+    if pod.island in inputs.lost_islands:
+        return inputs.lost_islands[pod.island]
     where = pod.node or pod.planned_node
     if where is None:
         return None
@@ -217,18 +230,19 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911, PLR091
 
     stranded = tuple(p.name for p in pods if p.active and _node_lost(p, inputs))
     current = next((p for p in pods if p.attempt == attempt), None)
-    if current is None and (not_created := _not_created(status, inputs, attempt, stranded)) is not None:
-        return not_created
-    if current is None and status.pod is None and status.phase == "Pending":
-        # Decided at an earlier tick, never created (no node could take it then): place the
-        # same attempt again, nothing ended.
-        return StageDecision(status, create_attempt=attempt, delete_pods=stranded)
-    lost = None
-    if current is not None and current.name in stranded:
-        lost = f"{_node_lost(current, inputs)}: attempt {attempt} is restarted elsewhere"
-    elif current is not None and inputs.evacuating and not current.finished and current.node is not None:
+    if current is None:
+        early = _not_created(status, inputs, attempt, stranded)
+        if early is None and status.pod is None and status.phase == "Pending":
+            # Decided at an earlier tick, never created (no node could take it then): place the
+            # same attempt again, nothing ended.
+            early = StageDecision(status, create_attempt=attempt, delete_pods=stranded)
+        early = early or _unseen_on_island(status, inputs, attempt, stranded)
+        if early is not None:
+            return early
+    lost = _attempt_lost(status, current, inputs, attempt, stranded)
+    if lost is None and current is not None and inputs.evacuating and not current.finished and current.node is not None:
         return _evacuate(status, current, inputs.evacuating, stranded)
-    elif current is not None and current.active and (late := _pending_too_long(current, inputs)) is not None:
+    if lost is None and current is not None and current.active and (late := _pending_too_long(current, inputs)):
         # Not the stage's failure: the placement was wrong. Placed again at once, no restart counted.
         replaced = status.model_copy(update={"message": late, "last_failure": late, "last_failure_attempt": attempt})
         decision = _start(replaced, inputs, first=True, after=attempt, delete=(*stranded, current.name))
@@ -237,9 +251,9 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911, PLR091
             delete_why="it was Pending past failurePolicy.pendingTimeoutSeconds",
             avoid_node=current.waits_at,
         )
-    elif current is not None and current.active:
+    if lost is None and current is not None and current.active:
         return StageDecision(_running(status, current, attempt, inputs.progress), delete_pods=stranded)
-    elif current is not None and current.phase == "Succeeded" and inputs.done is None:
+    if lost is None and current is not None and current.phase == "Succeeded" and inputs.done is None:
         # Exited 0: done once the store shows its done marker (read on the next look).
         finishing = _running(status, current, attempt).model_copy(update={"phase": "Running", "message": "finishing"})
         return StageDecision(finishing, delete_pods=stranded)
@@ -272,6 +286,35 @@ def _evacuate(status: StageStatus, current: PodView, why: str, stranded: tuple[s
     stopping = status.model_copy(update=update)
     stop = (current.name,) if current.active else ()
     return StageDecision(stopping, delete_pods=stranded, stop_pods=stop, stop_why=why)
+
+
+def _unseen_on_island(
+    status: StageStatus, inputs: StageInputs, attempt: int, stranded: tuple[str, ...]
+) -> StageDecision | None:
+    """The current attempt's pod is not seen because its island does not answer (and is not
+    lost yet), or was not probed yet since the operator started: waited for, not taken for gone
+    (None: this is not the case)."""
+    island = island_of(status.node or "")
+    unprobed = island != HOME_ISLAND and not inputs.islands_synced
+    if not unprobed and (island not in inputs.unreachable_islands or island in inputs.lost_islands):
+        return None
+    unseen = (
+        f"island {island} not looked at yet since the operator started: attempt {attempt} is waited for"
+        if unprobed
+        else f"island {island} does not answer: attempt {attempt} is waited for (failurePolicy.islandLostSeconds)"
+    )
+    return StageDecision(status.model_copy(update={"message": unseen}), delete_pods=stranded)
+
+
+def _attempt_lost(
+    status: StageStatus, current: PodView | None, inputs: StageInputs, attempt: int, stranded: tuple[str, ...]
+) -> str | None:
+    """Why the current attempt is lost with its node or island (its pod unseen: the operator
+    started while the island was down), or None."""
+    why = _node_lost(current, inputs) if current is not None and current.name in stranded else None
+    if current is None:
+        why = inputs.lost_islands.get(island_of(status.node or ""))
+    return None if why is None else f"{why}: attempt {attempt} is restarted elsewhere"
 
 
 def _outage_since(status: StageStatus, current: PodView | None, lost: str | None, now: datetime) -> datetime | None:

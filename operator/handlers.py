@@ -128,6 +128,7 @@ def snapshot(
         nodes=union_nodes(home, fleets),
         islands=fleets,
         node_pools=node_pools,
+        islands_synced=islands.synced,
     )
 
 

@@ -175,6 +175,7 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
         "spec.failurePolicy.storeOutageSeconds",
     ),
     ("node lost too soon", _set("spec.failurePolicy.nodeLostSeconds", 0), "spec.failurePolicy.nodeLostSeconds"),
+    ("island lost too soon", _set("spec.failurePolicy.islandLostSeconds", 5), "spec.failurePolicy.islandLostSeconds"),
     ("no store retry", _set("spec.failurePolicy.storeRetrySeconds", 0), "spec.failurePolicy.storeRetrySeconds"),
     # pretrained weights need a source
     ("DINOv2 without weights", _set("spec.partition.features", "dinov2-vitl14"), "spec.partition.features"),

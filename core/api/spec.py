@@ -153,6 +153,17 @@ class FailurePolicy(SpecModel):
             " elsewhere from their last checkpoint, whatever tolerations the pods have."
         ),
     )
+    island_lost_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=86_400,
+        description=(
+            "A ComputeIsland unreachable this long (since its status.disconnectedSince) counts as"
+            " lost: its experts are placed again elsewhere and resume from their last checkpoint in"
+            " the store. Nothing on the island is deleted while it is unreachable; once it answers"
+            " again, the pods of the attempts it lost are removed there."
+        ),
+    )
 
     @field_validator("max_backoff_seconds")
     @classmethod

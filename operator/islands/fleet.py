@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from atoll.api.island import ComputeIslandSpec, ComputeIslandStatus
@@ -44,7 +45,8 @@ def island_of(name: str) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IslandFleet:
-    """One island that accepts experts now: where its pods go and its nodes (names qualified)."""
+    """One island as last seen: where its pods go and its nodes (names qualified; unschedulable
+    unless it accepts experts now)."""
 
     name: str
     namespace: str
@@ -52,6 +54,8 @@ class IslandFleet:
     store_endpoint: str | None
     """host[:port] at which the island's pods reach the store (None: the store Secret's endpoint)."""
     nodes: tuple[NodeView, ...]
+    disconnected_since: datetime | None = None
+    """Since when the island has not answered (its status.disconnectedSince); None: its last probe reached it."""
 
 
 def island_nodes(island: str, bodies: Iterable[Mapping[str, Any]]) -> tuple[NodeView, ...]:

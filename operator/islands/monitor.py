@@ -74,6 +74,8 @@ class IslandMonitor:
             self.registry.keep_only(names)
         for island in islands:
             self.reconcile(island, now or datetime.now(UTC))
+        if self.registry is not None:
+            self.registry.mark_synced()
 
     def reconcile(self, island: dict[str, Any], now: datetime) -> None:
         name = island["metadata"]["name"]
@@ -97,7 +99,7 @@ class IslandMonitor:
         if isinstance(outcome, Reached) and not isinstance(secret, Unreached):
             self._reached(name, spec, secret[0], version, outcome, accepts_experts(spec, current))
         elif self.registry is not None:
-            self.registry.unreached(name)
+            self.registry.unreached(name, spec, since=current.disconnected_since or now)
         for condition in changed(previous, current):
             self._event(island, condition.status == "True", condition.reason, f"{condition.type}: {condition.message}")
         log.info(

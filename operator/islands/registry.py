@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from atoll.api.island import ComputeIslandSpec
@@ -57,6 +58,7 @@ class IslandRegistry:
         self._islands: dict[str, _Island] = {}
         self._clients: dict[str, tuple[str, Any]] = {}
         self._connect = connect
+        self._synced = False
 
     def reached(
         self,
@@ -86,13 +88,35 @@ class IslandRegistry:
         with self._lock:
             self._islands[name] = island
 
-    def unreached(self, name: str) -> None:
-        """An island did not answer: no new experts there; what was seen of it stays."""
+    def unreached(self, name: str, spec: ComputeIslandSpec, *, since: datetime) -> None:
+        """An island did not answer (since `since`, its status.disconnectedSince): no new experts
+        there; what was seen of it stays. An island never reached since this operator started
+        is known from now on, with no nodes or pods, so the decision can tell that it is
+        unreachable (and, after failurePolicy.islandLostSeconds, lost)."""
         with self._lock:
             island = self._islands.get(name)
-            if island is not None:
-                nodes = tuple(replace(view, unschedulable=True) for view in island.fleet.nodes)
-                self._islands[name] = replace(island, fleet=replace(island.fleet, nodes=nodes))
+            if island is None:
+                fleet = IslandFleet(
+                    name=name, namespace=spec.namespace, store_endpoint=spec.store_endpoint, nodes=(),
+                    disconnected_since=since,
+                )  # fmt: skip
+                self._islands[name] = _Island(fleet=fleet, pods=(), holders={}, kubeconfig="", version="")
+                return
+            nodes = tuple(replace(view, unschedulable=True) for view in island.fleet.nodes)
+            fleet = replace(island.fleet, nodes=nodes, disconnected_since=since)
+            self._islands[name] = replace(island, fleet=fleet)
+
+    def mark_synced(self) -> None:
+        """The island monitor has looked at every island once (reached or not)."""
+        with self._lock:
+            self._synced = True
+
+    @property
+    def synced(self) -> bool:
+        """Whether every island was looked at since this operator started: until then an island
+        missing here may just not be probed yet."""
+        with self._lock:
+            return self._synced
 
     def keep_only(self, names: Iterable[str]) -> None:
         """Forget the islands whose ComputeIsland is gone."""
@@ -130,6 +154,8 @@ class IslandRegistry:
             island = self._islands.get(name)
             if island is None:
                 raise LookupError(f"island {name} is not known (not probed yet, or deleted)")
+            if not island.kubeconfig:
+                raise LookupError(f"island {name} was not reached since the operator started")
             cached = self._clients.get(name)
             if cached is None or cached[0] != island.version:
                 cached = (island.version, self._connect(island.kubeconfig))

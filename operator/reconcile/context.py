@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from atoll.api.spec import API_GROUP_VERSION, DDMRunSpec
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
+from atoll.operator.islands.loss import StageKey, lost_islands, unreachable
 from atoll.operator.placement import Assignment, labels
 from atoll.operator.placement.autoscalers import deletion_taint
 from atoll.operator.placement.capacity import Requests
@@ -155,12 +157,19 @@ class Tick:
         return held
 
     def _expert_pods(self, *, bound_only: bool = False) -> list[tuple[PodView, str]]:
-        """This run's active expert pods with their node (the planned one while unbound), on nodes that exist."""
+        """This run's active expert pods with their node (the planned one while unbound), on nodes
+        that exist: not those of a lost island, nor those of an attempt another one replaced."""
         nodes = self.nodes_known
+        statuses = self.expert_statuses
         found = []
         for pod in self.pods:
             if pod.stage != "expert" or pod.expert is None or not pod.active:
                 continue
+            if pod.island in self.lost_islands:
+                continue
+            current = statuses.get(pod.expert)
+            if current is not None and pod.attempt < current.attempt:
+                continue  # left on an island that was lost: deleted once it answers
             if bound_only and pod.phase != "Running":
                 continue
             node = pod.node or pod.planned_node
@@ -196,6 +205,24 @@ class Tick:
         """Nodes an autoscaler is removing (a deletion taint on them) → that taint: nothing new
         goes there, and the experts on them move off at a checkpoint."""
         return {node.name: taint for node in self.obs.nodes or () if (taint := deletion_taint(node.taints)) is not None}
+
+    @functools.cached_property
+    def unreachable_islands(self) -> Mapping[str, datetime]:
+        """Islands whose last probe failed → since when (nothing is deleted there meanwhile)."""
+        return unreachable(self.obs.islands)
+
+    @functools.cached_property
+    def lost_islands(self) -> Mapping[str, str]:
+        """Islands unreachable for failurePolicy.islandLostSeconds → why: their experts are placed again elsewhere."""
+        if self.parsed is None:
+            return {}
+        return lost_islands(self.obs.islands, self.parsed.failure_policy.island_lost_seconds, self.obs.now)
+
+    def current_attempts(self, status: DDMRunStatus) -> dict[StageKey, int]:
+        """Every stage's current attempt, as the statuses at the end of the last tick say."""
+        jobs = [StageJob(stage) for stage in ("partition", "router", "assemble", "evaluate")]
+        jobs += [StageJob("expert", k) for k in sorted(self.experts)]
+        return {(job.stage, job.expert): self.stage_status(job, status).attempt for job in jobs}
 
     @functools.cached_property
     def nodes_known(self) -> frozenset[str] | None:

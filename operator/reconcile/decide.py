@@ -27,7 +27,7 @@ from atoll.operator.experts import build_expert
 from atoll.operator.machine import TERMINAL, stage_ready
 from atoll.operator.reconcile.actions import CreateExpert, Decision, PatchRunStatus, WriteSpec
 from atoll.operator.reconcile.context import Outcome, Tick, parse_status
-from atoll.operator.reconcile.launch import start_attempts
+from atoll.operator.reconcile.launch import remove_left_overs, start_attempts
 from atoll.operator.reconcile.moves import move_check_due, plan_expert_moves, stop_moving_experts
 from atoll.operator.reconcile.observation import Observation, RunMemory
 from atoll.operator.reconcile.report import advance_phase, fail, record_stages, stage_phases, stop_pods, summarize
@@ -58,6 +58,7 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
     if status.phase in TERMINAL:
         if status.phase == "Failed":
             stop_pods(tick, out, why="the run failed")
+        remove_left_overs(tick, tick.current_attempts(status), out)
         return _decision(tick, status, out, memory)
     status.start_time = status.start_time or obs.now
     try:
@@ -138,6 +139,9 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
         claimed_attempt=store.claims.get(job.slug, 0),
         nodes=tick.nodes_known,
         lost_nodes=tick.lost_nodes,
+        lost_islands=tick.lost_islands,
+        unreachable_islands=frozenset(tick.unreachable_islands),
+        islands_synced=tick.obs.islands_synced,
         policy=tick.spec.failure_policy,
         now=tick.obs.now,
         moving=(moving and (current is None or not current.active))

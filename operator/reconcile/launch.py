@@ -18,6 +18,7 @@ from atoll.operator.attempts import StageDecision, waiting_message
 from atoll.operator.conditions import Trouble
 from atoll.operator.islands.dispatch import island_pod
 from atoll.operator.islands.fleet import island_of
+from atoll.operator.islands.loss import StageKey, deletable, left_over
 from atoll.operator.placement import Assignment
 from atoll.operator.placement.capacity import Requests, expert_pod_size
 from atoll.operator.planning import ExpertPlacement, FleetState, PlacementJob, free_gpus, place_experts, plan_stages
@@ -29,8 +30,12 @@ from atoll.stages import StageJob
 
 def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome) -> dict[str, StageDecision]:
     """The decisions with every attempt to start placed and its pod asked for."""
+    pods = {pod.name: pod for pod in tick.pods}
+    unreached = tick.unreachable_islands
     for slug, decision in decisions.items():
         for name in decision.delete_pods:
+            if name in pods and not deletable(pods[name], unreached):
+                continue  # on an island that does not answer: deleted once it does
             out.actions.append(DeletePod(name, why=decision.delete_why, grace_seconds=0))
         for name in decision.stop_pods:
             job = StageJob.from_slug(slug)
@@ -47,6 +52,11 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
         if decision.avoid_node is not None and decision.status.last_failure:
             job = StageJob.from_slug(slug)
             out.events.append(tick.event(job, "Warning", "PendingTimeout", decision.status.last_failure))
+    current: dict[StageKey, int] = {}
+    for slug, decision in decisions.items():
+        job = StageJob.from_slug(slug)
+        current[(job.stage, job.expert)] = max(decision.status.attempt, decision.create_attempt or 0)
+    remove_left_overs(tick, current, out)
     starting = {slug: d for slug, d in decisions.items() if d.create_attempt is not None}
     if not starting:
         return decisions
@@ -55,6 +65,16 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     for slug, decision in starting.items():
         decided[slug] = _start(tick, StageJob.from_slug(slug), decision, placed, out)
     return decided
+
+
+def remove_left_overs(tick: Tick, current: Mapping[StageKey, int], out: Outcome) -> None:
+    """Delete the pods a lost island kept of attempts replaced since (`current`: each stage's
+    current attempt), once it answers again (atoll.operator.islands.loss.left_over)."""
+    deleting = {action.name for action in out.actions if isinstance(action, DeletePod)}
+    for pod in left_over(tick.pods, current, tick.unreachable_islands):
+        if pod.name not in deleting:
+            why = f"attempt {pod.attempt} was replaced while island {pod.island} was lost"
+            out.actions.append(DeletePod(pod.name, why=why, grace_seconds=0))
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ class Observation:
     """The islands known now: where an expert placed on one of their nodes is dispatched."""
     node_pools: tuple[GrowablePool, ...] = ()
     """Growable pools read from the cluster (Karpenter NodePools; none where it has none)."""
+    islands_synced: bool = True
+    """False until the island monitor has looked at every island once since the operator
+    started: an attempt on an island whose pod is not seen is waited for meanwhile."""
     busy_gpus: Mapping[str, int] = field(default_factory=dict)
     """GPUs held per node by every GPU-holding pod, atoll's or not, and the GPUs promised to
     pods the watch does not show yet (the operator's ledger)."""

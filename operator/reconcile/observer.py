@@ -54,6 +54,8 @@ class IndexSnapshot:
     islands: tuple[IslandFleet, ...] = ()
     node_pools: tuple[GrowablePool, ...] = ()
     """Karpenter NodePools as growable pools, as last listed (atoll.operator.nodepools)."""
+    islands_synced: bool = True
+    """Whether the island monitor has looked at every island since the operator started."""
 
 
 GpuHolders = Callable[[], Mapping[str, GpuHolder]]
@@ -110,6 +112,7 @@ class Observer:
             nodes=indexes.nodes or None,
             islands=indexes.islands,
             node_pools=indexes.node_pools,
+            islands_synced=indexes.islands_synced,
             now=now,
             monotonic=monotonic,
         )
@@ -157,10 +160,13 @@ class Observer:
         fleet = self.islands.registry.fleet(island)
         if fleet is None:
             return None
+        last_seen = next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+        if fleet.disconnected_since is not None:
+            return last_seen  # its last probe failed: no request that would wait out a timeout each tick
         try:
             body = self.islands.get_pod(island, fleet.namespace, name)
         except Exception:  # unreachable now: the island's pods as last seen stand
-            return next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+            return last_seen
         return island_pod_view(island, body) if body is not None else None
 
     # --- the store ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from atoll import layout
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, RunPhase, StageStatus
 from atoll.operator.attempts import StageDecision
 from atoll.operator.conditions import Trouble, changed, run_conditions
+from atoll.operator.islands.loss import deletable
 from atoll.operator.machine import TERMINAL, RunFacts, advance, run_progress
 from atoll.operator.reconcile.actions import CreatePod, DeletePod, PatchExpertStatus
 from atoll.operator.reconcile.context import Outcome, Tick
@@ -153,9 +154,10 @@ def fail(tick: Tick, status: DDMRunStatus, reason: str, message: str, out: Outco
 
 
 def stop_pods(tick: Tick, out: Outcome, *, why: str) -> None:
-    """Delete the run's active pods (a failed run frees its GPUs)."""
+    """Delete the run's active pods (a failed run frees its GPUs; on an island that does not
+    answer, once it does)."""
     for pod in tick.pods:
-        if pod.active:
+        if pod.active and deletable(pod, tick.unreachable_islands):
             out.actions.append(DeletePod(pod.name, why=why))
 
 

@@ -251,9 +251,10 @@ class ControlPlane:
         if result.returncode != 0:
             raise ControlPlaneError(f"kwokctl stop cluster {self.name} failed:\n{result.stderr[-2000:]}")
         self._wait_released(before, deadline)
-        self._start_watched(deadline)
+        old = set(before.values())
+        self._start_watched(deadline, old)
         while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
-            self._check_running()
+            self._check_running(old)
             if time.monotonic() > deadline:
                 raise ControlPlaneError(f"the API server is not ready {timeout:.0f}s after a restart:\n{self._tails()}")
             time.sleep(0.3)
@@ -271,13 +272,14 @@ class ControlPlane:
                 )
             time.sleep(0.05)
 
-    def _start_watched(self, deadline: float) -> None:
-        """kwokctl start cluster, stopped early (with the log of the culprit) when a component dies."""
+    def _start_watched(self, deadline: float, old: set[int]) -> None:
+        """kwokctl start cluster, stopped early (with the log of the culprit) when a component dies
+        (`old`: the pids of the stopped components, whose pid files kwokctl has not replaced yet)."""
         command = [str(self.paths["kwokctl"]), "--name", self.name, "start", "cluster"]
         with subprocess.Popen(command, env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as start:
             try:
                 while start.poll() is None:
-                    self._check_running()
+                    self._check_running(old)
                     if time.monotonic() > deadline:
                         raise ControlPlaneError(f"kwokctl start cluster {self.name} did not finish:\n{self._tails()}")
                     time.sleep(0.2)
@@ -288,10 +290,12 @@ class ControlPlane:
         if start.returncode != 0:
             raise ControlPlaneError(f"kwokctl start cluster {self.name} failed:\n{output[-2000:]}")
 
-    def _check_running(self) -> None:
-        """ControlPlaneError with its log when a component kwokctl started has exited."""
+    def _check_running(self, old: set[int]) -> None:
+        """ControlPlaneError with its log when a component kwokctl started has exited (a pid in
+        `old` is one it stopped: a component that died before the restart, such as a scheduler
+        that lost its lease to an API server outage, is not restarted yet)."""
         for component, pid in self.pids().items():
-            if not _running(pid):
+            if pid not in old and not _running(pid):
                 raise ControlPlaneError(
                     f"{component} (pid {pid}) exited after the restart of {self.name}; its log ends:\n"
                     + _tail(self.log_path(component))

@@ -181,6 +181,12 @@ MALFORMED: list[tuple[str, list[Callable[[dict[str, Any]], None]], str, bool]] =
         True,
     ),
     ("node lost at once", [_set("spec.failurePolicy.nodeLostSeconds", 0)], "spec.failurePolicy.nodeLostSeconds", True),
+    (
+        "island lost at once",
+        [_set("spec.failurePolicy.islandLostSeconds", 0)],
+        "spec.failurePolicy.islandLostSeconds",
+        True,
+    ),
     # pretrained weights need a source
     ("DINOv2 without weights", [_set("spec.partition.features", "dinov2-vitl14")], "spec.partition.features", True),
     ("SD VAE without weights", [_set("spec.dataset.vae", "sd-vae-ft-mse")], "spec.dataset.vae", True),

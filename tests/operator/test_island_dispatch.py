@@ -4,6 +4,7 @@ sees them, the registry the island monitor fills, and which objects are orphans.
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 
 from atoll.api.island import ComputeIslandSpec
@@ -130,9 +131,10 @@ def test_the_registry_keeps_an_unreachable_islands_last_view_but_places_nothing_
         holder_key("lab", "atoll", "r-expert-0-a1"): GpuHolder("lab/l4-1", 1),
         holder_key("lab", "atoll", "theirs"): GpuHolder("lab/l4-1", 1),
     }, "every GPU pod of the island's namespace holds its GPUs"
-    registry.unreached("lab")
+    registry.unreached("lab", spec, since=datetime(2026, 3, 1, tzinfo=UTC))
     (fleet,) = registry.fleets()
     assert [n.unschedulable for n in fleet.nodes] == [True], "no new experts go there"
+    assert fleet.disconnected_since == datetime(2026, 3, 1, tzinfo=UTC)
     assert isinstance(registry.pods_of("ns", "r")[0], PodView), "running experts are not taken for lost"
     registry.reached("lab", spec, kubeconfig="k", version="2", nodes=[node_body("l4-1")], pods=[], accepts=False)
     assert [n.unschedulable for n in registry.fleets()[0].nodes] == [True], "cordoned or not Ready"
