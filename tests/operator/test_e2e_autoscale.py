@@ -211,8 +211,13 @@ def test_an_expert_on_a_node_tainted_for_deletion_checkpoints_and_resumes_elsewh
         control_plane.kubectl("taint", "node", node, f"ToBeDeletedByClusterAutoscaler={int(time.time())}:NoSchedule")
         tainted_step = expert_statuses(control_plane, namespace)[k].get("step") or 0
         tainted_s = time.monotonic() - started
+        # The next attempt's status names the old node until its pod is placed: wait for the new one.
         moved = wait_for(
-            lambda: (e := expert_statuses(control_plane, namespace)[k]).get("attempt") == 2 and e.get("node") and e,
+            lambda: (
+                (e := expert_statuses(control_plane, namespace)[k]).get("attempt") == 2
+                and e.get("node") not in (None, node)
+                and e
+            ),
             timeout=420,
             what="the expert's next attempt placed elsewhere",
             interval=1,
