@@ -10,10 +10,10 @@ reads: it never writes a NodePool or anything else.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from atoll.log import get_logger
+from atoll.operator.periodic import PeriodicTask
 from atoll.operator.placement.pools import GrowablePool, Pools, read_node_pools
 
 log = get_logger(__name__)
@@ -35,8 +35,7 @@ class NodePoolWatch:
         self.interval_seconds = interval_seconds
         self._pools: tuple[GrowablePool, ...] = ()
         self._said: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: PeriodicTask | None = None
 
     def current(self) -> tuple[GrowablePool, ...]:
         """The pools of the last successful list (none before it, or without Karpenter)."""
@@ -66,21 +65,14 @@ class NodePoolWatch:
             self._said.add(key)
             log.info(message)
 
-    def run(self) -> None:
-        """List until stopped; a failed list keeps the last pools and is tried again next time."""
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception as error:  # the API server away: keep the last list
-                log.warning("listing NodePools failed, retried later", error=type(error).__name__)
-            self._stop.wait(self.interval_seconds)
-
     def start(self) -> NodePoolWatch:
-        self._thread = threading.Thread(target=self.run, name="nodepools", daemon=True)
-        self._thread.start()
+        """List every `interval_seconds` on a thread of its own (a failed list keeps the last pools)."""
+        self._loop = PeriodicTask(
+            "nodepools", self.refresh, self.interval_seconds, failed="listing NodePools failed, retried later"
+        )
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop()

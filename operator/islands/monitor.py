@@ -13,7 +13,6 @@ kubeconfig or token.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +29,7 @@ from atoll.operator.islands.probe import read_kubeconfig
 from atoll.operator.islands.registry import IslandRegistry
 from atoll.operator.islands.remote import Islands
 from atoll.operator.islands.status import Outcome, Reached, Unreached, changed, due, next_status
+from atoll.operator.periodic import PeriodicTask
 
 log = get_logger(__name__)
 EVENT_NAMESPACE = "default"
@@ -60,8 +60,7 @@ class IslandMonitor:
         self.custom: Any = client.CustomObjectsApi(api_client)  # dict bodies, dict answers
         self.core: Any = client.CoreV1Api(api_client)
         self._secret_versions: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: PeriodicTask | None = None
 
     # --- one tick -------------------------------------------------------------------------
 
@@ -152,22 +151,18 @@ class IslandMonitor:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Tick until stopped; an error in one tick is logged and the next tick tries again."""
-        while not self._stop.is_set():
-            if self.acting():
-                try:
-                    self.tick()
-                except Exception as error:  # one bad tick must not stop the monitor
-                    log.warning("island tick failed, retried next tick", error=type(error).__name__)
-            self._stop.wait(self.interval_seconds)
-
     def start(self) -> IslandMonitor:
-        self._thread = threading.Thread(target=self.run, name="islands", daemon=True)
-        self._thread.start()
+        """Tick every `interval_seconds` on a thread of its own while acting, until stop()."""
+        self._loop = PeriodicTask(
+            "islands",
+            self.tick,
+            self.interval_seconds,
+            failed="island tick failed, retried next tick",
+            when=self.acting,
+        )
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop()
