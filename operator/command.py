@@ -77,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="probe every ComputeIsland with its kubeconfig Secret in NS and keep its status current (default: off)",
     )
     islands.add_argument(
-        "--island-interval", type=float, default=10.0, metavar="S", help="seconds between probes of a connected island"
-    )
+        "--island-interval", type=float, default=10.0, metavar="S",
+        help="seconds between probes of a connected island (its nodes; its pods are watched)",
+    )  # fmt: skip
     parser.add_argument(
         "--node-pool-interval", type=float, default=30.0, metavar="S",
         help="seconds between lists of Karpenter NodePools, planned over as growable pools (0: never read them)",
@@ -208,10 +209,12 @@ def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per pa
     monitor = None
     if args.island_namespace:
         from atoll.operator.islands.monitor import IslandMonitor
+        from atoll.operator.islands.watch import IslandWatches
 
+        watches = None if islands is None else IslandWatches(islands.registry.watched)
         monitor = IslandMonitor(
             load_config(args.kubeconfig), args.island_namespace,
-            interval_seconds=args.island_interval, acting=leadership.acting, islands=islands,
+            interval_seconds=args.island_interval, acting=leadership.acting, islands=islands, watches=watches,
         ).start()  # fmt: skip
         log.info("probing compute islands", secrets_namespace=args.island_namespace)
     try:

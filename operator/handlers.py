@@ -2,8 +2,8 @@
 
 Each run has a daemon that reconciles it (atoll.operator.reconcile: observe → decide →
 act, on a worker thread) every `interval_seconds`, and at once when one of its pods changes
-(the pod index wakes it), so a DDMExpert shows Running as soon as its pod does; the tick's
-Events are posted from the event loop. The indexes are copied in the
+(the pod index wakes it; on an island, the island's pod watch), so a DDMExpert shows Running
+as soon as its pod does; the tick's Events are posted from the event loop. The indexes are copied in the
 event loop, where kopf updates them, so a reconciliation on its worker thread never reads
 an index while it changes. Level-based: every tick looks at the whole observed state, so
 missed events and operator restarts cost nothing. With several replicas only the one that
@@ -16,6 +16,7 @@ kopf needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -198,6 +199,9 @@ def build_registry(
         view = ExpertView.from_body(body)
         return {(view.namespace, view.run): view} if view is not None else {}
 
+    if reconciler.islands is not None:
+        _wake_on_island_pods(registry, reconciler.islands.registry, wakes)
+
     @kopf.daemon(
         API_GROUP, API_VERSION, RUN.plural, id="reconcile", cancellation_backoff=30, cancellation_timeout=10,
         registry=registry,
@@ -232,6 +236,27 @@ def build_registry(
         reconciler.forget(body)
 
     return registry
+
+
+def _wake_on_island_pods(
+    registry: kopf.OperatorRegistry, islands: IslandRegistry, wakes: dict[tuple[str, str], asyncio.Event]
+) -> None:
+    """A run's pods changing on an island wake its reconciler, as its pods at home do (the
+    island's pod watch calls from a thread of its own: the wake is handed to the event loop)."""
+
+    @kopf.on.startup(registry=registry)
+    async def wake_on_island_pods(**_: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def wake(namespace: str, run: str) -> None:
+            if (woken := wakes.get((namespace, run))) is not None:
+                woken.set()
+
+        def from_thread(namespace: str, run: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: the operator is stopping
+                loop.call_soon_threadsafe(wake, namespace, run)
+
+        islands.on_pod_change = from_thread
 
 
 def _register_probes(registry: kopf.OperatorRegistry, replica: Replica) -> None:

@@ -6,9 +6,11 @@ tick lists the islands and reads each one's kubeconfig Secret from NS; it probes
 when a probe is due (always while connected; after nextRetryTime while disconnected), when
 its spec changed, or when its Secret changed (a rotation is used at the next tick, backoff
 or not). With a registry it also records what each probe saw (the island's nodes and pods:
-placement and the reconciler read them there) and removes the orphans of deleted runs from
-each island it reached. Only the leader replica acts. It never logs, stores or posts a
-kubeconfig or token.
+placement and the reconciler read them there), removes the orphans of deleted runs from
+each island it reached and, with `watches`, keeps a pod watch on each island it reached
+(atoll.operator.islands.watch: seeded with the probe's list, stopped when the island is
+removed or its kubeconfig Secret changes), which feeds the island's pods from then on. Only
+the leader replica probes. It never logs, stores or posts a kubeconfig or token.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from atoll.operator.islands.probe import read_kubeconfig
 from atoll.operator.islands.registry import IslandRegistry
 from atoll.operator.islands.remote import Islands
 from atoll.operator.islands.status import Outcome, Reached, Unreached, changed, due, next_status
+from atoll.operator.islands.watch import IslandWatches, PodCache
 from atoll.operator.periodic import PeriodicTask
 
 log = get_logger(__name__)
@@ -48,6 +51,7 @@ class IslandMonitor:
         acting: Callable[[], bool] = lambda: True,
         probe: Callable[[str, str], Outcome] = probe_island,
         islands: Islands | None = None,
+        watches: IslandWatches | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -57,6 +61,7 @@ class IslandMonitor:
         self.interval_seconds = interval_seconds
         self.acting = acting
         self.probe = probe
+        self.watches = watches if self.registry is not None else None
         self.custom: Any = client.CustomObjectsApi(api_client)  # dict bodies, dict answers
         self.core: Any = client.CoreV1Api(api_client)
         self._secret_versions: dict[str, str] = {}
@@ -71,6 +76,8 @@ class IslandMonitor:
         self._secret_versions = {name: v for name, v in self._secret_versions.items() if name in names}
         if self.registry is not None:
             self.registry.keep_only(names)
+        if self.watches is not None:
+            self.watches.keep_only(names)
         for island in islands:
             self.reconcile(island, now or datetime.now(UTC))
         if self.registry is not None:
@@ -99,6 +106,8 @@ class IslandMonitor:
             self._reached(name, spec, secret[0], version, outcome, accepts_experts(spec, current))
         elif self.registry is not None:
             self.registry.unreached(name, spec, since=current.disconnected_since or now)
+            if self.watches is not None:  # a watch with the credentials of a Secret that changed stops
+                self.watches.retire(name, unless_version=version)
         for condition in changed(previous, current):
             self._event(island, condition.status == "True", condition.reason, f"{condition.type}: {condition.message}")
         log.info(
@@ -114,13 +123,19 @@ class IslandMonitor:
     def _reached(  # noqa: PLR0917 - what one successful probe saw
         self, name: str, spec: ComputeIslandSpec, kubeconfig: str, version: str, outcome: Reached, accepts: bool
     ) -> None:
-        """Record the island's nodes and pods, then remove the orphans of deleted runs there."""
+        """Record the island's nodes and pods, watch its pods, then remove the orphans of deleted runs there."""
         if self.registry is None or self.islands is None:
             return
         self.registry.reached(
             name, spec, kubeconfig=kubeconfig, version=version, nodes=outcome.nodes, pods=outcome.pods,
             accepts=accepts,
         )  # fmt: skip
+        if self.watches is not None:
+            try:
+                seed = PodCache.listed(outcome.pods, outcome.pods_version)
+                self.watches.ensure(name, namespace=spec.namespace, kubeconfig=kubeconfig, version=version, seed=seed)
+            except Exception as error:  # the probes' lists stand in; tried again next probe
+                log.warning("island pod watch not started", island=name, error=type(error).__name__)
         try:
             self.islands.collect_orphans(name, self._live_runs)
         except Exception as error:  # an island that fails now is tried again at the next probe
@@ -166,3 +181,5 @@ class IslandMonitor:
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.stop()
+        if self.watches is not None:
+            self.watches.stop_all()

@@ -60,9 +60,10 @@ def probe(kubeconfig: str, namespace: str) -> Outcome:
         step = "list nodes"
         nodes = _items(core.list_node(_request_timeout=REQUEST_TIMEOUT_SECONDS, _preload_content=False))
         step = f"list pods in namespace {namespace}"
-        pods = _items(
-            core.list_namespaced_pod(namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS, _preload_content=False)
+        response: Any = core.list_namespaced_pod(
+            namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS, _preload_content=False
         )
+        listed: dict[str, Any] = json.loads(response.data)
     except ApiException as error:
         if error.status == 401:
             return Unreached(reason="Unauthorized", message=f"the API server at {server} refused the credentials")
@@ -79,13 +80,17 @@ def probe(kubeconfig: str, namespace: str) -> Outcome:
         )
     finally:
         api.close()
+    pods: list[dict[str, Any]] = listed["items"]
     used: dict[str, int] = {}
     for pod in pods:
         spec = pod.get("spec") or {}
         node = spec.get("nodeName")
         if node and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             used[node] = used.get(node, 0) + pod_gpus(spec)
-    return Reached(version=str(version), nodes=tuple(nodes), used_gpus=used, pods=tuple(pods))
+    pods_version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+    return Reached(
+        version=str(version), nodes=tuple(nodes), used_gpus=used, pods=tuple(pods), pods_version=pods_version
+    )
 
 
 def _items(response: Any) -> list[dict[str, Any]]:

@@ -1,11 +1,14 @@
 """What the home operator knows of its islands now: each island's nodes (qualified by its name),
 the atoll pods there, the GPUs pods hold there, and a client to reach it.
 
-The island monitor writes it after each probe (atoll.operator.islands.monitor); the
-reconciler's threads read it (placement over the union of fleets, the run's pods on islands)
-and dispatch through it. Every method holds one lock. An island that stops answering keeps
-its last known nodes, marked unschedulable (no new expert goes there, running ones are not
-taken for lost) and its last known pods. Never logs or returns a kubeconfig.
+The island monitor writes it after each probe (atoll.operator.islands.monitor: nodes, the
+GPUs pods hold) and each island's pod watch whenever its pods change
+(atoll.operator.islands.watch: the atoll pods there, from then on instead of the probes'
+lists); the reconciler's threads read it (placement over the union of fleets, the run's pods
+on islands) and dispatch through it. A change of a run's pods there calls `on_pod_change`.
+Every method holds one lock. An island that stops answering keeps its last known nodes,
+marked unschedulable (no new expert goes there, running ones are not taken for lost) and its
+last known pods. Never logs or returns a kubeconfig.
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ class _Island:
     holders: Mapping[str, GpuHolder]
     kubeconfig: str
     version: str
+    watched: bool = False
+    """Its pods come from its pod watch, no longer from the probes' lists."""
+
+
+def _views(island: str, pods: Iterable[Mapping[str, Any]]) -> tuple[PodView, ...]:
+    found = (island_pod_view(island, body) for body in pods)
+    return tuple(view for view in found if view is not None)
+
+
+def _runs_changed(old: Iterable[PodView], new: Iterable[PodView]) -> set[tuple[str, str]]:
+    """(home namespace, run) of every pod that appeared, changed or went."""
+    before, after = {p.name: p for p in old}, {p.name: p for p in new}
+    changed = set()
+    for name in before.keys() | after.keys():
+        if before.get(name) != after.get(name):
+            pod = after.get(name) or before[name]
+            changed.add((pod.origin_namespace or pod.namespace, pod.run))
+    return changed
 
 
 def _holders(island: str, namespace: str, pods: Iterable[Mapping[str, Any]]) -> dict[str, GpuHolder]:
@@ -59,6 +80,8 @@ class IslandRegistry:
         self._clients: dict[str, tuple[str, Any]] = {}
         self._connect = connect
         self._synced = False
+        self.on_pod_change: Callable[[str, str], None] | None = None
+        """Called (home namespace, run) from a watch's thread when that run's pods on an island change."""
 
     def reached(
         self,
@@ -71,22 +94,40 @@ class IslandRegistry:
         pods: Iterable[Mapping[str, Any]],
         accepts: bool,
     ) -> None:
-        """An island answered: its nodes (unschedulable unless it `accepts` experts) and pods."""
+        """An island answered: its nodes (unschedulable unless it `accepts` experts) and pods (its
+        atoll pods kept as they are once its pod watch feeds them)."""
         pod_list = list(pods)
         views = priced(island_nodes(name, nodes), spec.cost_per_gpu_hour)
         if not accepts:
             views = tuple(replace(view, unschedulable=True) for view in views)
         fleet = IslandFleet(name=name, namespace=spec.namespace, store_endpoint=spec.store_endpoint, nodes=views)
-        found = (island_pod_view(name, body) for body in pod_list)
         island = _Island(
             fleet=fleet,
-            pods=tuple(view for view in found if view is not None),
+            pods=_views(name, pod_list),
             holders=_holders(name, spec.namespace, pod_list),
             kubeconfig=kubeconfig,
             version=version,
         )
         with self._lock:
+            previous = self._islands.get(name)
+            if previous is not None and previous.watched:
+                island = replace(island, pods=previous.pods, watched=True)
             self._islands[name] = island
+
+    def watched(self, name: str, pods: Iterable[Mapping[str, Any]]) -> None:
+        """The island's atoll pods as its pod watch sees them now (every one of them): from now on
+        they replace what probes list; the runs whose pods changed are told `on_pod_change`."""
+        views = _views(name, pods)
+        with self._lock:
+            island = self._islands.get(name)
+            if island is None:
+                return  # removed meanwhile
+            changed = _runs_changed(island.pods, views)
+            self._islands[name] = replace(island, pods=views, watched=True)
+            listener = self.on_pod_change
+        if listener is not None:
+            for namespace, run in sorted(changed):
+                listener(namespace, run)
 
     def unreached(self, name: str, spec: ComputeIslandSpec, *, since: datetime) -> None:
         """An island did not answer (since `since`, its status.disconnectedSince): no new experts

@@ -32,6 +32,8 @@ class Reached:
     used_gpus: Mapping[str, int]
     pods: tuple[Mapping[str, Any], ...] = ()
     """Every pod of the island's namespace."""
+    pods_version: str = ""
+    """The resourceVersion of that list (the island's pod watch starts from it)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
