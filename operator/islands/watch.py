@@ -34,6 +34,8 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = WATCH_SECONDS + 30.0
 """No byte for this long (no event, no end of stream): the connection is taken for dead."""
 LIST_TIMEOUT_SECONDS = 30.0
+QUIET_RESUME_SECONDS = 1.0
+"""After a stream that ended with no event at all: the pause before resuming (never a tight loop)."""
 
 Body = Mapping[str, Any]
 
@@ -181,28 +183,37 @@ class PodWatch:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._listed = False
+        """Whether the last `follow` listed (rather than resumed)."""
 
     # --- one connection -------------------------------------------------------------------
 
-    def follow(self) -> None:
-        """List when there is nothing to resume from, then apply one watch stream until it ends."""
+    def follow(self) -> int:
+        """List when there is nothing to resume from, then apply one watch stream until it ends;
+        how many events it brought."""
+        self._listed = False
         if self.cache is None or not self.cache.resource_version:
             items, version = self.source.list()
-            self.cache = PodCache.listed(items, version)
+            self.cache, self._listed = PodCache.listed(items, version), True
             self._publish()
+        events = 0
         for event in self.source.watch(self.cache.resource_version):
             if self._stopped.is_set():
-                return
+                break
+            changed = self.cache.apply(event)
+            events += 1
             self.failures = 0
-            if self.cache.apply(event):
+            if changed:
                 self._publish()
+        return events
 
     def attempt(self) -> float | None:
         """`follow` once, then how long to wait before the next (None: at once)."""
         try:
-            self.follow()
+            events = self.follow()
         except Exception as error:
-            if isinstance(error, GoneError) or getattr(error, "status", None) == 410:
+            gone = isinstance(error, GoneError) or getattr(error, "status", None) == 410
+            if gone and not self._listed:  # a version just listed that is gone already counts as a failure
                 if self.cache is not None:
                     self.cache.resource_version = ""  # its pods stay until the list replaces them
                 log.info("island pod watch: its resourceVersion is gone, listing again", island=self.island)
@@ -217,7 +228,7 @@ class PodWatch:
             )  # fmt: skip
             return delay
         self.failures = 0
-        return None
+        return None if events else QUIET_RESUME_SECONDS
 
     def _publish(self) -> None:
         with self._lock:  # never after stop() returned

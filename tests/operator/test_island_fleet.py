@@ -161,6 +161,16 @@ def test_prefer_never_slows_the_run_down() -> None:
     assert islands_used(spec({"islands": {"prefer": ["lab", "cloud"]}}), three) == {"lab", "cloud"}
 
 
+def test_two_preferred_islands_with_one_free_gpu_each_take_one_expert_each() -> None:
+    """The islands e2e test's fleets: home's T4s are no faster, neither island alone runs both experts at once."""
+    nodes = [home("t4-0", T4, 4), home("t4-1", T4, 4), home("h100-0", H100, 8), on("lab", "lab-t4-0", T4, 1)]
+    nodes += [on("reef", "reef-t4-0", T4, 1), on("reef", "reef-4090-0", ("NVIDIA-GeForce-RTX-4090", 24564), 4)]
+    gpu = {"products": ["Tesla-T4"], "maxPerExpert": 1}  # the e2e operator caps pods at one GPU
+    run = spec({"islands": {"prefer": ["lab", "reef"]}, "gpu": gpu}, clusters=2)
+    placed = place_experts(fleet_state(run, nodes), [0, 1])
+    assert sorted(a.node for a in placed.assignments.values()) == ["lab/lab-t4-0", "reef/reef-t4-0"]
+
+
 def test_short_stages_stay_at_home() -> None:
     nodes = [home("t4-0", T4, 1), on("lab", "h100-0", H100, 8)]
     plan = plan_stages([PlacementJob(key="router", global_batch=64, micro_batch=None)], nodes, {}, PlacementSpec(), NOW)

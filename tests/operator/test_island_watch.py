@@ -20,7 +20,14 @@ from atoll.operator.islands.monitor import IslandMonitor
 from atoll.operator.islands.registry import IslandRegistry
 from atoll.operator.islands.remote import Islands
 from atoll.operator.islands.status import Outcome, Reached
-from atoll.operator.islands.watch import GoneError, IslandWatches, PodCache, PodWatch, WatchFailedError
+from atoll.operator.islands.watch import (
+    QUIET_RESUME_SECONDS,
+    GoneError,
+    IslandWatches,
+    PodCache,
+    PodWatch,
+    WatchFailedError,
+)
 from tests.operator.test_island_rotation import NAMESPACE, Home
 
 SPEC = ComputeIslandSpec.model_validate({"kubeconfigSecretRef": {"name": "s"}, "namespace": "atoll"})
@@ -121,7 +128,7 @@ def test_a_stream_that_ends_is_resumed_from_the_last_version_seen_without_listin
     published = Published()
     watch = PodWatch("lab", source, published, seed=PodCache.listed([pod("a", "9")], "10"))
     assert watch.attempt() is None
-    assert watch.attempt() is None
+    assert watch.attempt() == QUIET_RESUME_SECONDS, "a stream with no event at all: never a tight loop"
     assert source.watched_from == ["10", "15"]
     assert source.lists == 0, "a seeded watch never lists while it can resume"
     assert published.calls == [["a:Running"]]
@@ -156,12 +163,21 @@ def test_a_410_answer_lists_again_and_other_failures_back_off_until_a_stream_wor
     source = Recorded([pod("a", "40")], "40", [[ExpiredError()], [RefusedError()], [RefusedError()], [bookmark("41")]])
     watch = PodWatch("lab", source, Published(), seed=PodCache.listed([], "5"), backoff=lambda n: 5.0 * 2 ** (n - 1))
     assert watch.attempt() is None, "410 as the answer to the watch request: list again"
-    assert watch.attempt() == 5.0
+    assert watch.attempt() == 5.0, "the island refuses the connection"
     assert watch.attempt() == 10.0, "the island's backoff, failure after failure"
     assert watch.attempt() is None
     assert watch.failures == 0
     assert source.watched_from == ["5", "40", "40", "40"], "a failed connection resumes from where it was"
     assert source.lists == 1
+
+
+def test_a_version_gone_right_after_its_list_backs_off_instead_of_listing_in_a_loop() -> None:
+    source = Recorded([pod("a", "50")], "50", [[GONE], [GONE], [GONE]])
+    watch = PodWatch("lab", source, Published(), backoff=lambda n: 7.0 * n)
+    assert watch.attempt() == 7.0, "listed, and that version gone at once: a failure"
+    assert watch.attempt() is None, "resumed after the backoff, gone: list again at once"
+    assert watch.attempt() == 14.0
+    assert (source.lists, source.watched_from) == (2, ["50", "50", "50"])
 
 
 def test_nothing_is_published_after_stop_and_the_thread_ends() -> None:
