@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -246,17 +246,23 @@ def _wake_on_island_pods(
 
     @kopf.on.startup(registry=registry)
     async def wake_on_island_pods(**_: Any) -> None:
-        loop = asyncio.get_running_loop()
+        islands.on_pod_change = island_waker(asyncio.get_running_loop(), wakes)
 
-        def wake(namespace: str, run: str) -> None:
-            if (woken := wakes.get((namespace, run))) is not None:
-                woken.set()
 
-        def from_thread(namespace: str, run: str) -> None:
-            with contextlib.suppress(RuntimeError):  # the event loop has closed: the operator is stopping
-                loop.call_soon_threadsafe(wake, namespace, run)
+def island_waker(
+    loop: asyncio.AbstractEventLoop, wakes: Mapping[tuple[str, str], asyncio.Event]
+) -> Callable[[str, str], None]:
+    """For any thread: wake the reconciler of the run (namespace, run), in `loop`."""
 
-        islands.on_pod_change = from_thread
+    def wake(namespace: str, run: str) -> None:
+        if (woken := wakes.get((namespace, run))) is not None:
+            woken.set()
+
+    def from_thread(namespace: str, run: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop has closed: the operator is stopping
+            loop.call_soon_threadsafe(wake, namespace, run)
+
+    return from_thread
 
 
 def _register_probes(registry: kopf.OperatorRegistry, replica: Replica) -> None:

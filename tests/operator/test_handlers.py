@@ -1,10 +1,14 @@
-"""The kopf glue: its copy of the indexes (taken at once, it never changes with the indexes) and kopf's settings."""
+"""The kopf glue: its copy of the indexes (taken at once, it never changes with the indexes), kopf's settings,
+and the wake an island's pod watch sends a run's reconciler."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import kopf
 
-from atoll.operator.handlers import gpu_holders, kopf_settings, snapshot
+from atoll.operator.handlers import gpu_holders, island_waker, kopf_settings, snapshot
 from atoll.operator.ledger import GpuHolder
 from atoll.operator.settings import OperatorSettings
 
@@ -45,3 +49,19 @@ def test_kopf_keeps_no_diff_base_for_the_kinds_it_only_indexes() -> None:
         assert storage.build(body=body) == {}, kind
     run = kopf.Body({"apiVersion": "atoll.dev/v1alpha1", "kind": "DDMRun", "metadata": metadata, "spec": {"k": 1}})
     assert storage.build(body=run) == {"metadata": {"labels": {"a": "b"}}, "spec": {"k": 1}}
+
+
+def test_an_island_pod_change_wakes_its_runs_reconciler_from_the_watchs_thread() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        wakes = {("ns", "r"): asyncio.Event(), ("ns", "other"): asyncio.Event()}
+        wake = island_waker(asyncio.get_running_loop(), wakes)
+        thread = threading.Thread(target=lambda: (wake("ns", "r"), wake("ns", "gone")))
+        thread.start()
+        thread.join()
+        await asyncio.wait_for(wakes[("ns", "r")].wait(), timeout=5)
+        return wakes[("ns", "r")].is_set(), wakes[("ns", "other")].is_set()
+
+    assert asyncio.run(scenario()) == (True, False), "only that run's reconciler; a run not here is ignored"
+    loop = asyncio.new_event_loop()
+    loop.close()
+    island_waker(loop, {})("ns", "r")  # the operator stopping: no error on the watch's thread
