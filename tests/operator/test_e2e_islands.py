@@ -41,7 +41,8 @@ from tests.operator.islands import ISLAND_NAMESPACE, RELEASE, Island, start_isla
 
 # One run through every phase (on two islands, one lost, its expert at home, the island back):
 # setup 68 s (home, MinIO, the third control plane; the first island's was up already) and call
-# 419 s under nice 19 at a load average of 7-11 on the 2 shared cores. With one island: setup 88 s
+# 419 s under nice 19 at a load average of 7-11 on the 2 shared cores (alone: setup 112 s, call
+# 274 s at a load of 6-10). With one island: setup 88 s
 # and call 468 s at a load of 12-21; with 200 expert steps at a load of 21 it reached the
 # suite's default limit of 900 s.
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e, pytest.mark.timeout(1500)]
