@@ -79,8 +79,12 @@ def replan(
     used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
     pools: Sequence[GrowablePool] = (),
+    deadline_seconds: float | None = None,
 ) -> Plan:
     """A new plan for the unfinished experts of a run in flight.
+
+    `deadline_seconds`: what is left of placement.deadlineHours from now (None: the whole of
+    it, counted from now; ignored without deadlineHours).
 
     `progress`: expert → its latest progress.json; `running`: expert → where its pod runs
     now (node, GPUs, micro-batch, accumulation); `used_gpus` and `used_requests`: GPUs and
@@ -117,6 +121,7 @@ def replan(
         pod_size=expert_pod_size(spec),
         used_requests=used_requests,
         pools=pools,
+        deadline_seconds=deadline_seconds if spec.placement.deadline_hours is not None else None,
     )
 
 
@@ -141,6 +146,7 @@ def migrations(
     restart_seconds: float = RESTART_SECONDS,
     min_gain_fraction: float = MIN_GAIN_FRACTION,
     pools: Sequence[GrowablePool] = (),
+    deadline_seconds: float | None = None,
 ) -> list[Migration]:
     """Running experts that should move to faster GPUs left idle, at their next checkpoint.
 
@@ -168,6 +174,7 @@ def migrations(
         used_requests=used_requests,
         now=now,
         pools=pools,
+        deadline_seconds=deadline_seconds,
     )
     workload = workload_of(spec)
     fleet = read_fleet(

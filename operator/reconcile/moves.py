@@ -66,6 +66,7 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         busy_requests=obs.busy_requests,
         running_requests=tick.running_requests(running),
         now=obs.now,
+        deadline_from=tick.deadline_from(),
     )
     decided = dict(decisions)
     for move in plan_moves(fleet, movable=set(tick.running_experts(bound_only=True))):
