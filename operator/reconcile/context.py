@@ -62,7 +62,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     troubles: list[Trouble] = field(default_factory=list)
     plan: Plan | None = None
-    """The experts' placement plan made this tick, if one was (the run's status shows it)."""
+    """The experts' placement plan an expert started by this tick, if one did (the run's status shows it)."""
 
 
 @dataclass(frozen=True)

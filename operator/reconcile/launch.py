@@ -61,7 +61,8 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     if not starting:
         return decisions
     placed = _place(tick, starting)
-    out.plan = placed.experts.plan or out.plan
+    if placed.experts.assignments:  # the plan an expert starts by (not every tick a queued one waits)
+        out.plan = placed.experts.plan
     decided = dict(decisions)
     for slug, decision in starting.items():
         decided[slug] = _start(tick, StageJob.from_slug(slug), decision, placed, out)
