@@ -264,11 +264,16 @@ def plan_status(plan: Plan, tick: Tick) -> PlanStatus:
     return PlanStatus(
         planned_at=now,
         makespan_seconds=round(plan.makespan_seconds, 1),
-        gpu_hours=round(plan.cost.gpu_hours, 3),
-        cost=None if plan.cost.cost is None else round(plan.cost.cost, 2),
-        unpriced_gpu_hours=round(plan.cost.unpriced_gpu_hours, 3),
+        gpu_hours=_figure(plan.cost.gpu_hours),
+        cost=None if plan.cost.cost is None else _figure(plan.cost.cost),
+        unpriced_gpu_hours=_figure(plan.cost.unpriced_gpu_hours),
         provisioned_gpus=sum(provision.gpus for provision in plan.provisions),
         deadline_from=since,
         deadline=deadline,
         meets_deadline=None if deadline is None else now + timedelta(seconds=plan.makespan_seconds) <= deadline,
     )
+
+
+def _figure(value: float) -> float:
+    """Four significant digits: what a person reads, and a tiny run's GPU-hours are not 0."""
+    return float(f"{value:.4g}")
