@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from atoll.operator.islands.remote import Islands
     from atoll.operator.kube import Kube
     from atoll.operator.nodepools import NodePoolWatch
+    from atoll.operator.placement.nodegroups import NodeGroupSpec
 
 HELP = "run the operator that reconciles DDMRuns (kopf)"
 
@@ -82,7 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--node-pool-interval", type=float, default=30.0, metavar="S",
-        help="seconds between lists of Karpenter NodePools, planned over as growable pools (0: never read them)",
+        help="seconds between reads of Karpenter NodePools (and cluster-autoscaler's node groups), planned over as"
+        " growable pools (0: never read them)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--node-groups", metavar="YAML", default="",
+        help="cluster-autoscaler node groups to plan over, a YAML or JSON list of {name, product, gpusPerNode,"
+        " nodeLabels, provisioningSeconds, costPerGpuHour, pool} (docs/autoscaling.md); their sizes are read from"
+        " its status ConfigMap",
+    )  # fmt: skip
+    parser.add_argument(
+        "--autoscaler-status", metavar="NS/NAME", default="kube-system/cluster-autoscaler-status",
+        help="cluster-autoscaler's status ConfigMap (default kube-system/cluster-autoscaler-status)",
     )  # fmt: skip
     election = parser.add_argument_group("high availability")
     election.add_argument(
@@ -243,4 +255,21 @@ def _node_pools(args: argparse.Namespace) -> NodePoolWatch | None:
 
     if args.node_pool_interval <= 0:
         return None
-    return NodePoolWatch(load_config(args.kubeconfig), interval_seconds=args.node_pool_interval).start()
+    groups, status = node_group_options(args)
+    return NodePoolWatch(
+        load_config(args.kubeconfig), interval_seconds=args.node_pool_interval, node_groups=groups,
+        autoscaler_status=status,
+    ).start()  # fmt: skip
+
+
+def node_group_options(args: argparse.Namespace) -> tuple[tuple[NodeGroupSpec, ...], tuple[str, str]]:
+    """The declared node groups and where cluster-autoscaler's status is (SystemExit 2 naming the flag when bad)."""
+    from atoll.operator.placement.nodegroups import NodeGroupsError, parse_node_groups
+
+    namespace, _, name = str(args.autoscaler_status).partition("/")
+    if not namespace or not name or "/" in name:
+        raise SystemExit(f"--autoscaler-status: {args.autoscaler_status!r} is not NAMESPACE/NAME")
+    try:
+        return parse_node_groups(args.node_groups), (namespace, name)
+    except NodeGroupsError as error:
+        raise SystemExit(str(error)) from None

@@ -4,7 +4,8 @@ each stage attempt gets, and which running experts should move to faster GPUs.
 Experts go through the makespan planner of atoll.operator.placement (`place_experts`:
 re-planned whenever an expert must start, over the fleet and the pools the run declares,
 running experts pinned where they are, queued ones started only when their planned GPUs
-are free — a pool's GPUs are free up to its headroom; `plan_moves`: the planner's
+are free — a pool's GPUs are free up to its headroom, placement.deadlineHours counted from
+the run's first plan, not from each re-plan; `plan_moves`: the planner's
 `migrations`), over the nodes of the islands `placement.islands` allows, its preferred
 islands first when that finishes as early (atoll.operator.islands.fleet). The short stages
 (partition, router, assemble, evaluate) go to the usable home node with the most free GPUs
@@ -53,6 +54,8 @@ class ExpertPlacement:
     """Experts that should start but are queued behind others on their planned GPUs."""
     error: str | None = None
     """No placement exists (no usable node fits); the planner's reasons per node."""
+    plan: Plan | None = None
+    """The plan the assignments come from (None: none was made, or none exists)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +82,17 @@ class FleetState:
     excluded_pools: frozenset[str] = frozenset()
     """Declared pools left out of this placement (a pod waited for their new node past
     failurePolicy.pendingTimeoutSeconds)."""
+    deadline_from: datetime | None = None
+    """When placement.deadlineHours counts from (the run's first plan of its experts); None: now."""
+
+    @property
+    def deadline_seconds(self) -> float | None:
+        """What is left of placement.deadlineHours from now (0 once past); None without one."""
+        hours = self.spec.placement.deadline_hours
+        if hours is None:
+            return None
+        spent = (self.now - self.deadline_from).total_seconds() if self.deadline_from is not None else 0.0
+        return max(0.0, hours * 3600 - spent)
 
     @functools.cached_property
     def pod_size(self) -> PodSize:
@@ -146,6 +160,7 @@ class FleetState:
             used_requests=self.other_requests(),
             now=self.now,
             pools=self.pools(),
+            deadline_seconds=self.deadline_seconds,
         )
 
 
@@ -212,7 +227,7 @@ def place_experts(fleet: FleetState, starting: Collection[int]) -> ExpertPlaceme
             else f"expert {k} not in the plan"
             for k in queued
         )
-    return ExpertPlacement(assignments, waiting)
+    return ExpertPlacement(assignments, waiting, plan=plan)
 
 
 def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
@@ -232,6 +247,7 @@ def plan_moves(fleet: FleetState, movable: Collection[int]) -> list[Migration]:
             used_requests=fleet.other_requests(),
             now=fleet.now,
             pools=fleet.pools(),
+            deadline_seconds=fleet.deadline_seconds,
         )
     except PlacementError:
         return []

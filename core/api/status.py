@@ -120,6 +120,30 @@ class RunStagesStatus(StatusModel):
     evaluate: StageStatus = Field(default_factory=StageStatus, description="The evaluate stage.")
 
 
+class PlanStatus(StatusModel):
+    """The run's last placement plan of its experts: when the work left finishes, what it holds and costs."""
+
+    planned_at: datetime = Field(
+        description="When the operator made this plan (it re-plans whenever an expert starts)."
+    )
+    makespan_seconds: float = Field(
+        ge=0, description="Predicted seconds from plannedAt until the last expert finishes."
+    )
+    gpu_hours: float = Field(ge=0, description="GPU-hours the experts' remaining work holds in the plan.")
+    cost: float | None = Field(
+        default=None, ge=0, description="What those GPU-hours cost at the known prices per GPU-hour (none: no price)."
+    )
+    unpriced_gpu_hours: float = Field(default=0, ge=0, description="Of gpuHours, those on GPUs with no known price.")
+    provisioned_gpus: int = Field(default=0, ge=0, description="GPUs the plan asks autoscaler pools to add.")
+    deadline_from: datetime = Field(
+        description="When placement.deadlineHours counts from: the run's first plan of its experts (kept by re-plans)."
+    )
+    deadline: datetime | None = Field(default=None, description="deadlineFrom + placement.deadlineHours (none: none).")
+    meets_deadline: bool | None = Field(
+        default=None, description="Whether the plan finishes by the deadline (none: no deadline)."
+    )
+
+
 class DDMRunStatus(StatusModel):
     """The observed state of a DDMRun."""
 
@@ -144,6 +168,7 @@ class DDMRunStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, Complete and Failed."
     )
+    plan: PlanStatus | None = Field(default=None, description="The last placement plan of the experts.")
     start_time: datetime | None = Field(default=None, description="When the operator started the run.")
     completion_time: datetime | None = Field(default=None, description="When the run succeeded or failed.")
     observed_generation: int | None = Field(default=None, ge=0, description="The generation last reconciled.")

@@ -3,7 +3,8 @@
 Pure decisions for the operator. `replan` keeps running experts where they are (unless
 their node is gone, NotReady or unhealthy) and places everything else again with the
 work that remains; `migrations` says which running experts gain more than a restart
-costs by moving, at their next checkpoint, to GPUs the plan leaves idle. Speeds are
+costs by moving, at their next checkpoint, to GPUs the plan leaves idle (on another node,
+or more GPUs of their own: growing in place). Speeds are
 corrected by the samples/s the experts report. Never calls the Kubernetes API.
 """
 
@@ -78,8 +79,12 @@ def replan(
     used_requests: Mapping[str, Requests] | None = None,
     now: datetime | None = None,
     pools: Sequence[GrowablePool] = (),
+    deadline_seconds: float | None = None,
 ) -> Plan:
     """A new plan for the unfinished experts of a run in flight.
+
+    `deadline_seconds`: what is left of placement.deadlineHours from now (None: the whole of
+    it, counted from now; ignored without deadlineHours).
 
     `progress`: expert → its latest progress.json; `running`: expert → where its pod runs
     now (node, GPUs, micro-batch, accumulation); `used_gpus` and `used_requests`: GPUs and
@@ -116,6 +121,7 @@ def replan(
         pod_size=expert_pod_size(spec),
         used_requests=used_requests,
         pools=pools,
+        deadline_seconds=deadline_seconds if spec.placement.deadline_hours is not None else None,
     )
 
 
@@ -140,14 +146,16 @@ def migrations(
     restart_seconds: float = RESTART_SECONDS,
     min_gain_fraction: float = MIN_GAIN_FRACTION,
     pools: Sequence[GrowablePool] = (),
+    deadline_seconds: float | None = None,
 ) -> list[Migration]:
     """Running experts that should move to faster GPUs left idle, at their next checkpoint.
 
     Arguments as for `replan`. The status quo is `replan` with every running expert pinned. For each running expert
     (latest predicted finish first) the move considered is: keep training until the next
     checkpoint (`checkpointEvery`), restart on g GPUs of another node that the status-quo
-    plan leaves idle from then until the moved expert would finish — so no other expert
-    is delayed and the makespan cannot grow — and finish sooner than staying by more than
+    plan leaves idle from then until the moved expert would finish — or grow in place: more
+    GPUs on its own node, its own plus ones left idle there — so no other expert is delayed
+    and the makespan cannot grow — and finish sooner than staying by more than
     the restart cost (included in the prediction) and `min_gain_fraction` of the time it
     has left. Accepted moves reserve their GPUs before the next expert is considered. Under
     `placement.deadlineHours` a move must also not cost more than staying (GPU-hours from the
@@ -166,6 +174,7 @@ def migrations(
         used_requests=used_requests,
         now=now,
         pools=pools,
+        deadline_seconds=deadline_seconds,
     )
     workload = workload_of(spec)
     fleet = read_fleet(
@@ -204,17 +213,17 @@ def migrations(
         release = until_boundary + restart_seconds
         best: tuple[float, int, str, Assignment] | None = None
         for node in fleet.nodes:
-            if node.name == stay.node:
-                continue
+            # On its own node the expert keeps its GPUs and grows by GPUs left idle there.
+            held = stay.gpus if node.name == stay.node else 0
             bf16 = trains_in_bf16(workload, node.product, node.compute_major)
             per_gpu = speeds.per_gpu(node.product, node.compute_major)
-            for gpus in range(1, min(spec.placement.gpu.max_per_expert, node.free_gpus) + 1):
+            for gpus in range(held + 1, min(spec.placement.gpu.max_per_expert, node.free_gpus) + 1):
                 split = workload.split_batch(batch, gpus, node.memory_mib, bf16)
                 if split is None:
                     continue
                 speed = throughput(per_gpu, gpus)
                 finish = release + left / speed
-                if not busy.idle(node.name, gpus, until_boundary, finish):
+                if not busy.idle(node.name, gpus - held, until_boundary, finish):
                     continue
                 if prices is not None and _dearer(prices, stay, until_boundary, (node.name, gpus, finish)):
                     continue
@@ -238,7 +247,8 @@ def migrations(
         gain = stay.predicted_seconds - best[0]
         if gain <= min_gain_fraction * stay.predicted_seconds:
             continue
-        busy.reserve(best[3].node, best[3].gpus, until_boundary, best[0])
+        held = stay.gpus if best[3].node == stay.node else 0
+        busy.reserve(best[3].node, best[3].gpus - held, until_boundary, best[0])
         moves.append(Migration(expert=expert, from_node=stay.node, at_step=boundary, to=best[3], gain_seconds=gain))
     return sorted(moves, key=lambda m: m.expert)
 

@@ -20,7 +20,7 @@ from atoll.api.status import DDMExpertStatus, DDMRunStatus, StageStatus
 from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
 from atoll.operator.islands.loss import StageKey, lost_islands, unreachable
-from atoll.operator.placement import Assignment, labels
+from atoll.operator.placement import Assignment, Plan, labels
 from atoll.operator.placement.autoscalers import deletion_taint
 from atoll.operator.placement.capacity import Requests
 from atoll.operator.pods import Owner
@@ -61,6 +61,8 @@ class Outcome:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     troubles: list[Trouble] = field(default_factory=list)
+    plan: Plan | None = None
+    """The experts' placement plan an expert started by this tick, if one did (the run's status shows it)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Tick:
             return self.spec
         placement = self.spec.placement.model_copy(update={"gpu": gpu.model_copy(update={"max_per_expert": cap})})
         return self.spec.model_copy(update={"placement": placement})
+
+    def deadline_from(self) -> datetime | None:
+        """When placement.deadlineHours counts from: the run's first plan of its experts (None: none yet, now)."""
+        return self.previous.plan.deadline_from if self.previous.plan is not None else None
 
     def running_experts(self, *, bound_only: bool = False) -> dict[int, Assignment]:
         """Experts whose pod exists and holds (or waits for) its GPUs, where it is (re-planning

@@ -30,7 +30,15 @@ from atoll.operator.reconcile.context import Outcome, Tick, parse_status
 from atoll.operator.reconcile.launch import remove_left_overs, start_attempts
 from atoll.operator.reconcile.moves import move_check_due, plan_expert_moves, stop_moving_experts
 from atoll.operator.reconcile.observation import Observation, RunMemory
-from atoll.operator.reconcile.report import advance_phase, fail, record_stages, stage_phases, stop_pods, summarize
+from atoll.operator.reconcile.report import (
+    advance_phase,
+    fail,
+    plan_status,
+    record_stages,
+    stage_phases,
+    stop_pods,
+    summarize,
+)
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import PodView
 from atoll.stages import StageJob
@@ -70,6 +78,8 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         fail(tick, status, failure.reason, failure.message, out)
         return _decision(tick, status, out, memory)
     decisions = start_attempts(tick, decisions, out)
+    if out.plan is not None:
+        status.plan = plan_status(out.plan, tick)
     last_move_check = memory.last_move_check
     if tick.settings.move_check_seconds > 0 and tick.running_experts(bound_only=True):
         if math.isinf(last_move_check):

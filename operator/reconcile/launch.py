@@ -61,6 +61,8 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     if not starting:
         return decisions
     placed = _place(tick, starting)
+    if placed.experts.assignments:  # the plan an expert starts by (not every tick a queued one waits)
+        out.plan = placed.experts.plan
     decided = dict(decisions)
     for slug, decision in starting.items():
         decided[slug] = _start(tick, StageJob.from_slug(slug), decision, placed, out)
@@ -136,6 +138,7 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
         busy_gpus=busy,
         busy_requests=requested,
         now=obs.now,
+        deadline_from=tick.deadline_from(),
     )
     avoid: dict[int, str] = {}
     for slug, decision in starting.items():

@@ -1,4 +1,5 @@
-"""Moving running experts to faster GPUs that became free, as decisions: plan the move
+"""Moving running experts to faster GPUs that became free — on another node, or more GPUs of
+their own node (growing in place) — as decisions: plan the move
 (placement's `migrations`, every move_check_seconds), then stop the expert right after the
 checkpoint of the move's step; the launch step restarts it on the planned GPUs. A move is
 not a failure. Pure: returns DeletePod actions and the experts' new `move` fields.
@@ -27,15 +28,20 @@ def stop_moving_experts(tick: Tick, out: Outcome) -> None:
         if checkpoint is None or checkpoint.step < move.at_step:
             continue
         out.actions.append(DeletePod(pod.name, why=f"moving to {move.node}"))
+        where = _change(pod.node, pod.gpus, move.node, move.gpus, move.gpu_product)
         out.events.append(
             tick.event(
-                job,
-                "Normal",
-                "Moving",
-                f"expert {k} stops after its checkpoint at step {checkpoint.step} to move from {pod.node} to"
-                f" {move.gpus}× {move.gpu_product} on {move.node}",
+                job, "Normal", "Moving", f"expert {k} stops after its checkpoint at step {checkpoint.step} to {where}"
             )
         )
+
+
+def _change(from_node: str | None, from_gpus: int, to_node: str, to_gpus: int, product: str) -> str:
+    """What a move does, in words: grow (or shrink) in place, or move to another node."""
+    if from_node == to_node:
+        verb = "grow" if to_gpus > from_gpus else "shrink"
+        return f"{verb} from {from_gpus} to {to_gpus} {product} GPU(s) on {to_node}"
+    return f"move from {from_node} to {to_gpus}× {product} on {to_node}"
 
 
 def move_check_due(tick: Tick) -> bool:
@@ -60,6 +66,7 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
         busy_requests=obs.busy_requests,
         running_requests=tick.running_requests(running),
         now=obs.now,
+        deadline_from=tick.deadline_from(),
     )
     decided = dict(decisions)
     for move in plan_moves(fleet, movable=set(tick.running_experts(bound_only=True))):
@@ -87,9 +94,9 @@ def plan_expert_moves(tick: Tick, decisions: dict[str, StageDecision], out: Outc
                 job,
                 "Normal",
                 "MovePlanned",
-                f"expert {move.expert} will move from {move.from_node} to {target.gpus}× {target.gpu_product} on"
-                f" {target.node} after its checkpoint at step {move.at_step}: predicted to finish"
-                f" {move.gain_seconds:.0f} s sooner",
+                f"expert {move.expert} will"
+                f" {_change(move.from_node, running[move.expert].gpus, target.node, target.gpus, target.gpu_product)}"
+                f" after its checkpoint at step {move.at_step}: predicted to finish {move.gain_seconds:.0f} s sooner",
             )
         )
     return decided

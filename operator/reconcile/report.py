@@ -1,6 +1,7 @@
 """The run's status at the end of one decision: each stage's new status (a DDMExpert's patch
 only when it changed), the run's phase through the state machine, conditions, progress,
-the model URI, and an Event for every transition (one: a stage whose pod is created now is
+the model URI, the experts' last placement plan (its makespan, GPU-hours, cost, deadline), and
+an Event for every transition (one: a stage whose pod is created now is
 told by that pod's AttemptStarted Event). Pure.
 """
 
@@ -12,11 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 from atoll import layout
-from atoll.api.status import DDMExpertStatus, DDMRunStatus, RunPhase, StageStatus
+from atoll.api.status import DDMExpertStatus, DDMRunStatus, PlanStatus, RunPhase, StageStatus
 from atoll.operator.attempts import StageDecision
 from atoll.operator.conditions import Trouble, changed, run_conditions
 from atoll.operator.islands.loss import deletable
 from atoll.operator.machine import TERMINAL, RunFacts, advance, run_progress
+from atoll.operator.placement import Plan
 from atoll.operator.reconcile.actions import CreatePod, DeletePod, PatchExpertStatus
 from atoll.operator.reconcile.context import Outcome, Tick
 from atoll.stages import StageJob
@@ -250,3 +252,28 @@ def _fraction(status: StageStatus) -> float:
     if status.step is not None and status.total_steps:
         return min(1.0, status.step / status.total_steps)
     return 0.0
+
+
+def plan_status(plan: Plan, tick: Tick) -> PlanStatus:
+    """What the run's status says of the plan made this tick; the deadline keeps counting from
+    the run's first plan (`Tick.deadline_from`)."""
+    now = tick.obs.now
+    since = tick.deadline_from() or now
+    hours = tick.spec.placement.deadline_hours
+    deadline = since + timedelta(hours=hours) if hours is not None else None
+    return PlanStatus(
+        planned_at=now,
+        makespan_seconds=round(plan.makespan_seconds, 1),
+        gpu_hours=_figure(plan.cost.gpu_hours),
+        cost=None if plan.cost.cost is None else _figure(plan.cost.cost),
+        unpriced_gpu_hours=_figure(plan.cost.unpriced_gpu_hours),
+        provisioned_gpus=sum(provision.gpus for provision in plan.provisions),
+        deadline_from=since,
+        deadline=deadline,
+        meets_deadline=None if deadline is None else now + timedelta(seconds=plan.makespan_seconds) <= deadline,
+    )
+
+
+def _figure(value: float) -> float:
+    """Four significant digits: what a person reads, and a tiny run's GPU-hours are not 0."""
+    return float(f"{value:.4g}")

@@ -140,3 +140,39 @@ def test_rbac_and_crds_install_and_grant_what_the_operator_needs(control_plane: 
         assert (result.stdout.strip() == "yes") is allowed, f"agent {verb} nodes"
     result = control_plane.kubectl("auth", "can-i", "get", "secrets", "--as", agent, "-A", check=False)
     assert result.stdout.strip() == "no", "the agent must not read secrets"
+
+
+def test_node_groups_reach_the_operator_with_get_on_cluster_autoscalers_status_alone(tmp_path: Path) -> None:
+    import argparse
+
+    from atoll.operator.command import node_group_options
+
+    values = tmp_path / "values.yaml"
+    group = {"name": "eks-gpu-l4-5ec6b2a0", "pool": "gpu-l4", "product": "NVIDIA-L4", "gpusPerNode": 4,
+             "nodeLabels": {"eks.amazonaws.com/nodegroup": "gpu-l4"}, "costPerGpuHour": 0.8}  # fmt: skip
+    values.write_text(yaml.safe_dump({"clusterAutoscaler": {"nodeGroups": [group]}}))
+    documents = render(*VALUES, "-f", str(values))
+    args = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith(("--node-groups", "--autoscaler"))}
+    groups, status = node_group_options(argparse.Namespace(node_groups=given["--node-groups"],
+                                                           autoscaler_status=given["--autoscaler-status"]))  # fmt: skip
+    assert status == ("kube-system", "cluster-autoscaler-status")
+    assert [(g.pool_name(), g.gpus_per_node, g.node_labels) for g in groups] == [
+        ("gpu-l4", 4, {"eks.amazonaws.com/nodegroup": "gpu-l4"})
+    ]
+    role = next(d for d in documents if d["kind"] == "Role" and d["metadata"]["name"].endswith("-autoscaler-status"))
+    assert role["metadata"]["namespace"] == "kube-system"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["cluster-autoscaler-status"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = next(
+        d for d in documents if d["kind"] == "RoleBinding" and d["metadata"]["name"] == role["metadata"]["name"]
+    )
+    assert binding["subjects"][0]["name"] == "atoll-operator"
+    plain = render(*VALUES)
+    assert not [d for d in plain if d["metadata"]["name"].endswith("-autoscaler-status")], "nothing without node groups"

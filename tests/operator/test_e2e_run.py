@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -225,6 +226,11 @@ def _check_columns(control_plane: ControlPlane, namespace: str, name: str) -> No
     header, row = table[0].split(), table[1].split()
     assert header == ["NAME", "PHASE", "EXPERTS", "PROGRESS", "AGE"]
     assert row[:4] == [name, "Succeeded", "2/2", "100%"]
+    wide = control_plane.kubectl("get", "ddm", name, "-n", namespace, "-o", "wide").stdout.split("\n")
+    starts = [m.start() for m in re.finditer(r"\S+", wide[0])]  # an empty cell leaves a gap: cut by the header
+    cells = {wide[0][a:b].strip(): wide[1][a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)}
+    assert float(cells["GPU-HOURS"]) > 0  # the last plan's; the fleet has no prices: no cost
+    assert cells["COST"] == ""
     table = [line.split() for line in control_plane.kubectl("get", "ddmx", "-n", namespace).stdout.strip().split("\n")]
     assert table[0] == [
         "NAME", "RUN", "CLUSTER", "EXAMPLES", "PHASE", "ISLAND", "NODE", "GPU", "STEP", "LOSS", "CHECKPOINT",

@@ -1,5 +1,6 @@
 """Karpenter NodePools read from the cluster: listed by the operator (`NodePoolWatch`, against
-the real API server with Karpenter's CRDs, and one without them), and planned over next to the
+the real API server with Karpenter's CRDs, and one without them; cluster-autoscaler's status
+ConfigMap read there too), and planned over next to the
 pools a run declares (`FleetState.cluster_pools`: a declared pool of the same name wins, a
 NodePool whose taints the run does not tolerate is left out).
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from atoll.api.spec import DDMRunSpec
 from atoll.operator.nodepools import NodePoolWatch
+from atoll.operator.placement.nodegroups import parse_node_groups
 from atoll.operator.placement.pools import read_node_pools
 from atoll.operator.planning import place_experts
 from tests.env import fleet
@@ -89,3 +91,26 @@ def test_the_operator_lists_node_pools_and_a_cluster_without_karpenter_has_none(
     bare = NodePoolWatch(island.plane.api_client())  # no Karpenter CRDs there: a 404, no error
     assert bare.refresh().pools == ()
     assert bare.current() == ()
+
+
+def test_the_operator_reads_cluster_autoscaler_node_groups_from_its_status_config_map(
+    control_plane: ControlPlane,
+) -> None:
+    from tests.placement.test_node_groups import DECLARED, STATUS
+
+    groups = parse_node_groups(DECLARED)
+    name = f"cluster-autoscaler-status-{uuid.uuid4().hex[:6]}"
+    config_map = {**STATUS, "metadata": {**STATUS["metadata"], "name": name}}
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(config_map))
+    try:
+        watch = NodePoolWatch(control_plane.api_client(), node_groups=groups, autoscaler_status=("kube-system", name))
+        read = watch.refresh()
+        mine = {p.pool: (p.product, p.max_gpus, p.gpus_in_use, dict(p.node_labels)) for p in watch.current()}
+        assert mine["gpu-l4"] == ("NVIDIA-L4", 24, 8, {"eks.amazonaws.com/nodegroup": "gpu-l4"})
+        assert mine["gpu-h100"][1:3] == (16, 16)
+        assert "gpu-t4" in dict(read.skipped)
+    finally:
+        control_plane.kubectl("delete", "configmap", "-n", "kube-system", name, "--wait=false", check=False)
+    missing = NodePoolWatch(control_plane.api_client(), node_groups=groups, autoscaler_status=("kube-system", name))
+    assert [p for p in missing.refresh().pools if p.pool.startswith("gpu-")] == []
+    assert dict(missing.refresh().skipped)["gpu-l4"] == f"no ConfigMap kube-system/{name}"

@@ -185,6 +185,54 @@ def test_under_a_deadline_an_expert_does_not_move_to_dearer_gpus() -> None:
     assert cheaper.to.node == "h100-0"
 
 
+def test_an_expert_grows_in_place_when_more_gpus_of_its_node_become_free() -> None:
+    spec = run(clusters=1)
+    fleet = [node("h100-0", H100, 8)]
+    reports = {0: progress(0, step=1200, checkpoint=1000)}
+    # Placed on the 2 GPUs that were free; the other 6, held by another run then, are free now.
+    (grow,) = migrations(spec, fleet, progress=reports, running={0: _at("h100-0", 2)}, now=NOW)
+    assert (grow.from_node, grow.to.node, grow.at_step) == ("h100-0", "h100-0", 1500)
+    assert grow.to.gpus == 8
+    assert grow.to.micro_batch * grow.to.grad_accum * grow.to.gpus == BATCH  # the same global batch
+    assert grow.to.samples == (STEPS - 1500) * BATCH  # resumes from the boundary's checkpoint
+    assert grow.gain_seconds > 0
+    # The other 6 still held: nothing to grow into, and a 1-GPU pod of another run leaves 5.
+    held = migrations(spec, fleet, progress=reports, running={0: _at("h100-0", 2)}, used_gpus={"h100-0": 6}, now=NOW)
+    assert held == []
+    (partly,) = migrations(
+        spec, fleet, progress=reports, running={0: _at("h100-0", 2)}, used_gpus={"h100-0": 1}, now=NOW
+    )
+    assert (partly.to.node, partly.to.gpus) == ("h100-0", 4)  # 7 GPUs cannot split a batch of 256
+
+
+def test_an_expert_never_grows_into_gpus_another_expert_of_the_run_is_planned_on() -> None:
+    # Expert 1 waits for 6 GPUs of h100-0 (queued behind nothing: they are free), so expert 0
+    # on the other 2 must not take them.
+    spec = run(clusters=2)
+    fleet = [node("h100-0", H100, 8)]
+    reports = {0: progress(0, step=1200, checkpoint=1000), 1: progress(1, step=1200, checkpoint=1000)}
+    running = {0: _at("h100-0", 2), 1: _at("h100-0", 6)}
+    assert migrations(spec, fleet, progress=reports, running=running, now=NOW) == []
+
+
+def test_an_expert_leaving_a_node_restarts_on_fewer_gpus_rather_than_wait_for_as_many() -> None:
+    # Expert 0 trained on 8 GPUs of h100-0, which is being removed (gone from the fleet it may
+    # use), and has 1000 steps left; h100-1 has 2 free GPUs now and its other 6 are held by
+    # expert 1 for 9900 steps: on 2 GPUs now expert 0 ends before expert 1, waiting for 8 after.
+    spec = run(clusters=2)
+    fleet = [node("h100-1", H100, 8)]
+    reports = {0: progress(0, step=9200, checkpoint=9000), 1: progress(1, step=100, checkpoint=None)}
+    again = replan(spec, fleet, progress=reports, running={1: _at("h100-1", 6)}, now=NOW)
+    moved = again.assignment(0)
+    assert moved is not None
+    assert (moved.node, moved.gpus, moved.start_seconds) == ("h100-1", 2, 0.0)
+    assert moved.micro_batch is not None
+    assert moved.grad_accum is not None
+    assert moved.micro_batch * moved.grad_accum * moved.gpus == BATCH
+    assert moved.samples == (STEPS - 9000) * BATCH
+    assert moved.predicted_seconds < again.makespan_seconds  # expert 1 is the critical path
+
+
 def _at(node_name: str, gpus: int) -> Assignment:
     return Assignment(
         expert=0,

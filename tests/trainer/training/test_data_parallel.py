@@ -91,3 +91,49 @@ def test_torchrun_with_another_process_count_than_gpus_is_refused_before_joining
         run_training(job, store)
     assert not torch.distributed.is_initialized()
     assert CheckpointStore(store, layout.expert(0), read_only=True).latest() is None
+
+
+def test_an_expert_resumes_exactly_on_more_gpus_then_on_fewer(tmp_path: Path) -> None:
+    """What an elastic expert does at checkpoint boundaries: 1 process to the step-2 checkpoint,
+    2 from there to step 6, 1 again from the 2 processes' step-4 checkpoint — the same global
+    batch, examples and noise per step as one process all along."""
+    spec = synthetic_spec(steps=6, checkpoint_every=2)
+    whole = LocalStore(tmp_path / "whole")
+    write_synthetic_run(whole, spec=spec)
+    reference = run_training(expert.expert_job(StageContext(spec=spec, store=whole, expert=0)), whole)
+    assert reference is not None
+
+    def stop_after_step_3(done: int, loss: float) -> None:
+        if done == 3:
+            raise RuntimeError("stopped after step 3")
+
+    store = LocalStore(tmp_path / "elastic")
+    write_synthetic_run(store, spec=spec)
+    with pytest.raises(RuntimeError, match="stopped after step 3"):
+        run_training(
+            expert.expert_job(StageContext(spec=spec, store=store, expert=0)), store, on_step=stop_after_step_3
+        )
+    grown = run_training(
+        expert.expert_job(StageContext(spec=spec, store=store, expert=0, gpus=2, micro_batch=4)), store
+    )
+    assert grown is not None
+    assert grown.start_step == 2
+    assert grown.batch is not None
+    assert (grown.batch.world, grown.batch.micro_batch, grown.batch.grad_accum) == (2, 4, 2)
+    torch.testing.assert_close(grown.losses, reference.losses[2:], rtol=1e-4, atol=1e-5)
+
+    checkpoints = CheckpointStore(store, layout.expert(0), read_only=True)
+    final = checkpoints.latest()
+    assert final is not None
+    assert final.step == 6
+    # As if the 2-process attempt had stopped before committing its last checkpoint.
+    (store.root / final.files["trainer_state.json"].key).parents[1].joinpath("manifest.json").unlink()
+    latest = checkpoints.latest()
+    assert latest is not None
+    assert latest.step == 4
+    shrunk = run_training(expert.expert_job(StageContext(spec=spec, store=store, expert=0)), store)
+    assert shrunk is not None
+    assert shrunk.start_step == 4
+    assert shrunk.batch is not None
+    assert (shrunk.batch.world, shrunk.batch.grad_accum * shrunk.batch.micro_batch) == (1, 16)
+    torch.testing.assert_close(shrunk.losses, reference.losses[4:], rtol=1e-4, atol=1e-5)
