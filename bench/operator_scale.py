@@ -394,10 +394,12 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
 
 
 METRICS_PORT = 18931
+EVENT_LOOP_LAG = "atoll_event_loop_lag_seconds"
 
 
 def tick_times() -> dict[str, tuple[int, float]]:
-    """Ticks so far and their mean wall time, whole and per step, from the operator's /metrics."""
+    """Ticks so far and their mean wall time, whole and per step (the act step's parts too), and
+    the event loop's mean lag (sampled every 2 s), from the operator's /metrics."""
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -408,10 +410,10 @@ def tick_times() -> dict[str, tuple[int, float]]:
     for family in text_string_to_metric_families(text):
         if family.name == "process_cpu_seconds":
             sums["operator CPU seconds"] = [1.0, family.samples[0].value]
-        if family.name not in ("atoll_reconcile_seconds", "atoll_reconcile_step_seconds"):
+        if family.name not in ("atoll_reconcile_seconds", "atoll_reconcile_step_seconds", EVENT_LOOP_LAG):
             continue
         for sample in family.samples:
-            step = sample.labels.get("step", "tick")
+            step = sample.labels.get("step") or ("event-loop lag" if family.name == EVENT_LOOP_LAG else "tick")
             if sample.name.endswith("_count"):
                 sums.setdefault(step, [0.0, 0.0])[0] = sample.value
             elif sample.name.endswith("_sum"):
@@ -450,6 +452,7 @@ def main() -> int:
         help=f"pods kwok plays stages for at once (default {KWOK_POD_WORKERS} as in tests/env; kwok's own default: 4)",
     )  # fmt: skip
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its control plane
     total = args.runs * args.experts
     work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
     results: dict[str, Any] = {
