@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +52,9 @@ from atoll.store import open_store  # noqa: E402
 from tests.env import fleet as fleet_builders  # noqa: E402
 from tests.env.cluster import KWOK_POD_WORKERS, ControlPlane  # noqa: E402
 from tests.env.process import kill_group, start_group  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from scale_status import METRICS_PORT, Watcher, acceptance, percentile, spread, tick_times  # noqa: E402
 
 WORKERS = 16
 
@@ -203,121 +205,6 @@ def baseline(
     return {f"{label}_created_seconds": round(created, 2), f"{label}_bound_seconds": round(done, 2)}
 
 
-class Watcher:
-    """First-seen times, per expert, of its pod bound, of its pod Running (kwok's doing) and of
-    its DDMExpert showing Running, and the count of writes (watch MODIFIED events) to
-    DDMExperts and DDMRuns, from watches."""
-
-    def __init__(self, kube: Kube, namespace: str) -> None:
-        self.kube = kube
-        self.namespace = namespace
-        self.bound: dict[tuple[str, int], float] = {}
-        self.pod_running: dict[tuple[str, int], float] = {}
-        self.running: dict[tuple[str, int], float] = {}
-        self.expert_writes = 0
-        self.run_writes = 0
-        self.stop = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._pods, daemon=True),
-            threading.Thread(target=self._custom, args=("ddmexperts",), daemon=True),
-            threading.Thread(target=self._custom, args=("ddmruns",), daemon=True),
-        ]
-
-    def start(self) -> Watcher:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def _stream(self, list_call: Any, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes import watch
-
-        while not self.stop.is_set():
-            try:
-                yield from watch.Watch().stream(list_call, *args, timeout_seconds=60, **kwargs)
-            except Exception as error:
-                print(f"watch restarted: {error}")
-
-    def _pods(self) -> None:
-        # Plain dicts (deserialize=False): decoding thousands of pod events into the client's
-        # models cost the bench's own process CPU the measured parts share the cores with.
-        for event in self._stream(
-            self.kube.core.list_namespaced_pod, self.namespace, label_selector="atoll.dev/stage=expert",
-            deserialize=False,
-        ):  # fmt: skip
-            pod = event["object"]
-            labels = pod["metadata"].get("labels") or {}
-            key = (labels.get("atoll.dev/run", ""), int(labels.get("atoll.dev/expert", -1)))
-            if pod["spec"].get("nodeName") and key not in self.bound:
-                self.bound[key] = time.monotonic()
-            if (pod.get("status") or {}).get("phase") == "Running" and key not in self.pod_running:
-                self.pod_running[key] = time.monotonic()
-
-    def _custom(self, plural: str) -> None:
-        custom = self.kube.custom
-        for event in self._stream(
-            custom.list_namespaced_custom_object, "atoll.dev", "v1alpha1", self.namespace, plural
-        ):
-            item = event["object"]
-            if event["type"] == "MODIFIED":
-                if plural == "ddmexperts":
-                    self.expert_writes += 1
-                else:
-                    self.run_writes += 1
-            if plural != "ddmexperts":
-                continue
-            key = (item["spec"]["run"], int(item["spec"]["expert"]))
-            if (item.get("status") or {}).get("phase") == "Running" and key not in self.running:
-                self.running[key] = time.monotonic()
-
-    def delays(
-        self, since: dict[tuple[str, int], float], until: dict[tuple[str, int], float] | None = None
-    ) -> list[float]:
-        """Seconds from `since` (pod bound, pod Running) to `until` (default: the DDMExpert
-        showing Running), per expert, sorted."""
-        until = self.running if until is None else until
-        return sorted(until[key] - since[key] for key in until if key in since)
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    """Median, p95 and max of sorted seconds, rounded."""
-    return {
-        "median": round(_percentile(values, 0.5), 2),
-        "p95": round(_percentile(values, 0.95), 2),
-        "max": round(values[-1], 2) if values else float("nan"),
-    }
-
-
-GOAL_SECONDS = 10.0
-"""Every DDMExpert shows Running within this many seconds of its pod's binding."""
-
-
-def acceptance(results: dict[str, Any]) -> str:
-    """The figures that settle the goal, in one block: pod bound → DDMExpert Running (and its
-    two parts: kwok's, then the operator's) and the writes per expert."""
-    experts = results["expert_pods"]
-    whole, kwok, own = results["bound_to_running"], results["bound_to_pod_running"], results["pod_running_to_running"]
-    met = whole["max"] <= GOAL_SECONDS and results["experts_running"] == experts
-    expert_writes, run_writes = results["operator_ddmexpert_writes"], results["operator_ddmrun_writes"]
-    return "\n".join([
-        f"acceptance ({results['nodes']} kwok nodes, {results['runs']} runs × {results['experts_per_run']} experts;"
-        f" kwok pod workers {results['kwok_pod_workers']}; load average {results['load_before']} before,"
-        f" {results['load_after']} after):",
-        f"  pod bound → DDMExpert Running: median {whole['median']:.1f} s, p95 {whole['p95']:.1f} s,"
-        f" max {whole['max']:.1f} s over {results['experts_running']} of {experts} experts:"
-        f" goal (every one within {GOAL_SECONDS:.0f} s) {'MET' if met else 'NOT MET'}",
-        f"    pod bound → pod Running (kwok):          median {kwok['median']:.1f} s, p95 {kwok['p95']:.1f} s,"
-        f" max {kwok['max']:.1f} s",
-        f"    pod Running → DDMExpert Running (operator): median {own['median']:.1f} s, p95 {own['p95']:.1f} s,"
-        f" max {own['max']:.1f} s",
-        f"  writes: {expert_writes} DDMExpert ({expert_writes / experts:.2f} per expert),"
-        f" {run_writes} DDMRun ({run_writes / results['runs']:.1f} per run, {run_writes / experts:.2f} per expert)",
-    ])  # fmt: skip
-
-
 def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, float]:
     """The DDMRuns through the operator: seconds until every expert pod is bound and every
     DDMExpert shows Running, the delay per expert between the two, writes, peak memory."""
@@ -361,9 +248,9 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
     kwok = watcher.delays(watcher.bound, watcher.pod_running)
     print(
         f"every DDMExpert status Running after {running:.1f}s ({running - done:.1f}s after the last pod bound);"
-        f" per expert, pod bound → DDMExpert Running: median {_percentile(delays, 0.5):.1f}s,"
-        f" p95 {_percentile(delays, 0.95):.1f}s, max {delays[-1]:.1f}s; pod Running → DDMExpert Running:"
-        f" median {_percentile(own, 0.5):.1f}s, max {own[-1]:.1f}s; writes: {watcher.expert_writes} DDMExpert,"
+        f" per expert, pod bound → DDMExpert Running: median {percentile(delays, 0.5):.1f}s,"
+        f" p95 {percentile(delays, 0.95):.1f}s, max {delays[-1]:.1f}s; pod Running → DDMExpert Running:"
+        f" median {percentile(own, 0.5):.1f}s, max {own[-1]:.1f}s; writes: {watcher.expert_writes} DDMExpert,"
         f" {watcher.run_writes} DDMRun; operator peak RSS {rss:.0f} MiB"
     )
     print(
@@ -375,15 +262,15 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "operator_bound_seconds": round(done, 2),
         "operator_status_running_seconds": round(running, 2),
         "operator_running_after_last_bound_seconds": round(running - done, 2),
-        "operator_bound_to_running_median_seconds": round(_percentile(delays, 0.5), 2),
-        "operator_bound_to_running_p95_seconds": round(_percentile(delays, 0.95), 2),
+        "operator_bound_to_running_median_seconds": round(percentile(delays, 0.5), 2),
+        "operator_bound_to_running_p95_seconds": round(percentile(delays, 0.95), 2),
         "operator_bound_to_running_max_seconds": round(delays[-1], 2),
-        "operator_pod_running_to_running_median_seconds": round(_percentile(own, 0.5), 2),
+        "operator_pod_running_to_running_median_seconds": round(percentile(own, 0.5), 2),
         "operator_pod_running_to_running_max_seconds": round(own[-1], 2),
         "experts_running": len(delays),
-        "bound_to_running": _spread(delays),
-        "bound_to_pod_running": _spread(kwok),
-        "pod_running_to_running": _spread(own),
+        "bound_to_running": spread(delays),
+        "bound_to_pod_running": spread(kwok),
+        "pod_running_to_running": spread(own),
         "operator_ddmexpert_writes": watcher.expert_writes,
         "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
@@ -391,32 +278,6 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
             step: {"count": count, "mean_seconds": round(mean, 4)} for step, (count, mean) in ticks.items()
         },
     }
-
-
-METRICS_PORT = 18931
-
-
-def tick_times() -> dict[str, tuple[int, float]]:
-    """Ticks so far and their mean wall time, whole and per step, from the operator's /metrics."""
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    sums: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "process_cpu_seconds":
-            sums["operator CPU seconds"] = [1.0, family.samples[0].value]
-        if family.name not in ("atoll_reconcile_seconds", "atoll_reconcile_step_seconds"):
-            continue
-        for sample in family.samples:
-            step = sample.labels.get("step", "tick")
-            if sample.name.endswith("_count"):
-                sums.setdefault(step, [0.0, 0.0])[0] = sample.value
-            elif sample.name.endswith("_sum"):
-                sums.setdefault(step, [0.0, 0.0])[1] = sample.value
-    return {step: (int(count), total / count if count else 0.0) for step, (count, total) in sums.items()}
 
 
 def _profile(pid: int, work: Path, out: Path | None) -> subprocess.Popen[bytes] | None:
@@ -450,6 +311,7 @@ def main() -> int:
         help=f"pods kwok plays stages for at once (default {KWOK_POD_WORKERS} as in tests/env; kwok's own default: 4)",
     )  # fmt: skip
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its control plane
     total = args.runs * args.experts
     work = Path(tempfile.mkdtemp(prefix="atoll-bench-scale-"))
     results: dict[str, Any] = {

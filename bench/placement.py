@@ -18,6 +18,9 @@ bound, for the planner and for its heuristics alone (exact search off): the heur
 gap is the honest headline there, since the planner's own exact search closes the rest.
 Every number comes from the planner's model (speeds, memory fit, data-parallel
 efficiency); all sides use the same model, so the ratios compare placement decisions only.
+
+A little over 400 lines: most of it is the suite of fleets (data), which bench/autoscale.py
+reads from here too.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ PAUSE_SECONDS = 0.25
 STANDBY_POLL_SECONDS = 1.0
 """How often a standby replica's run workers look whether it leads now."""
 BEAT_SECONDS = 2.0
-"""How often the event loop tells the liveness probe it is alive."""
+"""How often the event loop tells the liveness probe it is alive (and measures its own lag)."""
 
 
 @dataclass(frozen=True)
@@ -272,9 +272,12 @@ def _register_probes(registry: kopf.OperatorRegistry, replica: Replica) -> None:
     @kopf.on.startup(registry=registry)
     async def started(**_: Any) -> None:
         async def beat() -> None:
+            loop = asyncio.get_running_loop()
             while True:
                 replica.health.beat()
+                due = loop.time() + BEAT_SECONDS
                 await asyncio.sleep(BEAT_SECONDS)
+                replica.metrics.event_loop_lag.observe(max(0.0, loop.time() - due))
 
         beats.append(asyncio.create_task(beat()))
         replica.health.started()

@@ -30,8 +30,15 @@ def load_config(kubeconfig: str | None = None) -> Any:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = CONNECTIONS
     return client.ApiClient(configuration)
+
+
+CONNECTIONS = 48
+"""Kept-alive connections to the API server: one per thread that calls it at once (16 pod and
+DDMExpert creators, 16 status writers, the reconcile threads' reads). Beyond the pool, every
+request opens a new TLS connection and closes it after (urllib3 discards what the pool cannot
+keep): a handshake per request, for the operator and for the API server."""
 
 
 def connection_info(configuration: Any) -> Any:

@@ -219,6 +219,13 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.event_loop_lag = Histogram(
+            "atoll_event_loop_lag_seconds",
+            "How late the event loop woke from a timed sleep: what every watch event, and so every"
+            " index a tick reads, waits behind.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
         self.errors = Counter(
             "atoll_reconcile_errors", "Ticks that raised (retried at the next tick).", registry=self.registry
         )

@@ -70,7 +70,7 @@ class Reconciler:
         self.islands = islands
         """The compute islands experts may be dispatched to (None: home only)."""
         self.observer = Observer(kube, settings, self.stores, islands)
-        self.executor = Executor(kube, self.ledger, self.stores, islands=islands)
+        self.executor = Executor(kube, self.ledger, self.stores, islands=islands, timer=timer)
         self.clock = clock
         self.monotonic = monotonic
         self.timer = timer

@@ -2,7 +2,10 @@
 
 Order: spec.json, DDMExperts, pod deletions, pod creations (a failed create releases its
 GPU reservation), DDMExpert statuses, the run's status; the Events to post are returned
-with the outcome (posted by the kopf glue, from its event loop). Creates are
+with the outcome (posted by the kopf glue, from its event loop). Creations (DDMExperts,
+pods) and status writes go out side by side on two thread pools shared by every run, so a
+run's status writes never queue behind another run's burst of pod creations (at 16 runs ×
+64 experts one shared pool made every status wait for the whole fleet's pods). Creates are
 create-if-absent (a pod of the same name owned by another object is a failure, not ours),
 deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
 tries again. The only module of the reconciler that writes.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -65,29 +69,44 @@ class Executor:
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
 
     def __init__(
-        self, kube: Kube, ledger: GpuLedger, stores: RunStores, *, parallel: int = 16, islands: Islands | None = None
+        self,
+        kube: Kube,
+        ledger: GpuLedger,
+        stores: RunStores,
+        *,
+        parallel: int = 16,
+        islands: Islands | None = None,
+        timer: Callable[[str, float], None] | None = None,
     ) -> None:
         self.kube = kube
         self.islands = islands
         """Where pods planned on a ComputeIsland's nodes are created (None: islands are off)."""
         self.ledger = ledger
         self.stores = stores
-        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
-        """Pod creations and status patches of one tick go out side by side (64 experts turning
-        Running at once are 64 patches: one after the other they would delay the last by seconds)."""
+        self.creators = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-create")
+        """DDMExpert and pod creations of one tick go out side by side (64 pods one after the
+        other would delay the last by seconds)."""
+        self.status_writers = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-status")
+        """DDMExpert status patches, side by side too, on threads of their own: a status write
+        waits only for other status writes, never for pod creations queued by other runs."""
+        self.timer = timer
+        """Told the wall time of each part of the act step ("act-experts", "act-pods", "act-statuses")."""
 
     def apply(self, run: RunObject, decision: Decision) -> Applied:
         applied = Applied()
         for write in decision.of(WriteSpec):
             self._write_spec(run, write, applied)
-        for expert in decision.of(CreateExpert):
-            name = expert.manifest["metadata"]["name"]
-            self._call(applied, f"DDMExpert {name}", self.kube.ensure_expert, dict(expert.manifest))
+        started = time.perf_counter()
+        experts: list[CreateExpert] = decision.of(CreateExpert)
+        list(self.creators.map(lambda expert: self._create_expert(expert, applied), experts))
+        self._time("act-experts", started, bool(experts))
         for delete in decision.of(DeletePod):
             log.info("deleting pod", pod=delete.name, namespace=run.namespace, why=delete.why)
             self._call(applied, f"deleting pod {delete.name}", self._delete, run, delete)
+        started = time.perf_counter()
         creates: list[CreatePod] = decision.of(CreatePod)
-        outcomes = self.pool.map(lambda create: self._create(run, create), creates)
+        outcomes = list(self.creators.map(lambda create: self._create(run, create), creates))
+        self._time("act-pods", started, bool(creates))
         for create, (created, failure, refused) in zip(creates, outcomes, strict=True):
             if refused is not None:
                 self.ledger.release(create.key)
@@ -99,8 +118,10 @@ class Executor:
                 applied.errors.append(failure)
             elif created and create.started is not None:
                 applied.events.append(create.started)
+        started = time.perf_counter()
         patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
-        patched = self.pool.map(lambda patch: self._patch_expert(run, patch, applied), patches)
+        patched = list(self.status_writers.map(lambda patch: self._patch_expert(run, patch, applied), patches))
+        self._time("act-statuses", started, bool(patches))
         for patch, ok in zip(patches, patched, strict=True):
             if not ok:
                 applied.failed_experts.add(patch.expert)
@@ -112,6 +133,14 @@ class Executor:
         for error in applied.errors:
             log.warning("action failed, retried next tick", run=run.name, namespace=run.namespace, error=error)
         return applied
+
+    def _time(self, part: str, started: float, happened: bool) -> None:
+        if self.timer is not None and happened:
+            self.timer(part, time.perf_counter() - started)
+
+    def _create_expert(self, expert: CreateExpert, applied: Applied) -> bool:
+        name = expert.manifest["metadata"]["name"]
+        return self._call(applied, f"DDMExpert {name}", self.kube.ensure_expert, dict(expert.manifest))
 
     def _call(self, applied: Applied, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """One API call; an API error is recorded (False), never raised (nor an island that

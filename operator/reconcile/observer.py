@@ -140,14 +140,23 @@ class Observer:
     ) -> tuple[PodView, ...]:
         """Pods the index may not show yet (created a moment ago), from the API server, before
         the decision calls them lost."""
-        found: list[PodView] = []
+        missing: list[StageStatus] = []
         for job, status in _stage_statuses(previous, experts):
             if status.attempt == 0 or status.phase not in ("Pending", "Running") or not status.pod:
                 continue
             if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
                 continue
-            view = self._read_pod(run, status.pod, status.node)
-            if view is not None:
+            missing.append(status)
+        if not missing:
+            return ()
+        home = {s.pod for s in missing if self.islands is None or split_node(s.node or "")[0] == HOME_ISLAND}
+        found: list[PodView] = []
+        if home:  # one list of the run's pods, not a GET per pod (a burst of new pods the index trails)
+            for body in self.kube.run_pods(run.namespace, run.name):
+                if body["metadata"]["name"] in home and (view := PodView.from_body(body)) is not None:
+                    found.append(view)
+        for status in missing:
+            if status.pod not in home and (view := self._read_pod(run, str(status.pod), status.node)) is not None:
                 found.append(view)
         return tuple(found)
 

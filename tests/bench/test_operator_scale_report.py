@@ -1,5 +1,6 @@
 """bench/operator_scale.py ends with the figures that settle its goal (every DDMExpert Running
-within 10 s of its pod's binding): their spread, the verdict, and the writes per expert."""
+within 10 s of its pod's binding), from bench/scale_status.py: their spread, the verdict, and
+the writes per expert."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("operator_scale", ROOT / "bench" / "operator_scale.py")
+    spec = importlib.util.spec_from_file_location("scale_status", ROOT / "bench" / "scale_status.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -21,7 +22,7 @@ def bench() -> ModuleType:
 
 
 def results(module: ModuleType, delays: list[float], *, running: int = 4) -> dict[str, Any]:
-    spread = module._spread(sorted(delays))
+    spread = module.spread(sorted(delays))
     return {
         "nodes": 1000, "runs": 2, "experts_per_run": 2, "expert_pods": 4, "kwok_pod_workers": 32,
         "load_before": "1.0 / 1.0 / 1.0", "load_after": "3.0 / 2.0 / 1.0", "experts_running": running,

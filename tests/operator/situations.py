@@ -108,6 +108,30 @@ def pod(
     unschedulable: str | None = None,
 ) -> PodView:
     """A stage pod as the watch delivers it (the runtime's container status included)."""
+    view = PodView.from_body(pod_body(**locals()))
+    assert view is not None
+    return view
+
+
+def pod_body(
+    stage: str,
+    attempt: int,
+    phase: str = "Running",
+    *,
+    expert_index: int | None = None,
+    node: str | None = "a100-0",
+    exit_code: int | None = None,
+    message: str | None = None,
+    gpus: int = 1,
+    deleting: bool = False,
+    run_uid: str = UID,
+    finished_at: str = "2026-03-01T11:59:00Z",
+    created_at: str = "2026-03-01T11:50:00Z",
+    planned_node: str | None = None,
+    planned_pool: str | None = None,
+    unschedulable: str | None = None,
+) -> dict[str, Any]:
+    """The pod's body as the API server gives it."""
     job = StageJob(stage, expert_index)  # type: ignore[arg-type]
     labels = {"atoll.dev/run": RUN, "atoll.dev/stage": stage, "atoll.dev/attempt": str(attempt)}
     if expert_index is not None:
@@ -139,9 +163,7 @@ def pod(
     spec: dict[str, Any] = {"containers": [{"name": "stage", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
     if node is not None:
         spec["nodeName"] = node
-    view = PodView.from_body({"metadata": metadata, "spec": spec, "status": status})
-    assert view is not None
-    return view
+    return {"metadata": metadata, "spec": spec, "status": status}
 
 
 def heartbeat(

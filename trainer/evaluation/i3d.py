@@ -9,13 +9,12 @@ reason, like FID.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from atoll.trainer.evaluation.inception import find_weights
+from atoll.trainer.evaluation.inception import find_weights, load_torchscript
 
 I3D_ENV = "ATOLL_I3D_WEIGHTS"
 I3D_FILE = "i3d_torchscript.pt"
@@ -35,9 +34,7 @@ class I3DFeatures:
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load. is deprecated", category=FutureWarning)
-            self.model = torch.jit.load(str(path), map_location=self.device).eval()  # type: ignore[no-untyped-call]
+        self.model = load_torchscript(path, self.device)
 
     @torch.no_grad()
     def __call__(self, clips: torch.Tensor, batch: int = 16) -> torch.Tensor:

@@ -43,15 +43,20 @@ def find_inception() -> tuple[Path | None, str]:
     return find_weights(INCEPTION_ENV, INCEPTION_FILE, INCEPTION_URL, "Inception")
 
 
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    """A metric network published only as TorchScript (which torch now marks deprecated), in eval mode."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load. is deprecated", category=FutureWarning)
+        model: torch.jit.ScriptModule = torch.jit.load(str(path), map_location=device).eval()  # type: ignore[no-untyped-call]
+    return model
+
+
 class InceptionFeatures:
     """2048-d Inception pool features of images in [-1, 1]."""
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        # NVIDIA publishes this network only as TorchScript, which torch now marks deprecated.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load. is deprecated", category=FutureWarning)
-            self.model = torch.jit.load(str(path), map_location=self.device).eval()  # type: ignore[no-untyped-call]
+        self.model = load_torchscript(path, self.device)  # NVIDIA publishes it only as TorchScript
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""What the operator-scale bench reads while the runs start: per expert, when its pod was
+bound, when the pod ran and when its DDMExpert showed Running (watches), the writes to
+DDMExperts and DDMRuns, the operator's own /metrics (ticks, their steps, the event loop's
+lag, CPU), and the block of figures that settles the status-latency goal.
+
+Reads only: it never writes to the cluster, and imports nothing of the operator but its
+client (so bench/operator_scale.py can measure another checkout's operator).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from atoll.operator.kube import Kube
+
+
+class Watcher:
+    """First-seen times, per expert, of its pod bound, of its pod Running (kwok's doing) and of
+    its DDMExpert showing Running, and the count of writes (watch MODIFIED events) to
+    DDMExperts and DDMRuns, from watches."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.bound: dict[tuple[str, int], float] = {}
+        self.pod_running: dict[tuple[str, int], float] = {}
+        self.running: dict[tuple[str, int], float] = {}
+        self.expert_writes = 0
+        self.run_writes = 0
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._pods, daemon=True),
+            threading.Thread(target=self._custom, args=("ddmexperts",), daemon=True),
+            threading.Thread(target=self._custom, args=("ddmruns",), daemon=True),
+        ]
+
+    def start(self) -> Watcher:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _stream(self, list_call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Watch events as plain dicts, resumed from the last resourceVersion seen (no write is
+        missed across the 60 s reconnects), listed anew only after 410 Gone. Decoding thousands
+        of events into the client's models would cost this process CPU the measured parts share
+        the cores with; and the client's own watch with `deserialize=False` fails on any ERROR
+        event (KeyError 'raw_object')."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        version: str | None = None
+        while not self.stop.is_set():
+            try:
+                response = list_call(
+                    *args, watch=True, timeout_seconds=60, resource_version=version, allow_watch_bookmarks=True,
+                    _preload_content=False, **kwargs,
+                )  # fmt: skip
+                for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        status = event.get("object") or {}
+                        if status.get("code") == 410:
+                            version = None
+                        print(f"watch restarted: {status.get('code')} {status.get('message')}")
+                        break
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        yield event
+            except Exception as error:
+                print(f"watch restarted: {type(error).__name__}: {error}")
+                time.sleep(0.5)
+
+    def _pods(self) -> None:
+        for event in self._stream(
+            self.kube.core.list_namespaced_pod, self.namespace, label_selector="atoll.dev/stage=expert"
+        ):
+            pod = event["object"]
+            labels = pod["metadata"].get("labels") or {}
+            key = (labels.get("atoll.dev/run", ""), int(labels.get("atoll.dev/expert", -1)))
+            if pod["spec"].get("nodeName") and key not in self.bound:
+                self.bound[key] = time.monotonic()
+            if (pod.get("status") or {}).get("phase") == "Running" and key not in self.pod_running:
+                self.pod_running[key] = time.monotonic()
+
+    def _custom(self, plural: str) -> None:
+        custom = self.kube.custom
+        for event in self._stream(
+            custom.list_namespaced_custom_object, "atoll.dev", "v1alpha1", self.namespace, plural
+        ):
+            item = event["object"]
+            if event["type"] == "MODIFIED":
+                if plural == "ddmexperts":
+                    self.expert_writes += 1
+                else:
+                    self.run_writes += 1
+            if plural != "ddmexperts":
+                continue
+            key = (item["spec"]["run"], int(item["spec"]["expert"]))
+            if (item.get("status") or {}).get("phase") == "Running" and key not in self.running:
+                self.running[key] = time.monotonic()
+
+    def delays(
+        self, since: dict[tuple[str, int], float], until: dict[tuple[str, int], float] | None = None
+    ) -> list[float]:
+        """Seconds from `since` (pod bound, pod Running) to `until` (default: the DDMExpert
+        showing Running), per expert, sorted."""
+        until = self.running if until is None else until
+        return sorted(until[key] - since[key] for key in until if key in since)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, p95 and max of sorted seconds, rounded."""
+    return {
+        "median": round(percentile(values, 0.5), 2),
+        "p95": round(percentile(values, 0.95), 2),
+        "max": round(values[-1], 2) if values else float("nan"),
+    }
+
+
+GOAL_SECONDS = 10.0
+"""Every DDMExpert shows Running within this many seconds of its pod's binding."""
+
+
+def acceptance(results: dict[str, Any]) -> str:
+    """The figures that settle the goal, in one block: pod bound → DDMExpert Running (and its
+    two parts: kwok's, then the operator's) and the writes per expert."""
+    experts = results["expert_pods"]
+    whole, kwok, own = results["bound_to_running"], results["bound_to_pod_running"], results["pod_running_to_running"]
+    met = whole["max"] <= GOAL_SECONDS and results["experts_running"] == experts
+    expert_writes, run_writes = results["operator_ddmexpert_writes"], results["operator_ddmrun_writes"]
+    return "\n".join([
+        f"acceptance ({results['nodes']} kwok nodes, {results['runs']} runs × {results['experts_per_run']} experts;"
+        f" kwok pod workers {results['kwok_pod_workers']}; load average {results['load_before']} before,"
+        f" {results['load_after']} after):",
+        f"  pod bound → DDMExpert Running: median {whole['median']:.1f} s, p95 {whole['p95']:.1f} s,"
+        f" max {whole['max']:.1f} s over {results['experts_running']} of {experts} experts:"
+        f" goal (every one within {GOAL_SECONDS:.0f} s) {'MET' if met else 'NOT MET'}",
+        f"    pod bound → pod Running (kwok):          median {kwok['median']:.1f} s, p95 {kwok['p95']:.1f} s,"
+        f" max {kwok['max']:.1f} s",
+        f"    pod Running → DDMExpert Running (operator): median {own['median']:.1f} s, p95 {own['p95']:.1f} s,"
+        f" max {own['max']:.1f} s",
+        f"  writes: {expert_writes} DDMExpert ({expert_writes / experts:.2f} per expert),"
+        f" {run_writes} DDMRun ({run_writes / results['runs']:.1f} per run, {run_writes / experts:.2f} per expert)",
+    ])  # fmt: skip
+
+
+METRICS_PORT = 18931
+EVENT_LOOP_LAG = "atoll_event_loop_lag_seconds"
+
+
+def tick_times() -> dict[str, tuple[int, float]]:
+    """Ticks so far and their mean wall time, whole and per step (the act step's parts too), and
+    the event loop's mean lag (sampled every 2 s), from the operator's /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "process_cpu_seconds":
+            sums["operator CPU seconds"] = [1.0, family.samples[0].value]
+        if family.name not in ("atoll_reconcile_seconds", "atoll_reconcile_step_seconds", EVENT_LOOP_LAG):
+            continue
+        for sample in family.samples:
+            step = sample.labels.get("step") or ("event-loop lag" if family.name == EVENT_LOOP_LAG else "tick")
+            if sample.name.endswith("_count"):
+                sums.setdefault(step, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                sums.setdefault(step, [0.0, 0.0])[1] = sample.value
+    return {step: (int(count), total / count if count else 0.0) for step, (count, total) in sums.items()}

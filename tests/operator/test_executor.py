@@ -1,0 +1,106 @@
+"""The act step's concurrency: what one run's writes may wait for while other runs act.
+
+A fake API (threads blocked on purpose) stands in for the API server's latency; what is
+tested is the executor's own queueing, which a real API server would only make slower.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from atoll.api.status import DDMExpertStatus, DDMRunStatus
+from atoll.operator.ledger import GpuLedger
+from atoll.operator.reconcile.actions import CreateExpert, CreatePod, Decision, PatchExpertStatus
+from atoll.operator.reconcile.executor import Executor
+from atoll.operator.reconcile.observation import RunMemory, RunObject
+from atoll.operator.reconcile.observer import RunStores
+
+WAIT = 10.0
+
+
+class SlowApi:
+    """Pod and DDMExpert creations block until released; status patches answer at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.creating = threading.Semaphore(0)
+        self.patched: list[str] = []
+        self.experts: list[str] = []
+
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        self.creating.release()
+        self.release.wait(WAIT * 3)
+        return True
+
+    def ensure_expert(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.experts.append(manifest["metadata"]["name"])
+        self.creating.release()
+        self.release.wait(WAIT * 3)
+        return manifest
+
+    def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patched.append(name)
+
+
+def _run(name: str) -> RunObject:
+    return RunObject(name=name, namespace="ns", uid=f"uid-{name}")
+
+
+def _decision(*actions: Any) -> Decision:
+    return Decision(actions=tuple(actions), status=DDMRunStatus(), events=(), memory=RunMemory())
+
+
+def _pod(run: str, k: int) -> CreatePod:
+    manifest = {"metadata": {"namespace": "ns", "name": f"{run}-expert-{k}-a1"}, "spec": {}}
+    return CreatePod(stage=f"expert-{k}", manifest=manifest)
+
+
+def _patch(run: str, k: int) -> PatchExpertStatus:
+    return PatchExpertStatus(expert=k, name=f"{run}-expert-{k}", status=DDMExpertStatus(phase="Running"))
+
+
+def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> None:
+    api = SlowApi()
+    executor = Executor(api, GpuLedger(), RunStores(), parallel=2)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(2) as ticks:
+        placing = ticks.submit(executor.apply, _run("a"), _decision(*(_pod("a", k) for k in range(6))))
+        for _ in range(2):  # every creation thread is busy with run a's pods, four more queued
+            assert api.creating.acquire(timeout=WAIT)
+        watching = ticks.submit(executor.apply, _run("b"), _decision(_patch("b", 0), _patch("b", 1)))
+        try:
+            applied = watching.result(timeout=WAIT)
+        finally:
+            api.release.set()
+        assert applied.errors == []
+        assert applied.failed_experts == set()
+        assert sorted(api.patched) == ["b-expert-0", "b-expert-1"]
+        assert not placing.result(timeout=WAIT).errors
+
+
+def test_a_runs_ddmexperts_are_created_side_by_side() -> None:
+    api = SlowApi()
+    executor = Executor(api, GpuLedger(), RunStores(), parallel=4)  # type: ignore[arg-type]
+    experts = [CreateExpert({"metadata": {"namespace": "ns", "name": f"r-expert-{k}"}}) for k in range(4)]
+    with ThreadPoolExecutor(1) as ticks:
+        done = ticks.submit(executor.apply, _run("r"), _decision(*experts))
+        started = time.monotonic()
+        try:
+            for _ in range(4):  # all four are in flight at once, none waits for another to return
+                assert api.creating.acquire(timeout=WAIT)
+        finally:
+            api.release.set()
+        assert not done.result(timeout=WAIT * 4).errors
+    assert time.monotonic() - started < WAIT
+    assert sorted(api.experts) == [f"r-expert-{k}" for k in range(4)]
+
+
+def test_the_act_steps_parts_are_timed() -> None:
+    api = SlowApi()
+    api.release.set()
+    parts: list[str] = []
+    executor = Executor(api, GpuLedger(), RunStores(), timer=lambda part, _: parts.append(part))  # type: ignore[arg-type]
+    executor.apply(_run("r"), _decision(_pod("r", 0), _patch("r", 0)))
+    assert parts == ["act-pods", "act-statuses"]
