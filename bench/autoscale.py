@@ -41,7 +41,7 @@ from typing import Any
 from atoll.api import DDMRunSpec
 from atoll.operator.placement import Plan, experts_of, plan, read_fleet, speed_table, workload_of
 from atoll.operator.placement.gpus import lookup
-from atoll.operator.placement.planner import START_SECONDS
+from atoll.operator.placement.problem import START_SECONDS
 from atoll.operator.placement.pools import GrowablePool
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 

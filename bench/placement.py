@@ -39,7 +39,7 @@ from typing import Any
 
 from atoll.api import DDMRunSpec
 from atoll.operator.placement import experts_of, plan, read_fleet, speed_table, workload_of
-from atoll.operator.placement.planner import START_SECONDS
+from atoll.operator.placement.problem import START_SECONDS
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

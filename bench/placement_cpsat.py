@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.operator.placement import experts_of, read_fleet, speed_table, workload_of
-from atoll.operator.placement.planner import _Builder
+from atoll.operator.placement.problem import ProblemBuilder
 from atoll.operator.placement.schedule import Problem, solve
 from atoll.operator.placement.speeds import DATA_PARALLEL_EFFICIENCY
 
@@ -47,7 +47,7 @@ def problem_of(case: Any) -> Problem:
     nodes = suite.fleet_nodes(case.pools)
     workload = workload_of(spec)
     fleet = read_fleet(nodes, placement=spec.placement, now=suite.NOW, needs_bf16=workload.precision == "bf16")
-    builder = _Builder(
+    builder = ProblemBuilder(
         fleet=fleet,
         experts=experts_of(spec, case.sizes),
         workload=workload,

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from atoll.operator.placement import speed_table
-from atoll.operator.placement.planner import START_SECONDS
+from atoll.operator.placement.problem import START_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

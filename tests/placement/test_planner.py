@@ -6,7 +6,7 @@ import pytest
 
 from atoll.api import DDMRunSpec
 from atoll.operator.placement import PlacementError, experts_of, plan_run
-from atoll.operator.placement.planner import START_SECONDS
+from atoll.operator.placement.problem import START_SECONDS
 from tests.placement.fleets import NOW, PRODUCTS, node
 
 H100, A100_40, L4, RTX4090, T4 = PRODUCTS[0], PRODUCTS[3], PRODUCTS[5], PRODUCTS[6], PRODUCTS[8]

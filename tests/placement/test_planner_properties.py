@@ -8,7 +8,7 @@ import random
 import pytest
 
 from atoll.operator.placement import PlacementError, plan_run, speed_table, workload_of
-from atoll.operator.placement.planner import START_SECONDS
+from atoll.operator.placement.problem import START_SECONDS
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 from atoll.operator.placement.workload import MIB, USABLE_FRACTION
 from tests.placement.fleets import NOW, USABLE, Case, random_case
