@@ -41,8 +41,8 @@ from typing import Any
 from atoll.api import DDMRunSpec
 from atoll.operator.placement import Plan, experts_of, plan, read_fleet, speed_table, workload_of
 from atoll.operator.placement.gpus import lookup
-from atoll.operator.placement.problem import START_SECONDS
 from atoll.operator.placement.pools import GrowablePool
+from atoll.operator.placement.problem import START_SECONDS
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from atoll.api import DDMRunSpec  # noqa: E402
 from atoll.operator.islands.fleet import island_nodes  # noqa: E402
 from atoll.operator.placement import experts_of, plan, read_fleet, speed_table, workload_of  # noqa: E402
-from atoll.operator.placement.planner import ExpertWork  # noqa: E402
+from atoll.operator.placement.problem import ExpertWork  # noqa: E402
 from atoll.operator.placement.speeds import throughput  # noqa: E402
 from bench.placement import (  # noqa: E402
     A100_40,

@@ -9,13 +9,12 @@ Nothing here calls the Kubernetes API.
 from atoll.operator.placement.fleet import Exclusion, Fleet, GpuNode, read_fleet
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.planner import (
-    ExpertWork,
-    PlacementError,
     experts_of,
     plan,
     plan_run,
     speed_table,
 )
+from atoll.operator.placement.problem import ExpertWork, PlacementError
 from atoll.operator.placement.replan import Migration, migrations, replan
 from atoll.operator.placement.speeds import SpeedTable, observed_speeds, throughput
 from atoll.operator.placement.workload import Workload, workload_of

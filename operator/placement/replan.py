@@ -23,12 +23,12 @@ from atoll.operator.placement.fleet import Fleet, as_dict, node_products, read_f
 from atoll.operator.placement.plan import Assignment, Plan
 from atoll.operator.placement.planner import (
     STALE_AFTER_SECONDS,
-    ExpertWork,
     experts_of,
     plan,
     speed_table,
 )
 from atoll.operator.placement.pools import GrowablePool
+from atoll.operator.placement.problem import ExpertWork
 from atoll.operator.placement.schedule import EPS
 from atoll.operator.placement.speeds import throughput, trains_in_bf16
 from atoll.operator.placement.workload import workload_of
