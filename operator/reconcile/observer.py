@@ -147,33 +147,31 @@ class Observer:
             if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
                 continue
             missing.append(status)
-        if not missing:
-            return ()
-        home = {s.pod for s in missing if self.islands is None or split_node(s.node or "")[0] == HOME_ISLAND}
+        home: set[str] = set()
         found: list[PodView] = []
+        for status in missing:
+            island, _ = split_node(status.node or "")
+            if self.islands is None or island == HOME_ISLAND:
+                home.add(str(status.pod))
+            elif (view := self._read_island_pod(self.islands, run, str(status.pod), island)) is not None:
+                found.append(view)
         if home:  # one list of the run's pods, not a GET per pod (a burst of new pods the index trails)
             for body in self.kube.run_pods(run.namespace, run.name):
                 if body["metadata"]["name"] in home and (view := PodView.from_body(body)) is not None:
                     found.append(view)
-        for status in missing:
-            if status.pod not in home and (view := self._read_pod(run, str(status.pod), status.node)) is not None:
-                found.append(view)
         return tuple(found)
 
-    def _read_pod(self, run: RunObject, name: str, node: str | None) -> PodView | None:
-        """A stage pod straight from the API server of the cluster its node is in."""
-        island, _ = split_node(node or "")
-        if island == HOME_ISLAND or self.islands is None:
-            body = self.kube.get_pod(run.namespace, name)
-            return PodView.from_body(body) if body is not None else None
-        fleet = self.islands.registry.fleet(island)
+    @staticmethod
+    def _read_island_pod(islands: Islands, run: RunObject, name: str, island: str) -> PodView | None:
+        """A stage pod straight from its island's API server (as last seen while it cannot be reached)."""
+        fleet = islands.registry.fleet(island)
         if fleet is None:
             return None
-        last_seen = next((p for p in self.islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
+        last_seen = next((p for p in islands.registry.pods_of(run.namespace, run.name) if p.name == name), None)
         if fleet.disconnected_since is not None:
             return last_seen  # its last probe failed: no request that would wait out a timeout each tick
         try:
-            body = self.islands.get_pod(island, fleet.namespace, name)
+            body = islands.get_pod(island, fleet.namespace, name)
         except Exception:  # unreachable now: the island's pods as last seen stand
             return last_seen
         return island_pod_view(island, body) if body is not None else None

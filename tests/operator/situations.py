@@ -89,26 +89,10 @@ def expert(k: int, status: Mapping[str, Any] | None = None, *, run_uid: str = UI
     return view
 
 
-def pod(
-    stage: str,
-    attempt: int,
-    phase: str = "Running",
-    *,
-    expert_index: int | None = None,
-    node: str | None = "a100-0",
-    exit_code: int | None = None,
-    message: str | None = None,
-    gpus: int = 1,
-    deleting: bool = False,
-    run_uid: str = UID,
-    finished_at: str = "2026-03-01T11:59:00Z",
-    created_at: str = "2026-03-01T11:50:00Z",
-    planned_node: str | None = None,
-    planned_pool: str | None = None,
-    unschedulable: str | None = None,
-) -> PodView:
-    """A stage pod as the watch delivers it (the runtime's container status included)."""
-    view = PodView.from_body(pod_body(**locals()))
+def pod(*args: Any, **fields: Any) -> PodView:
+    """A stage pod as the watch delivers it (the runtime's container status included); the
+    arguments of `pod_body`."""
+    view = PodView.from_body(pod_body(*args, **fields))
     assert view is not None
     return view
 
