@@ -215,9 +215,12 @@ def decide_stage(inputs: StageInputs) -> StageDecision:  # noqa: PLR0911, PLR091
     status = _with_progress(status, progress)
     latest = pods[-1] if pods else None
     if inputs.done:
-        done = status.model_copy(
-            update={"phase": "Succeeded", "completion_time": inputs.now, "message": None, "restart_after": None}
-        )
+        update: dict[str, object] = {
+            "phase": "Succeeded", "completion_time": inputs.now, "message": None, "restart_after": None,
+        }  # fmt: skip
+        if status.total_steps:  # the marker follows the last step; the last heartbeat seen may trail it
+            update["step"] = status.total_steps
+        done = status.model_copy(update=update)
         if latest is not None:
             done = done.model_copy(update={"node": latest.node or done.node, "pod": latest.name})
         return StageDecision(done)

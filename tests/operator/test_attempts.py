@@ -74,6 +74,16 @@ def test_a_running_pod_is_left_alone_and_reported() -> None:
     )  # fmt: skip
 
 
+def test_a_stage_done_shows_its_last_step_even_when_its_last_heartbeat_trails_the_marker() -> None:
+    """A final status is never written again: it must not keep the step of a heartbeat older
+    than the done marker (written after the last step)."""
+    trailing = StageProgress(stage="expert", expert=0, attempt=1, state="running", step=56, total_steps=60)
+    status = decide_stage(
+        inputs(StageStatus(attempt=1, phase="Running"), [pod(1)], progress=trailing, done=True)
+    ).status
+    assert (status.phase, status.step, status.total_steps) == ("Succeeded", 60, 60)
+
+
 def test_done_only_by_the_done_marker() -> None:
     """One rule: the stage is done when its done marker exists; an exit 0 or a `done`
     heartbeat alone wait for the store to show it, and an exit 0 without it is a failure."""
