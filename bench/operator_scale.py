@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +55,7 @@ from tests.env.cluster import KWOK_POD_WORKERS, ControlPlane  # noqa: E402
 from tests.env.process import kill_group, start_group  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
+from control_plane_costs import Costs, apiserver_profile  # noqa: E402
 from scale_status import METRICS_PORT, Watcher, acceptance, percentile, spread, tick_times  # noqa: E402
 
 WORKERS = 16
@@ -205,7 +207,7 @@ def baseline(
     return {f"{label}_created_seconds": round(created, 2), f"{label}_bound_seconds": round(done, 2)}
 
 
-def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, float]:
+def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The DDMRuns through the operator: seconds until every expert pod is bound and every
     DDMExpert shows Running, the delay per expert between the two, writes, peak memory."""
     total = args.runs * args.experts
@@ -226,14 +228,19 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         wait(lambda: "Initial authentication has finished" in log.read_text(), 120, "operator started")
         time.sleep(3)  # let kopf list nodes and pods into its indexes before the clock starts
         documents = "\n---\n".join(yaml.safe_dump(run_manifest(name, args.experts)) for name in names)
+        processes = {**cluster.pids(), "operator": operator.pid, "bench": os.getpid()}
+        costs = Costs(kube, processes, cluster.ports["etcdPort"], "bench-runs").start()
         t0 = time.monotonic()
         cluster.kubectl("apply", "-n", "bench-runs", "-f", "-", input=documents)
+        profile = _apiserver_profile(cluster, kube, work, args.apiserver_profile)
         created = wait(lambda: _count(kube, "ddmexperts") >= total, args.timeout, "every DDMExpert", interval=1)
         wait(lambda: len(watcher.bound) >= total, args.timeout, "pods bound")
         done = max(watcher.bound.values()) - t0
         print(f"operator: {args.runs} runs × {args.experts} experts, every expert pod bound after {done:.1f}s")
         wait(lambda: len(watcher.running) >= total, args.timeout, "every DDMExpert Running")
         running = max(watcher.running.values()) - t0
+        print("from the apply until every DDMExpert showed Running:")
+        control_plane = costs.stop()
         time.sleep(10)  # writes that still follow (heartbeat-free: nothing should change any more)
         rss = peak_rss_mib(operator.pid)
         ticks = tick_times()
@@ -243,6 +250,8 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT only
             profiler.wait(timeout=120)
         kill_group(operator.pid, proc=operator)
+    if profile is not None:
+        profile.join()
     delays = watcher.delays(watcher.bound)
     own = watcher.delays(watcher.pod_running)
     kwok = watcher.delays(watcher.bound, watcher.pod_running)
@@ -274,6 +283,7 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "operator_ddmexpert_writes": watcher.expert_writes,
         "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
+        "control_plane": control_plane,
         "operator_ticks": {
             step: {"count": count, "mean_seconds": round(mean, 4)} for step, (count, mean) in ticks.items()
         },
@@ -287,6 +297,26 @@ def _profile(pid: int, work: Path, out: Path | None) -> subprocess.Popen[bytes] 
     command = ["py-spy", "record", "--pid", str(pid), "--threads", "--gil", "--rate", "50", "--format", "raw",
                "--output", str(out), "--nonblocking"]  # fmt: skip
     return subprocess.Popen(command, stdout=(work / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+def _apiserver_profile(cluster: ControlPlane, kube: Kube, work: Path, out: Path | None) -> threading.Thread | None:
+    """A 30 s CPU profile of the API server from now on (the start-up burst), in a thread, if asked;
+    its `go tool pprof -top` is printed when it ends."""
+    if out is None:
+        return None
+
+    def record() -> None:
+        try:
+            print(
+                "API server CPU profile, 30 s from the apply:\n"
+                + apiserver_profile(kube, 30, out, cluster.paths["kube-apiserver"])
+            )
+        except Exception as error:  # a diagnostic: the bench's figures do not depend on it
+            print(f"API server profile failed: {error}")
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
 
 
 def _count(kube: Kube, plural: str) -> int:
@@ -306,6 +336,10 @@ def main() -> int:
     parser.add_argument(
         "--py-spy", type=Path, metavar="OUT", help="record the operator with py-spy (raw format) into OUT"
     )
+    parser.add_argument(
+        "--apiserver-profile", type=Path, metavar="OUT",
+        help="record a 30 s CPU profile of the API server from the apply into OUT (pprof format)",
+    )  # fmt: skip
     parser.add_argument(
         "--kwok-pod-workers", type=int, default=KWOK_POD_WORKERS, metavar="N",
         help=f"pods kwok plays stages for at once (default {KWOK_POD_WORKERS} as in tests/env; kwok's own default: 4)",
