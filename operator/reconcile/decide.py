@@ -164,7 +164,8 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
 
 def _evacuating(tick: Tick, previous: StageStatus, current: PodView | None) -> str | None:
     """Why an expert's current attempt must leave its node: remembered from an earlier tick, or
-    its pod's node (the one it ran on, if the pod is gone already) carries a deletion taint."""
+    its pod's node (the one it ran on, if the pod is gone already) carries a deletion taint or
+    a termination condition."""
     if not isinstance(previous, DDMExpertStatus):
         return None
     if previous.evacuation is not None:
@@ -172,8 +173,8 @@ def _evacuating(tick: Tick, previous: StageStatus, current: PodView | None) -> s
     if current is not None and current.finished:
         return None
     where = current.node if current is not None else (previous.node if previous.phase == "Running" else None)
-    taint = tick.deletion_taints.get(where) if where is not None else None
-    return None if taint is None else f"node {where} is being removed (taint {taint})"
+    notice = tick.removal_notices.get(where) if where is not None else None
+    return None if notice is None else f"node {where} is being removed ({notice})"
 
 
 def _decide_stages(tick: Tick, status: DDMRunStatus, out: Outcome) -> dict[str, StageDecision]:
