@@ -6,8 +6,9 @@ inputs always give the same decision, which is how the tests check it on recorde
 situations. The steps, in order: settle the store (spec.json written, outages), decide
 every stage through atoll.operator.attempts in pipeline order (so a finished stage unblocks
 the next at once), create the DDMExperts once the partition is done, stop experts whose
-move is due, place and start the attempts that must start, plan moves, then report
-(stage statuses, the run's phase through atoll.operator.machine, conditions, Events).
+move is due, place and start the attempts that must start, plan moves, account the GPU-hours
+used and the capacity asked for (atoll.operator.reconcile.usage), then report (stage
+statuses, the run's phase through atoll.operator.machine, conditions, Events).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from atoll.operator.reconcile.report import (
     stop_pods,
     summarize,
 )
+from atoll.operator.reconcile.usage import account_usage
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import PodView
 from atoll.stages import StageJob
@@ -87,6 +89,7 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         elif move_check_due(tick):
             decisions = plan_expert_moves(tick, decisions, out)
             last_move_check = obs.monotonic
+    account_usage(tick, status, out)
     experts = record_stages(tick, status, decisions, out)
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
