@@ -7,11 +7,13 @@ and its expert planned again without that pool.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from atoll.operator.command import add_arguments
 from atoll.operator.placement.autoscalers import TERMINATION_CONDITIONS, deletion_taint, removal_notice
 from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
 from atoll.operator.views import NodeView
@@ -206,3 +208,21 @@ def test_a_node_being_removed_still_counts_against_its_pools_limit() -> None:
     again = created(decision)["expert-0"]
     assert again.node in ("h100-0", "t4-0"), again.node
     assert "atoll.dev/planned-pool" not in again.manifest["metadata"]["annotations"]
+
+
+def test_the_termination_conditions_flag_defaults_to_the_known_types_and_names_a_bad_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).termination_conditions == ("PreemptionScheduled", "VMEventScheduled")
+    assert parser.parse_args(
+        ["--termination-conditions", "GCESpotPreempting, PreemptionScheduled"]
+    ).termination_conditions == (
+        "GCESpotPreempting",
+        "PreemptionScheduled",
+    )
+    assert parser.parse_args(["--termination-conditions", ""]).termination_conditions == ()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--termination-conditions", "Preemption Scheduled"])
+    assert "--termination-conditions: 'Preemption Scheduled' is not a node condition type" in capsys.readouterr().err
