@@ -69,6 +69,8 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         if status.phase == "Failed":
             stop_pods(tick, out, why="the run failed")
         remove_left_overs(tick, tick.current_attempts(status), out)
+        if status.usage is not None and status.usage.holding:
+            account_usage(tick, status, out)  # pods still running when the run ended (its done marker came first)
         return _decision(tick, status, out, memory)
     status.start_time = status.start_time or obs.now
     try:

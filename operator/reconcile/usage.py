@@ -13,7 +13,7 @@ longer sees it, from its entry in `holding`.
 Events, each derived from the status so that neither a later tick nor a restart repeats it:
 `CapacityRequested` when more GPUs of a pool are asked for than the status says (pods created
 that wait for the pool's new nodes), `CapacityReleased` when the run's last GPU pod on a node
-ends (the node leaves `holding`).
+ends (the node leaves `holding`, or a pod that ran between two ticks is counted).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def account_usage(tick: Tick, status: DDMRunStatus, out: Outcome) -> None:
     counted = dict(before.counted_attempts)
     finished = before.finished_gpu_hours
     holding: list[PodUsageStatus] = []
+    ended: list[PodUsageStatus] = []
+    """Pods that held GPUs and whose end this tick counted (seen ended, or gone)."""
     seen: set[str] = set()
     for pod in sorted(tick.pods, key=lambda p: (p.stage, -1 if p.expert is None else p.expert, p.attempt)):
         slug = f"expert-{pod.expert}" if pod.stage == "expert" else pod.stage  # StageJob's slug
@@ -43,6 +45,8 @@ def account_usage(tick: Tick, status: DDMRunStatus, out: Outcome) -> None:
         if pod.finished:
             if pod.started_at is not None and pod.finished_at is not None:
                 finished += _hours(pod.gpus, pod.started_at, pod.finished_at)
+                if pod.node is not None:
+                    ended.append(_holding(pod, slug))
             counted[slug] = pod.attempt
         elif pod.started_at is not None and pod.node is not None:
             holding.append(_holding(pod, slug))
@@ -51,6 +55,7 @@ def account_usage(tick: Tick, status: DDMRunStatus, out: Outcome) -> None:
             if gone.pod not in seen and gone.attempt > counted.get(gone.stage, 0):
                 finished += _hours(gone.gpus, gone.started_at, now)
                 counted[gone.stage] = gone.attempt
+                ended.append(gone)
     requested = _requested(tick, out)
     # Running pods count up to the last whole minute: the status changes at most once a minute
     # for them (a patch per tick of every training run would load the API server for nothing).
@@ -65,7 +70,7 @@ def account_usage(tick: Tick, status: DDMRunStatus, out: Outcome) -> None:
         requested=requested,
         requested_gpus=sum(r.gpus for r in requested),
     )
-    _capacity_events(tick, before, usage, out)
+    _capacity_events(tick, before, usage, ended, out)
     if status.usage is not None or usage != UsageStatus():
         status.usage = usage
 
@@ -114,9 +119,12 @@ def _requested(tick: Tick, out: Outcome) -> list[PoolRequestStatus]:
     ]
 
 
-def _capacity_events(tick: Tick, before: UsageStatus, after: UsageStatus, out: Outcome) -> None:
+def _capacity_events(
+    tick: Tick, before: UsageStatus, after: UsageStatus, ended: list[PodUsageStatus], out: Outcome
+) -> None:
     """CapacityRequested for every pool asked for more GPUs than before, CapacityReleased for
-    every node the run held GPUs on and holds none on now."""
+    every node the run held GPUs on (at the last tick, or by a pod whose end this tick counted:
+    one that ran between two ticks) and holds none on now."""
     asked_before = {(r.pool, r.gpu_product): r.gpus for r in before.requested}
     for request in after.requested:
         more = request.gpus - asked_before.get((request.pool, request.gpu_product), 0)
@@ -131,7 +139,8 @@ def _capacity_events(tick: Tick, before: UsageStatus, after: UsageStatus, out: O
                 )
             )
     still = {entry.node for entry in after.holding}
-    for node, entries in _by_node(before.holding).items():
+    held = {entry.pod: entry for entry in [*ended, *before.holding]}  # the entry from its start wins
+    for node, entries in _by_node(held.values()).items():
         if node in still:
             continue
         gpus = sum(entry.gpus for entry in entries)

@@ -137,6 +137,50 @@ def test_the_runs_last_pod_on_a_node_ending_gives_its_capacity_back_once() -> No
     assert "CapacityReleased" not in reasons(restarted(released, over))
 
 
+def test_a_pod_that_ran_between_two_ticks_is_counted_and_gives_its_node_back_once() -> None:
+    status, experts, _ = running_experts(expert0={"node": POOL_NODE})
+    quick = pod(
+        "expert",
+        1,
+        "Succeeded",
+        expert_index=0,
+        node=POOL_NODE,
+        planned_pool="more-a100",
+        exit_code=0,
+        started_at="2026-03-01T11:58:30Z",
+    )  # fmt: skip  (finished 11:59:00)
+    world = observe(run_with(status), experts=experts, pods=[quick])
+    seen = step(world)
+    assert events(seen, "CapacityReleased") == [
+        f"gave back 1 GPU(s) of node {POOL_NODE} (pool more-a100): the run's last pod there ended"
+    ]
+    assert seen.status.usage is not None
+    assert seen.status.usage.finished_gpu_hours == pytest.approx(30 / 3600, abs=1e-6)
+    assert "CapacityReleased" not in reasons(restarted(seen, later(world, 5)))
+
+
+def test_a_pod_still_running_when_the_run_succeeded_is_counted_when_it_ends() -> None:
+    """The evaluate stage's done marker comes before its process exits: the run Succeeds while
+    the pod holds its GPU, and its whole time is still counted (and its node given back) after."""
+    status, experts, _ = running_experts()
+    start = "2026-03-01T11:00:00Z"
+    evaluating = pod("evaluate", 1, node="a100-0", started_at=start)
+    seen = step(observe(run_with(status), experts=experts, pods=[evaluating]))
+    assert seen.status.usage is not None
+    assert [h.pod for h in seen.status.usage.holding] == ["r-evaluate-a1"]
+    succeeded = seen.status.model_copy(update={"phase": "Succeeded"})
+    ended = pod("evaluate", 1, "Succeeded", node="a100-0", exit_code=0, started_at=start)  # finished 11:59
+    world = later(observe(run_with(succeeded), experts=experts, pods=[ended]), 60)
+    after = step(world)
+    usage = after.status.usage
+    assert usage is not None
+    assert (usage.holding, usage.counted_attempts.get("evaluate")) == ([], 1)
+    assert usage.gpu_hours == pytest.approx(59 / 60, rel=1e-3)
+    assert events(after, "CapacityReleased") == ["gave back 1 GPU(s) of node a100-0: the run's last pod there ended"]
+    quiet = step(later(replace(world, run=run_with(after.status)), 5), after.memory)
+    assert (quiet.actions, quiet.events) == ((), ()), "a finished run holding nothing does nothing"
+
+
 def test_a_plans_idle_gpu_hours_are_a_pools_gpus_held_from_the_ask_less_the_experts_work() -> None:
     """Two experts on a pool of 2 new GPUs ready after 300 s: one trains 3600 s, the other
     1800 s; the GPUs are held from the ask to the last finish (3900 s), 2400 GPU-s idle."""
