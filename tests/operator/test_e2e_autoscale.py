@@ -33,7 +33,7 @@ from tests.env.cluster import ControlPlane
 from tests.env.karpenter import Karpenter, node_class, node_pool
 from tests.env.kube import wait_for
 from tests.env.runtime_process import PodRuntimeProcess
-from tests.operator.conftest import SECRET, OperatorProcess, apply, holder_pod, phase, pods, run_object, wait_run
+from tests.operator.conftest import SECRET, OperatorProcess, apply, holder_pod, phase, pods, wait_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
@@ -175,7 +175,12 @@ def test_a_run_short_of_gpus_trains_on_a_new_node_of_the_planned_product_which_g
             assert time.monotonic() < deadline, f"Karpenter kept {nodes}; its log ends:\n{karpenter.log_tail()}"
             time.sleep(1)
         removed_s = time.monotonic() - started
-        final = run_object(control_plane, namespace, "grows")
+        # The run Succeeds once the last stage's done marker is written; its pod may still be
+        # exiting: the usage follows it until it has ended.
+        final = wait_run(
+            control_plane, namespace, "grows", lambda r: r["status"].get("usage", {}).get("holding") == [], timeout=60,
+            what="no pod of the run holding GPUs",
+        )  # fmt: skip
         assert phase(final) == "Succeeded"
         # What the run used and asked for: GPU-hours from its pods' container times (every
         # ended attempt counted), the plan's idle GPU-hours (the pool's delay × the GPUs asked),
