@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from atoll.operator.leader import LEASE_NAME, LeaseTimings
+from atoll.operator.placement.autoscalers import TERMINATION_CONDITIONS
 from atoll.operator.settings import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
@@ -25,6 +27,18 @@ if TYPE_CHECKING:
     from atoll.operator.placement.nodegroups import NodeGroupSpec
 
 HELP = "run the operator that reconciles DDMRuns (kopf)"
+
+
+CONDITION_TYPE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$")
+
+
+def condition_types(text: str) -> tuple[str, ...]:
+    """`--termination-conditions`: comma-separated node condition types (empty: none)."""
+    types = tuple(part.strip() for part in text.split(",") if part.strip())
+    for kind in types:
+        if not CONDITION_TYPE.match(kind):
+            raise argparse.ArgumentTypeError(f"{kind!r} is not a node condition type")
+    return types
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between checks for faster free GPUs (0: off)",
     )
+    parser.add_argument(
+        "--termination-conditions", type=condition_types, default=TERMINATION_CONDITIONS, metavar="TYPES",
+        help="node condition types (comma-separated) that announce a node's end when True: its experts checkpoint"
+        f" and move (default {','.join(TERMINATION_CONDITIONS)}; '' for none)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-gpus-per-pod", type=int, metavar="N", help="cap GPUs per stage pod (1 on fleets with fake GPUs)"
     )
@@ -170,6 +189,7 @@ def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per pa
         service_account=args.service_account,
         max_gpus_per_pod=args.max_gpus_per_pod,
         move_check_seconds=args.move_check,
+        termination_conditions=args.termination_conditions,
     )
     log = get_logger("atoll.operator")
     if not args.verbose:

@@ -88,6 +88,9 @@ class NodeView:
     not_ready_since: datetime | None = None
     """When the Ready condition last left True (None: Ready, or never reported)."""
     taints: tuple[Mapping[str, Any], ...] = ()
+    notices: tuple[tuple[str, str], ...] = ()
+    """Its conditions other than Ready whose status is True, as (type, reason): where a
+    termination notice (a spot preemption, a scheduled event) shows up."""
     cpu: str | None = None
     """Allocatable cpu, the quantity as the node reports it (None: not reported)."""
     memory: str | None = None
@@ -111,6 +114,11 @@ class NodeView:
             ready=is_ready,
             not_ready_since=None if is_ready else parse_time(ready.get("lastTransitionTime")),
             taints=tuple(dict(t) for t in spec.get("taints") or []),
+            notices=tuple(
+                (str(kind), str(c.get("reason") or ""))
+                for kind, c in conditions.items()
+                if kind != "Ready" and c.get("status") == "True"
+            ),
             cpu=None if allocatable.get("cpu") is None else str(allocatable["cpu"]),
             memory=None if allocatable.get("memory") is None else str(allocatable["memory"]),
         )
@@ -142,6 +150,8 @@ class PodView:
     unschedulable: str | None = None
     """The scheduler's reason while it cannot place the pod (PodScheduled=False), else None."""
     created_at: datetime | None = None
+    started_at: datetime | None = None
+    """When its container started (its state's startedAt: running, or terminated)."""
     finished_at: datetime | None = None
     deleting: bool = False
     owner_uid: str | None = None
@@ -180,6 +190,7 @@ class PodView:
             return None
         expert = pod_labels.get(LABEL_EXPERT)
         exit_code, reason, message, finished_at = None, status.get("reason"), status.get("message"), None
+        started_at = None
         for container in status.get("containerStatuses") or []:
             state = container.get("state") or {}
             if "terminated" in state:
@@ -188,6 +199,9 @@ class PodView:
                 reason = terminated.get("reason") or reason
                 message = terminated.get("message") or message
                 finished_at = parse_time(terminated.get("finishedAt"))
+                started_at = parse_time(terminated.get("startedAt"))
+            elif "running" in state:
+                started_at = parse_time((state["running"] or {}).get("startedAt"))
             elif "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
                 reason = state["waiting"].get("reason")
                 message = state["waiting"].get("message") or message
@@ -217,6 +231,7 @@ class PodView:
             message=message,
             unschedulable=unschedulable,
             created_at=parse_time(metadata.get("creationTimestamp")),
+            started_at=started_at,
             finished_at=finished_at,
             deleting=metadata.get("deletionTimestamp") is not None,
             owner_uid=_owner_uid(metadata),

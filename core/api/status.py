@@ -135,6 +135,16 @@ class PlanStatus(StatusModel):
     )
     unpriced_gpu_hours: float = Field(default=0, ge=0, description="Of gpuHours, those on GPUs with no known price.")
     provisioned_gpus: int = Field(default=0, ge=0, description="GPUs the plan asks autoscaler pools to add.")
+    idle_gpu_hours: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Idle GPU-hours the plan causes: per autoscaler pool it provisions, its new GPUs held from the ask"
+            " (plannedAt) until the last expert planned there finishes, less the GPU-hours experts train on them"
+            " (the provisioning delay, and new GPUs waiting between experts). GPUs of nodes that exist are not"
+            " counted: the plan does not cause them."
+        ),
+    )
     deadline_from: datetime = Field(
         description="When placement.deadlineHours counts from: the run's first plan of its experts (kept by re-plans)."
     )
@@ -142,6 +152,58 @@ class PlanStatus(StatusModel):
     meets_deadline: bool | None = Field(
         default=None, description="Whether the plan finishes by the deadline (none: no deadline)."
     )
+
+
+class PoolRequestStatus(StatusModel):
+    """GPUs the run's pods wait for from one autoscaler pool (pods with its selectors, no node yet)."""
+
+    pool: str = Field(description="The pool (a Karpenter NodePool or a cluster-autoscaler node group).")
+    gpu_product: str = Field(description="GPU product the pods require (nvidia.com/gpu.product).")
+    gpus: int = Field(ge=0, description="GPUs those pods request.")
+    pods: int = Field(default=0, ge=0, description="Pods waiting for the pool's new nodes.")
+
+
+class PodUsageStatus(StatusModel):
+    """A pod of the run that holds GPUs now: its GPU-hours count from its container's start."""
+
+    pod: str = Field(description="The pod's name.")
+    stage: str = Field(description="Its stage's slug (expert-0, router, …).")
+    attempt: int = Field(ge=1, description="Its attempt.")
+    node: str = Field(description="The node it runs on.")
+    pool: str | None = Field(default=None, description="The autoscaler pool it was planned on, if any.")
+    gpus: int = Field(ge=1, description="GPUs it holds.")
+    started_at: datetime = Field(description="When its container started (the pod's container state).")
+
+
+class UsageStatus(StatusModel):
+    """What the run has used and asked for, from its pods' container start and finish times."""
+
+    gpu_hours: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "GPU-hours the run's pods have held so far: Σ GPUs × (finish − container start) over every ended"
+            " attempt of every stage (finishedGpuHours), plus the running ones' up to asOf."
+        ),
+    )
+    as_of: datetime | None = Field(
+        default=None,
+        description="Running pods count in gpuHours up to this time (the last whole minute; none: none runs).",
+    )
+    finished_gpu_hours: float = Field(
+        default=0, ge=0, description="Of gpuHours, those of attempts that ended (kept after their pods are deleted)."
+    )
+    counted_attempts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per stage slug, the newest attempt whose GPU-hours are in finishedGpuHours (counted once).",
+    )
+    holding: list[PodUsageStatus] = Field(
+        default_factory=list, description="The run's pods holding GPUs now (a node is given back when its last ends)."
+    )
+    requested: list[PoolRequestStatus] = Field(
+        default_factory=list, description="GPUs asked of autoscaler pools now: pods waiting for a pool's new node."
+    )
+    requested_gpus: int = Field(default=0, ge=0, description="Σ requested GPUs (next to plan.provisionedGpus).")
 
 
 class DDMRunStatus(StatusModel):
@@ -169,6 +231,9 @@ class DDMRunStatus(StatusModel):
         default_factory=list, description="Ready, Progressing, Degraded, Complete and Failed."
     )
     plan: PlanStatus | None = Field(default=None, description="The last placement plan of the experts.")
+    usage: UsageStatus | None = Field(
+        default=None, description="GPU-hours used so far and the GPUs asked of autoscaler pools now."
+    )
     start_time: datetime | None = Field(default=None, description="When the operator started the run.")
     completion_time: datetime | None = Field(default=None, description="When the run succeeded or failed.")
     observed_generation: int | None = Field(default=None, ge=0, description="The generation last reconciled.")

@@ -212,6 +212,7 @@ def run_crd() -> Schema:
         _column("Experts", ".status.experts", description="Experts trained / experts in the run."),
         _column("Progress", ".status.progress", description="Progress of the whole run."),
         _column("GPU-Hours", ".status.plan.gpuHours", "number", "GPU-hours the last plan holds.", priority=1),
+        _column("GPU-Hours-Used", ".status.usage.gpuHours", "number", "GPU-hours the run's pods held so far.", 1),
         _column("Cost", ".status.plan.cost", "number", "What the last plan's GPU-hours cost.", priority=1),
         _column("Model", ".status.modelUri", description="The assembled model.", priority=1),
         _column("Reason", ".status.reason", description="Why the run is in its phase.", priority=1),

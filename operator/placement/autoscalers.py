@@ -3,14 +3,16 @@
 A stage pod carries both annotations from its creation, so neither autoscaler removes its
 node (scale-down, consolidation, drift) while the stage runs; both ignore a pod once it has
 finished, so a node whose stage pods are all done is empty to them and can go. A node they
-are about to remove carries a deletion taint (`deletion_taint` finds it), which Atoll
-honours by moving its experts off it at a checkpoint. Constants and pure functions only:
+are about to remove carries a deletion taint (`deletion_taint` finds it), and a node whose
+cloud announced its end (a spot preemption, a scheduled event) a node condition
+(`termination_condition`): Atoll honours both by moving its experts off it at a checkpoint
+(`removal_notice`). Constants and pure functions only:
 nothing here reads or writes the cluster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
@@ -37,3 +39,31 @@ def deletion_taint(taints: Iterable[Mapping[str, Any]]) -> str | None:
             value = f"={taint['value']}" if taint.get("value") else ""
             return f"{taint['key']}{value}:{taint['effect']}"
     return None
+
+
+TERMINATION_CONDITIONS = ("PreemptionScheduled", "VMEventScheduled")
+"""Node condition types that announce a node's end when True (the operator's default for
+`--termination-conditions`). Both are set by AKS's node-problem-detector from Azure's scheduled
+events: `PreemptionScheduled` (reason `SpotEvictionIncoming`) when a spot VM is about to be
+evicted, `VMEventScheduled` for any scheduled event (Preempt, Terminate, Redeploy; also Reboot
+and Freeze, which keep the VM: leave it out where those are common)."""
+
+
+def termination_condition(notices: Iterable[tuple[str, str]], types: Collection[str]) -> str | None:
+    """The first of a node's True conditions (type, reason) whose type announces its end, as
+    `condition Type=True (Reason)`, or None."""
+    for kind, reason in notices:
+        if kind in types:
+            return f"condition {kind}=True" + (f" ({reason})" if reason else "")
+    return None
+
+
+def removal_notice(
+    taints: Iterable[Mapping[str, Any]], notices: Iterable[tuple[str, str]], conditions: Collection[str]
+) -> str | None:
+    """Why a node is going away — `taint <key[=value]:effect>` or `condition <Type>=True (<Reason>)`
+    — or None: its experts checkpoint and move off it."""
+    taint = deletion_taint(taints)
+    if taint is not None:
+        return f"taint {taint}"
+    return termination_condition(notices, conditions)

@@ -137,6 +137,22 @@ class Plan:
     """What a person should know about how the plan was chosen (a deadline no plan meets, a bad price)."""
 
     @property
+    def idle_gpu_hours(self) -> float:
+        """Idle GPU-hours the plan causes: for each pool it provisions, the pool's new GPUs
+        (the most it holds at once) held from the ask (now) until the last expert planned there
+        finishes, less the GPU-hours experts hold there (its provisioning delay, and GPUs waiting
+        between experts). GPUs of nodes that exist are there whatever the plan: not counted."""
+        idle = 0.0
+        for provision in self.provisions:
+            there = [a for a in self.assignments if a.node == provision.placeholder]
+            if not there:
+                continue
+            held = provision.gpus * max(a.predicted_seconds for a in there)
+            busy = sum(a.gpus * max(0.0, a.predicted_seconds - a.start_seconds) for a in there)
+            idle += max(0.0, held - busy) / 3600
+        return idle
+
+    @property
     def meets_deadline(self) -> bool | None:
         """Whether the makespan is within the deadline (None: no deadline)."""
         if self.deadline_seconds is None:

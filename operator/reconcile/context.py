@@ -21,7 +21,7 @@ from atoll.log import get_logger
 from atoll.operator.conditions import Trouble
 from atoll.operator.islands.loss import StageKey, lost_islands, unreachable
 from atoll.operator.placement import Assignment, Plan, labels
-from atoll.operator.placement.autoscalers import deletion_taint
+from atoll.operator.placement.autoscalers import removal_notice
 from atoll.operator.placement.capacity import Requests
 from atoll.operator.pods import Owner
 from atoll.operator.reconcile.actions import Action, Event
@@ -207,10 +207,16 @@ class Tick:
         return lost
 
     @functools.cached_property
-    def deletion_taints(self) -> Mapping[str, str]:
-        """Nodes an autoscaler is removing (a deletion taint on them) → that taint: nothing new
-        goes there, and the experts on them move off at a checkpoint."""
-        return {node.name: taint for node in self.obs.nodes or () if (taint := deletion_taint(node.taints)) is not None}
+    def removal_notices(self) -> Mapping[str, str]:
+        """Nodes being removed → why (a deletion taint an autoscaler put on them, or a True node
+        condition of `settings.termination_conditions`): nothing new goes there, and the
+        experts on them move off at a checkpoint."""
+        conditions = self.settings.termination_conditions
+        return {
+            node.name: notice
+            for node in self.obs.nodes or ()
+            if (notice := removal_notice(node.taints, node.notices, conditions)) is not None
+        }
 
     @functools.cached_property
     def unreachable_islands(self) -> Mapping[str, datetime]:

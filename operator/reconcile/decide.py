@@ -6,8 +6,9 @@ inputs always give the same decision, which is how the tests check it on recorde
 situations. The steps, in order: settle the store (spec.json written, outages), decide
 every stage through atoll.operator.attempts in pipeline order (so a finished stage unblocks
 the next at once), create the DDMExperts once the partition is done, stop experts whose
-move is due, place and start the attempts that must start, plan moves, then report
-(stage statuses, the run's phase through atoll.operator.machine, conditions, Events).
+move is due, place and start the attempts that must start, plan moves, account the GPU-hours
+used and the capacity asked for (atoll.operator.reconcile.usage), then report (stage
+statuses, the run's phase through atoll.operator.machine, conditions, Events).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from atoll.operator.reconcile.report import (
     stop_pods,
     summarize,
 )
+from atoll.operator.reconcile.usage import account_usage
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import PodView
 from atoll.stages import StageJob
@@ -67,6 +69,8 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         if status.phase == "Failed":
             stop_pods(tick, out, why="the run failed")
         remove_left_overs(tick, tick.current_attempts(status), out)
+        if status.usage is not None and status.usage.holding:
+            account_usage(tick, status, out)  # pods still running when the run ended (its done marker came first)
         return _decision(tick, status, out, memory)
     status.start_time = status.start_time or obs.now
     try:
@@ -87,6 +91,7 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
         elif move_check_due(tick):
             decisions = plan_expert_moves(tick, decisions, out)
             last_move_check = obs.monotonic
+    account_usage(tick, status, out)
     experts = record_stages(tick, status, decisions, out)
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
@@ -164,7 +169,8 @@ def _inputs(tick: Tick, status: DDMRunStatus, job: StageJob, ready: bool) -> Sta
 
 def _evacuating(tick: Tick, previous: StageStatus, current: PodView | None) -> str | None:
     """Why an expert's current attempt must leave its node: remembered from an earlier tick, or
-    its pod's node (the one it ran on, if the pod is gone already) carries a deletion taint."""
+    its pod's node (the one it ran on, if the pod is gone already) carries a deletion taint or
+    a termination condition."""
     if not isinstance(previous, DDMExpertStatus):
         return None
     if previous.evacuation is not None:
@@ -172,8 +178,8 @@ def _evacuating(tick: Tick, previous: StageStatus, current: PodView | None) -> s
     if current is not None and current.finished:
         return None
     where = current.node if current is not None else (previous.node if previous.phase == "Running" else None)
-    taint = tick.deletion_taints.get(where) if where is not None else None
-    return None if taint is None else f"node {where} is being removed (taint {taint})"
+    notice = tick.removal_notices.get(where) if where is not None else None
+    return None if notice is None else f"node {where} is being removed ({notice})"
 
 
 def _decide_stages(tick: Tick, status: DDMRunStatus, out: Outcome) -> dict[str, StageDecision]:

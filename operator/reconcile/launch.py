@@ -95,9 +95,11 @@ def _place(tick: Tick, starting: Mapping[str, StageDecision]) -> _Placed:
     statuses = tick.expert_statuses
     lost = tick.lost_nodes
     nodes = tuple(node for node in obs.nodes or () if node.name not in lost)  # nothing new goes to a lost node
-    # nor to one an autoscaler is removing: kept in view unschedulable (its GPUs still count
-    # against its pool's limit until it is gone), whatever the run tolerates
-    nodes = tuple(replace(n, unschedulable=True) if n.name in tick.deletion_taints else n for n in nodes)
+    # nor to one being removed (a deletion taint, a termination condition): kept in view
+    # unschedulable (its GPUs still count against its pool's limit until it is gone), whatever
+    # the run tolerates
+    leaving = tick.removal_notices
+    nodes = tuple(replace(n, unschedulable=True) if n.name in leaving else n for n in nodes)
     if not (obs.store.run_uri or "").startswith("s3://"):
         nodes = tuple(node for node in nodes if node.island == HOME_ISLAND)  # islands reach an S3 store only
     by_name = {node.name: node for node in nodes}

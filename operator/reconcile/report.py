@@ -268,6 +268,7 @@ def plan_status(plan: Plan, tick: Tick) -> PlanStatus:
         cost=None if plan.cost.cost is None else _figure(plan.cost.cost),
         unpriced_gpu_hours=_figure(plan.cost.unpriced_gpu_hours),
         provisioned_gpus=sum(provision.gpus for provision in plan.provisions),
+        idle_gpu_hours=_figure(plan.idle_gpu_hours),
         deadline_from=since,
         deadline=deadline,
         meets_deadline=None if deadline is None else now + timedelta(seconds=plan.makespan_seconds) <= deadline,

@@ -114,8 +114,10 @@ def pod_body(
     planned_node: str | None = None,
     planned_pool: str | None = None,
     unschedulable: str | None = None,
+    started_at: str | None = None,
 ) -> dict[str, Any]:
-    """The pod's body as the API server gives it."""
+    """The pod's body as the API server gives it (`started_at`: its container's start, in the
+    running or terminated state)."""
     job = StageJob(stage, expert_index)  # type: ignore[arg-type]
     labels = {"atoll.dev/run": RUN, "atoll.dev/stage": stage, "atoll.dev/attempt": str(attempt)}
     if expert_index is not None:
@@ -126,7 +128,11 @@ def pod_body(
         terminated = {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed", "finishedAt": finished_at}
         if message:
             terminated["message"] = message
+        if started_at is not None:
+            terminated["startedAt"] = started_at
         status["containerStatuses"] = [{"state": {"terminated": terminated}}]
+    elif started_at is not None:
+        status["containerStatuses"] = [{"state": {"running": {"startedAt": started_at}}}]
     if unschedulable is not None:
         scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
         status["conditions"] = [scheduled]

@@ -1,22 +1,25 @@
 """The decision on autoscaled clusters, on recorded observations (tests/operator/situations.py):
-an expert on a node an autoscaler taints for deletion checkpoints and moves, and a pod that
+an expert on a node an autoscaler taints for deletion, or whose termination condition (a spot
+preemption notice) is True, checkpoints and moves, and a pod that
 waits for a pool's new node for longer than failurePolicy.pendingTimeoutSeconds is given up
 and its expert planned again without that pool.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from atoll.operator.placement.autoscalers import deletion_taint
+from atoll.operator.command import add_arguments
+from atoll.operator.placement.autoscalers import TERMINATION_CONDITIONS, deletion_taint, removal_notice
 from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
 from atoll.operator.views import NodeView
 from atoll.stages import ExitCode
 
-from .situations import FLEET, gpu_node, later, observe, pod, step, store
+from .situations import FLEET, SETTINGS, gpu_node, later, observe, pod, step, store
 from .test_decide import created, reasons, run_with, running_experts
 
 A100 = "NVIDIA-A100-SXM4-40GB"
@@ -42,6 +45,65 @@ def tainted(key: str, effect: str = "NoSchedule") -> tuple[Any, ...]:
 )  # fmt: skip
 def test_a_deletion_taint_is_cluster_autoscalers_or_karpenters(taints: Any, found: str | None) -> None:
     assert deletion_taint(taints) == found
+
+
+def node_with_condition(kind: str, status: str = "True", reason: str = "SpotEvictionIncoming") -> NodeView:
+    """The fleet's A100 node as its watch delivers it, with one more condition."""
+    labels = {"nvidia.com/gpu.product": A100, "nvidia.com/gpu.memory": "40960"}
+    return NodeView.from_body(
+        {
+            "metadata": {"name": "a100-0", "labels": labels},
+            "spec": {},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "8"},
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady"},
+                    {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                    {"type": kind, "status": status, "reason": reason},
+                ],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "found"),
+    [
+        ("PreemptionScheduled", "True", "condition PreemptionScheduled=True (SpotEvictionIncoming)"),
+        ("VMEventScheduled", "True", "condition VMEventScheduled=True (SpotEvictionIncoming)"),
+        ("PreemptionScheduled", "False", None),
+        ("KernelDeadlock", "True", None),
+    ],
+)
+def test_a_termination_condition_is_a_removal_notice(kind: str, status: str, found: str | None) -> None:
+    node = node_with_condition(kind, status)
+    assert removal_notice(node.taints, node.notices, TERMINATION_CONDITIONS) == found
+    taint = {"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}
+    assert removal_notice((taint,), node.notices, TERMINATION_CONDITIONS) == "taint karpenter.sh/disrupted:NoSchedule"
+    assert removal_notice((), node.notices, ()) is None, "no condition types configured: none honoured"
+
+
+def test_experts_on_a_node_with_a_spot_preemption_notice_checkpoint_then_move() -> None:
+    """The same path as a deletion taint: the pods stopped gracefully (the trainer checkpoints on
+    SIGTERM), nothing new placed on that node; an operator told to honour no condition leaves them."""
+    status, experts, pods = running_experts()
+    nodes = tuple(node_with_condition("PreemptionScheduled") if n.name == "a100-0" else n for n in FLEET)
+    world = observe(run_with(status), experts=experts, pods=pods, nodes=nodes)
+    noticed = step(world)
+    assert {d.name: d.grace_seconds for d in noticed.of(DeletePod)} == {"r-expert-0-a1": None, "r-expert-1-a1": None}
+    assert reasons(noticed).count("Evacuating") == 2
+    patched = {p.expert: p.status for p in noticed.of(PatchExpertStatus)}
+    why = "node a100-0 is being removed (condition PreemptionScheduled=True (SpotEvictionIncoming))"
+    assert all(s.evacuation == why for s in patched.values()), patched
+    stopped = [pod("expert", 1, "Failed", expert_index=k, exit_code=ExitCode.STOPPED, deleting=True) for k in (0, 1)]
+    experts = [replace(e, status=patched[e.expert]) for e in experts]
+    moved = step(later(observe(run_with(noticed.status), experts=experts, pods=[*stopped, pods[2]], nodes=nodes), 4))
+    starts = {slug: c for slug, c in created(moved).items() if slug.startswith("expert-")}
+    assert set(starts) == {"expert-0", "expert-1"}
+    assert all(c.node not in (None, "a100-0") for c in starts.values())
+    ignored = step(world, settings=replace(SETTINGS, termination_conditions=()))
+    assert not ignored.of(DeletePod)
+    assert "Evacuating" not in reasons(ignored)
 
 
 @pytest.mark.parametrize("key", ["ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"])
@@ -146,3 +208,21 @@ def test_a_node_being_removed_still_counts_against_its_pools_limit() -> None:
     again = created(decision)["expert-0"]
     assert again.node in ("h100-0", "t4-0"), again.node
     assert "atoll.dev/planned-pool" not in again.manifest["metadata"]["annotations"]
+
+
+def test_the_termination_conditions_flag_defaults_to_the_known_types_and_names_a_bad_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).termination_conditions == ("PreemptionScheduled", "VMEventScheduled")
+    assert parser.parse_args(
+        ["--termination-conditions", "GCESpotPreempting, PreemptionScheduled"]
+    ).termination_conditions == (
+        "GCESpotPreempting",
+        "PreemptionScheduled",
+    )
+    assert parser.parse_args(["--termination-conditions", ""]).termination_conditions == ()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--termination-conditions", "Preemption Scheduled"])
+    assert "--termination-conditions: 'Preemption Scheduled' is not a node condition type" in capsys.readouterr().err

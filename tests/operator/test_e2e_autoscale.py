@@ -3,7 +3,9 @@ scheduler, operator and autoscaler (Karpenter's kwok provider): the plan provisi
 a pool the run declares, the expert's pod asks for the pool and product (no node name),
 Karpenter creates a node of that product, the pod binds to it, the expert trains there (the
 pod process runtime executes the NodePool's nodes: `node_pool(..., execute=True)`) and the
-run Succeeds; its finished pods stay (for their logs) and still Karpenter removes the node.
+run Succeeds; its finished pods stay (for their logs) and still Karpenter removes the node; the
+run's status shows the GPU-hours it used and the plan's idle GPU-hours, and its Events say when
+it asked the pool for GPUs and gave the nodes back.
 And a node tainted for deletion mid-run (cluster-autoscaler's `ToBeDeletedByClusterAutoscaler`;
 Karpenter's own `karpenter.sh/disrupted` would be taken off again by Karpenter, which puts it
 only on nodes it is disrupting itself, and is covered by the decision's unit tests in
@@ -31,7 +33,7 @@ from tests.env.cluster import ControlPlane
 from tests.env.karpenter import Karpenter, node_class, node_pool
 from tests.env.kube import wait_for
 from tests.env.runtime_process import PodRuntimeProcess
-from tests.operator.conftest import SECRET, OperatorProcess, apply, holder_pod, phase, pods, run_object, wait_run
+from tests.operator.conftest import SECRET, OperatorProcess, apply, holder_pod, phase, pods, wait_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
@@ -173,10 +175,37 @@ def test_a_run_short_of_gpus_trains_on_a_new_node_of_the_planned_product_which_g
             assert time.monotonic() < deadline, f"Karpenter kept {nodes}; its log ends:\n{karpenter.log_tail()}"
             time.sleep(1)
         removed_s = time.monotonic() - started
-        assert phase(run_object(control_plane, namespace, "grows")) == "Succeeded"
+        # The run Succeeds once the last stage's done marker is written; its pod may still be
+        # exiting: the usage follows it until it has ended.
+        final = wait_run(
+            control_plane, namespace, "grows", lambda r: r["status"].get("usage", {}).get("holding") == [], timeout=60,
+            what="no pod of the run holding GPUs",
+        )  # fmt: skip
+        assert phase(final) == "Succeeded"
+        # What the run used and asked for: GPU-hours from its pods' container times (every
+        # ended attempt counted), the plan's idle GPU-hours (the pool's delay × the GPUs asked),
+        # and one Event each when it asked the pool for GPUs and gave the new nodes back.
+        usage, plan = final["status"]["usage"], final["status"]["plan"]
+        assert usage["finishedGpuHours"] > 0, usage
+        assert usage["gpuHours"] == pytest.approx(usage["finishedGpuHours"], rel=1e-3), "nothing runs any more"
+        assert {"expert-0", "expert-1"} <= set(usage["countedAttempts"]), usage
+        assert (usage["holding"], usage["requested"]) == ([], []), usage
+        assert plan["provisionedGpus"] >= 1, plan
+        assert plan["idleGpuHours"] > 0, plan
+        events = control_plane.kubectl_json("get", "events", "-n", namespace)["items"]
+        on_run = [e for e in events if e["involvedObject"]["kind"] == "DDMRun"]
+        requested = [e["message"] for e in on_run if e["reason"] == "CapacityRequested"]
+        released = [e["message"] for e in on_run if e["reason"] == "CapacityReleased"]
+        assert requested, [e["reason"] for e in on_run]
+        assert all(f"pool {pool} " in m and L4 in m for m in requested), requested
+        assert {n for n in nodes if any(f"node {n} (pool {pool})" in m for m in released)} == nodes, released
     finally:
         tear_down(control_plane, namespace, "grows", pool, holders)
-    print(f"run Succeeded {succeeded_s:.1f}s after apply; Karpenter's node gone {removed_s:.1f}s after apply")
+    print(
+        f"run Succeeded {succeeded_s:.1f}s after apply; Karpenter's node gone {removed_s:.1f}s after apply;"
+        f" {usage['gpuHours']} GPU-hours used, plan idle {plan['idleGpuHours']} GPU-hours;"
+        f" events {requested} {released}"
+    )
 
 
 def test_an_expert_on_a_node_tainted_for_deletion_checkpoints_and_resumes_elsewhere(  # noqa: PLR0917 - fixtures
