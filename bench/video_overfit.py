@@ -3,6 +3,7 @@
     .venv/bin/python bench/video_overfit.py [--clips 4] [--steps 300] [--batch 8] [--lr 1e-3]
                                             [--cases image,video-p2,video-p4] [--threads 1] [--any-class]
                                             [--preset video-tiny] [--wan WIDTH,DEPTH,HEADS,FFN]
+                                            [--prediction sample|velocity]
                                             [--warmup 20] [--ema 0] [--caption-dropout 0]
                                             [--guidance 1] [--sampling-steps 20] [--sample-at 500,1000]
                                             [--out DIR]
@@ -24,7 +25,8 @@ Cases, all on the same clips, seed and sampler:
   * video: the preset's own patch.
 
 `--wan` overrides the Wan expert's width, depth, heads and feed-forward width, to try a shape
-before it becomes a preset.
+before it becomes a preset. `--prediction velocity` makes the Wan expert's network output the
+velocity itself (the earlier experts) instead of the clean clip (the presets' x0 prediction).
 
 Printed per case: the mean loss of the last 50 steps, CPU seconds per step, the samples'
 nearest-neighbour MSE and its ratio to the baseline measured on the same clips: the MSE of a
@@ -35,8 +37,8 @@ training shows as a ratio that falls with --steps. With --any-class the clips ar
 of the first 8: a look at how far an expert of the quickstart's size gets in a given budget.
 `--sample-at` also samples (and prints a row) at those earlier steps, so one run shows how
 legibility grows with training. Pure CPU; nothing is written unless `--out DIR` is given:
-then `<case>-step<N>.png` (one row per sample, its frames left to right; the real clips of the
-same captions in `real.png`) is written there, to be looked at.
+then `<case>-step<N>.png` (one row per sample, its frames left to right, one frame for the image
+case; the real clips of the same captions in `real.png`) is written there, to be looked at.
 """
 
 from __future__ import annotations
@@ -70,13 +72,15 @@ def one_class_clips(count: int, any_class: bool = False) -> tuple[Any, list[str]
 def build(case: str, data_shape: tuple[int, ...], text_dim: int, args: argparse.Namespace) -> Any:
     """The expert of a case, seeded."""
     from atoll.trainer.models.common import seeded
-    from atoll.trainer.models.expert import expert_class, expert_config
+    from atoll.trainer.models.expert import PREDICTION_KEY, expert_class, expert_config
 
     config = expert_config("tiny" if case == "image" else args.preset, latent_shape=data_shape, text_dim=text_dim)
     if case == "video-p2":
         config["patch_size"] = [1, 2, 2]
     if case == "video-p4":
         config["patch_size"] = [1, 4, 4]
+    if case != "image" and args.prediction == "velocity":
+        config.pop(PREDICTION_KEY, None)  # the network outputs the velocity itself, as before
     if case != "image" and args.wan:
         width, depth, heads, ffn = (int(v) for v in args.wan.split(","))
         config.update(num_attention_heads=heads, attention_head_dim=width // heads, num_layers=depth, ffn_dim=ffn)
@@ -121,8 +125,8 @@ def sample(expert: Any, encoder: Any, captions: tuple[Any, Any], data: Any, args
 
 def measure(case: str, step: int, samples: Any, data: Any, args: argparse.Namespace) -> dict[str, float]:
     """The samples' distances to their nearest training clip (and a blank clip's), their filmstrip written."""
-    if args.out and case != "image":
-        filmstrip(samples, args.out / f"{case}-step{step}.png")
+    if args.out:
+        filmstrip(samples.unsqueeze(2) if case == "image" else samples, args.out / f"{case}-step{step}.png")
     nearest = ((samples[:, None] - data[None]) ** 2).flatten(2).mean(2).min(dim=1).values
     return {
         "nearestMse": float(nearest.mean()),
@@ -209,6 +213,12 @@ def main() -> None:
     parser.add_argument("--cases", default="image,video-p2,video-p4")
     parser.add_argument("--preset", default="video-tiny", help="the Wan preset of the video cases")
     parser.add_argument("--wan", default="", help="WIDTH,DEPTH,HEADS,FFN: override the Wan expert's shape")
+    parser.add_argument(
+        "--prediction",
+        choices=["sample", "velocity"],
+        default="sample",
+        help="what the Wan expert's network outputs: x0 (the presets') or the velocity (the earlier experts')",
+    )
     parser.add_argument("--ema", type=float, default=0.0, help="sample an EMA of the weights with this decay (0: off)")
     parser.add_argument("--caption-dropout", type=float, default=0.0, help="share of steps on the empty caption")
     parser.add_argument("--guidance", type=float, default=1.0)
@@ -231,7 +241,8 @@ def main() -> None:
     what = "clips of every class" if args.any_class else f"clips of {captions[0]!r}"
     print(f"{args.clips} {what}, {args.steps} steps × {args.batch}, lr {args.lr}, warm-up {args.warmup}")
     print(
-        f"preset {args.preset}{' reshaped ' + args.wan if args.wan else ''}, EMA {args.ema or 'off'},"
+        f"preset {args.preset}{' reshaped ' + args.wan if args.wan else ''}, predicting {args.prediction},"
+        f" EMA {args.ema or 'off'},"
         f" caption dropout {args.caption_dropout}, sampler {args.sampling_steps} steps at guidance {args.guidance}"
     )
     print("case       step  loss    CPU s/step  nearest MSE  best MSE  blank MSE  nearest / blank")

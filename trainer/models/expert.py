@@ -22,6 +22,16 @@ from atoll.trainer.models.common import ModelConfigError, architecture, seeded
 WAN_FREQ_DIM = 256
 """Width of the sinusoidal timestep features of Wan experts (Wan 2.1's)."""
 
+PREDICTION_KEY = "_prediction_type"
+"""Config key (kept by diffusers' save/load, private so it warns nobody) naming what an expert's
+network outputs: "sample" (the clean x0, converted to a velocity by `velocity`) or, when absent,
+"flow_prediction" (the velocity itself)."""
+
+SAMPLE_PREDICTION_MIN_SIGMA = 0.05
+"""σ floor of the x0 → velocity conversion v = (x_t − x̂0) / max(σ, floor), so that the
+velocity stays bounded as σ → 0 (JiT's 0.05, "Back to Basics: Let Denoising Generative Models
+Denoise", Li & He 2025)."""
+
 
 def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> dict[str, Any]:
     """The diffusers config of preset `name` for latents [C, H, W] (or clips [C, T, H, W]) and captions of width D."""
@@ -45,6 +55,10 @@ def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> d
             "qk_norm": "rms_norm_across_heads",
             "eps": 1e-6,
             "rope_max_seq_len": 1024,
+            # Wan experts predict the clean clip: a velocity target (mostly the noise) has to pass
+            # every pixel's noise through the network, which a patch of 3·1·4·4 = 48 values per
+            # 64-wide token cannot (docs/video.md, "Why the video experts predict x0").
+            PREDICTION_KEY: "sample",
         }
     return {
         "_class_name": "PixArtTransformer2DModel",
@@ -95,6 +109,22 @@ def is_video_expert(expert: torch.nn.Module) -> bool:
     return type(inner).__name__ == "WanTransformer3DModel"
 
 
+def prediction_type(expert: torch.nn.Module) -> str:
+    """What an expert's network outputs: "sample" (x0) or "flow_prediction" (the velocity)."""
+    config: Any = getattr(getattr(expert, "module", expert), "config", {})
+    return str(config.get(PREDICTION_KEY, "flow_prediction"))
+
+
+def velocity_from_sample(x_t: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The velocity (x_t − x̂0) / max(σ, floor) implied by a clean-sample prediction x̂0 at noise levels σ ([B]).
+
+    Exact for σ ≥ the floor: one Euler step from σ to 0 then lands on x̂0.
+    """
+    floor = sigma.float().clamp(min=SAMPLE_PREDICTION_MIN_SIGMA)
+    scale = floor.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+    return (x_t - sample.to(x_t.dtype)) / scale
+
+
 def token_timesteps(
     sigma: torch.Tensor, x_t: torch.Tensor, patch: Sequence[int], condition: torch.Tensor
 ) -> torch.Tensor:
@@ -134,6 +164,8 @@ def velocity(
         # Wan attends to every caption token: padded positions of our encoders are zero vectors,
         # as Wan pads its own captions.
         out: torch.Tensor = expert(x_t, timestep=timestep, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        if prediction_type(expert) == "sample":
+            return velocity_from_sample(x_t, out, sigma)
         return out
     if first_frame_given is not None and bool(first_frame_given.any()):
         raise ModelConfigError("a first-frame condition is for video experts; this expert denoises images")
