@@ -34,9 +34,9 @@ def load_config(kubeconfig: str | None = None) -> Any:
     return client.ApiClient(configuration)
 
 
-CONNECTIONS = 96
+CONNECTIONS = 48
 """Kept-alive connections to the API server: one per thread that calls it at once (16 pod and
-DDMExpert creators, 64 status writers, the reconcile threads' reads). Beyond the pool, every
+DDMExpert creators, 16 status writers, the reconcile threads' reads). Beyond the pool, every
 request opens a new TLS connection and closes it after (urllib3 discards what the pool cannot
 keep): a handshake per request, for the operator and for the API server."""
 

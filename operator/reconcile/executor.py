@@ -64,13 +64,6 @@ def permanent_refusal(error: Exception) -> str | None:
     return f"{status} {getattr(error, 'reason', None) or 'refused'}: {message or 'no message'}"
 
 
-STATUS_WRITERS = 64
-"""Status patches in flight at once, over every run. A patch is small and the API server
-batches what reaches etcd together, so throughput grows with the patches in flight while each
-one's latency stays about the same: at 16 runs × 64 experts starting together, 16 writers were
-the queue (2048 patches of ~0.5 s each, 16 at a time, ~64 s of backlog)."""
-
-
 class Executor:
     """Applies decisions through the Kubernetes API and the run's store; the Events to post
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
@@ -82,7 +75,6 @@ class Executor:
         stores: RunStores,
         *,
         parallel: int = 16,
-        status_parallel: int = STATUS_WRITERS,
         islands: Islands | None = None,
         timer: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -94,7 +86,7 @@ class Executor:
         self.creators = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-create")
         """DDMExpert and pod creations of one tick go out side by side (64 pods one after the
         other would delay the last by seconds)."""
-        self.status_writers = ThreadPoolExecutor(max_workers=status_parallel, thread_name_prefix="act-status")
+        self.status_writers = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-status")
         """DDMExpert status patches, side by side too, on threads of their own: a status write
         waits only for other status writes, never for pod creations queued by other runs."""
         self.timer = timer

@@ -104,36 +104,3 @@ def test_the_act_steps_parts_are_timed() -> None:
     executor = Executor(api, GpuLedger(), RunStores(), timer=lambda part, _: parts.append(part))  # type: ignore[arg-type]
     executor.apply(_run("r"), _decision(_pod("r", 0), _patch("r", 0)))
     assert parts == ["act-pods", "act-statuses"]
-
-
-class SlowStatusApi:
-    """Status patches block until every one of a tick's patches is in flight (or time runs out)."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.in_flight = 0
-        self.most = 0
-        self.lock = threading.Lock()
-        self.all_in_flight = threading.Event()
-
-    def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        with self.lock:
-            self.in_flight += 1
-            self.most = max(self.most, self.in_flight)
-            if self.in_flight >= self.expected:
-                self.all_in_flight.set()
-        self.all_in_flight.wait(1.0)
-        with self.lock:
-            self.in_flight -= 1
-
-
-def test_a_ticks_64_status_patches_are_in_flight_together_by_default() -> None:
-    """At 16 runs × 64 experts starting together, ~2000 status patches of ~0.5 s each reach the
-    API server: 16 writers were the queue. A patch is small; what bounds them is the latency."""
-    api = SlowStatusApi(expected=64)
-    executor = Executor(api, GpuLedger(), RunStores())  # type: ignore[arg-type]
-    started = time.monotonic()
-    applied = executor.apply(_run("a"), _decision(*(_patch("a", k) for k in range(64))))
-    assert applied.errors == []
-    assert api.most == 64
-    assert time.monotonic() - started < 5.0  # one wave, not four waits of 1 s
