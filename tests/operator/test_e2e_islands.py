@@ -263,7 +263,12 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
             (expert,) = [e for e in experts(control_plane, namespace) if e["spec"]["expert"] == lost]
             return expert["status"].get("island") in ("home", reef) and expert["status"].get("attempt", 0) >= 2
 
-        wait_run(control_plane, namespace, name, lambda _: moved(), timeout=240, what="the lost expert elsewhere")
+        try:
+            wait_run(control_plane, namespace, name, lambda _: moved(), timeout=240, what="the lost expert elsewhere")
+        except pytest.fail.Exception as failure:  # say what the operator saw of the island, for the next reader
+            seen = atoll_crds.kubectl_json("get", "computeisland", lab).get("status")
+            said = [line for line in operator.output().splitlines() if lab in line or "island" in line][-30:]
+            pytest.fail(f"{failure}\nComputeIsland {lab} status: {json.dumps(seen)}\noperator:\n" + "\n".join(said))
         assert time.monotonic() - lost_at >= 10, "not before failurePolicy.islandLostSeconds"
         for expert in experts(control_plane, namespace):
             if expert["spec"]["expert"] == lost:
