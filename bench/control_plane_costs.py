@@ -60,14 +60,17 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
 
 
-def apiserver_metrics(kube: Kube) -> dict[tuple[str, tuple[str, ...]], tuple[float, float]]:
-    """(histogram, label values) → (count, sum) for the histograms above, from /metrics."""
+Histograms = dict[tuple[str, tuple[str, ...]], tuple[float, float]]
+"""(histogram, its chosen label values) → (count, sum)."""
+
+
+def histograms(text: str, wanted: dict[str, tuple[str, ...]]) -> Histograms:
+    """The wanted histograms of a Prometheus text page, summed over every label not named."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = _get(kube, "/metrics").decode()
     out: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     for family in text_string_to_metric_families(text):
-        labels = _HISTOGRAMS.get(family.name)
+        labels = wanted.get(family.name)
         if labels is None:
             continue
         for sample in family.samples:
@@ -79,30 +82,24 @@ def apiserver_metrics(kube: Kube) -> dict[tuple[str, tuple[str, ...]], tuple[flo
     return {key: (count, total) for key, (count, total) in out.items()}
 
 
-ETCD_HISTOGRAMS = (
-    "etcd_disk_wal_fsync_duration_seconds",
-    "etcd_disk_backend_commit_duration_seconds",
-    "etcd_network_client_grpc_received_bytes",
-)
+def apiserver_metrics(kube: Kube) -> Histograms:
+    """The API server's request and etcd latencies (the histograms above), from its /metrics."""
+    return histograms(_get(kube, "/metrics").decode(), _HISTOGRAMS)
 
 
-def etcd_metrics(port: int) -> dict[tuple[str, tuple[str, ...]], tuple[float, float]]:
-    """etcd's own disk latencies (WAL fsync, backend commit), (count, sum) each, from its plain
-    /metrics on the client port: whether its writes wait on the disk or on the CPU."""
+ETCD_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "etcd_disk_wal_fsync_duration_seconds": (),
+    "etcd_disk_backend_commit_duration_seconds": (),
+}
+
+
+def etcd_metrics(port: int) -> Histograms:
+    """etcd's own disk latencies (WAL fsync, backend commit), from its plain /metrics on the
+    client port: whether its writes wait on the disk or on the CPU."""
     from urllib.request import urlopen
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    out: dict[tuple[str, tuple[str, ...]], tuple[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ETCD_HISTOGRAMS:
-            continue
-        count = sum(sample.value for sample in family.samples if sample.name.endswith("_count"))
-        total = sum(sample.value for sample in family.samples if sample.name.endswith("_sum"))
-        out[(family.name, ())] = (count, total)
-    return out
+        return histograms(response.read().decode(), ETCD_HISTOGRAMS)
 
 
 def events_by_reason(kube: Kube, namespace: str) -> dict[str, int]:
@@ -119,8 +116,8 @@ def events_by_reason(kube: Kube, namespace: str) -> dict[str, int]:
 
 
 def latency_delta(
-    before: dict[tuple[str, tuple[str, ...]], tuple[float, float]],
-    after: dict[tuple[str, tuple[str, ...]], tuple[float, float]],
+    before: Histograms,
+    after: Histograms,
     *,
     top: int = 12,
 ) -> list[dict[str, Any]]:
@@ -171,9 +168,9 @@ class Costs:
     def __init__(self, kube: Kube, processes: dict[str, int], etcd_port: int, namespace: str) -> None:
         self.kube, self.processes, self.etcd_port, self.namespace = kube, processes, etcd_port, namespace
         self.cpu: dict[str, float] = {}
-        self.requests: dict[tuple[str, tuple[str, ...]], tuple[float, float]] = {}
+        self.requests: Histograms = {}
 
-    def _requests(self) -> dict[tuple[str, tuple[str, ...]], tuple[float, float]]:
+    def _requests(self) -> Histograms:
         requests = apiserver_metrics(self.kube)
         try:
             requests.update(etcd_metrics(self.etcd_port))

@@ -35,10 +35,10 @@ class OperatorSettings:
     heartbeat_stale_seconds: float = 120.0
     """A running stage whose progress.json is older than this makes the run Degraded."""
     move_check_seconds: float = 60.0
+    """How often a training run looks for faster GPUs that became free (0: never move experts)."""
     termination_conditions: tuple[str, ...] = TERMINATION_CONDITIONS
     """Node condition types that, when True, announce the node's end (a spot preemption): the
     experts there checkpoint and move, as on a node tainted for deletion (empty: none)."""
-    """How often a training run looks for faster GPUs that became free (0: never move experts)."""
     max_gpus_per_pod: int | None = None
     """Cap on the GPUs of one stage pod (None: spec.placement.gpu.maxPerExpert alone). Fake
     fleets whose "GPUs" are CPU processes (the dev environment) set 1: each GPU of a pod
