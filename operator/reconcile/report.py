@@ -2,7 +2,8 @@
 only when it changed), the run's phase through the state machine, conditions, progress,
 the model URI, the experts' last placement plan (its makespan, GPU-hours, cost, deadline), and
 an Event for every transition (one: a stage whose pod is created now is
-told by that pod's AttemptStarted Event). Pure.
+told by that pod's AttemptStarted Event; an expert's pod starting to run by its DDMExpert's
+status alone). Pure.
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def _stage_event(
     tick: Tick, job: StageJob, old: str, status: StageStatus, out: Outcome, *, announced: bool = False
 ) -> None:
     """An Event for the stage's transition to `status` (`announced`: its pod is created now,
-    whose AttemptStarted Event tells the transition to Pending)."""
+    whose AttemptStarted Event tells the transition to Pending). An expert's pod starting to
+    run posts none: its attempt's AttemptStarted Event already named the pod, node and GPU,
+    and the DDMExpert's status (phase, node, step) shows it running — at 1000 experts that
+    Event was 1000 writes in the start-up burst that told nothing new. The run's own stages
+    (a handful per run) keep theirs."""
     if status.phase in ("Waiting", old) or (announced and status.phase == "Pending"):
+        return
+    if status.phase == "Running" and job.expert is not None:
         return
     kind = "Warning" if status.phase in ("Restarting", "Failed") else "Normal"
     reason = {"Pending": "Scheduling"}.get(status.phase, status.phase)

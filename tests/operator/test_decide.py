@@ -592,6 +592,8 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
         0: ("Running", "a100-0", None),
         1: ("Running", "a100-0", None),
     }
+    # Its AttemptStarted Event named pod, node and GPU; the status now says it runs: no Event.
+    assert not [e for e in decision.events if e.target["metadata"]["name"].startswith("r-expert-")]
 
 
 def test_an_attempt_started_is_one_event_and_one_waiting_for_a_place_another() -> None:
