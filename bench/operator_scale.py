@@ -358,6 +358,7 @@ def main() -> int:
         "cpu": subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()[:15],
         "kwok_pod_workers": args.kwok_pod_workers,
         "load_before": _load(),
+        "autogroup": _autogroup(),
     }
     cluster = ControlPlane(work / "cluster", kwok_pod_workers=args.kwok_pod_workers)
     try:
@@ -393,6 +394,18 @@ def main() -> int:
 def _load() -> str:
     """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
     return " / ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def _autogroup() -> str:
+    """Whether the kernel shares the CPU out per session (autogroup scheduling): while it is on,
+    a nice value holds only inside its own session, so another job "at nice 19" takes as much
+    of the cores as any one component of the bench. `echo 0 >
+    /proc/sys/kernel/sched_autogroup_enabled` (as root) turns it off for processes started
+    after; `echo 19 > /proc/PID/autogroup` lowers a running job's whole session."""
+    try:
+        return {"1": "on", "0": "off"}.get(Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip(), "?")
+    except OSError:
+        return "absent"
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def acceptance(results: dict[str, Any]) -> str:
     return "\n".join([
         f"acceptance ({results['nodes']} kwok nodes, {results['runs']} runs × {results['experts_per_run']} experts;"
         f" kwok pod workers {results['kwok_pod_workers']}; load average {results['load_before']} before,"
-        f" {results['load_after']} after):",
+        f" {results['load_after']} after; autogroup scheduling {results.get('autogroup', '?')}):",
         f"  pod bound → DDMExpert Running: median {whole['median']:.1f} s, p95 {whole['p95']:.1f} s,"
         f" max {whole['max']:.1f} s over {results['experts_running']} of {experts} experts:"
         f" goal (every one within {GOAL_SECONDS:.0f} s) {'MET' if met else 'NOT MET'}",
