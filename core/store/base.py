@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from atoll.errors import AtollError
 
@@ -136,6 +139,25 @@ class Store(ABC):
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         rests = (info.key[len(prefix) :] for info in self.list_objects(prefix))
         return sorted({rest.split("/", 1)[0] for rest in rests if "/" in rest})
+
+
+@contextmanager
+def replacing(target: Path, *, fsync: bool = False) -> Iterator[BinaryIO]:
+    """A temp file beside `target`, open for writing, that replaces `target` when the block
+    ends without error and is removed otherwise: a reader sees the old file or the whole new
+    one, never a part (`fsync`: the data reaches the disk before the rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        Path(tmp).replace(target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:

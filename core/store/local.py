@@ -7,14 +7,12 @@ as is a child prefix or key with an empty, '.' or '..' segment: nothing reaches 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from atoll.api.uris import local_root_problem, prefix_problem
-from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key
+from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key, replacing
 
 
 class LocalStore(Store):
@@ -33,18 +31,8 @@ class LocalStore(Store):
         return self.root / key
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(self._path(key), fsync=True) as handle:
+            handle.write(data)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -53,31 +41,14 @@ class LocalStore(Store):
             raise NotFoundError(self.uri_of(key)) from None
 
     def put_file(self, key: str, path: Path) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _copy(path, self._path(key))
 
     def put_file_sha256(self, key: str, path: Path) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         digest = hashlib.sha256()
-        try:
-            with path.open("rb") as source, os.fdopen(fd, "wb") as sink:
-                while chunk := source.read(CHUNK_SIZE):
-                    digest.update(chunk)
-                    sink.write(chunk)
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with path.open("rb") as source, replacing(self._path(key)) as sink:
+            while chunk := source.read(CHUNK_SIZE):
+                digest.update(chunk)
+                sink.write(chunk)
         return digest.hexdigest()
 
     def read_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -93,15 +64,7 @@ class LocalStore(Store):
         source = self._path(key)
         if not source.is_file():
             raise NotFoundError(self.uri_of(key))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _copy(source, path)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -132,3 +95,9 @@ class LocalStore(Store):
         if problem := prefix_problem(prefix):
             raise StoreError(f"invalid child prefix {prefix!r} of {self.uri}: {problem}")
         return LocalStore(self.root / join_key(prefix))
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a file so that `target` is the old file or the whole copy, never a part."""
+    with source.open("rb") as reader, replacing(target) as writer:
+        shutil.copyfileobj(reader, writer, CHUNK_SIZE)

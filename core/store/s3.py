@@ -17,7 +17,6 @@ import functools
 import hashlib
 import io
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from minio.error import S3Error
 
 from atoll.api.uris import prefix_problem, uri_problem
 from atoll.log import get_logger
-from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key
+from atoll.store.base import CHUNK_SIZE, NotFoundError, ObjectInfo, Store, StoreError, join_key, replacing
 from atoll.store.retry import Retrier, RetryPolicy, classify
 
 log = get_logger(__name__)
@@ -239,16 +238,9 @@ class S3Store(Store):
                 response.release_conn()
 
     def get_file(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                for chunk in self.read_chunks(key):
-                    sink.write(chunk)
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path) as sink:
+            for chunk in self.read_chunks(key):
+                sink.write(chunk)
 
     def exists(self, key: str) -> bool:
         name = self._name(key)
