@@ -102,17 +102,22 @@ def etcd_metrics(port: int) -> Histograms:
         return histograms(response.read().decode(), ETCD_HISTOGRAMS)
 
 
-def events_by_reason(kube: Kube, namespace: str) -> dict[str, int]:
-    """Events in a namespace, counted by who posted them and why ("component/Reason")."""
+def events_by_reason(kube: Kube, namespace: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Events in a namespace, counted by who posted them and why ("component/Reason"), and up
+    to three messages of each reason (what an unexpected count was about)."""
     import json
     from collections import Counter
 
     items = json.loads(kube.core.list_namespaced_event(namespace, _preload_content=False).data)["items"]
-    counts = Counter(
-        f"{(item.get('source') or {}).get('component') or item.get('reportingComponent') or '?'}/{item.get('reason')}"
-        for item in items
-    )
-    return dict(counts.most_common())
+    counts: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for item in items:
+        source = (item.get("source") or {}).get("component") or item.get("reportingComponent") or "?"
+        key = f"{source}/{item.get('reason')}"
+        counts[key] += 1
+        if len(shown := examples.setdefault(key, [])) < 3:
+            shown.append(f"{(item.get('involvedObject') or {}).get('name')}: {item.get('message')}")
+    return dict(counts.most_common()), examples
 
 
 def latency_delta(
@@ -185,9 +190,11 @@ class Costs:
     def stop(self) -> dict[str, Any]:
         cpu = cpu_delta(self.cpu, component_cpu(self.processes))
         requests = latency_delta(self.requests, self._requests(), top=16)
-        events = events_by_reason(self.kube, self.namespace)
+        events, examples = events_by_reason(self.kube, self.namespace)
         print(f"CPU seconds per process meanwhile: {cpu}")
         print("API server and etcd, requests served meanwhile (busiest first: count × mean time each):")
         print(format_latency(requests))
         print(f"Events in {self.namespace}, by who posted them and why: {events}")
-        return {"cpu_seconds_per_process": cpu, "requests": requests, "events": events}
+        for key, messages in examples.items():
+            print(f"  {key}: " + " | ".join(message[:160] for message in messages))
+        return {"cpu_seconds_per_process": cpu, "requests": requests, "events": events, "event_examples": examples}
