@@ -29,6 +29,7 @@ PresetName = Literal[
     "dit-l/2",
     "dit-xl/2",
     "video-nano",
+    "video-nano-w2",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -43,6 +44,7 @@ PRESET_NAMES: tuple[PresetName, ...] = (
     "dit-l/2",
     "dit-xl/2",
     "video-nano",
+    "video-nano-w2",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -199,6 +201,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     # The video quickstart's expert: half video-tiny's width and a coarser patch, (1, 4, 4) — 64
     # tokens of a 4 × 16 × 16 clip — so that thousands of steps fit the 2-core budget.
     "video-nano": _wan(64, 4, 2, 256, patch=(1, 4, 4), absolute_positions=True),
+    # Twice video-nano's width (about four video-nano experts' parameters): the equal-parameter monolith.
+    "video-nano-w2": _wan(128, 4, 4, 512, patch=(1, 4, 4), absolute_positions=True),
     "video-tiny": _wan(128, 4, 4, 512),
     "video-tiny-w2": _wan(256, 4, 8, 1024),  # four video-tiny experts' parameters in one model
     "video-s": _wan(384, 12, 6, 1536),
@@ -252,6 +256,7 @@ PRESET_RECIPES: dict[str, str] = {
     "dit-l/2": "dit",
     "dit-xl/2": "dit",
     "video-nano": "cpu-video",
+    "video-nano-w2": "cpu-video",
     "video-tiny": "cpu-video",
     "video-tiny-w2": "cpu-video",
     "video-s": "dit",
