@@ -101,6 +101,7 @@ def build_expert(name: str, *, latent_shape: Sequence[int], text_dim: int, seed:
     config = expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
     with seeded(seed):
         model: torch.nn.Module = expert_class(config).from_config(config)
+    attach_positions(model)
     return model
 
 
@@ -150,7 +151,8 @@ def uses_absolute_positions(expert: torch.nn.Module) -> bool:
 
 def attach_positions(expert: torch.nn.Module) -> None:
     """Make a Wan expert whose config asks for absolute positions add them (idempotent; kept by
-    deepcopy). `velocity` calls it, so built, resumed and loaded experts all get them."""
+    deepcopy). Building and loading an expert call it, and so does `velocity`, for experts that
+    diffusers' own loader built."""
     if not uses_absolute_positions(expert):
         return
     inner: Any = getattr(expert, "module", expert)  # DistributedDataParallel keeps the model in .module

@@ -10,7 +10,8 @@ import torch
 
 from atoll.trainer import flow
 from atoll.trainer.models import ModelConfigError, build_expert, model_from_directory, velocity
-from atoll.trainer.models.expert import POSITIONS_KEY, token_timesteps
+from atoll.trainer.models.common import seeded
+from atoll.trainer.models.expert import POSITIONS_KEY, expert_class, expert_config, token_timesteps
 from atoll.trainer.models.router import build_router, router_logits
 
 CLIP = (3, 4, 8, 8)
@@ -115,8 +116,10 @@ def test_video_nano_experts_know_where_each_token_is() -> None:
     expert = build_expert("video-nano", latent_shape=clip, text_dim=16, seed=0).eval()
     assert expert.config[POSITIONS_KEY] == "sincos-3d"
     # A constant clip: RoPE alone (relative offsets) gives every patch the same output …
-    plain = build_expert("video-nano", latent_shape=clip, text_dim=16, seed=0).eval()
-    plain.register_to_config(**{POSITIONS_KEY: None})
+    config = expert_config("video-nano", latent_shape=clip, text_dim=16)
+    del config[POSITIONS_KEY]
+    with seeded(0):
+        plain = expert_class(config).from_config(config).eval()
     rope_only = _patch_outputs(plain, clip)
     torch.testing.assert_close(rope_only, rope_only[:1].expand_as(rope_only))
     # … absolute 3-D positions make every patch of every frame different.
@@ -136,6 +139,6 @@ def test_absolute_positions_are_saved_with_the_expert(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(velocity(loaded, x_t, sigma, text, mask), expected)
         # The same weights without the key: the positions were part of the output.
-        rope_only = model_from_directory(tmp_path)
+        rope_only = expert_class(loaded.config).from_pretrained(tmp_path)  # diffusers' loader alone
         rope_only.register_to_config(**{POSITIONS_KEY: None})
         assert not torch.allclose(velocity(rope_only, x_t, sigma, text, mask), expected)
