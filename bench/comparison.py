@@ -77,6 +77,19 @@ def parameters(preset: str, spec: dict[str, Any]) -> int:
     return expert_parameter_count(preset, latent_shape=latent_shape(spec), text_dim=text.dim)
 
 
+def monolith_presets(expert_preset: str) -> tuple[str, str]:
+    """The monoliths' presets for a DDM of `expert_preset` experts: the same preset (equal FLOPs) and
+    its twice-as-wide variant `<preset>-w2` (equal FLOPs, about four experts' parameters)."""
+    from atoll.api.presets import PRESETS
+
+    wide = f"{expert_preset}-w2"
+    if expert_preset not in PRESETS or wide not in PRESETS:
+        raise SystemExit(
+            f"expert preset {expert_preset!r} has no wide variant {wide!r} for the equal-parameter monolith"
+        )
+    return expert_preset, wide
+
+
 def monolith(base: dict[str, Any], *, name: str, preset: str, steps: int) -> dict[str, Any]:
     """The DDM's manifest as a one-expert model (no router) of `preset` trained `steps` steps."""
     document = json.loads(json.dumps(base))

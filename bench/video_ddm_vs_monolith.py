@@ -1,12 +1,12 @@
 """Paris 2.0's table at toy scale: a video DDM vs monoliths at equal training FLOPs, on moving digits.
 
-Runs the video quickstart DDM (K video-tiny Wan experts + a router) and two monoliths
-through the local runtime, every model trained with the same total FLOPs (counted with
-torch's FlopCounterMode, router included):
+Runs the video quickstart DDM (K Wan experts of the manifest's preset + a router) and two
+monoliths through the local runtime, every model trained with the same total FLOPs (counted
+with torch's FlopCounterMode, router included):
 
-* the equal-FLOPs monolith: one video-tiny expert on all the data;
-* the equal-parameter monolith: one video-tiny-w2 expert (twice as wide: as many parameters
-  as four video-tiny experts together), so a DDM win cannot be read as capacity alone.
+* the equal-FLOPs monolith: one expert of the manifest's preset (e.g. video-nano) on all the data;
+* the equal-parameter monolith: one expert of its `-w2` preset (twice as wide: as many
+  parameters as four experts together), so a DDM win cannot be read as capacity alone.
 
 Prints, per model and strategy, the domain FVD (a 3-D CNN evaluator trained at evaluate time
 on half of the real clips), text–video alignment (how often that evaluator recognises the
@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from comparison import expert_flops, monolith, parameters, router_flops, run_manifest, score, versions
+from comparison import (
+    expert_flops,
+    monolith,
+    monolith_presets,
+    parameters,
+    router_flops,
+    run_manifest,
+    score,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "manifests" / "examples" / "video-quickstart.yaml"
@@ -59,8 +68,9 @@ def main() -> int:
     clusters = int(spec["partition"]["clusters"])
     batch = int(spec["expert"]["globalBatchSize"])
     router_batch = int(spec["router"]["globalBatchSize"])
-    expert = expert_flops(spec["expert"]["preset"], spec)
-    wide = expert_flops("video-tiny-w2", spec)
+    narrow_preset, wide_preset = monolith_presets(spec["expert"]["preset"])
+    expert = expert_flops(narrow_preset, spec)
+    wide = expert_flops(wide_preset, spec)
     router = router_flops(spec)
     ddm_total = clusters * spec["expert"]["steps"] * batch * expert + spec["router"]["steps"] * router_batch * router
     equal_flops_steps = round(ddm_total / (batch * expert))
@@ -68,10 +78,8 @@ def main() -> int:
 
     runs = {
         "ddm": {**base, "metadata": {"name": f"bench-video-ddm{suffix}"}},
-        "monolith": monolith(base, name=f"bench-video-monolith{suffix}", preset="video-tiny", steps=equal_flops_steps),
-        "wide": monolith(
-            base, name=f"bench-video-monolith-w2{suffix}", preset="video-tiny-w2", steps=equal_params_steps
-        ),
+        "monolith": monolith(base, name=f"bench-video-monolith{suffix}", preset=narrow_preset, steps=equal_flops_steps),
+        "wide": monolith(base, name=f"bench-video-monolith-w2{suffix}", preset=wide_preset, steps=equal_params_steps),
     }
     metrics: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
@@ -79,15 +87,15 @@ def main() -> int:
         metrics[key], seconds[key] = run_manifest(document, args.workdir / f"{key}.yaml", args.workdir)
 
     baseline = score(metrics["monolith"]["strategies"]["full"])
-    table = _table(metrics, clusters, baseline)
+    table = _table(metrics, clusters, baseline, (narrow_preset, wide_preset))
     reliable = all(m["classifier"]["reliable"] for m in metrics.values())
     top2 = score(metrics["ddm"]["strategies"]["top-2"]) / baseline
     results = {
         "quick": args.quick,
         "flopsPerExample": {"expert": expert, "wideExpert": wide, "router": router},
         "parameters": {
-            "expert": parameters(spec["expert"]["preset"], spec),
-            "wideExpert": parameters("video-tiny-w2", spec),
+            "expert": parameters(narrow_preset, spec),
+            "wideExpert": parameters(wide_preset, spec),
             "experts": clusters,
         },
         "trainingFlops": ddm_total,
@@ -123,11 +131,11 @@ def main() -> int:
     return 0
 
 
-def _table(metrics: dict[str, dict[str, Any]], clusters: int, baseline: float) -> list[str]:
+def _table(metrics: dict[str, dict[str, Any]], clusters: int, baseline: float, presets: tuple[str, str]) -> list[str]:
     """The markdown table: monoliths, DDM strategies, the real-vs-real floor and shuffled frames."""
     rows = [
-        ("monolith, equal FLOPs (video-tiny, K=1)", metrics["monolith"]["strategies"]["full"]),
-        ("monolith, equal FLOPs and parameters (video-tiny-w2)", metrics["wide"]["strategies"]["full"]),
+        (f"monolith, equal FLOPs ({presets[0]}, K=1)", metrics["monolith"]["strategies"]["full"]),
+        (f"monolith, equal FLOPs and parameters ({presets[1]})", metrics["wide"]["strategies"]["full"]),
     ] + [(f"DDM {s} (K={clusters})", metrics["ddm"]["strategies"][s]) for s in STRATEGIES]
     table = [
         "| model | domain FVD ↓ | vs monolith | alignment ↑ | temporal consistency | experts run / step | s / clip |",

@@ -72,7 +72,7 @@ def one_class_clips(count: int, any_class: bool = False) -> tuple[Any, list[str]
 def build(case: str, data_shape: tuple[int, ...], text_dim: int, args: argparse.Namespace) -> Any:
     """The expert of a case, seeded."""
     from atoll.trainer.models.common import seeded
-    from atoll.trainer.models.expert import PREDICTION_KEY, expert_class, expert_config
+    from atoll.trainer.models.expert import POSITIONS_KEY, PREDICTION_KEY, SINCOS_3D, expert_class, expert_config
 
     config = expert_config("tiny" if case == "image" else args.preset, latent_shape=data_shape, text_dim=text_dim)
     if case == "video-p2":
@@ -81,6 +81,10 @@ def build(case: str, data_shape: tuple[int, ...], text_dim: int, args: argparse.
         config["patch_size"] = [1, 4, 4]
     if case != "image" and args.prediction == "velocity":
         config.pop(PREDICTION_KEY, None)  # the network outputs the velocity itself, as before
+    if case != "image" and args.positions != "preset":
+        config.pop(POSITIONS_KEY, None)
+        if args.positions == "on":
+            config[POSITIONS_KEY] = SINCOS_3D
     if case != "image" and args.wan:
         width, depth, heads, ffn = (int(v) for v in args.wan.split(","))
         config.update(num_attention_heads=heads, attention_head_dim=width // heads, num_layers=depth, ffn_dim=ffn)
@@ -218,6 +222,12 @@ def main() -> None:
         choices=["sample", "velocity"],
         default="sample",
         help="what the Wan expert's network outputs: x0 (the presets') or the velocity (the earlier experts')",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=["preset", "on", "off"],
+        default="preset",
+        help="fixed 3-D sin-cos positions on the Wan expert's patch tokens: as the preset says, or forced",
     )
     parser.add_argument("--ema", type=float, default=0.0, help="sample an EMA of the weights with this decay (0: off)")
     parser.add_argument("--caption-dropout", type=float, default=0.0, help="share of steps on the empty caption")

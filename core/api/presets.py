@@ -29,6 +29,7 @@ PresetName = Literal[
     "dit-l/2",
     "dit-xl/2",
     "video-nano",
+    "video-nano-w2",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -43,6 +44,7 @@ PRESET_NAMES: tuple[PresetName, ...] = (
     "dit-l/2",
     "dit-xl/2",
     "video-nano",
+    "video-nano-w2",
     "video-tiny",
     "video-tiny-w2",
     "video-s",
@@ -70,6 +72,9 @@ class Architecture:
     """Latent patch that becomes one token: (h, w) for image families, (t, h, w) for video ones."""
     mlp_ratio: float = 4.0
     """Width of each block's feed-forward layer over hidden_size."""
+    absolute_positions: bool = False
+    """Video families only: add fixed 3-D sin-cos positions to the patch tokens (Wan itself has only
+    RoPE, relative positions in attention)."""
 
     def __post_init__(self) -> None:
         sides = 3 if self.family == "wan" else 2
@@ -77,6 +82,8 @@ class Architecture:
             raise PresetError(f"a {self.family} patch has {sides} positive sides, got {self.patch}")
         if self.hidden_size % self.heads:
             raise PresetError(f"hidden_size {self.hidden_size} is not divisible by {self.heads} heads")
+        if self.absolute_positions and (self.family != "wan" or self.hidden_size % 16):
+            raise PresetError("absolute 3-D positions are for wan models whose width is a multiple of 16")
 
     @property
     def head_dim(self) -> int:
@@ -157,10 +164,22 @@ def _dit(hidden_size: int, depth: int, heads: int, patch: int = 2) -> Architectu
 
 
 def _wan(
-    hidden_size: int, depth: int, heads: int, ffn_dim: int, patch: tuple[int, int, int] = (1, 2, 2)
+    hidden_size: int,
+    depth: int,
+    heads: int,
+    ffn_dim: int,
+    patch: tuple[int, int, int] = (1, 2, 2),
+    *,
+    absolute_positions: bool = False,
 ) -> Architecture:
     return Architecture(
-        family="wan", hidden_size=hidden_size, depth=depth, heads=heads, patch=patch, mlp_ratio=ffn_dim / hidden_size
+        family="wan",
+        hidden_size=hidden_size,
+        depth=depth,
+        heads=heads,
+        patch=patch,
+        mlp_ratio=ffn_dim / hidden_size,
+        absolute_positions=absolute_positions,
     )
 
 
@@ -181,7 +200,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # 8960, patch (1, 2, 2)).
     # The video quickstart's expert: half video-tiny's width and a coarser patch, (1, 4, 4) — 64
     # tokens of a 4 × 16 × 16 clip — so that thousands of steps fit the 2-core budget.
-    "video-nano": _wan(64, 4, 2, 256, patch=(1, 4, 4)),
+    "video-nano": _wan(64, 4, 2, 256, patch=(1, 4, 4), absolute_positions=True),
+    # Twice video-nano's width (about four video-nano experts' parameters): the equal-parameter monolith.
+    "video-nano-w2": _wan(128, 4, 4, 512, patch=(1, 4, 4), absolute_positions=True),
     "video-tiny": _wan(128, 4, 4, 512),
     "video-tiny-w2": _wan(256, 4, 8, 1024),  # four video-tiny experts' parameters in one model
     "video-s": _wan(384, 12, 6, 1536),
@@ -235,6 +256,7 @@ PRESET_RECIPES: dict[str, str] = {
     "dit-l/2": "dit",
     "dit-xl/2": "dit",
     "video-nano": "cpu-video",
+    "video-nano-w2": "cpu-video",
     "video-tiny": "cpu-video",
     "video-tiny-w2": "cpu-video",
     "video-s": "dit",

@@ -89,7 +89,7 @@ def test_defaults_bounds_enums_and_cel_rules_reach_the_schema() -> None:
     expert = spec["properties"]["expert"]
     assert expert["properties"]["preset"]["enum"] == [
         *("tiny", "tiny-w2", "dit-s/2", "dit-b/2", "dit-l/2", "dit-xl/2"),
-        *("video-nano", "video-tiny", "video-tiny-w2", "video-s", "video-b", "wan-1.3b"),
+        *("video-nano", "video-nano-w2", "video-tiny", "video-tiny-w2", "video-s", "video-b", "wan-1.3b"),
     ]
     assert expert["properties"]["learningRate"] == {
         "type": "number",

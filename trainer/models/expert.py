@@ -2,7 +2,8 @@
 
 Image presets build diffusers' PixArtTransformer2DModel over latents [C, H, W]; video
 presets build diffusers' WanTransformer3DModel over clips [C, T, H, W] (3-D RoPE,
-cross-attention to the caption, any frame count). An expert predicts the flow-matching
+cross-attention to the caption, any frame count), optionally with fixed 3-D sin-cos positions
+added to its patch tokens (a config key, so saved models keep it). An expert predicts the flow-matching
 velocity of its cluster, conditioned on the caption by cross-attention and on the timestep
 1000·σ. Training, assembly and sampling all call `velocity(...)` so the conditioning
 convention — including image-to-video's clean first frame — lives in one place.
@@ -10,6 +11,7 @@ convention — including image-to-video's clean first frame — lives in one pla
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,12 @@ PREDICTION_KEY = "_prediction_type"
 """Config key (kept by diffusers' save/load, private so it warns nobody) naming what an expert's
 network outputs: "sample" (the clean x0, converted to a velocity by `velocity`) or, when absent,
 "flow_prediction" (the velocity itself)."""
+
+POSITIONS_KEY = "_absolute_positions"
+"""Config key (private, kept by save/load like PREDICTION_KEY) of Wan experts that add fixed 3-D sin-cos
+positions to their patch tokens: "sincos-3d", or absent for RoPE only (diffusers' Wan)."""
+
+SINCOS_3D = "sincos-3d"
 
 SAMPLE_PREDICTION_MIN_SIGMA = 0.05
 """σ floor of the x0 → velocity conversion v = (x_t − x̂0) / max(σ, floor), so that the
@@ -59,6 +67,9 @@ def expert_config(name: str, *, latent_shape: Sequence[int], text_dim: int) -> d
             # every pixel's noise through the network, which a patch of 3·1·4·4 = 48 values per
             # 64-wide token cannot (docs/video.md, "Why the video experts predict x0").
             PREDICTION_KEY: "sample",
+            # RoPE alone gives attention relative offsets only; absolute positions tell a token where
+            # in the clip it is, which the x0 estimate from near-pure noise needs (docs/video.md).
+            **({POSITIONS_KEY: SINCOS_3D} if arch.absolute_positions else {}),
         }
     return {
         "_class_name": "PixArtTransformer2DModel",
@@ -90,6 +101,7 @@ def build_expert(name: str, *, latent_shape: Sequence[int], text_dim: int, seed:
     config = expert_config(name, latent_shape=latent_shape, text_dim=text_dim)
     with seeded(seed):
         model: torch.nn.Module = expert_class(config).from_config(config)
+    attach_positions(model)
     return model
 
 
@@ -113,6 +125,40 @@ def prediction_type(expert: torch.nn.Module) -> str:
     """What an expert's network outputs: "sample" (x0) or "flow_prediction" (the velocity)."""
     config: Any = getattr(getattr(expert, "module", expert), "config", {})
     return str(config.get(PREDICTION_KEY, "flow_prediction"))
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_positions(dim: int, frames: int, rows: int, cols: int) -> torch.Tensor:
+    """Fixed 3-D sin-cos positions [dim, frames, rows, cols] of a patch-token grid (float32, CPU):
+    3/4 of the channels for (h, w), 1/4 for t, as the video router's."""
+    from diffusers.models.embeddings import get_3d_sincos_pos_embed
+
+    table = get_3d_sincos_pos_embed(dim, (cols, rows), frames, output_type="pt")  # [T, rows·cols, D], row-major
+    return table.permute(2, 0, 1).reshape(dim, frames, rows, cols).float().contiguous()
+
+
+def _add_positions(module: torch.nn.Module, inputs: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Forward hook of a Wan expert's patch embedding: its output [B, D, T', H', W'] plus the positions."""
+    positions = sincos_positions(*(int(v) for v in tokens.shape[1:]))
+    return tokens + positions.to(device=tokens.device, dtype=tokens.dtype)
+
+
+def uses_absolute_positions(expert: torch.nn.Module) -> bool:
+    """Whether a (Wan) expert's config asks for 3-D sin-cos positions on its patch tokens."""
+    config: Any = getattr(getattr(expert, "module", expert), "config", {})
+    return bool(config.get(POSITIONS_KEY) == SINCOS_3D)
+
+
+def attach_positions(expert: torch.nn.Module) -> None:
+    """Make a Wan expert whose config asks for absolute positions add them (idempotent; kept by
+    deepcopy). Building and loading an expert call it, and so does `velocity`, for experts that
+    diffusers' own loader built."""
+    if not uses_absolute_positions(expert):
+        return
+    inner: Any = getattr(expert, "module", expert)  # DistributedDataParallel keeps the model in .module
+    embedding: torch.nn.Module = inner.patch_embedding
+    if _add_positions not in embedding._forward_hooks.values():
+        embedding.register_forward_hook(_add_positions)
 
 
 def velocity_from_sample(x_t: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -157,6 +203,7 @@ def velocity(
     """
     dtype = x_t.dtype
     if is_video_expert(expert):
+        attach_positions(expert)
         timestep = flow.timestep(sigma)
         if first_frame_given is not None and bool(first_frame_given.any()):
             config: Any = getattr(expert, "module", expert).config

@@ -21,6 +21,7 @@ from atoll.store import Store
 from atoll.store.checkpoint import CheckpointStore
 from atoll.store.manifest import Checkpoint
 from atoll.trainer.models.common import ModelConfigError
+from atoll.trainer.models.expert import attach_positions
 
 if TYPE_CHECKING:
     from diffusers import ModelMixin, PixArtTransformer2DModel
@@ -63,6 +64,7 @@ def model_from_directory(directory: Path, *, device: torch.device | str = "cpu")
     except (ValueError, KeyError) as error:
         raise ModelConfigError(f"{config_path} does not name a model class (_class_name): {error!r}") from None
     model = model_class(class_name).from_pretrained(directory, local_files_only=True)
+    attach_positions(model)
     return cast("ModelMixin", model.to(device).eval())
 
 
@@ -76,7 +78,9 @@ def model_from_config(directory: Path) -> ModelMixin:
         raise ModelConfigError(f"{config_path} is not a readable model config: {error}") from None
     if "_class_name" not in config:
         raise ModelConfigError(f"{config_path} does not name a model class (_class_name)")
-    return cast("ModelMixin", model_class(config["_class_name"]).from_config(config))
+    model = model_class(config["_class_name"]).from_config(config)
+    attach_positions(model)
+    return cast("ModelMixin", model)
 
 
 def final_checkpoint(store: Store, stage_prefix: str) -> Checkpoint:

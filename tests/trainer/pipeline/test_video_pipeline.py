@@ -16,8 +16,8 @@ CLIP = (3, 4, 8, 8)
 PROMPTS = ["a 1 moving left", "a 2 moving up", "a 3 moving right"]
 
 
-def video_pipeline(experts: int = 3, *, first_frame: bool = True) -> DDMPipeline:
-    """K random video-tiny experts and a per-clip router over identity-VAE clips [3, 4, 8, 8]."""
+def video_pipeline(experts: int = 3, *, first_frame: bool = True, preset: str = "video-tiny") -> DDMPipeline:
+    """K random experts (video-tiny, or `preset`) and a per-clip router over identity-VAE clips [3, 4, 8, 8]."""
     from atoll.trainer.encoders import text_encoder_for, vae_for
     from atoll.trainer.models.expert import build_expert
     from atoll.trainer.models.router import build_router
@@ -28,8 +28,8 @@ def video_pipeline(experts: int = 3, *, first_frame: bool = True) -> DDMPipeline
         vae=vae_for("identity").model,
         text_encoder=text.model,
         scheduler=flow_match_scheduler(),
-        router=build_router("video-tiny", clusters=experts, latent_shape=CLIP, seed=99),
-        experts=[build_expert("video-tiny", latent_shape=CLIP, text_dim=text.dim, seed=k) for k in range(experts)],
+        router=build_router(preset, clusters=experts, latent_shape=CLIP, seed=99),
+        experts=[build_expert(preset, latent_shape=CLIP, text_dim=text.dim, seed=k) for k in range(experts)],
         default_strategy="top-1",
         default_steps=3,
         default_guidance=2.0,
@@ -107,10 +107,11 @@ def test_image_to_video_keeps_the_given_first_frame() -> None:
         pipeline(PROMPTS[0], image=torch.zeros(3, 4, 4))
 
 
-def test_video_model_directory_loads_through_diffusers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["video-tiny", "video-nano"])  # video-nano: absolute 3-D positions
+def test_video_model_directory_loads_through_diffusers(tmp_path: Path, preset: str) -> None:
     from diffusers import DiffusionPipeline
 
-    pipeline = video_pipeline(2)
+    pipeline = video_pipeline(2, preset=preset)
     expected = pipeline(PROMPTS, generator=5, return_latents=True).latents
     pipeline.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "pipeline_ddm.py").is_file()

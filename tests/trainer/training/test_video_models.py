@@ -10,7 +10,8 @@ import torch
 
 from atoll.trainer import flow
 from atoll.trainer.models import ModelConfigError, build_expert, model_from_directory, velocity
-from atoll.trainer.models.expert import token_timesteps
+from atoll.trainer.models.common import seeded
+from atoll.trainer.models.expert import POSITIONS_KEY, expert_class, expert_config, token_timesteps
 from atoll.trainer.models.router import build_router, router_logits
 
 CLIP = (3, 4, 8, 8)
@@ -99,3 +100,45 @@ def test_video_router_gives_one_distribution_per_clip_and_reads_time() -> None:
         build_router("video-tiny", clusters=3, latent_shape=(3, 4, 7, 7))
     with pytest.raises(ValueError, match="built for 64 tokens per clip, got 128"), torch.no_grad():
         router_logits(router, torch.randn(1, 3, 8, 8, 8), sigma[:1])
+
+
+def _patch_outputs(expert: torch.nn.Module, clip: tuple[int, ...]) -> torch.Tensor:
+    """The expert's velocity for a constant clip, one row per 4 × 4 patch of every frame."""
+    text, mask = torch.zeros(1, 5, 16), torch.ones(1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        out = velocity(expert, torch.zeros(1, *clip), torch.tensor([0.9]), text, mask)[0]
+    channels, frames, side = out.shape[0], out.shape[1], out.shape[-1] // 4
+    return out.reshape(channels, frames, side, 4, side, 4).permute(1, 2, 4, 0, 3, 5).reshape(frames * side * side, -1)
+
+
+def test_video_nano_experts_know_where_each_token_is() -> None:
+    clip = (3, 4, 16, 16)
+    expert = build_expert("video-nano", latent_shape=clip, text_dim=16, seed=0).eval()
+    assert expert.config[POSITIONS_KEY] == "sincos-3d"
+    # A constant clip: RoPE alone (relative offsets) gives every patch the same output …
+    config = expert_config("video-nano", latent_shape=clip, text_dim=16)
+    del config[POSITIONS_KEY]
+    with seeded(0):
+        plain = expert_class(config).from_config(config).eval()
+    rope_only = _patch_outputs(plain, clip)
+    torch.testing.assert_close(rope_only, rope_only[:1].expand_as(rope_only))
+    # … absolute 3-D positions make every patch of every frame different.
+    positioned = _patch_outputs(expert, clip)
+    assert torch.cdist(positioned, positioned).fill_diagonal_(1.0).min() > 1e-3
+
+
+def test_absolute_positions_are_saved_with_the_expert(tmp_path: Path) -> None:
+    expert = build_expert("video-nano", latent_shape=(3, 4, 8, 8), text_dim=16, seed=0).eval()
+    x_t, sigma = torch.randn(2, 3, 4, 8, 8), torch.rand(2)
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        expected = velocity(expert, x_t, sigma, text, mask)
+    expert.save_pretrained(tmp_path)
+    loaded = model_from_directory(tmp_path)
+    assert loaded.config[POSITIONS_KEY] == "sincos-3d"
+    with torch.no_grad():
+        torch.testing.assert_close(velocity(loaded, x_t, sigma, text, mask), expected)
+        # The same weights without the key: the positions were part of the output.
+        rope_only = expert_class(loaded.config).from_pretrained(tmp_path)  # diffusers' loader alone
+        rope_only.register_to_config(**{POSITIONS_KEY: None})
+        assert not torch.allclose(velocity(rope_only, x_t, sigma, text, mask), expected)
