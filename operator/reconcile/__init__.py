@@ -94,10 +94,12 @@ class Reconciler:
         return remember(memory, decision, applied), applied.events
 
     def forget(self, body: Mapping[str, Any]) -> None:
-        """The run is gone: drop its store client."""
+        """The run is gone: drop its store client and what was read of its pods."""
         from atoll.operator.reconcile.observation import RunObject
 
-        self.stores.forget(RunObject.from_body(body))
+        run = RunObject.from_body(body)
+        self.stores.forget(run)
+        self.observer.forget(run)
 
 
 def decide_reserving(

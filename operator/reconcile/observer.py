@@ -100,6 +100,12 @@ class Observer:
         self.settings = settings
         self.stores = stores
         self.islands = islands
+        self._ahead: dict[tuple[str, str, str], dict[str, PodView]] = {}
+        """Per run, pods read from the API server that the index showed less far along."""
+
+    def forget(self, run: RunObject) -> None:
+        """The run is gone: drop what was read of its pods."""
+        self._ahead.pop((run.namespace, run.name, run.uid), None)
 
     def observe(
         self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory, *, now: datetime, monotonic: float
@@ -127,7 +133,7 @@ class Observer:
         experts = {k: memory.experts.get(k, view.status) for k, view in own_experts.items()}
         confirmed = self._confirm_missing(run, previous, experts, own_pods)
         store = self._read_store(run, spec, previous, experts, own_pods + confirmed, monotonic=monotonic, now=now)
-        return replace(observation, pods=indexes.pods + confirmed, store=store)
+        return replace(observation, pods=self._not_behind(run, indexes.pods, confirmed), store=store)
 
     # --- pods -----------------------------------------------------------------------------
 
@@ -138,28 +144,61 @@ class Observer:
         experts: Mapping[int, DDMExpertStatus],
         pods: tuple[PodView, ...],
     ) -> tuple[PodView, ...]:
-        """Pods the index may not show yet (created a moment ago), from the API server, before
-        the decision calls them lost."""
-        missing: list[StageStatus] = []
+        """Pods the index may not show (created a moment ago, or trailing in the watch), from the
+        API server, before the decision calls them lost: a pod a stage's status names, and a pod
+        the run's usage holds GPUs with (else one tick that missed it counted its attempt ended
+        and posted CapacityReleased while it ran on)."""
+        missing: dict[str, str] = {}
+        """Pod name → the node (island-qualified) it was last known on."""
         for job, status in _stage_statuses(previous, experts):
             if status.attempt == 0 or status.phase not in ("Pending", "Running") or not status.pod:
                 continue
             if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
                 continue
-            missing.append(status)
+            missing[str(status.pod)] = status.node or ""
+        seen = {p.name for p in pods}
+        for held in previous.usage.holding if previous.usage is not None else ():
+            if held.pod not in seen:
+                missing.setdefault(held.pod, held.node)
         home: set[str] = set()
         found: list[PodView] = []
-        for status in missing:
-            island, _ = split_node(status.node or "")
+        for name, node in sorted(missing.items()):
+            island, _ = split_node(node)
             if self.islands is None or island == HOME_ISLAND:
-                home.add(str(status.pod))
-            elif (view := self._read_island_pod(self.islands, run, str(status.pod), island)) is not None:
+                home.add(name)
+            elif (view := self._read_island_pod(self.islands, run, name, island)) is not None:
                 found.append(view)
         if home:  # one list of the run's pods, not a GET per pod (a burst of new pods the index trails)
             for body in self.kube.run_pods(run.namespace, run.name):
                 if body["metadata"]["name"] in home and (view := PodView.from_body(body)) is not None:
                     found.append(view)
         return tuple(found)
+
+    def _not_behind(
+        self, run: RunObject, indexed: tuple[PodView, ...], confirmed: tuple[PodView, ...]
+    ) -> tuple[PodView, ...]:
+        """The run's pods, none shown less far along than a tick saw it: a pod read from the
+        API server (the index did not show it yet) stands in for the index's view of it until
+        the index shows it as far along (bound, started, ended: a pod never goes back). Under
+        load the pod watch trails by seconds; without this, the tick after a pod was read
+        Running saw it Pending again, wrote the expert back to Pending (and Running once more)
+        and took its GPUs for given back."""
+        ahead = self._ahead.setdefault((run.namespace, run.name, run.uid), {})
+        for view in confirmed:
+            ahead[view.name] = view
+        pods: list[PodView] = []
+        for view in indexed:
+            newer = ahead.get(view.name)
+            if newer is not None and _progress(newer) > _progress(view):
+                pods.append(newer)
+                continue
+            ahead.pop(view.name, None)  # the index caught up
+            pods.append(view)
+        shown = {view.name for view in indexed}
+        pods += [view for view in confirmed if view.name not in shown]
+        for name in [name for name in ahead if name not in shown and all(v.name != name for v in confirmed)]:
+            del ahead[name]  # neither the index nor the API server shows it now
+        return tuple(pods)
 
     @staticmethod
     def _read_island_pod(islands: Islands, run: RunObject, name: str, island: str) -> PodView | None:
@@ -321,6 +360,15 @@ class Observer:
             except StoreError:
                 return snapshot  # the next poll says it
         return replace(snapshot, done=done)
+
+
+def _progress(pod: PodView) -> int:
+    """How far along a pod is, in the order a pod only ever moves: created, bound, started, ended."""
+    if pod.finished:
+        return 3
+    if pod.started_at is not None or pod.phase == "Running":
+        return 2
+    return 1 if pod.node is not None else 0
 
 
 def _stage_statuses(

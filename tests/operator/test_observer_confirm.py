@@ -4,9 +4,10 @@ API server: in one list, however many pods the index trails by."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from atoll.api.status import DDMExpertStatus, DDMRunStatus
+from atoll.api.status import DDMExpertStatus, DDMRunStatus, PodUsageStatus, UsageStatus
 from atoll.operator.reconcile.observation import RunObject
 from atoll.operator.reconcile.observer import Observer, RunStores
 from atoll.operator.settings import OperatorSettings
@@ -53,3 +54,45 @@ def test_nothing_is_read_when_the_index_shows_every_pod() -> None:
     run = RunObject(name=RUN, namespace=NAMESPACE, uid=UID)
     assert observer._confirm_missing(run, DDMRunStatus(), statuses, (pod("expert", 1, expert_index=0),)) == ()
     assert (api.lists, api.gets) == (0, 0)
+
+
+def test_a_pod_the_usage_holds_is_read_when_the_index_misses_it() -> None:
+    # One tick's view of the run's pods missed a pod that was Running: the usage counted its
+    # attempt ended (never counted again) and posted CapacityReleased while it ran on.
+    running = pod_body("expert", 1, "Running", expert_index=3, node="a100-0")
+    api = CountingApi([running])
+    observer = Observer(api, OperatorSettings(), RunStores())  # type: ignore[arg-type]
+    name = running["metadata"]["name"]
+    held = PodUsageStatus(
+        pod=name, stage="expert-3", attempt=1, node="a100-0", gpus=1, started_at=datetime(2026, 3, 1, tzinfo=UTC)
+    )
+    previous = DDMRunStatus(usage=UsageStatus(holding=[held]))
+    run = RunObject(name=RUN, namespace=NAMESPACE, uid=UID)
+    found = observer._confirm_missing(run, previous, {}, ())
+    assert [(view.name, view.phase) for view in found] == [(name, "Running")]
+    # Gone from the API server too: nothing is found, and the usage may count it ended.
+    api.bodies.clear()
+    assert observer._confirm_missing(run, previous, {}, ()) == ()
+    assert api.lists == 2
+    # Shown by the index: nothing is read.
+    assert observer._confirm_missing(run, previous, {}, (pod("expert", 1, "Running", expert_index=3),)) == ()
+    assert api.lists == 2
+
+
+def test_a_pod_read_from_the_api_server_is_not_shown_less_far_along_by_a_trailing_index() -> None:
+    # Under load the pod watch trails: a tick read a new pod Running from the API server; the
+    # next tick's index showed it just created. It was taken back to Pending (the expert's
+    # status written Pending, then Running again) and its GPUs taken for given back.
+    running = pod("expert", 1, "Running", expert_index=3, node="a100-0")
+    created = pod("expert", 1, "Pending", expert_index=3, node=None)
+    other = pod("expert", 1, "Pending", expert_index=4, node=None)
+    observer = Observer(CountingApi([]), OperatorSettings(), RunStores())  # type: ignore[arg-type]
+    run = RunObject(name=RUN, namespace=NAMESPACE, uid=UID)
+    assert observer._not_behind(run, (other,), (running,)) == (other, running), "read: the index lacks it"
+    assert observer._not_behind(run, (created, other), ()) == (running, other), "the index trails"
+    bound = pod("expert", 1, "Pending", expert_index=3, node="a100-0")
+    assert observer._not_behind(run, (bound, other), ()) == (running, other), "still behind"
+    later = pod("expert", 1, "Succeeded", expert_index=3, node="a100-0")
+    assert observer._not_behind(run, (later, other), ()) == (later, other), "caught up: the index's view"
+    # Once caught up, the API server's old view is forgotten: the index alone counts again.
+    assert observer._not_behind(run, (created, other), ()) == (created, other)
