@@ -38,6 +38,11 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", 
 TOKEN_SECONDS = 3607
 
 
+def _local_engine() -> Engine | None:
+    """buildah on Atoll's storage, as root only (an image container needs chroot and mounts)."""
+    return local_buildah() if os.geteuid() == 0 else None
+
+
 @dataclass(frozen=True)
 class Launch:
     """How to start one image container: the command for Popen, and what to undo when it ends."""
@@ -59,7 +64,7 @@ class ImagePods:
         parts = urlsplit(api_server)
         self.api_host, self.api_port = parts.hostname or "127.0.0.1", parts.port or 443
         self.workdir = workdir
-        self.engine = engine if engine is not None else (local_buildah() if os.geteuid() == 0 else None)
+        self.engine = engine if engine is not None else _local_engine()
         self.prefix = f"atoll-rt-{hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:8]}"
         self._names: dict[str, str] = {}
         self._listed_at = -REFRESH_S
@@ -69,9 +74,15 @@ class ImagePods:
     # --- images ---------------------------------------------------------------------
 
     def lookup(self, image: str | None) -> str | None:
-        """The ID of the pod's image when it is in local storage, else None (run on the host)."""
-        if self.engine is None or not image:
+        """The ID of the pod's image when it is in local storage, else None (run on the host).
+        Without an engine yet, one is looked for again: on a fresh machine the runtime starts
+        before the first image build installs buildah and makes the storage."""
+        if not image:
             return None
+        if self.engine is None:
+            self.engine = _local_engine()
+            if self.engine is None:
+                return None
         found = self._find(image)
         if found is None and time.monotonic() - self._listed_at >= REFRESH_S:
             self._refresh()

@@ -34,7 +34,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.e2e]
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "quickstart.yaml"
 EVERY = 10
-STEPS = 60
+STEPS = 200
+"""Enough steps after the first checkpoint that the test's polls see expert 0 checkpointed while
+expert 1 still trains: with 60, a run on a quiet machine trained both experts to the end (in
+about 15 s, start-up included) without a poll seeing that state."""
 
 
 def quickstart_small() -> dict[str, Any]:

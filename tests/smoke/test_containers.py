@@ -4,6 +4,7 @@ volumes the runtime can give, and mount targets resolved inside the root filesys
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,20 @@ def test_image_inputs_key_follows_its_inputs() -> None:
     assert key == build.inputs_key(operator, "base-a")
     assert key != build.inputs_key(operator, "base-b")
     assert key != build.inputs_key(build.IMAGES["trainer"], "base-a")
+
+
+def test_the_runtime_finds_buildah_installed_after_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a fresh machine the pod runtime starts before the first image build installs buildah
+    # and makes the storage: it ran every image pod on the host for the rest of the session.
+    from images.engine import Engine
+    from tests.env import imagepods
+
+    engine = Engine("buildah", ("buildah", "--root", str(tmp_path / "root"), "--storage-driver", "vfs"))
+    monkeypatch.setattr(imagepods, "_local_engine", lambda: None)
+    images = imagepods.ImagePods(None, "https://127.0.0.1:6443", tmp_path / "work")
+    assert images.lookup("localhost/atoll-operator:t1") is None, "no buildah yet: on the host"
+    (tmp_path / "root" / "vfs-images").mkdir(parents=True)
+    records = [{"id": "f" * 64, "names": ["localhost/atoll-operator:t1"]}]
+    (tmp_path / "root" / "vfs-images" / "images.json").write_text(json.dumps(records))
+    monkeypatch.setattr(imagepods, "_local_engine", lambda: engine)
+    assert images.lookup("localhost/atoll-operator:t1") == "f" * 64, "installed and built since: from the image"
