@@ -196,7 +196,7 @@ class Observer:
             pods.append(view)
         shown = {view.name for view in indexed}
         pods += [view for view in confirmed if view.name not in shown]
-        for name in [name for name in ahead if name not in shown and all(v.name != name for v in confirmed)]:
+        for name in ahead.keys() - shown - {view.name for view in confirmed}:
             del ahead[name]  # neither the index nor the API server shows it now
         return tuple(pods)
 
