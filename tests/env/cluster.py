@@ -356,11 +356,20 @@ class ControlPlane:
         return [e for e in events if username is None or e.get("user", {}).get("username") == username]
 
     def pids(self) -> dict[str, int]:
-        """component → pid, from kwokctl's pid files (for tests that check nothing is left)."""
+        """component → pid, from kwokctl's pid files (for tests that check nothing is left). A
+        file kwokctl is writing or removing at that instant (empty during a start) is left out."""
         pid_dir = self.cluster_dir / "pids"
         if not pid_dir.is_dir():
             return {}
-        return {path.stem: int(path.read_text().strip()) for path in pid_dir.glob("*.pid")}
+        found = {}
+        for path in pid_dir.glob("*.pid"):
+            try:
+                text = path.read_text().strip()
+            except FileNotFoundError:  # removed since the listing
+                continue
+            if text.isdigit():
+                found[path.stem] = int(text)
+        return found
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60

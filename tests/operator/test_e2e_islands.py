@@ -267,8 +267,16 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
             wait_run(control_plane, namespace, name, lambda _: moved(), timeout=240, what="the lost expert elsewhere")
         except pytest.fail.Exception as failure:  # say what the operator saw of the island, for the next reader
             seen = atoll_crds.kubectl_json("get", "computeisland", lab).get("status")
-            said = [line for line in operator.output().splitlines() if lab in line or "island" in line][-30:]
-            pytest.fail(f"{failure}\nComputeIsland {lab} status: {json.dumps(seen)}\noperator:\n" + "\n".join(said))
+            lines = operator.output().splitlines()
+            said = [line for line in lines if lab in line and "island probed" not in line][-15:]
+            probed = [line for line in lines if "island probed" in line][-4:]
+            troubles = [line for line in lines if "Traceback" in line or "error" in line.lower()][-10:]
+            where = {e["spec"]["expert"]: e.get("status") for e in experts(control_plane, namespace)}
+            pytest.fail(
+                f"{failure}\noperator, troubles:\n" + "\n".join(troubles) + "\noperator, on the island:\n"
+                + "\n".join(said + probed) + f"\nComputeIsland {lab} status: {json.dumps(seen)}"
+                + f"\nDDMExpert statuses: {json.dumps(where)[:2500]}"
+            )  # fmt: skip
         assert time.monotonic() - lost_at >= 10, "not before failurePolicy.islandLostSeconds"
         for expert in experts(control_plane, namespace):
             if expert["spec"]["expert"] == lost:
