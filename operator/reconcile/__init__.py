@@ -28,7 +28,8 @@ from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
 from atoll.operator.reconcile.decide import decide
 from atoll.operator.reconcile.executor import Executor
 from atoll.operator.reconcile.observation import Observation, RunMemory
-from atoll.operator.reconcile.observer import GpuHolders, IndexSnapshot, Observer, RunStores
+from atoll.operator.reconcile.observer import GpuHolders, IndexSnapshot, Observer
+from atoll.operator.reconcile.store_reader import RunStores
 from atoll.operator.settings import OperatorSettings
 
 __all__ = [

@@ -36,7 +36,7 @@ from atoll.operator.reconcile.actions import (
     WriteSpec,
 )
 from atoll.operator.reconcile.observation import RunObject, StoreProblem
-from atoll.operator.reconcile.observer import RunStores, run_owner
+from atoll.operator.reconcile.store_reader import RunStores, run_owner
 from atoll.store import StoreError
 
 log = get_logger("atoll.operator.reconcile")

@@ -18,7 +18,7 @@ from atoll.operator.ledger import GpuLedger
 from atoll.operator.reconcile.actions import CreatePod, DeletePod, PatchExpertStatus, WriteSpec
 from atoll.operator.reconcile.executor import Executor, permanent_refusal
 from atoll.operator.reconcile.observation import StoreProblem
-from atoll.operator.reconcile.observer import RunStores
+from atoll.operator.reconcile.store_reader import RunStores
 from atoll.stages import ExitCode
 from atoll.store import LocalStore
 

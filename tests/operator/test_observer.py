@@ -15,7 +15,8 @@ from atoll.api.spec import DDMRunSpec
 from atoll.operator.kube import Kube
 from atoll.operator.reconcile import RunMemory, decide
 from atoll.operator.reconcile.actions import PatchExpertStatus
-from atoll.operator.reconcile.observer import IndexSnapshot, Observer, RunStores
+from atoll.operator.reconcile.observer import IndexSnapshot, Observer
+from atoll.operator.reconcile.store_reader import RunStores
 from atoll.operator.settings import OperatorSettings
 from atoll.progress import StageProgress
 from atoll.stages import StageJob

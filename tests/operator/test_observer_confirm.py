@@ -9,7 +9,8 @@ from typing import Any
 
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, PodUsageStatus, UsageStatus
 from atoll.operator.reconcile.observation import RunObject
-from atoll.operator.reconcile.observer import Observer, RunStores
+from atoll.operator.reconcile.observer import Observer
+from atoll.operator.reconcile.store_reader import RunStores
 from atoll.operator.settings import OperatorSettings
 
 from .situations import NAMESPACE, RUN, UID, pod, pod_body
