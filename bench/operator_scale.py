@@ -21,6 +21,9 @@ partition is pre-seeded in its store (stats.json, a `done` progress.json and the
 marker): the operator starts at "partition done". With --skip-baselines only the operator
 part runs, and the bench imports nothing of the operator (so it can measure another
 checkout's operator: PYTHONPATH=that checkout's package tree).
+
+A little over 400 lines: one benchmark, its watches and its report in one script (the
+control plane's costs are measured by bench/control_plane_costs.py).
 """
 
 from __future__ import annotations
