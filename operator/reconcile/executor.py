@@ -1,15 +1,11 @@
 """The act step: apply one decision's actions, in a fixed order, and say which ones failed.
 
-Order: spec.json, DDMExperts, pod deletions, then pod creations (a failed create releases
-its GPU reservation) and DDMExpert statuses at the same time, then the run's status; the
-Events to post are returned with the outcome (posted by the kopf glue, from its event
-loop). Creations (DDMExperts, pods) and status writes go out side by side on two thread
-pools shared by every run, so a run's status writes never queue behind another run's burst
-of pod creations (at 16 runs × 64 experts one shared pool made every status wait for the
-whole fleet's pods), nor behind its own: a tick that creates 64 pods takes seconds, the
-pods created first run before it ends, and their experts' Running status waits for the
-next tick. A new attempt's status may thus name its pod a moment before the pod
-exists; should the create fail, the next tick creates it again (`Applied.failed_pods`). Creates are
+Order: spec.json, DDMExperts, pod deletions, pod creations (a failed create releases its
+GPU reservation), DDMExpert statuses, the run's status; the Events to post are returned
+with the outcome (posted by the kopf glue, from its event loop). Creations (DDMExperts,
+pods) and status writes go out side by side on two thread pools shared by every run, so a
+run's status writes never queue behind another run's burst of pod creations (at 16 runs ×
+64 experts one shared pool made every status wait for the whole fleet's pods). Creates are
 create-if-absent (a pod of the same name owned by another object is a failure, not ours),
 deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
 tries again. The only module of the reconciler that writes.
@@ -108,8 +104,6 @@ class Executor:
             log.info("deleting pod", pod=delete.name, namespace=run.namespace, why=delete.why)
             self._call(applied, f"deleting pod {delete.name}", self._delete, run, delete)
         started = time.perf_counter()
-        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
-        writing = [self.status_writers.submit(self._patch_expert, run, patch, applied) for patch in patches]
         creates: list[CreatePod] = decision.of(CreatePod)
         outcomes = list(self.creators.map(lambda create: self._create(run, create), creates))
         self._time("act-pods", started, bool(creates))
@@ -124,7 +118,9 @@ class Executor:
                 applied.errors.append(failure)
             elif created and create.started is not None:
                 applied.events.append(create.started)
-        patched = [future.result() for future in writing]
+        started = time.perf_counter()
+        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
+        patched = list(self.status_writers.map(lambda patch: self._patch_expert(run, patch, applied), patches))
         self._time("act-statuses", started, bool(patches))
         for patch, ok in zip(patches, patched, strict=True):
             if not ok:

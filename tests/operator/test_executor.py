@@ -16,7 +16,7 @@ from atoll.operator.ledger import GpuLedger
 from atoll.operator.reconcile.actions import CreateExpert, CreatePod, Decision, PatchExpertStatus
 from atoll.operator.reconcile.executor import Executor
 from atoll.operator.reconcile.observation import RunMemory, RunObject
-from atoll.operator.reconcile.store_reader import RunStores
+from atoll.operator.reconcile.observer import RunStores
 
 WAIT = 10.0
 
@@ -78,26 +78,6 @@ def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> No
         assert applied.failed_experts == set()
         assert sorted(api.patched) == ["b-expert-0", "b-expert-1"]
         assert not placing.result(timeout=WAIT).errors
-
-
-def test_a_ticks_status_writes_do_not_wait_for_its_own_pod_creations() -> None:
-    api = SlowApi()
-    executor = Executor(api, GpuLedger(), RunStores(), parallel=2)  # type: ignore[arg-type]
-    decision = _decision(*(_pod("r", k) for k in range(4)), _patch("r", 7), _patch("r", 8))
-    with ThreadPoolExecutor(1) as ticks:
-        acting = ticks.submit(executor.apply, _run("r"), decision)
-        try:
-            for _ in range(2):  # both creation threads are blocked on the run's first pods
-                assert api.creating.acquire(timeout=WAIT)
-            deadline = time.monotonic() + WAIT
-            while len(api.patched) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert sorted(api.patched) == ["r-expert-7", "r-expert-8"], "the statuses waited for the pods"
-        finally:
-            api.release.set()
-        applied = acting.result(timeout=WAIT * 4)
-    assert applied.errors == []
-    assert applied.failed_experts == set()
 
 
 def test_a_runs_ddmexperts_are_created_side_by_side() -> None:
