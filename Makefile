@@ -76,7 +76,7 @@ demo: install ## train a 4-expert DDM on handwritten digits here (CPU, about 4 m
 	@echo "sample grid: .atoll/runs/digits-quickstart/eval/grid-top-2.png"
 
 .PHONY: demo-video
-demo-video: install ## train a 2-expert video DDM on moving digits here (CPU, ~22 CPU-minutes); prints metrics and the GIF
+demo-video: install ## train a 2-expert video DDM on moving digits here (CPU, about 10 min on 2 idle cores); prints metrics and the GIF
 	$(VENV)/bin/atoll run manifests/examples/video-quickstart.yaml --local --workdir .atoll
 	@echo "animated sample grid: .atoll/runs/moving-digits-quickstart/eval/grid-top-1.gif"
 
