@@ -1,5 +1,6 @@
 """The decision function on recorded situations (tests/operator/situations.py): no cluster,
 no store, no clock — one observation and the memory in, the actions, status and Events out.
+(Over 400 lines on purpose: one short test per recorded situation, read side by side.)
 """
 
 from __future__ import annotations
