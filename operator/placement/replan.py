@@ -278,16 +278,26 @@ def _remaining_work(
             where.node in waiting or (where.node in products and _node_keeps_pods(fleet, where.node))
         ):
             step = item.step if item is not None else 0
-            left = expert.samples - step * batch
+            left = _unfinished(expert.samples, step, batch)
             if left > 0:
                 pin = _pin(where, products.get(where.node) or waiting[where.node], left, batch)
                 work.append(replace(expert, samples=left, pinned=pin))
             continue
         resumed = item.last_checkpoint.step if item is not None and item.last_checkpoint is not None else 0
-        left = expert.samples - resumed * batch
+        left = _unfinished(expert.samples, resumed, batch)
         if left > 0:
             work.append(replace(expert, samples=left))
     return work
+
+
+def _unfinished(samples: int, step: int, batch: int) -> int:
+    """The samples an expert not done yet has left after `step`: at least one step's worth.
+    An expert whose last checkpoint is its final step but whose done marker is missing (its
+    pod or island was lost between the two) still needs an attempt, which resumes from that
+    checkpoint and finishes at once; a running one at its final step still holds its GPUs."""
+    if samples <= 0:
+        return 0
+    return max(samples - step * batch, min(batch, samples))
 
 
 def _pin(where: Placed, product: str, samples: int, batch: int) -> Assignment:

@@ -14,9 +14,10 @@ from atoll.operator.islands.fleet import IslandFleet
 from atoll.operator.islands.loss import left_over, lost_islands
 from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
 from atoll.operator.views import PodView
+from atoll.progress import CheckpointRef, StageProgress
 from atoll.stages import ExitCode
 
-from .situations import FLEET, SPEC, T0, expert, later, observe, pod, step, store
+from .situations import FLEET, ROOT, SPEC, T0, expert, later, observe, pod, step, store
 from .test_decide import created, run_with, running_experts
 from .test_decide_islands import LAB
 
@@ -154,3 +155,20 @@ def test_a_failed_run_stops_its_pods_but_not_on_an_island_that_does_not_answer()
     seen = observe(run_with(failed), experts=experts, pods=(on_lab(1),), nodes=(*FLEET, *LAB.nodes))
     assert not step(replace(seen, islands=(lab_down(5),))).of(DeletePod)
     assert [d.name for d in step(replace(seen, islands=(LAB,))).of(DeletePod)] == ["r-expert-0-a1"]
+
+
+def test_an_expert_lost_after_its_final_checkpoint_starts_again_to_finish() -> None:
+    # The island went dark after the last step's checkpoint, before the done marker: the
+    # planner took the expert for finished (no work left) and it waited, "not in the plan",
+    # for good. It needs one more attempt, which resumes from that checkpoint and finishes.
+    final = CheckpointRef(step=100, uri=f"{ROOT}/experts/0/checkpoints/step-000000100", time=T0)
+    heartbeat = StageProgress(
+        stage="expert", expert=0, attempt=1, state="running", step=100, total_steps=100, last_checkpoint=final
+    )
+    observation = expert_zero_on_lab(lab_down(LOST_AFTER), (on_lab(1),))
+    snapshot = replace(observation.store, progress={"expert-0": heartbeat})
+    decision = step(replace(observation, store=snapshot))
+    again = created(decision)["expert-0"]
+    assert again.manifest["metadata"]["name"] == "r-expert-0-a2"
+    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    assert (patched[0].attempt, patched[0].island) == (2, "home")

@@ -246,3 +246,16 @@ def _at(node_name: str, gpus: int) -> Assignment:
         predicted_seconds=0,
         samples_per_second=0,
     )
+
+
+def test_an_expert_lost_after_its_final_checkpoint_but_not_done_is_placed_again() -> None:
+    # Its island went dark between the last step's checkpoint and the done marker: the
+    # attempt that resumes from that checkpoint only finishes, but it needs a place.
+    spec = run(clusters=2)
+    reports = {0: progress(0, step=STEPS, checkpoint=STEPS), 1: progress(1, step=STEPS, checkpoint=STEPS, state="done")}
+    again = replan(spec, FLEET, progress=reports, running={}, now=NOW)
+    placed = again.assignment(0)
+    assert placed is not None
+    assert placed.start_seconds == 0
+    assert placed.samples == BATCH  # one step's worth: resume and finish
+    assert again.assignment(1) is None
