@@ -59,9 +59,8 @@ class Observer:
         self, kube: Kube, settings: OperatorSettings, stores: RunStores, islands: Islands | None = None
     ) -> None:
         self.kube = kube
-        self.settings = settings
-        self.stores = stores
         self.store = StoreReader(kube, settings, stores)
+        """The run's store, read through its cached client (atoll.operator.reconcile.store_reader)."""
         self.islands = islands
         self._ahead: dict[tuple[str, str, str], dict[str, PodView]] = {}
         """Per run, pods read from the API server that the index showed less far along."""
