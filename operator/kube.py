@@ -134,24 +134,23 @@ class Kube:
             raise
         return _json(response)
 
-    def ensure_expert(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create a DDMExpert unless it exists; its body either way."""
+    def create_expert(self, manifest: dict[str, Any]) -> bool:
+        """Create a DDMExpert; False if it already exists."""
         from kubernetes.client.exceptions import ApiException
 
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, EXPERT.plural, manifest
+            _drain(
+                self.custom.create_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, EXPERT.plural, manifest, _preload_content=False
+                )
             )
         except ApiException as error:
-            if self._status(error) != 409:
-                raise
-            existing: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, EXPERT.plural, name
-            )
-            return existing
+            if self._status(error) == 409:
+                return False
+            raise
         log.info("expert created", expert=name, namespace=namespace)
-        return created
+        return True
 
     def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace the fields of a DDMRun's status (merge patch on the status subresource)."""

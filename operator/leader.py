@@ -304,9 +304,9 @@ class FencedKube(Kube):
         self._fence("pod deletion")
         super().delete_pod(namespace, name, grace_seconds=grace_seconds)
 
-    def ensure_expert(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def create_expert(self, manifest: dict[str, Any]) -> bool:
         self._fence("DDMExpert creation")
-        return super().ensure_expert(manifest)
+        return super().create_expert(manifest)
 
     def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._fence("DDMRun status patch")

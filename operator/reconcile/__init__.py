@@ -85,7 +85,7 @@ class Reconciler:
         started = time.perf_counter()
         observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
         observed = time.perf_counter()
-        decision = decide_reserving(self.ledger, observation, holders, memory, self.settings)
+        decision = decide_reserving(self.ledger, observation, holders, memory, self.settings, timer=self.timer)
         decided = time.perf_counter()
         applied = self.executor.apply(observation.run, decision)
         if self.timer is not None:
@@ -109,6 +109,8 @@ def decide_reserving(
     holders: GpuHolders,
     memory: RunMemory,
     settings: OperatorSettings,
+    *,
+    timer: Callable[[str, float], None] | None = None,
 ) -> Decision:
     """The decision, made on the GPU usage when it needs it: first without it, and where that
     decision never reads the usage (nothing to place, no move check due: most ticks of a
@@ -116,12 +118,16 @@ def decide_reserving(
     first try at once, so no placement is planned twice — under the ledger's lock: the GPU
     usage (every holder the index shows now, plus what was promised and is not shown yet), the
     decision on it, and its GPUs reserved. Runs that only watch their pods thus never wait for
-    the lock, nor for the copy of the index it guards, while another run places."""
+    the lock, nor for the copy of the index it guards, while another run places. `timer` is
+    told how long a decision that needed the usage waited for the lock ("ledger-wait")."""
     try:
         return decide(replace(observation, busy_gpus=UsageProbe()), memory, settings)
     except UsageNeeded:
         pass
+    waiting = time.perf_counter()
     with ledger.deciding():
+        if timer is not None:
+            timer("ledger-wait", time.perf_counter() - waiting)
         busy, requested = ledger.held(holders())
         observation = replace(observation, busy_gpus=busy, busy_requests=requested)
         decision = decide(observation, memory, settings)
@@ -156,9 +162,11 @@ def remember(before: RunMemory, decision: Decision, applied: Applied) -> RunMemo
     """The decision's memory, amended by what the executor could not apply."""
     memory = decision.memory
     experts = {k: s for k, s in memory.experts.items() if k not in applied.failed_experts}
+    created = {k: when for k, when in memory.experts_created.items() if k not in applied.experts_not_created}
     return replace(
         memory,
         experts=experts,
+        experts_created=created,
         written=memory.written if applied.run_status_written else before.written,
         creation_failures=dict(applied.failed_pods),
         creation_refusals=dict(applied.refused_pods),

@@ -37,6 +37,8 @@ class CreateExpert:
     """Create a DDMExpert (create-if-absent)."""
 
     manifest: Mapping[str, Any]
+    expert: int
+    """Its expert index."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class Applied:
     """Why spec.json (or owner.json) could not be written."""
     failed_experts: set[int] = field(default_factory=set)
     """Experts whose status patch failed (patched again next tick)."""
+    experts_not_created: set[int] = field(default_factory=set)
+    """Experts whose DDMExpert could not be created (created again next tick)."""
     run_status_written: bool = True
     errors: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)

@@ -63,6 +63,8 @@ class Outcome:
     troubles: list[Trouble] = field(default_factory=list)
     plan: Plan | None = None
     """The experts' placement plan an expert started by this tick, if one did (the run's status shows it)."""
+    experts_created: dict[int, float] | None = None
+    """The DDMExperts created and not shown by the index yet, with when (None: as remembered)."""
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import PodView
 from atoll.stages import StageJob
 
+EXPERT_SHOWN_WITHIN = 30.0
+"""Seconds a created DDMExpert has to show up in the index before a tick creates it again."""
+
 
 class _RunFailed(Exception):  # noqa: N818 - control flow inside one decision, never escapes it
     def __init__(self, reason: str, message: str) -> None:
@@ -96,6 +99,8 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
     remembered = replace(memory, experts=experts, store_down_since=down_since, last_move_check=last_move_check)
+    if out.experts_created is not None:
+        remembered = replace(remembered, experts_created=out.experts_created)
     return _decision(tick, status, out, remembered)
 
 
@@ -222,10 +227,15 @@ def _ensure_experts(tick: Tick, status: DDMRunStatus, out: Outcome) -> None:
             "EmptyCluster",
             f"clusters {empty} of the partition are empty: the dataset has too few examples for {len(sizes)} clusters",
         )
+    now = tick.obs.monotonic
+    created = {k: when for k, when in tick.memory.experts_created.items() if k not in tick.experts}
     for k in range(len(sizes)):
-        if k not in tick.experts:
-            run = tick.obs.run
-            manifest = build_expert(
-                run=run.name, namespace=run.namespace, owner=tick.owner, spec=tick.spec, expert=k, sizes=sizes
-            )
-            out.actions.append(CreateExpert(manifest))
+        if k in tick.experts or now - created.get(k, -math.inf) < EXPERT_SHOWN_WITHIN:
+            continue
+        run = tick.obs.run
+        manifest = build_expert(
+            run=run.name, namespace=run.namespace, owner=tick.owner, spec=tick.spec, expert=k, sizes=sizes
+        )
+        out.actions.append(CreateExpert(manifest, expert=k))
+        created[k] = now
+    out.experts_created = created

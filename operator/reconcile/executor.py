@@ -140,7 +140,10 @@ class Executor:
 
     def _create_expert(self, expert: CreateExpert, applied: Applied) -> bool:
         name = expert.manifest["metadata"]["name"]
-        return self._call(applied, f"DDMExpert {name}", self.kube.ensure_expert, dict(expert.manifest))
+        if self._call(applied, f"DDMExpert {name}", self.kube.create_expert, dict(expert.manifest)):
+            return True
+        applied.experts_not_created.add(expert.expert)
+        return False
 
     def _call(self, applied: Applied, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """One API call; an API error is recorded (False), never raised (nor an island that

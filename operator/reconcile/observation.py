@@ -147,3 +147,8 @@ class RunMemory:
     """Stage slug → the API server's message when it refused that pod for good (the stage fails)."""
     spec_write_failure: StoreProblem | None = None
     """Why the last attempt to write spec.json (and owner.json) failed (None: it did not)."""
+    experts_created: Mapping[int, float] = field(default_factory=dict)
+    """Expert index → when (monotonic seconds) a tick created its DDMExpert, for those the
+    index has not shown since: not created again before EXPERT_SHOWN_WITHIN has passed (the
+    DDMExpert watch trails by seconds under load, and every create of one that exists is a
+    request refused with a conflict)."""

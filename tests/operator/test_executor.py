@@ -35,11 +35,11 @@ class SlowApi:
         self.release.wait(WAIT * 3)
         return True
 
-    def ensure_expert(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def create_expert(self, manifest: dict[str, Any]) -> bool:
         self.experts.append(manifest["metadata"]["name"])
         self.creating.release()
         self.release.wait(WAIT * 3)
-        return manifest
+        return True
 
     def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patched.append(name)
@@ -83,7 +83,7 @@ def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> No
 def test_a_runs_ddmexperts_are_created_side_by_side() -> None:
     api = SlowApi()
     executor = Executor(api, GpuLedger(), RunStores(), parallel=4)  # type: ignore[arg-type]
-    experts = [CreateExpert({"metadata": {"namespace": "ns", "name": f"r-expert-{k}"}}) for k in range(4)]
+    experts = [CreateExpert({"metadata": {"namespace": "ns", "name": f"r-expert-{k}"}}, k) for k in range(4)]
     with ThreadPoolExecutor(1) as ticks:
         done = ticks.submit(executor.apply, _run("r"), _decision(*experts))
         started = time.monotonic()
