@@ -472,12 +472,12 @@ class _Search:
 
     def _relocate_pass(self, choice: list[int], per_node: list[list[tuple[int, Option]]], spans: list[float]) -> bool:
         moved = False
+        base = _Spans(spans)  # anew only when a move changed the spans
         # Jobs on the most loaded nodes first: they are the ones that can lower the maximum.
         for job in sorted(range(len(self.jobs)), key=lambda j: (-spans[self.jobs[j].options[choice[j]].node], j)):
             job_options = self.jobs[job].options
             if len(job_options) == 1:
                 continue
-            base = _Spans(spans)
             current = base.key
             old = job_options[choice[job]]
             without = [e for e in per_node[old.node] if e[0] != job]
@@ -501,6 +501,7 @@ class _Search:
                     best = (key, index, new_spans)
             if best is not None:
                 self._apply(choice, per_node, spans, [(job, best[1])], best[2])
+                base = _Spans(spans)
                 moved = True
         return moved
 
@@ -510,13 +511,13 @@ class _Search:
         critical = [
             j for j in range(len(self.jobs)) if spans[self.jobs[j].options[choice[j]].node] >= peak - EPS * peak
         ]
+        base = _Spans(spans)  # anew only when a swap changed the spans
         for first in critical:
             for second in range(len(self.jobs)):
                 node_a = self.jobs[first].options[choice[first]].node
                 node_b = self.jobs[second].options[choice[second]].node
                 if node_a == node_b or self.jobs[first].pinned or self.jobs[second].pinned:
                     continue
-                base = _Spans(spans)
                 current = base.key
                 best: tuple[tuple[float, float], list[tuple[int, int]], dict[int, float]] | None = None
                 for ia, oa in self.on_node[first].get(node_b, []):
@@ -530,6 +531,7 @@ class _Search:
                             best = (key, [(first, ia), (second, ib)], new_spans)
                 if best is not None:
                     self._apply(choice, per_node, spans, best[1], best[2])
+                    base = _Spans(spans)
                     moved = True
         return moved
 
