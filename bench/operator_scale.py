@@ -1,7 +1,7 @@
 """Operator scale on kwok: 1000 simulated GPU nodes, 16 DDMRuns × 64 experts.
 
     .venv/bin/python bench/operator_scale.py [--nodes 1000] [--runs 16] [--experts 64] [--json OUT.json]
-                                             [--skip-baselines]
+                                             [--skip-baselines] [--switch-interval-ms MS]
 
 In one control plane (the pinned binaries of tests/env) it measures
   * baselines: the same number of bare one-GPU pods (the operator's pod shape: GPU request,
@@ -224,6 +224,8 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "--namespace", "bench-runs", "--default-store", str(store), "--interval", "1", "--store-poll", "2",
         "--metrics-port", str(METRICS_PORT), "--metrics-address", "127.0.0.1",
     ]  # fmt: skip
+    if args.switch_interval_ms is not None:  # given only when asked: an older operator may not know the flag
+        command += ["--switch-interval-ms", str(args.switch_interval_ms)]
     operator = start_group(command, log=log, cwd=REPO)
     profiler = _profile(operator.pid, work, args.py_spy)
     watcher = Watcher(kube, "bench-runs").start()
@@ -287,6 +289,7 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
         "control_plane": control_plane,
+        "per_expert": watcher.timeline(t0),
         "operator_ticks": {
             step: {"count": count, "mean_seconds": round(mean, 4)} for step, (count, mean) in ticks.items()
         },
@@ -347,6 +350,10 @@ def main() -> int:
         "--kwok-pod-workers", type=int, default=KWOK_POD_WORKERS, metavar="N",
         help=f"pods kwok plays stages for at once (default {KWOK_POD_WORKERS} as in tests/env; kwok's own default: 4)",
     )  # fmt: skip
+    parser.add_argument(
+        "--switch-interval-ms", type=float, metavar="MS",
+        help="the operator's --switch-interval-ms (default: the operator's own default)",
+    )  # fmt: skip
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its control plane
     total = args.runs * args.experts
@@ -360,6 +367,7 @@ def main() -> int:
         "python": platform.python_version(),
         "cpu": subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()[:15],
         "kwok_pod_workers": args.kwok_pod_workers,
+        "switch_interval_ms": args.switch_interval_ms,
         "load_before": _load(),
         "autogroup": _autogroup(),
     }

@@ -101,6 +101,16 @@ class Watcher:
             if (item.get("status") or {}).get("phase") == "Running" and key not in self.running:
                 self.running[key] = time.monotonic()
 
+    def timeline(self, t0: float) -> list[list[Any]]:
+        """Per expert: run, expert, and seconds from `t0` until its pod was seen bound, its pod
+        Running and its DDMExpert Running (None: not seen), in the order the pods were bound."""
+
+        def since(times: dict[tuple[str, int], float], key: tuple[str, int]) -> float | None:
+            return round(times[key] - t0, 2) if key in times else None
+
+        keys = sorted(self.bound, key=self.bound.__getitem__)
+        return [[*key, since(self.bound, key), since(self.pod_running, key), since(self.running, key)] for key in keys]
+
     def delays(
         self, since: dict[tuple[str, int], float], until: dict[tuple[str, int], float] | None = None
     ) -> list[float]:

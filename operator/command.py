@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 from typing import TYPE_CHECKING
 
 from atoll.operator.leader import LEASE_NAME, LeaseTimings
@@ -152,6 +153,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default 0.0.0.0)",
     )
     parser.add_argument("--verbose", action="store_true", help="also log every handler run (kopf's own lines)")
+    parser.add_argument(
+        "--switch-interval-ms", type=_positive, metavar="MS",
+        help="how long one Python thread may hold the interpreter while others wait"
+        " (sys.setswitchinterval; default: CPython's, 5)",
+    )  # fmt: skip
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def _islands(args: argparse.Namespace, kube: Kube, acting: Callable[[], bool]) -> Islands | None:
@@ -249,6 +262,11 @@ def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per pa
             interval_seconds=args.island_interval, acting=leadership.acting, islands=islands, watches=watches,
         ).start()  # fmt: skip
         log.info("probing compute islands", secrets_namespace=args.island_namespace)
+    if args.switch_interval_ms is not None:
+        # The operator is dozens of threads waiting on the API server beside a few that compute
+        # (the makespan planner); a shorter interval lets the waiting ones in sooner. Measured,
+        # without a clear gain yet: "Operator scale" in docs/benchmarks.md.
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     try:
         kopf.run(
             registry=registry,
