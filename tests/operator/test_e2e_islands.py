@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
+from minio.error import S3Error
 
 from atoll.operator.islands.dispatch import LABEL_ORIGIN_RUN_UID, store_secret_name
 from atoll.operator.islands.kubeconfig import standalone
 from atoll.operator.islands.register import island_manifest, kubeconfig_secret, secret_name
+from atoll.stages import done_marker
 from tests.env import fleet as fleet_builders
 from tests.env import kube
 from tests.env.cluster import ControlPlane
@@ -126,8 +128,9 @@ def small_run(name: str, islands: list[str]) -> dict[str, Any]:
         "spec": {
             "dataset": {"uri": "builtin://digits", "resolution": 8, "maxExamples": 64},
             "partition": {"clusters": 2, "features": "pixels", "fineClusters": 8, "sampleSize": 64},
-            # Enough steps that the island is lost between the first checkpoint and the end.
-            "expert": {"preset": "tiny", "steps": 100, "globalBatchSize": 8, "checkpointEvery": 10},
+            # Enough steps that the test freezes the island's expert between its first checkpoint
+            # and its end (a hundred take about 4 s of training on a quiet machine).
+            "expert": {"preset": "tiny", "steps": 300, "globalBatchSize": 8, "checkpointEvery": 10},
             "router": {"preset": "tiny", "steps": 10, "globalBatchSize": 8},
             "sampling": {"steps": 2},
             "evaluation": {"samples": 4, "strategies": ["top-1"]},
@@ -219,6 +222,11 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
     planes = {lab: island, reef: second_island}
     runtimes = {lab: lab_fleet, reef: reef_fleet}
 
+    # The expert on the first island is frozen as soon as its heartbeat names a committed
+    # checkpoint (before home's status shows it, which can be after the expert is done).
+    bucket, root = store_secret.removeprefix("s3://").split("/", 1)
+    stale = freeze_after_first_checkpoint(island, lab_fleet, minio_client, bucket, f"{root}/{namespace}/{name}")
+
     # One expert trains on each island at once, past a checkpoint; home shows where.
     def training_on_both() -> bool:
         found = experts(control_plane, namespace)
@@ -248,13 +256,11 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
     bad = atoll_crds.kubectl_json("get", "computeisland", broken)["status"]["conditions"][0]
     assert (bad["type"], bad["status"], bad["reason"]) == ("Connected", "False", "InvalidKubeconfig")
 
-    # The first island goes dark: its API server killed, its pod's process frozen (both come back later).
+    # The first island goes dark: its API server killed, its pod's process frozen since its
+    # first checkpoint (both come back later).
     lost = placed[lab]["spec"]["expert"]
     (remote,) = island_objects(island, "pods", uid)
-    frozen = lab_fleet.pod_pid(ISLAND_NAMESPACE, remote["metadata"]["name"])
-    assert frozen is not None
-    stale = {remote["metadata"]["name"]: frozen}
-    assert signal_group(frozen, signal.SIGSTOP)
+    assert set(stale) == {remote["metadata"]["name"]}
     os.kill(island.plane.pids()["kube-apiserver"], signal.SIGKILL)
     lost_at = time.monotonic()
     try:
@@ -271,11 +277,11 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
             said = [line for line in lines if lab in line and "island probed" not in line][-15:]
             probed = [line for line in lines if "island probed" in line][-4:]
             troubles = [line for line in lines if "Traceback" in line or "error" in line.lower()][-10:]
-            where = {e["spec"]["expert"]: e.get("status") for e in experts(control_plane, namespace)}
+            statuses = {e["spec"]["expert"]: e.get("status") for e in experts(control_plane, namespace)}
             pytest.fail(
                 f"{failure}\noperator, troubles:\n" + "\n".join(troubles) + "\noperator, on the island:\n"
                 + "\n".join(said + probed) + f"\nComputeIsland {lab} status: {json.dumps(seen)}"
-                + f"\nDDMExpert statuses: {json.dumps(where)[:2500]}"
+                + f"\nDDMExpert statuses: {json.dumps(statuses)[:2500]}"
             )  # fmt: skip
         assert time.monotonic() - lost_at >= 10, "not before failurePolicy.islandLostSeconds"
         for expert in experts(control_plane, namespace):
@@ -307,7 +313,6 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
     kube.wait_for(lambda: not island_objects(island, "pods", uid), timeout=240, what="the lost attempt's pod removed")
 
     # The lost expert resumed from the island's checkpoints; its stale attempt committed nothing after.
-    bucket, root = store_secret.removeprefix("s3://").split("/", 1)
     for k, status in finished.items():
         inherited = no_stale_commits(minio_client, bucket, f"{root}/{namespace}/{name}/experts/{k}/", status)
         if k == lost:
@@ -335,6 +340,41 @@ def test_a_run_on_two_islands_trains_there_and_survives_losing_one(  # noqa: PLR
         what="the islands' orphans removed",
     )
     assert operator.alive, operator.output()[-3000:]
+
+
+def freeze_after_first_checkpoint(
+    island: Island, runtime: PodRuntimeProcess, minio_client: Any, bucket: str, run_prefix: str
+) -> dict[str, int]:
+    """Stop the process group of the run's expert pod on `island` once its heartbeat names a
+    committed checkpoint, polling fast; the frozen pod → its pid. Fails if the expert is done
+    by then (the test could no longer lose it mid-training)."""
+    frozen: dict[str, int] = {}
+
+    def frozen_after_a_checkpoint() -> bool:
+        found = island.plane.kubectl_json("get", "pods", "-n", ISLAND_NAMESPACE, "-l", "atoll.dev/stage=expert")
+        for pod in found["items"]:
+            pid = runtime.pod_pid(ISLAND_NAMESPACE, pod["metadata"]["name"])
+            expert = pod["metadata"]["labels"]["atoll.dev/expert"]
+            prefix = f"{run_prefix}/experts/{expert}/"
+            try:
+                beat = json.loads(minio_client.get_object(bucket, f"{prefix}progress.json").read())
+            except S3Error as error:  # not written yet
+                if error.code == "NoSuchKey":
+                    continue
+                raise
+            if pid is None or not beat.get("lastCheckpoint"):
+                continue
+            assert signal_group(pid, signal.SIGSTOP)
+            frozen[pod["metadata"]["name"]] = pid
+            marker = f"{run_prefix}/{done_marker('expert', int(expert))}"
+            late = f"expert {expert} finished before it could be frozen: {beat}"
+            assert beat["state"] != "done", late
+            assert not list(minio_client.list_objects(bucket, prefix=marker)), late
+            return True
+        return False
+
+    kube.wait_for(frozen_after_a_checkpoint, timeout=900, interval=0.2, what="the island's first checkpoint")
+    return frozen
 
 
 def run_object_uid(home: ControlPlane, namespace: str, name: str) -> str:
