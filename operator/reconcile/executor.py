@@ -1,11 +1,13 @@
 """The act step: apply one decision's actions, in a fixed order, and say which ones failed.
 
-Order: spec.json, DDMExperts, pod deletions, pod creations (a failed create releases its
-GPU reservation), DDMExpert statuses, the run's status; the Events to post are returned
-with the outcome (posted by the kopf glue, from its event loop). Creations (DDMExperts,
-pods) and status writes go out side by side on two thread pools shared by every run, so a
-run's status writes never queue behind another run's burst of pod creations (at 16 runs ×
-64 experts one shared pool made every status wait for the whole fleet's pods). Creates are
+Order: spec.json, DDMExperts, pod deletions, then pod creations (a failed create releases
+its GPU reservation) and DDMExpert statuses together, the run's status last; the Events to
+post are returned with the outcome (posted by the kopf glue, from its event loop). Creations
+(DDMExperts, pods) and status writes go out side by side on two thread pools shared by every
+run, so a run's status writes never queue behind another run's burst of pod creations (at 16
+runs × 64 experts one shared pool made every status wait for the whole fleet's pods). A
+placing tick's statuses (its experts Pending) do not wait for its pods either, so the tick
+ends one round of writes sooner and the next one reports those pods Running sooner. Creates are
 create-if-absent (a pod of the same name owned by another object is a failure, not ours),
 deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
 tries again. The only module of the reconciler that writes.
@@ -14,6 +16,7 @@ tries again. The only module of the reconciler that writes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from atoll.operator.reconcile.actions import (
     WriteSpec,
 )
 from atoll.operator.reconcile.observation import RunObject, StoreProblem
+from atoll.operator.reconcile.priority_pool import PriorityPool
 from atoll.operator.reconcile.store_reader import RunStores, run_owner
 from atoll.store import StoreError
 
@@ -64,6 +68,13 @@ def permanent_refusal(error: Exception) -> str | None:
     return f"{status} {getattr(error, 'reason', None) or 'refused'}: {message or 'no message'}"
 
 
+def urgency(patch: PatchExpertStatus) -> int:
+    """0 for a status a person waits for (its pod running, the expert done, failed or
+    restarting), 1 for a Waiting or Pending one (most often a burst of just-created experts):
+    sent after the urgent ones."""
+    return 1 if patch.status.phase in ("Waiting", "Pending") else 0
+
+
 class Executor:
     """Applies decisions through the Kubernetes API and the run's store; the Events to post
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
@@ -86,9 +97,10 @@ class Executor:
         self.creators = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-create")
         """DDMExpert and pod creations of one tick go out side by side (64 pods one after the
         other would delay the last by seconds)."""
-        self.status_writers = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-status")
+        self.status_writers = PriorityPool(parallel, "act-status")
         """DDMExpert status patches, side by side too, on threads of their own: a status write
-        waits only for other status writes, never for pod creations queued by other runs."""
+        waits only for other status writes, never for pod creations queued by other runs, and
+        only for those as urgent as itself (`urgency`)."""
         self.timer = timer
         """Told the wall time of each part of the act step ("act-experts", "act-pods", "act-statuses")."""
 
@@ -105,7 +117,13 @@ class Executor:
             self._call(applied, f"deleting pod {delete.name}", self._delete, run, delete)
         started = time.perf_counter()
         creates: list[CreatePod] = decision.of(CreatePod)
-        outcomes = list(self.creators.map(lambda create: self._create(run, create), creates))
+        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
+        pods = [self.creators.submit(self._create, run, create) for create in creates]
+        statuses = [
+            self.status_writers.submit(urgency(patch), functools.partial(self._patch_expert, run, patch, applied))
+            for patch in patches
+        ]
+        outcomes = [pod.result() for pod in pods]
         self._time("act-pods", started, bool(creates))
         for create, (created, failure, refused) in zip(creates, outcomes, strict=True):
             if refused is not None:
@@ -118,9 +136,7 @@ class Executor:
                 applied.errors.append(failure)
             elif created and create.started is not None:
                 applied.events.append(create.started)
-        started = time.perf_counter()
-        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
-        patched = list(self.status_writers.map(lambda patch: self._patch_expert(run, patch, applied), patches))
+        patched = [status.result() for status in statuses]
         self._time("act-statuses", started, bool(patches))
         for patch, ok in zip(patches, patched, strict=True):
             if not ok:

@@ -80,6 +80,26 @@ def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> No
         assert not placing.result(timeout=WAIT).errors
 
 
+def test_a_placing_ticks_statuses_go_out_while_its_pods_are_created() -> None:
+    api = SlowApi()
+    executor = Executor(api, GpuLedger(), RunStores(), parallel=2)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(1) as ticks:
+        placing = ticks.submit(executor.apply, _run("a"), _decision(_pod("a", 0), _pod("a", 1), _patch("a", 0)))
+        try:
+            for _ in range(2):  # both pods in flight
+                assert api.creating.acquire(timeout=WAIT)
+            deadline = time.monotonic() + WAIT
+            while not api.patched and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert api.patched == ["a-expert-0"], "the status waited for the pods"
+            assert not placing.done()
+        finally:
+            api.release.set()
+        applied = placing.result(timeout=WAIT)
+    assert applied.errors == []
+    assert applied.failed_experts == set()
+
+
 def test_a_runs_ddmexperts_are_created_side_by_side() -> None:
     api = SlowApi()
     executor = Executor(api, GpuLedger(), RunStores(), parallel=4)  # type: ignore[arg-type]
