@@ -65,6 +65,8 @@ class Outcome:
     """The experts' placement plan an expert started by this tick, if one did (the run's status shows it)."""
     experts_created: dict[int, float] | None = None
     """The DDMExperts created and not shown by the index yet, with when (None: as remembered)."""
+    experts_unsent: set[int] = field(default_factory=set)
+    """Experts whose new status is left to the next tick (their pod is created now)."""
 
 
 @dataclass(frozen=True)

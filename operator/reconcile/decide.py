@@ -98,7 +98,13 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
     experts = record_stages(tick, status, decisions, out)
     summarize(tick, status, decisions, experts, out)
     advance_phase(tick, status, decisions, out)
-    remembered = replace(memory, experts=experts, store_down_since=down_since, last_move_check=last_move_check)
+    remembered = replace(
+        memory,
+        experts=experts,
+        experts_unsent=frozenset(out.experts_unsent),
+        store_down_since=down_since,
+        last_move_check=last_move_check,
+    )
     if out.experts_created is not None:
         remembered = replace(remembered, experts_created=out.experts_created)
     return _decision(tick, status, out, remembered)

@@ -138,7 +138,12 @@ class RunMemory:
     written: DDMRunStatus | None = None
     """The status last written to the API server (None: unknown; the stored one counts)."""
     experts: Mapping[int, DDMExpertStatus] = field(default_factory=dict)
-    """DDMExpert statuses last written."""
+    """DDMExpert statuses last decided: written, or to be written by the next tick (`experts_unsent`)."""
+    experts_unsent: frozenset[int] = frozenset()
+    """Experts whose status in `experts` is not written yet: a Pending status waits while the
+    expert's new pod starts (up to `report.PENDING_WRITTEN_AFTER`), so a pod that starts in
+    time costs one write (Running) instead of two, and the tick that creates the pods ends a
+    round of writes sooner."""
     store_down_since: datetime | None = None
     last_move_check: float = -math.inf
     creation_failures: Mapping[str, str] = field(default_factory=dict)

@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from atoll.api.spec import API_GROUP_VERSION
-from atoll.api.status import DDMRunStatus
+from atoll.api.status import DDMExpertStatus, DDMRunStatus
 from atoll.operator.reconcile import Decision, Observation, RunMemory, decide
+from atoll.operator.reconcile.actions import PatchExpertStatus
 from atoll.operator.reconcile.observation import RunObject, StoreProblem, StoreSnapshot
 from atoll.operator.settings import OperatorSettings
 from atoll.operator.views import ExpertView, NodeView, PodView
@@ -232,3 +233,10 @@ def status_body(status: DDMRunStatus) -> dict[str, Any]:
     """A status as the API server stores it (what a restarted operator reads back)."""
     dumped: dict[str, Any] = status.model_dump(by_alias=True, mode="json")
     return dumped
+
+
+def decided(decision: Decision) -> dict[int, DDMExpertStatus]:
+    """The DDMExpert statuses a decision changed: those it patches, and those of experts whose
+    pod it creates, which it remembers and leaves to the next tick to write."""
+    unsent = {k: decision.memory.experts[k] for k in decision.memory.experts_unsent}
+    return {**unsent, **{p.expert: p.status for p in decision.of(PatchExpertStatus)}}

@@ -11,14 +11,16 @@ from typing import Any
 
 from atoll.api.status import DDMExpertStatus, DDMRunStatus, MoveStatus
 from atoll.operator.ledger import GpuHolder, GpuLedger
-from atoll.operator.reconcile import Decision, RunMemory, decide_reserving
+from atoll.operator.reconcile import Decision, RunMemory, decide_reserving, remember
 from atoll.operator.reconcile.actions import (
+    Applied,
     CreateExpert,
     CreatePod,
     DeletePod,
     PatchExpertStatus,
     WriteSpec,
 )
+from atoll.operator.reconcile.report import PENDING_WRITTEN_AFTER
 from atoll.stages import ExitCode
 
 from .situations import (
@@ -26,6 +28,7 @@ from .situations import (
     SETTINGS,
     UID,
     checkpoint_ref,
+    decided,
     expert,
     gpu_node,
     heartbeat,
@@ -165,7 +168,7 @@ def test_experts_start_pinned_where_the_plan_puts_them_and_never_on_busy_gpus() 
         del slug
     assert "--attempt" in args(experts["expert-1"])
     assert args(experts["expert-1"])[args(experts["expert-1"]).index("--attempt") + 1] == "3", "above the claim"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert patched[0].phase == "Pending"
     assert patched[0].attempt == 1
 
@@ -200,7 +203,7 @@ def test_pod_lost_is_a_failed_attempt_and_restarts() -> None:
     decision = step(observe(run_with(status), experts=experts, pods=pods[1:], snapshot=store(cluster_sizes=(100, 101))))
     zero = created(decision)["expert-0"]
     assert zero.manifest["metadata"]["name"] == "r-expert-0-a2"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].attempt, patched[0].restarts) == (2, 1)
     assert "disappeared" in (patched[0].last_failure or "")
     assert 1 not in patched, "expert 1 did not change: no write"
@@ -214,7 +217,7 @@ def test_node_lost_deletes_the_stranded_pod_and_restarts_elsewhere_at_once() -> 
     assert deleted == {"r-expert-0-a1": 0, "r-expert-1-a1": 0, "r-router-a1": 0}
     for slug in ("expert-0", "expert-1", "router"):
         assert created(decision)[slug].node != "a100-0"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert "a100-0" in (patched[0].last_failure or "")
 
 
@@ -330,7 +333,7 @@ def test_move_executed_at_its_checkpoint_then_restarted_on_the_planned_gpus() ->
     moved = step(later(observe(run_with(stopping.status), experts=experts, pods=deleting), 2), stopping.memory)
     action = created(moved)["expert-0"]
     assert (action.node, action.manifest["metadata"]["name"]) == ("h100-0", "r-expert-0-a2")
-    zero = {p.expert: p.status for p in moved.of(PatchExpertStatus)}[0]
+    zero = decided(moved)[0]
     assert (zero.moves, zero.restarts, zero.last_failure, zero.move) == (1, 1, None, None)
 
 
@@ -401,7 +404,7 @@ def test_a_restarted_operator_reads_its_state_back_and_writes_nothing() -> None:
     status, experts, pods = running_experts()
     snapshot = store(cluster_sizes=(100, 101), claims={"expert-0": 1, "expert-1": 1, "router": 1})
     first = step(observe(run_with(status), experts=experts, pods=pods, snapshot=snapshot))
-    patched = {p.expert: p.status for p in first.of(PatchExpertStatus)}
+    patched = decided(first)
     views = [expert(k, patched.get(k, e.status).model_dump(by_alias=True, mode="json")) for k, e in enumerate(experts)]
     restarted = step(later(observe(run_with(first.status), experts=views, pods=pods, snapshot=snapshot), 5))
     assert restarted.actions == ()
@@ -563,7 +566,8 @@ def test_expert_statuses_are_patched_only_when_they_change() -> None:
 
 def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> None:
     # Writes at scale: created → seen Pending → bound → Running was 3 status patches per
-    # expert, the middle one only swapping "created" for no message. Two are real changes.
+    # expert, the middle one only swapping "created" for no message. Two are real changes,
+    # and the first waits for the tick after the pod's creation.
     world = observe(
         run_with(training_status()),
         experts=(expert(0), expert(1)),
@@ -573,7 +577,8 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
     )
     first = step(world)
     assert {created(first)[f"expert-{k}"].node for k in (0, 1)} == {"a100-0"}
-    assert {p.expert: p.status.phase for p in first.of(PatchExpertStatus)} == {0: "Pending", 1: "Pending"}
+    assert not first.of(PatchExpertStatus), "the tick that creates the pods leaves their statuses to the next"
+    assert {k: s.phase for k, s in decided(first).items()} == {0: "Pending", 1: "Pending"}
 
     def expert_pods(phase: str, *, bound: bool) -> tuple[Any, ...]:
         return tuple(
@@ -583,18 +588,79 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
         )  # fmt: skip
 
     decision = first
-    for seconds, (phase, bound) in enumerate((("Pending", False), ("Pending", True), ("Running", True)), start=1):
+    writes = []
+    ticks = (
+        (1, "Pending", False),
+        (2, "Pending", True),
+        (6, "Pending", True),
+        (7, "Pending", True),
+        (8, "Running", True),
+    )
+    for seconds, phase, bound in ticks:
         pods = (pod("router", 1), *expert_pods(phase, bound=bound))
         decision = step(later(replace(world, run=run_with(decision.status)), seconds, pods=pods), decision.memory)
-        patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
-        if phase == "Pending":
-            assert patched == {}, f"the pod {'bound' if bound else 'seen'} Pending is no change of the status"
-    assert {k: (s.phase, s.node, s.message) for k, s in patched.items()} == {
+        writes.append({p.expert: p.status for p in decision.of(PatchExpertStatus)})
+    seen, bound, waiting, still, running = writes
+    assert seen == bound == {}, f"the pod starting for less than {PENDING_WRITTEN_AFTER:.0f} s: nothing written yet"
+    assert {k: s.phase for k, s in waiting.items()} == {0: "Pending", 1: "Pending"}, "left unsent, written now"
+    assert still == {}, "the pod bound Pending is no change of the status"
+    assert {k: (s.phase, s.node, s.message) for k, s in running.items()} == {
         0: ("Running", "a100-0", None),
         1: ("Running", "a100-0", None),
     }
     # Its AttemptStarted Event named pod, node and GPU; the status now says it runs: no Event.
     assert not [e for e in decision.events if e.target["metadata"]["name"].startswith("r-expert-")]
+
+
+def test_an_experts_pod_running_by_the_next_tick_costs_one_status_write() -> None:
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy={"h100-0": 8, "t4-0": 4},
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    first = step(world)
+    assert not first.of(PatchExpertStatus)
+    assert first.memory.experts_unsent == {0, 1}
+    pods = tuple(
+        pod("expert", 1, "Running", expert_index=k, node="a100-0", planned_node="a100-0",
+            created_at="2026-03-01T12:00:00Z")
+        for k in (0, 1)
+    )  # fmt: skip
+    then = step(later(replace(world, run=run_with(first.status)), 1, pods=(pod("router", 1), *pods)), first.memory)
+    assert {p.expert: p.status.phase for p in then.of(PatchExpertStatus)} == {0: "Running", 1: "Running"}
+    assert then.memory.experts_unsent == frozenset()
+    quiet = step(later(replace(world, run=run_with(then.status)), 2, pods=(pod("router", 1), *pods)), then.memory)
+    assert not quiet.of(PatchExpertStatus), "written once"
+
+
+def test_a_status_left_unsent_is_written_even_when_the_next_tick_decides_it_unchanged() -> None:
+    world = observe(
+        run_with(training_status()),
+        experts=(expert(0), expert(1)),
+        pods=(pod("router", 1),),
+        busy={"h100-0": 8, "t4-0": 4},
+        snapshot=store(cluster_sizes=(100, 101)),
+    )
+    first = step(world)
+    pods = tuple(
+        pod("expert", 1, "Pending", expert_index=k, planned_node="a100-0", created_at="2026-03-01T12:00:00Z")
+        for k in (0, 1)
+    )
+    soon = step(later(replace(world, run=run_with(first.status)), 1, pods=(pod("router", 1), *pods)), first.memory)
+    assert not soon.of(PatchExpertStatus), "its pod is starting"
+    assert soon.memory.experts_unsent == {0, 1}
+    then = step(later(replace(world, run=run_with(soon.status)), 6, pods=(pod("router", 1), *pods)), soon.memory)
+    assert {k: s.phase for k, s in decided(then).items()} == {0: "Pending", 1: "Pending"}
+    assert {p.expert for p in then.of(PatchExpertStatus)} == {0, 1}
+    # A write that failed is sent again (the executor drops it from the memory).
+    failed = Applied(failed_experts={1})
+    again = step(
+        later(replace(world, run=run_with(then.status)), 7, pods=(pod("router", 1), *pods)),
+        remember(soon.memory, then, failed),
+    )
+    assert {p.expert for p in again.of(PatchExpertStatus)} == {1}
 
 
 def test_an_attempt_started_is_one_event_and_one_waiting_for_a_place_another() -> None:

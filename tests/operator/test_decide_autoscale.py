@@ -15,11 +15,11 @@ import pytest
 
 from atoll.operator.command import add_arguments
 from atoll.operator.placement.autoscalers import TERMINATION_CONDITIONS, deletion_taint, removal_notice
-from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
+from atoll.operator.reconcile.actions import DeletePod
 from atoll.operator.views import NodeView
 from atoll.stages import ExitCode
 
-from .situations import FLEET, SETTINGS, gpu_node, later, observe, pod, step, store
+from .situations import FLEET, SETTINGS, decided, gpu_node, later, observe, pod, step, store
 from .test_decide import created, reasons, run_with, running_experts
 
 A100 = "NVIDIA-A100-SXM4-40GB"
@@ -92,7 +92,7 @@ def test_experts_on_a_node_with_a_spot_preemption_notice_checkpoint_then_move() 
     noticed = step(world)
     assert {d.name: d.grace_seconds for d in noticed.of(DeletePod)} == {"r-expert-0-a1": None, "r-expert-1-a1": None}
     assert reasons(noticed).count("Evacuating") == 2
-    patched = {p.expert: p.status for p in noticed.of(PatchExpertStatus)}
+    patched = decided(noticed)
     why = "node a100-0 is being removed (condition PreemptionScheduled=True (SpotEvictionIncoming))"
     assert all(s.evacuation == why for s in patched.values()), patched
     stopped = [pod("expert", 1, "Failed", expert_index=k, exit_code=ExitCode.STOPPED, deleting=True) for k in (0, 1)]
@@ -117,7 +117,7 @@ def test_experts_on_a_node_tainted_for_deletion_checkpoint_then_resume_elsewhere
     assert stopped == {"r-expert-0-a1": None, "r-expert-1-a1": None}, "graceful, never grace 0"
     assert not [c for c in created(noticed) if c.startswith("expert-")]
     assert reasons(noticed).count("Evacuating") == 2
-    patched = {p.expert: p.status for p in noticed.of(PatchExpertStatus)}
+    patched = decided(noticed)
     assert all(f"node a100-0 is being removed (taint {key}" in (s.evacuation or "") for s in patched.values())
     assert all((s.phase, s.restarts, s.last_failure) == ("Running", 0, None) for s in patched.values())
     # While the pods shut down (checkpointing), the experts wait: no second attempt fences them.
@@ -133,7 +133,7 @@ def test_experts_on_a_node_tainted_for_deletion_checkpoint_then_resume_elsewhere
     starts = {slug: c for slug, c in created(moved).items() if slug.startswith("expert-")}
     assert set(starts) == {"expert-0", "expert-1"}
     assert all(c.node not in (None, "a100-0") for c in starts.values())
-    after = {p.expert: p.status for p in moved.of(PatchExpertStatus)}
+    after = decided(moved)
     for k in (0, 1):
         assert (after[k].attempt, after[k].moves, after[k].restarts, after[k].last_failure) == (2, 1, 1, None)
         assert after[k].evacuation is None
@@ -147,7 +147,7 @@ def test_an_expert_evicted_by_the_autoscaler_is_a_move_not_a_failure() -> None:
     decision = step(
         observe(run_with(status), experts=experts, pods=[evicted, *pods[1:]], nodes=tainted("karpenter.sh/disrupted"))
     )
-    zero = {p.expert: p.status for p in decision.of(PatchExpertStatus)}[0]
+    zero = decided(decision)[0]
     assert zero.evacuation is not None
     assert (zero.restarts, zero.last_failure, zero.phase) == (0, None, "Running")
     assert "r-expert-0-a1" not in {d.name for d in decision.of(DeletePod)}, "being deleted already"
@@ -180,7 +180,7 @@ def test_a_pod_waiting_for_a_pools_node_past_the_pending_timeout_is_replanned_wi
     assert again.node in ("h100-0", "t4-0"), "planned without the pool, on the fleet's slower GPUs"
     assert "atoll.dev/planned-pool" not in again.manifest["metadata"]["annotations"]
     assert "PendingTimeout" in reasons(late)
-    zero = {p.expert: p.status for p in late.of(PatchExpertStatus)}[0]
+    zero = decided(late)[0]
     assert "waiting for a new node of pool more-a100" in (zero.last_failure or "")
     assert zero.restarts == 0, "the placement was wrong, not the expert: no restart counted"
 

@@ -10,6 +10,7 @@ from atoll.operator.reconcile.actions import CreatePod, DeletePod, PatchExpertSt
 
 from .situations import (
     checkpoint_ref,
+    decided,
     expert,
     gpu_node,
     heartbeat,
@@ -75,7 +76,7 @@ def test_an_expert_grows_onto_free_gpus_of_its_node_at_its_checkpoint_and_keeps_
     argv: list[str] = list(action.manifest["spec"]["containers"][0]["args"])
     assert argv[argv.index("--micro-batch") + 1] == str(grow.micro_batch)
     assert argv[argv.index("--grad-accum") + 1] == str(grow.grad_accum)
-    zero = {p.expert: p.status for p in grown.of(PatchExpertStatus)}[0]
+    zero = decided(grown)[0]
     assert (zero.moves, zero.last_failure, zero.move) == (1, None, None)
 
 

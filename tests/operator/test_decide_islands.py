@@ -8,9 +8,9 @@ from typing import Any
 
 from atoll.operator.islands.dispatch import LABEL_ORIGIN_RUN_UID, island_pod_view
 from atoll.operator.islands.fleet import IslandFleet, island_nodes
-from atoll.operator.reconcile.actions import CreatePod, PatchExpertStatus
+from atoll.operator.reconcile.actions import CreatePod
 
-from .situations import FLEET, UID, expert, later, observe, pod, step, store
+from .situations import FLEET, UID, decided, expert, later, observe, pod, step, store
 from .test_decide import created, partition_done, run_with
 
 LAB_NODES = island_nodes(
@@ -54,7 +54,7 @@ def test_experts_restricted_to_an_island_get_island_pods() -> None:
         assert metadata["labels"][LABEL_ORIGIN_RUN_UID] == UID
         terms = action.manifest["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["t4-0"]
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].island, patched[0].node) == ("lab", "lab/t4-0")
 
     # Next tick: the island's pod, as the registry shows it, is the expert's: it runs, nothing new starts.
@@ -63,7 +63,7 @@ def test_experts_restricted_to_an_island_get_island_pods() -> None:
     assert running is not None
     again = step(later(observation, 5, pods=(*observation.pods, running)), decision.memory)
     assert "expert-0" not in created(again)
-    assert {p.expert: p.status for p in again.of(PatchExpertStatus)}.get(0, patched[0]).phase == "Running"
+    assert decided(again).get(0, patched[0]).phase == "Running"
 
 
 def test_an_island_not_known_to_the_decision_gets_nothing() -> None:

@@ -22,7 +22,21 @@ from atoll.operator.reconcile.store_reader import RunStores
 from atoll.stages import ExitCode
 from atoll.store import LocalStore
 
-from .situations import FLEET, SPEC, T0, expert, gpu_node, heartbeat, later, observe, pod, run_body, step, store
+from .situations import (
+    FLEET,
+    SPEC,
+    T0,
+    decided,
+    expert,
+    gpu_node,
+    heartbeat,
+    later,
+    observe,
+    pod,
+    run_body,
+    step,
+    store,
+)
 from .test_decide import condition, created, run_with, running_experts, training_status
 
 # --- a store the operator cannot write ---------------------------------------------------------
@@ -151,7 +165,7 @@ def test_a_pinned_pod_pending_past_the_timeout_is_deleted_and_placed_again() -> 
     decision = step(observe(run_with(status), experts=experts, pods=[late, *pods[1:]]))
     assert [(d.name, d.grace_seconds) for d in decision.of(DeletePod)] == [("r-expert-0-a1", 0)]
     assert created(decision)["expert-0"].manifest["metadata"]["name"] == "r-expert-0-a2"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].attempt, patched[0].restarts) == (2, 0), "a wrong placement is not the stage's failure"
     assert "pendingTimeoutSeconds" in (patched[0].last_failure or "")
     assert "Insufficient memory" in (patched[0].last_failure or "")
@@ -204,7 +218,7 @@ def test_a_node_notready_past_node_lost_seconds_gets_its_experts_restarted_elsew
     assert deleted == {"r-expert-0-a1": 0, "r-expert-1-a1": 0, "r-router-a1": 0}
     for slug in ("expert-0", "expert-1", "router"):
         assert created(decision)[slug].node != "a100-0"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert "NotReady for 121 s" in (patched[0].last_failure or "")
 
 
@@ -254,14 +268,14 @@ def test_attempts_ended_by_a_store_outage_use_no_restart_while_it_is_short(attem
     ended = _outage_failure(attempt, "2026-03-01T11:59:58Z")
     decision = step(observe(run_with(status), experts=experts, pods=[ended, *pods[1:]]))
     assert decision.status.phase == "Training", "maxRestarts is 2 and restarts is 2: an outage does not count"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert patched[0].phase == "Restarting"
     assert patched[0].store_outage_since is not None
     assert "not counted" in (patched[0].message or "")
     after = step(
         later(observe(run_with(decision.status), experts=experts, pods=[ended, *pods[1:]]), 600), decision.memory
     )
-    restarted = {p.expert: p.status for p in after.of(PatchExpertStatus)}
+    restarted = decided(after)
     assert (restarted[0].attempt, restarted[0].restarts) == (attempt + 1, 2)
 
 
@@ -295,7 +309,7 @@ def test_a_running_attempt_that_reached_the_store_ends_the_outage() -> None:
     status, experts, pods = running_experts(expert0={"storeOutageSince": "2026-03-01T11:40:00Z"})
     beat = heartbeat("expert", 1, expert_index=0, step=5, total_steps=100)
     decision = step(observe(run_with(status), experts=experts, pods=pods, snapshot=store(progress={"expert-0": beat})))
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert patched[0].store_outage_since is None
 
 
@@ -315,7 +329,7 @@ def test_an_attempt_stopped_by_sigterm_resumes_at_once_and_uses_no_restart() -> 
     decision = step(observe(run_with(status), experts=experts, pods=[stopped, *pods[1:]]))
     assert decision.status.phase == "Training", "maxRestarts is 2 and restarts is 2: a stop is no failure"
     assert created(decision)["expert-0"].manifest["metadata"]["name"] == "r-expert-0-a2"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].attempt, patched[0].restarts) == (2, 2)
 
 
@@ -333,7 +347,7 @@ def test_an_expert_no_node_can_take_yet_keeps_its_attempt_and_counts_no_restart_
     )
     first = step(world)
     assert not first.of(CreatePod)
-    waiting = {p.expert: p.status for p in first.of(PatchExpertStatus)}
+    waiting = decided(first)
     assert {(s.phase, s.attempt, s.restarts) for s in waiting.values()} == {("Pending", 1, 0)}
     experts = tuple(replace(expert(k), status=waiting[k]) for k in (0, 1))
     later_on = step(later(replace(world, run=run_with(first.status), experts=experts), 60), first.memory)

@@ -12,12 +12,12 @@ from typing import Any
 from atoll.api.status import DDMRunStatus
 from atoll.operator.islands.fleet import IslandFleet
 from atoll.operator.islands.loss import left_over, lost_islands
-from atoll.operator.reconcile.actions import DeletePod, PatchExpertStatus
+from atoll.operator.reconcile.actions import DeletePod
 from atoll.operator.views import PodView
 from atoll.progress import CheckpointRef, StageProgress
 from atoll.stages import ExitCode
 
-from .situations import FLEET, ROOT, SPEC, T0, expert, later, observe, pod, step, store
+from .situations import FLEET, ROOT, SPEC, T0, decided, expert, later, observe, pod, step, store
 from .test_decide import created, run_with, running_experts
 from .test_decide_islands import LAB
 
@@ -64,7 +64,7 @@ def test_a_lost_islands_expert_starts_again_elsewhere_and_nothing_is_deleted_the
     assert again.manifest["metadata"]["name"] == "r-expert-0-a2"
     assert "--attempt" in again.manifest["spec"]["containers"][0]["args"]
     assert not decision.of(DeletePod), "nothing is deleted on an island that does not answer"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].attempt, patched[0].island) == (2, "home")
     assert "failurePolicy.islandLostSeconds" in (patched[0].last_failure or "")
 
@@ -75,13 +75,13 @@ def test_an_attempt_never_seen_on_an_unreachable_island_is_waited_for_then_lost(
     unseen = replace(unseen, nodes=())
     waiting = step(expert_zero_on_lab(unseen, ()))
     assert "expert-0" not in created(waiting), "not taken for a pod that disappeared"
-    patched = {p.expert: p.status for p in waiting.of(PatchExpertStatus)}
+    patched = decided(waiting)
     assert "does not answer" in (patched[0].message or "")
     assert patched[0].restarts == 0
 
     lost = step(later(expert_zero_on_lab(unseen, ()), 1), waiting.memory)
     assert created(lost)["expert-0"].island is None
-    restarted = {p.expert: p.status for p in lost.of(PatchExpertStatus)}
+    restarted = decided(lost)
     assert "islandLostSeconds" in (restarted[0].last_failure or "")
 
 
@@ -141,11 +141,11 @@ def test_before_the_islands_are_first_probed_an_unseen_attempt_there_is_waited_f
     unprobed = replace(expert_zero_on_lab(LAB, ()), islands=(), islands_synced=False)
     waiting = step(unprobed)
     assert "expert-0" not in created(waiting)
-    patched = {p.expert: p.status for p in waiting.of(PatchExpertStatus)}
+    patched = decided(waiting)
     assert "not looked at yet" in (patched[0].message or "")
     gone = step(replace(unprobed, islands_synced=True))  # probed, and no such island any more
     assert created(gone)["expert-0"].island is None
-    restarted = {p.expert: p.status for p in gone.of(PatchExpertStatus)}
+    restarted = decided(gone)
     assert "disappeared" in (restarted[0].last_failure or "")
 
 
@@ -170,5 +170,5 @@ def test_an_expert_lost_after_its_final_checkpoint_starts_again_to_finish() -> N
     decision = step(replace(observation, store=snapshot))
     again = created(decision)["expert-0"]
     assert again.manifest["metadata"]["name"] == "r-expert-0-a2"
-    patched = {p.expert: p.status for p in decision.of(PatchExpertStatus)}
+    patched = decided(decision)
     assert (patched[0].attempt, patched[0].island) == (2, "home")
