@@ -290,6 +290,8 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "operator_peak_rss_mib": round(rss, 1),
         "control_plane": control_plane,
         "per_expert": watcher.timeline(t0),
+        "watch_restarts": watcher.restarted(t0),
+        "running_seen_late": spread(sorted(watcher.seen_late.values())),
         "operator_ticks": {
             step: {"count": count, "mean_seconds": round(mean, 4)} for step, (count, mean) in ticks.items()
         },

@@ -28,6 +28,12 @@ class Watcher:
         self.bound: dict[tuple[str, int], float] = {}
         self.pod_running: dict[tuple[str, int], float] = {}
         self.running: dict[tuple[str, int], float] = {}
+        self.seen_late: dict[tuple[str, int], float] = {}
+        """Per expert: seconds from the API server's record of its Running status write (the
+        status entry of managedFields, whole seconds) to this watcher seeing it; a large one
+        means the watcher, not the operator, was late."""
+        self.restarts: list[tuple[float, str]] = []
+        """When (monotonic) and why a watch restarted."""
         self.expert_writes = 0
         self.run_writes = 0
         self.stop = threading.Event()
@@ -63,12 +69,14 @@ class Watcher:
                         status = event.get("object") or {}
                         if status.get("code") == 410:
                             version = None
+                        self.restarts.append((time.monotonic(), f"{status.get('code')} {status.get('message')}"))
                         print(f"watch restarted: {status.get('code')} {status.get('message')}")
                         break
                     version = event["object"]["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
                         yield event
             except Exception as error:
+                self.restarts.append((time.monotonic(), f"{type(error).__name__}: {error}"))
                 print(f"watch restarted: {type(error).__name__}: {error}")
                 time.sleep(0.5)
 
@@ -100,16 +108,25 @@ class Watcher:
             key = (item["spec"]["run"], int(item["spec"]["expert"]))
             if (item.get("status") or {}).get("phase") == "Running" and key not in self.running:
                 self.running[key] = time.monotonic()
+                written = status_written(item)
+                if written is not None:
+                    self.seen_late[key] = round(time.time() - written, 2)
 
     def timeline(self, t0: float) -> list[list[Any]]:
-        """Per expert: run, expert, and seconds from `t0` until its pod was seen bound, its pod
-        Running and its DDMExpert Running (None: not seen), in the order the pods were bound."""
+        """Per expert: run, expert, seconds from `t0` until its pod was seen bound, its pod
+        Running and its DDMExpert Running (None: not seen), and how late the last was seen
+        (`seen_late`), in the order the pods were bound."""
 
         def since(times: dict[tuple[str, int], float], key: tuple[str, int]) -> float | None:
             return round(times[key] - t0, 2) if key in times else None
 
         keys = sorted(self.bound, key=self.bound.__getitem__)
-        return [[*key, since(self.bound, key), since(self.pod_running, key), since(self.running, key)] for key in keys]
+        moments = (self.bound, self.pod_running, self.running)
+        return [[*key, *(since(times, key) for times in moments), self.seen_late.get(key)] for key in keys]
+
+    def restarted(self, t0: float) -> list[list[Any]]:
+        """The watches' restarts: seconds from `t0`, and why."""
+        return [[round(at - t0, 2), why] for at, why in self.restarts]
 
     def delays(
         self, since: dict[tuple[str, int], float], until: dict[tuple[str, int], float] | None = None
@@ -118,6 +135,18 @@ class Watcher:
         showing Running), per expert, sorted."""
         until = self.running if until is None else until
         return sorted(until[key] - since[key] for key in until if key in since)
+
+
+def status_written(item: dict[str, Any]) -> float | None:
+    """When (Unix time, whole seconds) the API server recorded the object's last status write."""
+    from datetime import datetime
+
+    times = [
+        entry["time"]
+        for entry in item["metadata"].get("managedFields") or []
+        if entry.get("subresource") == "status" and entry.get("time")
+    ]
+    return max(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in times) if times else None
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -155,9 +184,22 @@ def acceptance(results: dict[str, Any]) -> str:
         f" max {kwok['max']:.1f} s",
         f"    pod Running → DDMExpert Running (operator): median {own['median']:.1f} s, p95 {own['p95']:.1f} s,"
         f" max {own['max']:.1f} s",
+        *watch_line(results),
         f"  writes: {expert_writes} DDMExpert ({expert_writes / experts:.2f} per expert),"
         f" {run_writes} DDMRun ({run_writes / results['runs']:.1f} per run, {run_writes / experts:.2f} per expert)",
     ])  # fmt: skip
+
+
+def watch_line(results: dict[str, Any]) -> list[str]:
+    """How late the bench's own watch saw the Running writes (the API server's record of each
+    write has whole seconds, so up to 1 s of it is rounding) and how often its watches restarted."""
+    late = results.get("running_seen_late")
+    if not late:
+        return []
+    return [
+        f"  (the bench saw those writes late by median {late['median']:.1f} s, max {late['max']:.1f} s,"
+        f" up to 1 s of it rounding; its watches restarted {len(results.get('watch_restarts', []))} times)"
+    ]
 
 
 METRICS_PORT = 18931

@@ -45,3 +45,21 @@ def test_one_late_expert_or_one_never_running_misses_the_goal() -> None:
     module = bench()
     assert "NOT MET" in module.acceptance(results(module, [1.0, 2.0, 3.0, 10.5]))
     assert "NOT MET" in module.acceptance(results(module, [1.0, 2.0, 3.0], running=3))
+
+
+def test_the_status_write_time_is_the_status_entry_of_managed_fields() -> None:
+    module = bench()
+    item = {
+        "metadata": {
+            "managedFields": [
+                {"manager": "atoll", "operation": "Update", "time": "2026-12-03T04:00:00Z"},
+                {"manager": "atoll", "operation": "Update", "subresource": "status", "time": "2026-12-03T04:00:07Z"},
+            ]
+        }
+    }
+    assert module.status_written(item) - module.status_written({"metadata": {"managedFields": [
+        {"subresource": "status", "time": "2026-12-03T04:00:00Z"}]}}) == 7.0  # fmt: skip
+    assert module.status_written({"metadata": {}}) is None
+    late = {**results(module, [1.0]), "running_seen_late": {"median": 0.4, "max": 12.0}, "watch_restarts": [[3.0, "x"]]}
+    assert "the bench saw those writes late by median 0.4 s, max 12.0 s" in module.acceptance(late)
+    assert "restarted 1 times" in module.acceptance(late)
