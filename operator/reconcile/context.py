@@ -66,7 +66,7 @@ class Outcome:
     experts_created: dict[int, float] | None = None
     """The DDMExperts created and not shown by the index yet, with when (None: as remembered)."""
     experts_unsent: set[int] = field(default_factory=set)
-    """Experts whose new status is left to the next tick (their pod is created now)."""
+    """Experts whose new status is left to a later tick (their pod is created now, or starting)."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ post are returned with the outcome (posted by the kopf glue, from its event loop
 (DDMExperts, pods) and status writes go out side by side on two thread pools shared by every
 run, so a run's status writes never queue behind another run's burst of pod creations (at 16
 runs × 64 experts one shared pool made every status wait for the whole fleet's pods). A
-placing tick's statuses (its experts Pending) do not wait for its pods either, so the tick
-ends one round of writes sooner and the next one reports those pods Running sooner. Creates are
+tick's own statuses do not wait for its pods either: the tick lasts as long as the longer of
+the two, not their sum. Creates are
 create-if-absent (a pod of the same name owned by another object is a failure, not ours),
 deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
 tries again. The only module of the reconciler that writes.

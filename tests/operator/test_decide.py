@@ -564,28 +564,36 @@ def test_expert_statuses_are_patched_only_when_they_change() -> None:
     assert isinstance(again.memory.experts[1], DDMExpertStatus)
 
 
-def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> None:
-    # Writes at scale: created → seen Pending → bound → Running was 3 status patches per
-    # expert, the middle one only swapping "created" for no message. Two are real changes,
-    # and the first waits for the tick after the pod's creation.
-    world = observe(
+def two_experts_to_place() -> Any:
+    """Training, the router running, two experts to place: both go to the A100 node (the
+    other nodes' GPUs are busy)."""
+    return observe(
         run_with(training_status()),
         experts=(expert(0), expert(1)),
         pods=(pod("router", 1),),
-        busy={"h100-0": 8, "t4-0": 4},  # both experts go to the A100 node (the pods' GPU product)
+        busy={"h100-0": 8, "t4-0": 4},
         snapshot=store(cluster_sizes=(100, 101)),
     )
+
+
+def expert_pods(phase: str, *, bound: bool) -> tuple[Any, ...]:
+    """The two experts' attempt-1 pods on (or planned on) the A100 node, created at T0."""
+    return tuple(
+        pod("expert", 1, phase, expert_index=k, node="a100-0" if bound else None, planned_node="a100-0",
+            created_at="2026-03-01T12:00:00Z")
+        for k in (0, 1)
+    )  # fmt: skip
+
+
+def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> None:
+    # Writes at scale: created → seen Pending → bound → Running was 3 status patches per
+    # expert, the middle one only swapping "created" for no message. Two are real changes,
+    # and the first waits while the pod starts (up to PENDING_WRITTEN_AFTER).
+    world = two_experts_to_place()
     first = step(world)
     assert {created(first)[f"expert-{k}"].node for k in (0, 1)} == {"a100-0"}
     assert not first.of(PatchExpertStatus), "the tick that creates the pods leaves their statuses to the next"
     assert {k: s.phase for k, s in decided(first).items()} == {0: "Pending", 1: "Pending"}
-
-    def expert_pods(phase: str, *, bound: bool) -> tuple[Any, ...]:
-        return tuple(
-            pod("expert", 1, phase, expert_index=k, node="a100-0" if bound else None, planned_node="a100-0",
-                created_at="2026-03-01T12:00:00Z")
-            for k in (0, 1)
-        )  # fmt: skip
 
     decision = first
     writes = []
@@ -596,8 +604,8 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
         (7, "Pending", True),
         (8, "Running", True),
     )
-    for seconds, phase, bound in ticks:
-        pods = (pod("router", 1), *expert_pods(phase, bound=bound))
+    for seconds, phase, is_bound in ticks:
+        pods = (pod("router", 1), *expert_pods(phase, bound=is_bound))
         decision = step(later(replace(world, run=run_with(decision.status)), seconds, pods=pods), decision.memory)
         writes.append({p.expert: p.status for p in decision.of(PatchExpertStatus)})
     seen, bound, waiting, still, running = writes
@@ -613,21 +621,11 @@ def test_an_experts_pod_appearing_and_binding_writes_nothing_until_it_runs() -> 
 
 
 def test_an_experts_pod_running_by_the_next_tick_costs_one_status_write() -> None:
-    world = observe(
-        run_with(training_status()),
-        experts=(expert(0), expert(1)),
-        pods=(pod("router", 1),),
-        busy={"h100-0": 8, "t4-0": 4},
-        snapshot=store(cluster_sizes=(100, 101)),
-    )
+    world = two_experts_to_place()
     first = step(world)
     assert not first.of(PatchExpertStatus)
     assert first.memory.experts_unsent == {0, 1}
-    pods = tuple(
-        pod("expert", 1, "Running", expert_index=k, node="a100-0", planned_node="a100-0",
-            created_at="2026-03-01T12:00:00Z")
-        for k in (0, 1)
-    )  # fmt: skip
+    pods = expert_pods("Running", bound=True)
     then = step(later(replace(world, run=run_with(first.status)), 1, pods=(pod("router", 1), *pods)), first.memory)
     assert {p.expert: p.status.phase for p in then.of(PatchExpertStatus)} == {0: "Running", 1: "Running"}
     assert then.memory.experts_unsent == frozenset()
@@ -636,18 +634,9 @@ def test_an_experts_pod_running_by_the_next_tick_costs_one_status_write() -> Non
 
 
 def test_a_status_left_unsent_is_written_even_when_the_next_tick_decides_it_unchanged() -> None:
-    world = observe(
-        run_with(training_status()),
-        experts=(expert(0), expert(1)),
-        pods=(pod("router", 1),),
-        busy={"h100-0": 8, "t4-0": 4},
-        snapshot=store(cluster_sizes=(100, 101)),
-    )
+    world = two_experts_to_place()
     first = step(world)
-    pods = tuple(
-        pod("expert", 1, "Pending", expert_index=k, planned_node="a100-0", created_at="2026-03-01T12:00:00Z")
-        for k in (0, 1)
-    )
+    pods = expert_pods("Pending", bound=False)
     soon = step(later(replace(world, run=run_with(first.status)), 1, pods=(pod("router", 1), *pods)), first.memory)
     assert not soon.of(PatchExpertStatus), "its pod is starting"
     assert soon.memory.experts_unsent == {0, 1}
