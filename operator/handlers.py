@@ -313,6 +313,7 @@ async def _reconcile_until_stopped(  # noqa: PLR0917 - the daemon's pieces, pass
             if term is not None:
                 memory, term = RunMemory(), None
                 metrics.runs.forget(key)
+                reconciler.stand_by(body)
             await _pause(woken, stopped, STANDBY_POLL_SECONDS)
             continue
         if term != leadership.term:

@@ -215,7 +215,8 @@ class OperatorMetrics:
         self.step_seconds = Histogram(
             "atoll_reconcile_step_seconds",
             "Wall time of one step of a tick: observe, decide (the placement plan included), act (and its"
-            " parts act-experts, act-pods, act-statuses); ledger-wait: a placing decision's wait for the GPU ledger.",
+            " parts act-experts, act-pods); status-write: a DDMExpert status write, from its hand-over until"
+            " the API server took it; ledger-wait: a placing decision's wait for the GPU ledger.",
             labelnames=["step"],
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,

@@ -95,12 +95,20 @@ class Reconciler:
         return remember(memory, decision, applied), applied.events
 
     def forget(self, body: Mapping[str, Any]) -> None:
-        """The run is gone: drop its store client and what was read of its pods."""
+        """The run is gone: drop its store client, what was read of its pods, its status writes not sent yet."""
         from atoll.operator.reconcile.observation import RunObject
 
         run = RunObject.from_body(body)
         self.stores.forget(run)
         self.observer.forget(run)
+        self.executor.forget(run)
+
+    def stand_by(self, body: Mapping[str, Any]) -> None:
+        """This replica no longer leads: the run's status writes not sent yet are dropped (the
+        next leader decides every status again)."""
+        from atoll.operator.reconcile.observation import RunObject
+
+        self.executor.forget(RunObject.from_body(body))
 
 
 def decide_reserving(

@@ -1,28 +1,28 @@
 """The act step: apply one decision's actions, in a fixed order, and say which ones failed.
 
-Order: spec.json, DDMExperts, pod deletions, then pod creations (a failed create releases
-its GPU reservation) and DDMExpert statuses together, the run's status last; the Events to
-post are returned with the outcome (posted by the kopf glue, from its event loop). Creations
-(DDMExperts, pods) and status writes go out side by side on two thread pools shared by every
-run, so a run's status writes never queue behind another run's burst of pod creations (at 16
-runs × 64 experts one shared pool made every status wait for the whole fleet's pods). A
-tick's own statuses do not wait for its pods either: the tick lasts as long as the longer of
-the two, not their sum. Creates are
-create-if-absent (a pod of the same name owned by another object is a failure, not ours),
-deletes ignore NotFound. An API error fails that action alone; the next tick, level-based,
-tries again. The only module of the reconciler that writes.
+Order: spec.json, DDMExperts, pod deletions, then the DDMExpert statuses are handed to the
+status writer (atoll.operator.reconcile.status_writer: they are written in the background,
+and a write that fails is told to the run's next tick), then pod creations (a failed create
+releases its GPU reservation), the run's status last; the Events to post are returned with
+the outcome (posted by the kopf glue, from its event loop). Creations (DDMExperts, pods) go
+out side by side on a thread pool shared by every run, the status writes on threads of their
+own, so a run's status writes never queue behind another run's burst of pod creations, and
+a tick never waits for its status writes: the run's next tick looks at its pods again while
+they are on their way. Creates are create-if-absent (a pod of the same name owned by another
+object is a failure, not ours), deletes ignore NotFound. An API error fails that action
+alone; the next tick, level-based, tries again. The only module of the reconciler that writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from atoll.api.status import DDMExpertStatus
 from atoll.log import get_logger
 from atoll.operator import storage
 from atoll.operator.islands.remote import Islands
@@ -39,7 +39,7 @@ from atoll.operator.reconcile.actions import (
     WriteSpec,
 )
 from atoll.operator.reconcile.observation import RunObject, StoreProblem
-from atoll.operator.reconcile.priority_pool import PriorityPool
+from atoll.operator.reconcile.status_writer import StatusWriter
 from atoll.operator.reconcile.store_reader import RunStores, run_owner
 from atoll.store import StoreError
 
@@ -68,13 +68,6 @@ def permanent_refusal(error: Exception) -> str | None:
     return f"{status} {getattr(error, 'reason', None) or 'refused'}: {message or 'no message'}"
 
 
-def urgency(patch: PatchExpertStatus) -> int:
-    """0 for a status a person waits for (its pod running, the expert done, failed or
-    restarting), 1 for a Waiting or Pending one (most often a burst of just-created experts):
-    sent after the urgent ones."""
-    return 1 if patch.status.phase in ("Waiting", "Pending") else 0
-
-
 class Executor:
     """Applies decisions through the Kubernetes API and the run's store; the Events to post
     come back in `Applied.events` (the kopf glue posts them from its event loop)."""
@@ -97,12 +90,12 @@ class Executor:
         self.creators = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act-create")
         """DDMExpert and pod creations of one tick go out side by side (64 pods one after the
         other would delay the last by seconds)."""
-        self.status_writers = PriorityPool(parallel, "act-status")
-        """DDMExpert status patches, side by side too, on threads of their own: a status write
-        waits only for other status writes, never for pod creations queued by other runs, and
-        only for those as urgent as itself (`urgency`)."""
+        self.status_writer = StatusWriter(self._write_expert_status, parallel, "act-status", timer=timer)
+        """DDMExpert status writes, in the background, on threads of their own: a status write
+        waits only for other status writes as urgent as itself, never for pod creations."""
         self.timer = timer
-        """Told the wall time of each part of the act step ("act-experts", "act-pods", "act-statuses")."""
+        """Told the wall time of each part of the act step ("act-experts", "act-pods"), and of
+        each status write from its hand-over ("status-write")."""
 
     def apply(self, run: RunObject, decision: Decision) -> Applied:
         applied = Applied()
@@ -115,14 +108,12 @@ class Executor:
         for delete in decision.of(DeletePod):
             log.info("deleting pod", pod=delete.name, namespace=run.namespace, why=delete.why)
             self._call(applied, f"deleting pod {delete.name}", self._delete, run, delete)
+        applied.failed_experts = self.status_writer.failures(run.key)  # earlier ticks' writes
+        for patch in decision.of(PatchExpertStatus):
+            self.status_writer.submit(run.key, patch)
         started = time.perf_counter()
         creates: list[CreatePod] = decision.of(CreatePod)
-        patches: list[PatchExpertStatus] = decision.of(PatchExpertStatus)
         pods = [self.creators.submit(self._create, run, create) for create in creates]
-        statuses = [
-            self.status_writers.submit(urgency(patch), functools.partial(self._patch_expert, run, patch, applied))
-            for patch in patches
-        ]
         outcomes = [pod.result() for pod in pods]
         self._time("act-pods", started, bool(creates))
         for create, (created, failure, refused) in zip(creates, outcomes, strict=True):
@@ -136,11 +127,6 @@ class Executor:
                 applied.errors.append(failure)
             elif created and create.started is not None:
                 applied.events.append(create.started)
-        patched = [status.result() for status in statuses]
-        self._time("act-statuses", started, bool(patches))
-        for patch, ok in zip(patches, patched, strict=True):
-            if not ok:
-                applied.failed_experts.add(patch.expert)
         for run_status in decision.of(PatchRunStatus):
             status = run_status.status.model_dump(by_alias=True, mode="json")
             if not self._call(applied, "DDMRun status", self.kube.patch_run_status, run.namespace, run.name, status):
@@ -174,10 +160,20 @@ class Executor:
             return False
         return True
 
-    def _patch_expert(self, run: RunObject, patch: PatchExpertStatus, applied: Applied) -> bool:
-        status = patch.status.model_dump(by_alias=True, mode="json")
-        what = f"DDMExpert {patch.name} status"
-        return self._call(applied, what, self.kube.patch_expert_status, run.namespace, patch.name, status)
+    def _write_expert_status(self, namespace: str, name: str, status: DDMExpertStatus) -> bool:
+        """One DDMExpert status write, from a status writer's thread; a failure is logged here
+        (the tick that decided it has ended) and told to the run's next tick."""
+        body = status.model_dump(by_alias=True, mode="json")
+        failed = Applied()
+        if self._call(failed, f"DDMExpert {name} status", self.kube.patch_expert_status, namespace, name, body):
+            return True
+        log.warning("DDMExpert status not written, written again after the next tick", namespace=namespace,
+                    error=failed.errors[0])  # fmt: skip
+        return False
+
+    def forget(self, run: RunObject) -> None:
+        """The run is gone, or this replica no longer leads: its status writes not sent yet are dropped."""
+        self.status_writer.forget(run.key)
 
     def _write_spec(self, run: RunObject, write: WriteSpec, applied: Applied) -> None:
         store = self.stores.store(run)

@@ -51,6 +51,11 @@ class RunObject:
             deleting=metadata.get("deletionTimestamp") is not None,
         )
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(namespace, name, uid): one run, not another of the same name created after it."""
+        return (self.namespace, self.name, self.uid)
+
     def reference(self) -> dict[str, Any]:
         """Enough of the object for an Event."""
         from atoll.api.spec import API_GROUP_VERSION

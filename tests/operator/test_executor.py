@@ -11,6 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from atoll.api.status import DDMExpertStatus, DDMRunStatus
 from atoll.operator.ledger import GpuLedger
 from atoll.operator.reconcile.actions import CreateExpert, CreatePod, Decision, PatchExpertStatus
@@ -22,13 +24,18 @@ WAIT = 10.0
 
 
 class SlowApi:
-    """Pod and DDMExpert creations block until released; status patches answer at once."""
+    """Pod and DDMExpert creations block until released; status patches answer at once
+    (unless `patching` is set)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.creating = threading.Semaphore(0)
         self.patched: list[str] = []
         self.experts: list[str] = []
+        self.refused: set[str] = set()
+        """DDMExperts whose status patch the API server refuses."""
+        self.patching: threading.Semaphore | None = None
+        """Set: status patches block until released too."""
 
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         self.creating.release()
@@ -42,6 +49,11 @@ class SlowApi:
         return True
 
     def patch_expert_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        if name in self.refused:
+            raise ApiException(status=500, reason="Internal Server Error")
+        if self.patching is not None:
+            self.patching.release()
+            assert self.release.wait(WAIT)
         self.patched.append(name)
 
 
@@ -75,7 +87,7 @@ def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> No
         finally:
             api.release.set()
         assert applied.errors == []
-        assert applied.failed_experts == set()
+        assert executor.status_writer.wait_idle(WAIT)
         assert sorted(api.patched) == ["b-expert-0", "b-expert-1"]
         assert not placing.result(timeout=WAIT).errors
 
@@ -123,4 +135,24 @@ def test_the_act_steps_parts_are_timed() -> None:
     parts: list[str] = []
     executor = Executor(api, GpuLedger(), RunStores(), timer=lambda part, _: parts.append(part))  # type: ignore[arg-type]
     executor.apply(_run("r"), _decision(_pod("r", 0), _patch("r", 0)))
-    assert parts == ["act-pods", "act-statuses"]
+    assert executor.status_writer.wait_idle(WAIT)
+    assert sorted(parts) == ["act-pods", "status-write"]
+
+
+def test_a_tick_does_not_wait_for_its_status_writes_and_the_next_one_hears_of_a_failed_one() -> None:
+    api = SlowApi()
+    api.patching = threading.Semaphore(0)
+    api.refused = {"r-expert-1"}
+    executor = Executor(api, GpuLedger(), RunStores(), parallel=2)  # type: ignore[arg-type]
+    try:
+        applied = executor.apply(_run("r"), _decision(_patch("r", 0), _patch("r", 1)))
+        assert applied.failed_experts == set(), "returned while the writes are on their way"
+        assert api.patching.acquire(timeout=WAIT)
+        assert api.patched == []
+    finally:
+        api.release.set()
+    assert executor.status_writer.wait_idle(WAIT)
+    assert api.patched == ["r-expert-0"]
+    assert executor.apply(_run("r"), _decision()).failed_experts == {1}, "decided again, written again"
+    assert executor.apply(_run("r"), _decision()).failed_experts == set()
+    assert executor.apply(_run("other"), _decision(_patch("other", 1))).failed_experts == set()
