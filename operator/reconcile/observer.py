@@ -9,6 +9,7 @@ under the GPU ledger's lock, right before deciding. Never writes anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -48,6 +49,11 @@ class IndexSnapshot:
     """Whether the island monitor has looked at every island since the operator started."""
 
 
+TRAILING_FOR = 30.0
+"""Seconds after the index last lacked a pod the run's status names (its pod watch trails:
+under a burst of pod events, by up to 15 s at 16 runs × 64 experts) during which the run's
+pods not started yet are read from the API server each tick, if created as recently."""
+
 GpuHolders = Callable[[], Mapping[str, GpuHolder]]
 """A fresh copy of every pod that holds GPUs (atoll's or not), by namespace/name."""
 
@@ -64,10 +70,13 @@ class Observer:
         self.islands = islands
         self._ahead: dict[tuple[str, str, str], dict[str, PodView]] = {}
         """Per run, pods read from the API server that the index showed less far along."""
+        self._trailing: dict[tuple[str, str, str], float] = {}
+        """Per run, when (monotonic) the index last lacked a pod the run's status names."""
 
     def forget(self, run: RunObject) -> None:
         """The run is gone: drop what was read of its pods."""
-        self._ahead.pop((run.namespace, run.name, run.uid), None)
+        self._ahead.pop(run.key, None)
+        self._trailing.pop(run.key, None)
 
     def observe(
         self, body: Mapping[str, Any], indexes: IndexSnapshot, memory: RunMemory, *, now: datetime, monotonic: float
@@ -93,8 +102,9 @@ class Observer:
             return observation  # the decision fails the run, naming the fields
         own_pods, own_experts = own_objects(run, indexes.pods, indexes.experts)
         experts = {k: memory.experts.get(k, view.status) for k, view in own_experts.items()}
-        confirmed = self._confirm_missing(run, previous, experts, own_pods)
-        store = self.store.read(run, spec, previous, experts, own_pods + confirmed, monotonic=monotonic, now=now)
+        confirmed = self._confirm_missing(run, previous, experts, own_pods, now=now, monotonic=monotonic)
+        # A pod read from the API server first: it is at least as far along as the index's view of it.
+        store = self.store.read(run, spec, previous, experts, confirmed + own_pods, monotonic=monotonic, now=now)
         return replace(observation, pods=self._not_behind(run, indexes.pods, confirmed), store=store)
 
     # --- pods -----------------------------------------------------------------------------
@@ -105,25 +115,23 @@ class Observer:
         previous: DDMRunStatus,
         experts: Mapping[int, DDMExpertStatus],
         pods: tuple[PodView, ...],
+        *,
+        now: datetime,
+        monotonic: float,
     ) -> tuple[PodView, ...]:
         """Pods the index may not show (created a moment ago, or trailing in the watch), from the
         API server, before the decision calls them lost: a pod a stage's status names, and a pod
         the run's usage holds GPUs with (else one tick that missed it counted its attempt ended
-        and posted CapacityReleased while it ran on)."""
-        missing: dict[str, str] = {}
-        """Pod name → the node (island-qualified) it was last known on."""
-        for job, status in stage_statuses(previous, experts):
-            if status.attempt == 0 or status.phase not in ("Pending", "Running") or not status.pod:
-                continue
-            if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
-                continue
-            missing[str(status.pod)] = status.node or ""
-        seen = {p.name for p in pods}
-        for held in previous.usage.holding if previous.usage is not None else ():
-            if held.pod not in seen:
-                missing.setdefault(held.pod, held.node)
+        and posted CapacityReleased while it ran on). While the watch trails (`TRAILING_FOR`),
+        the run's new pods that the index shows not started yet are read too, so that their
+        start reaches the status when it happens, not when the watch shows it."""
+        missing = _not_shown(previous, experts, pods)
         home: set[str] = set()
         found: list[PodView] = []
+        if any(split_node(node)[0] == HOME_ISLAND or self.islands is None for node in missing.values()):
+            self._trailing[run.key] = monotonic
+        if monotonic - self._trailing.get(run.key, -math.inf) < TRAILING_FOR:
+            home |= self._starting(run, pods, now)
         for name, node in sorted(missing.items()):
             island, _ = split_node(node)
             if self.islands is None or island == HOME_ISLAND:
@@ -136,6 +144,18 @@ class Observer:
                     found.append(view)
         return tuple(found)
 
+    def _starting(self, run: RunObject, pods: tuple[PodView, ...], now: datetime) -> set[str]:
+        """The run's pods at home created less than TRAILING_FOR ago and not started, as far as
+        the index (or the last read of the API server) shows."""
+        ahead = self._ahead.get(run.key, {})
+        return {
+            pod.name
+            for pod in pods
+            if pod.island == HOME_ISLAND and pod.active and pod.created_at is not None
+            and _progress(ahead.get(pod.name, pod)) < 2
+            and (now - pod.created_at).total_seconds() < TRAILING_FOR
+        }  # fmt: skip
+
     def _not_behind(
         self, run: RunObject, indexed: tuple[PodView, ...], confirmed: tuple[PodView, ...]
     ) -> tuple[PodView, ...]:
@@ -145,7 +165,7 @@ class Observer:
         load the pod watch trails by seconds; without this, the tick after a pod was read
         Running saw it Pending again, wrote the expert back to Pending (and Running once more)
         and took its GPUs for given back."""
-        ahead = self._ahead.setdefault((run.namespace, run.name, run.uid), {})
+        ahead = self._ahead.setdefault(run.key, {})
         for view in confirmed:
             ahead[view.name] = view
         pods: list[PodView] = []
@@ -176,6 +196,25 @@ class Observer:
         except Exception:  # unreachable now: the island's pods as last seen stand
             return last_seen
         return island_pod_view(island, body) if body is not None else None
+
+
+def _not_shown(
+    previous: DDMRunStatus, experts: Mapping[int, DDMExpertStatus], pods: tuple[PodView, ...]
+) -> dict[str, str]:
+    """The pods a stage's status names, or the run's usage holds GPUs with, that `pods` (the
+    index) does not show: pod name → the node (island-qualified) it was last known on."""
+    missing: dict[str, str] = {}
+    for job, status in stage_statuses(previous, experts):
+        if status.attempt == 0 or status.phase not in ("Pending", "Running") or not status.pod:
+            continue
+        if any(p.stage == job.stage and p.expert == job.expert and p.attempt >= status.attempt for p in pods):
+            continue
+        missing[str(status.pod)] = status.node or ""
+    seen = {p.name for p in pods}
+    for held in previous.usage.holding if previous.usage is not None else ():
+        if held.pod not in seen:
+            missing.setdefault(held.pod, held.node)
+    return missing
 
 
 def _progress(pod: PodView) -> int:
