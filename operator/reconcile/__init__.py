@@ -27,7 +27,7 @@ from atoll.operator.placement.capacity import pod_requests
 from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
 from atoll.operator.reconcile.decide import decide
 from atoll.operator.reconcile.executor import Executor
-from atoll.operator.reconcile.observation import Observation, RunMemory
+from atoll.operator.reconcile.observation import Observation, RunMemory, RunObject
 from atoll.operator.reconcile.observer import GpuHolders, IndexSnapshot, Observer
 from atoll.operator.reconcile.store_reader import RunStores
 from atoll.operator.settings import OperatorSettings
@@ -96,8 +96,6 @@ class Reconciler:
 
     def forget(self, body: Mapping[str, Any]) -> None:
         """The run is gone: drop its store client, what was read of its pods, its status writes not sent yet."""
-        from atoll.operator.reconcile.observation import RunObject
-
         run = RunObject.from_body(body)
         self.stores.forget(run)
         self.observer.forget(run)
@@ -106,8 +104,6 @@ class Reconciler:
     def stand_by(self, body: Mapping[str, Any]) -> None:
         """This replica no longer leads: the run's status writes not sent yet are dropped (the
         next leader decides every status again)."""
-        from atoll.operator.reconcile.observation import RunObject
-
         self.executor.forget(RunObject.from_body(body))
 
 

@@ -88,6 +88,7 @@ def test_a_runs_status_writes_do_not_wait_for_another_runs_pod_creations() -> No
             api.release.set()
         assert applied.errors == []
         assert executor.status_writer.wait_idle(WAIT)
+        assert executor.status_writer.failures(_run("b").key) == set()
         assert sorted(api.patched) == ["b-expert-0", "b-expert-1"]
         assert not placing.result(timeout=WAIT).errors
 
