@@ -181,6 +181,7 @@ def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per pa
     import kopf
 
     from atoll.log import get_logger
+    from atoll.operator.api_json import decode_watches_with_orjson
     from atoll.operator.handlers import Replica, build_registry, kopf_settings
     from atoll.operator.kube import Kube, load_config
     from atoll.operator.leader import AlwaysLeader, FencedKube, LeaderElector, Leadership, in_cluster_namespace
@@ -208,6 +209,7 @@ def main(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a few lines per pa
     if not args.verbose:
         # kopf logs every timer run at INFO ("Timer 'reconcile' succeeded."): one line per run per tick.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    decode_watches_with_orjson()
     elector: LeaderElector | None = None
     leadership: Leadership = AlwaysLeader()
     if args.leader_elect:

@@ -11,6 +11,7 @@ from typing import Any
 
 from atoll.api.spec import API_GROUP, API_VERSION
 from atoll.log import get_logger
+from atoll.operator import api_json
 from atoll.operator.crd import EXPERT, RUN
 from atoll.operator.views import LABEL_RUN
 
@@ -177,7 +178,5 @@ def _drain(response: Any) -> None:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    import json
-
-    data: dict[str, Any] = json.loads(response.data)
+    data: dict[str, Any] = api_json.loads(response.data)
     return data

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from atoll.log import get_logger
+from atoll.operator import api_json
 from atoll.operator.islands.dispatch import LABEL_ORIGIN_RUN_UID, island_store_secret, orphans
 from atoll.operator.islands.registry import IslandRegistry
 from atoll.operator.kube import Kube
@@ -95,7 +96,7 @@ class Islands:
             if _status(error) == 404:
                 return None
             raise
-        body: dict[str, Any] = json.loads(response.data)
+        body: dict[str, Any] = api_json.loads(response.data)
         return body
 
     def delete_pod(self, island: str, namespace: str, name: str, *, grace_seconds: int | None = None) -> None:

@@ -15,13 +15,13 @@ kubeconfig: failures are logged by their error's type.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from atoll.log import get_logger
+from atoll.operator import api_json
 from atoll.operator.islands.dispatch import LABEL_ORIGIN_RUN_UID
 from atoll.operator.islands.kubeconfig import client_for
 from atoll.operator.islands.status import backoff_seconds
@@ -121,7 +121,7 @@ class KubePodSource:
             self.namespace, label_selector=LABEL_ORIGIN_RUN_UID, _preload_content=False,
             _request_timeout=(CONNECT_TIMEOUT_SECONDS, LIST_TIMEOUT_SECONDS),
         )  # fmt: skip
-        data = json.loads(response.data)
+        data = api_json.loads(response.data)
         return list(data["items"]), str((data.get("metadata") or {}).get("resourceVersion") or "")
 
     def watch(self, resource_version: str) -> Iterator[Mapping[str, Any]]:
@@ -138,7 +138,7 @@ class KubePodSource:
         try:
             for line in lines(response):
                 if line.strip():
-                    yield json.loads(line)
+                    yield api_json.loads(line)
         finally:
             with self._lock:
                 self._response = None

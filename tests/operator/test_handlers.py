@@ -1,13 +1,17 @@
 """The kopf glue: its copy of the indexes (taken at once, it never changes with the indexes), kopf's settings,
-and the wake an island's pod watch sends a run's reconciler."""
+its watch streams decoded by orjson, and the wake an island's pod watch sends a run's reconciler."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import kopf
+import orjson
+from kopf._cogs.clients import api as kopf_api
 
+from atoll.operator.api_json import decode_watches_with_orjson
 from atoll.operator.handlers import gpu_holders, island_waker, kopf_settings, snapshot
 from atoll.operator.ledger import GpuHolder
 from atoll.operator.settings import OperatorSettings
@@ -49,6 +53,18 @@ def test_kopf_keeps_no_diff_base_for_the_kinds_it_only_indexes() -> None:
         assert storage.build(body=body) == {}, kind
     run = kopf.Body({"apiVersion": "atoll.dev/v1alpha1", "kind": "DDMRun", "metadata": metadata, "spec": {"k": 1}})
     assert storage.build(body=run) == {"metadata": {"labels": {"a": "b"}}, "spec": {"k": 1}}
+
+
+def test_kopf_decodes_its_watch_streams_with_orjson() -> None:
+    """kopf has no setting for its decoder: the operator hands the module that decodes its watch
+    lines an orjson `loads`. A kopf that moved that code fails here (the operator would only warn)."""
+    assert decode_watches_with_orjson()
+    assert decode_watches_with_orjson()  # idempotent
+    assert kopf_api.json.loads is orjson.loads
+    assert json.loads is not orjson.loads  # the standard library's json is left alone
+    line = json.dumps({"type": "MODIFIED", "object": {"kind": "Pod", "metadata": {"name": "p", "labels": {"é": "1"}}}})
+    assert kopf_api.json.loads(line) == json.loads(line)
+    assert kopf_api.json.dumps({"a": 1}) == json.dumps({"a": 1})
 
 
 def test_an_island_pod_change_wakes_its_runs_reconciler_from_the_watchs_thread() -> None:
