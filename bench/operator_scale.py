@@ -18,7 +18,9 @@ bound and when its DDMExpert first showed Running; the bench prints the distribu
 that delay per expert, and the writes to DDMExpert and DDMRun objects (watch MODIFIED
 events) while the runs start. Pods are left to kwok's stages, never executed, so each run's
 partition is pre-seeded in its store (stats.json, a `done` progress.json and the done
-marker): the operator starts at "partition done". With --skip-baselines only the operator
+marker): the operator starts at "partition done". The runs are applied once the
+kube-controller-manager is done with the new nodes (`settled`), as on a cluster whose nodes
+joined long ago. With --skip-baselines only the operator
 part runs, and the bench imports nothing of the operator (so it can measure another
 checkout's operator: PYTHONPATH=that checkout's package tree).
 
@@ -62,6 +64,10 @@ from control_plane_costs import Costs, apiserver_profile  # noqa: E402
 from scale_status import METRICS_PORT, Watcher, acceptance, percentile, spread, tick_times  # noqa: E402
 
 WORKERS = 16
+CONTROLLER_MANAGER_QPS = 200
+"""The kube-controller-manager's request rate here (its default, 20, takes minutes to settle
+1000 new nodes; see `settled`)."""
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 def run_manifest(name: str, experts: int) -> dict[str, Any]:
@@ -174,12 +180,28 @@ def start_fleet(cluster: ControlPlane, kube: Kube, count: int) -> list[dict[str,
 
     wait(all_ready, 600, "every kwok node Ready", interval=2)
     print(f"{count} kwok GPU nodes Ready after {time.monotonic() - started:.0f}s")
+    wait(lambda: settled(kube), 600, "the kube-controller-manager done with the new nodes", interval=2)
+    print(f"{count} kwok GPU nodes settled after {time.monotonic() - started:.0f}s")
     cluster.kubectl("apply", "--server-side", "-f", "-", input=render_crds(all_crds()))
     cluster.kubectl("wait", "--for=condition=Established", "crd/ddmruns.atoll.dev", "crd/ddmexperts.atoll.dev")
     for namespace in ("bench-bare", "bench-runs"):
         cluster.kubectl("create", "namespace", namespace)
     wait(lambda: cluster.kubectl("get", "sa", "default", "-n", "bench-runs", check=False).returncode == 0, 60, "sa")
     return nodes
+
+
+def settled(kube: Kube) -> bool:
+    """Whether the kube-controller-manager is done with the new nodes, as it is on a cluster
+    whose nodes joined long ago: each node's not-ready taint lifted and its beta labels added.
+    Until then it writes every node two or three times more (those two and the TTL annotation),
+    at its default 20 requests/s for minutes after 1000 nodes turn Ready, and each write is a
+    watch event for the operator, the scheduler and kwok during the burst measured here."""
+    items = json.loads(kube.core.list_node(_preload_content=False).data)["items"]
+    return all(
+        "beta.kubernetes.io/os" in (n["metadata"].get("labels") or {})
+        and not any(t.get("key") == NOT_READY_TAINT for t in n["spec"].get("taints") or ())
+        for n in items
+    )
 
 
 def _conditions(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -369,11 +391,14 @@ def main() -> int:
         "python": platform.python_version(),
         "cpu": subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()[:15],
         "kwok_pod_workers": args.kwok_pod_workers,
+        "controller_manager_qps": CONTROLLER_MANAGER_QPS,
         "switch_interval_ms": args.switch_interval_ms,
         "load_before": _load(),
         "autogroup": _autogroup(),
     }
-    cluster = ControlPlane(work / "cluster", kwok_pod_workers=args.kwok_pod_workers)
+    cluster = ControlPlane(
+        work / "cluster", kwok_pod_workers=args.kwok_pod_workers, controller_manager_qps=CONTROLLER_MANAGER_QPS
+    )
     try:
         cluster.start()
         kube = Kube(load_config(str(cluster.kubeconfig)))
