@@ -71,7 +71,7 @@ image-operator: install ## build the operator image only (build/images/atoll-ope
 	$(PY) -m images.build operator
 
 .PHONY: demo
-demo: install ## train a 4-expert DDM on handwritten digits here (CPU, about 4 min on 2 idle cores); prints metrics and grids
+demo: install ## train a 4-expert DDM on handwritten digits here (CPU, 4–10 min on 2 idle cores, as the README says); prints metrics and grids
 	$(VENV)/bin/atoll run manifests/examples/quickstart.yaml --local --workdir .atoll
 	@echo "sample grid: .atoll/runs/digits-quickstart/eval/grid-top-2.png"
 
