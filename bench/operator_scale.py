@@ -174,7 +174,7 @@ def start_fleet(cluster: ControlPlane, kube: Kube, count: int) -> list[dict[str,
         list(pool.map(kube.core.create_node, nodes))
 
     def all_ready() -> bool:
-        items = json.loads(kube.core.list_node(_preload_content=False).data)["items"]
+        items = _nodes(kube)
         ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True" for c in _conditions(n))]
         return len(ready) >= count
 
@@ -196,12 +196,16 @@ def settled(kube: Kube) -> bool:
     Until then it writes every node two or three times more (those two and the TTL annotation),
     at its default 20 requests/s for minutes after 1000 nodes turn Ready, and each write is a
     watch event for the operator, the scheduler and kwok during the burst measured here."""
-    items = json.loads(kube.core.list_node(_preload_content=False).data)["items"]
     return all(
         "beta.kubernetes.io/os" in (n["metadata"].get("labels") or {})
         and not any(t.get("key") == NOT_READY_TAINT for t in n["spec"].get("taints") or ())
-        for n in items
+        for n in _nodes(kube)
     )
+
+
+def _nodes(kube: Kube) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(kube.core.list_node(_preload_content=False).data)["items"]
+    return items
 
 
 def _conditions(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ create-if-absent, deletes ignore NotFound; any other API error is raised to the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -122,7 +121,7 @@ class Islands:
             return []
         core = self.registry.core(island)
         listed = {
-            kind: json.loads(
+            kind: api_json.loads(
                 call(
                     fleet.namespace, label_selector=LABEL_ORIGIN_RUN_UID, _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
