@@ -3,8 +3,9 @@
 Under a burst (16 runs × 64 experts at 1000 nodes) the operator spent about a fifth of its CPU
 in the standard library's `json.loads`: kopf decoding every watch event of pods, nodes and
 DDMExperts (13 % of the samples, in the event loop that keeps the indexes) and the observe
-step decoding its lists of a run's pods (9 %). orjson decodes them about 2× faster
-(1.6–2.3× in most runs of bench/api_json.py; docs/benchmarks.md). Both hold the GIL while
+step decoding its lists of a run's pods (9 %). orjson decodes them faster
+(bench/api_json.py: 1.6–2.2× on a pod's watch event, 1.2–2.3× on a run's pod list;
+docs/benchmarks.md). Both hold the GIL while
 they decode, so every other thread of the operator waits for them: a cheaper decode is time
 the reconcile threads and the watches get back.
 
