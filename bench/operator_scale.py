@@ -312,6 +312,7 @@ def operated(cluster: ControlPlane, kube: Kube, work: Path, args: argparse.Names
         "bound_to_pod_running": spread(kwok),
         "pod_running_to_running": spread(own),
         "operator_ddmexpert_writes": watcher.expert_writes,
+        "operator_ddmexpert_write_phases": dict(watcher.expert_write_phases),
         "operator_ddmrun_writes": watcher.run_writes,
         "operator_peak_rss_mib": round(rss, 1),
         "control_plane": control_plane,

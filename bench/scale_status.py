@@ -35,6 +35,9 @@ class Watcher:
         self.restarts: list[tuple[float, str]] = []
         """When (monotonic) and why a watch restarted."""
         self.expert_writes = 0
+        self.expert_write_phases: dict[str, int] = {}
+        """DDMExpert writes by the phase they wrote (a status passing through Pending to
+        Running is two writes; two writes of one phase mean a write that changed nothing shown)."""
         self.run_writes = 0
         self.stop = threading.Event()
         self.threads = [
@@ -101,6 +104,8 @@ class Watcher:
             if event["type"] == "MODIFIED":
                 if plural == "ddmexperts":
                     self.expert_writes += 1
+                    phase = (item.get("status") or {}).get("phase") or "none"
+                    self.expert_write_phases[phase] = self.expert_write_phases.get(phase, 0) + 1
                 else:
                     self.run_writes += 1
             if plural != "ddmexperts":
@@ -187,7 +192,16 @@ def acceptance(results: dict[str, Any]) -> str:
         *watch_line(results),
         f"  writes: {expert_writes} DDMExpert ({expert_writes / experts:.2f} per expert),"
         f" {run_writes} DDMRun ({run_writes / results['runs']:.1f} per run, {run_writes / experts:.2f} per expert)",
+        *phases_line(results),
     ])  # fmt: skip
+
+
+def phases_line(results: dict[str, Any]) -> list[str]:
+    """The DDMExpert writes by the phase each wrote (absent from an older run's results)."""
+    phases = results.get("operator_ddmexpert_write_phases")
+    if not phases:
+        return []
+    return ["    DDMExpert writes by phase written: " + ", ".join(f"{p} {n}" for p, n in sorted(phases.items()))]
 
 
 def watch_line(results: dict[str, Any]) -> list[str]:

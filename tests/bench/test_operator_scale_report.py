@@ -63,3 +63,10 @@ def test_the_status_write_time_is_the_status_entry_of_managed_fields() -> None:
     late = {**results(module, [1.0]), "running_seen_late": {"median": 0.4, "max": 12.0}, "watch_restarts": [[3.0, "x"]]}
     assert "the bench saw those writes late by median 0.4 s, max 12.0 s" in module.acceptance(late)
     assert "restarted 1 times" in module.acceptance(late)
+
+
+def test_the_report_splits_the_expert_writes_by_the_phase_they_wrote() -> None:
+    module = bench()
+    phases = {**results(module, [1.0]), "operator_ddmexpert_write_phases": {"Running": 4, "Pending": 3}}
+    assert "DDMExpert writes by phase written: Pending 3, Running 4" in module.acceptance(phases)
+    assert "by phase written" not in module.acceptance(results(module, [1.0]))  # an older run's results
