@@ -66,10 +66,18 @@ class GpuLedger:
         self._pending: dict[str, _Reservation] = {}
 
     @contextmanager
-    def deciding(self) -> Iterator[None]:
-        """Held while one run reads the usage, decides and reserves: runs decide one after the other."""
-        with self._lock:
+    def deciding(self, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Held while one run reads the usage, decides and reserves: runs decide one after the
+        other. `while_waiting` is called (once, without the lock) when another run holds it,
+        before waiting for it."""
+        if not self._lock.acquire(blocking=False):
+            if while_waiting is not None:
+                while_waiting()
+            self._lock.acquire()
+        try:
             yield
+        finally:
+            self._lock.release()
 
     def usage(self, holders: Mapping[str, GpuHolder]) -> dict[str, int]:
         """GPUs in use per node: every holder the index shows (pod key namespace/name → node,

@@ -216,7 +216,8 @@ class OperatorMetrics:
             "atoll_reconcile_step_seconds",
             "Wall time of one step of a tick: observe, decide (the placement plan included), act (and its"
             " parts act-experts, act-pods); status-write: a DDMExpert status write, from its hand-over until"
-            " the API server took it; ledger-wait: a placing decision's wait for the GPU ledger.",
+            " the API server took it; ledger-wait: a placing decision's wait for the GPU ledger; early-report: the"
+            " decision without placing (and its act) a run makes and applies while it waits for the ledger.",
             labelnames=["step"],
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,

@@ -24,7 +24,7 @@ from atoll.operator.kube import Kube
 from atoll.operator.ledger import GpuLedger
 from atoll.operator.nodepools import NodePoolWatch
 from atoll.operator.placement.capacity import pod_requests
-from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event
+from atoll.operator.reconcile.actions import Applied, CreatePod, Decision, Event, PatchExpertStatus
 from atoll.operator.reconcile.decide import decide
 from atoll.operator.reconcile.executor import Executor
 from atoll.operator.reconcile.observation import Observation, RunMemory, RunObject
@@ -85,14 +85,25 @@ class Reconciler:
         started = time.perf_counter()
         observation = self.observer.observe(body, indexes, memory, now=self.clock(), monotonic=self.monotonic())
         observed = time.perf_counter()
-        decision = decide_reserving(self.ledger, observation, holders, memory, self.settings, timer=self.timer)
+        events: list[Event] = []
+
+        def meanwhile(early: Decision) -> RunMemory:
+            nonlocal memory
+            applied = self.executor.apply(observation.run, early)
+            events.extend(applied.events)
+            memory = remember(memory, early, applied)
+            return memory
+
+        decision = decide_reserving(
+            self.ledger, observation, holders, memory, self.settings, timer=self.timer, meanwhile=meanwhile
+        )
         decided = time.perf_counter()
         applied = self.executor.apply(observation.run, decision)
         if self.timer is not None:
             self.timer("observe", observed - started)
             self.timer("decide", decided - observed)
             self.timer("act", time.perf_counter() - decided)
-        return remember(memory, decision, applied), applied.events
+        return remember(memory, decision, applied), [*events, *applied.events]
 
     def forget(self, body: Mapping[str, Any]) -> None:
         """The run is gone: drop its store client, what was read of its pods, its status writes not sent yet."""
@@ -115,6 +126,7 @@ def decide_reserving(
     settings: OperatorSettings,
     *,
     timer: Callable[[str, float], None] | None = None,
+    meanwhile: Callable[[Decision], RunMemory] | None = None,
 ) -> Decision:
     """The decision, made on the GPU usage when it needs it: first without it, and where that
     decision never reads the usage (nothing to place, no move check due: most ticks of a
@@ -123,13 +135,36 @@ def decide_reserving(
     usage (every holder the index shows now, plus what was promised and is not shown yet), the
     decision on it, and its GPUs reserved. Runs that only watch their pods thus never wait for
     the lock, nor for the copy of the index it guards, while another run places. `timer` is
-    told how long a decision that needed the usage waited for the lock ("ledger-wait")."""
+    told how long a decision that needed the usage waited for the lock ("ledger-wait").
+
+    While another run holds the lock, a run that has DDMExpert statuses to write (its pods
+    started running while some of its experts still wait for GPUs) does not hold them until
+    its turn: it decides once without placing (`Observation.placing` False), hands that
+    decision to `meanwhile` to apply (which returns the memory after it) and then waits; the
+    decision under the lock starts from that memory ("early-report": how often, how long)."""
     try:
         return decide(replace(observation, busy_gpus=UsageProbe()), memory, settings)
     except UsageNeeded:
         pass
+
     waiting = time.perf_counter()
-    with ledger.deciding():
+
+    def report() -> None:
+        nonlocal memory, waiting
+        if meanwhile is None:
+            return
+        started = time.perf_counter()
+        try:  # a decision that places nothing never reads the usage: the probe proves it
+            early = decide(replace(observation, placing=False, busy_gpus=UsageProbe()), memory, settings)
+        except UsageNeeded:
+            return
+        if early.of(PatchExpertStatus):
+            memory = meanwhile(early)
+            if timer is not None:
+                timer("early-report", time.perf_counter() - started)
+        waiting = time.perf_counter()  # the wait for the lock starts now
+
+    with ledger.deciding(while_waiting=report):
         if timer is not None:
             timer("ledger-wait", time.perf_counter() - waiting)
         busy, requested = ledger.held(holders())

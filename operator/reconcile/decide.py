@@ -6,7 +6,8 @@ inputs always give the same decision, which is how the tests check it on recorde
 situations. The steps, in order: settle the store (spec.json written, outages), decide
 every stage through atoll.operator.attempts in pipeline order (so a finished stage unblocks
 the next at once), create the DDMExperts once the partition is done, stop experts whose
-move is due, place and start the attempts that must start, plan moves, account the GPU-hours
+move is due, place and start the attempts that must start (a decision made without the GPU
+usage, `Observation.placing` false, starts and moves nothing), plan moves, account the GPU-hours
 used and the capacity asked for (atoll.operator.reconcile.usage), then report (stage
 statuses, the run's phase through atoll.operator.machine, conditions, Events).
 """
@@ -91,7 +92,7 @@ def decide(obs: Observation, memory: RunMemory, settings: OperatorSettings) -> D
     if tick.settings.move_check_seconds > 0 and tick.running_experts(bound_only=True):
         if math.isinf(last_move_check):
             last_move_check = obs.monotonic  # the first check comes one interval after experts run
-        elif move_check_due(tick):
+        elif move_check_due(tick) and obs.placing:
             decisions = plan_expert_moves(tick, decisions, out)
             last_move_check = obs.monotonic
     account_usage(tick, status, out)

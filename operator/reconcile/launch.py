@@ -3,7 +3,8 @@ moves to their planned GPUs first), build their pods, and ask to delete pods str
 lost nodes or Pending past their timeout (an expert whose pinned pod its node never took is
 placed on another node when one can take it now). An expert planned on an island's node gets
 the same pod, made fit for the island (atoll.operator.islands.dispatch). Pure: returns CreatePod / DeletePod
-actions, the executor applies them.
+actions, the executor applies them. A decision made without the GPU usage (`Observation.placing`
+False) starts nothing and leaves each stage that would start as it was.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def start_attempts(tick: Tick, decisions: dict[str, StageDecision], out: Outcome
     starting = {slug: d for slug, d in decisions.items() if d.create_attempt is not None}
     if not starting:
         return decisions
+    if not tick.obs.placing:  # no usage at hand: each stays as the last tick left it, until one that places
+        held = {slug: StageDecision(tick.stage_status(StageJob.from_slug(slug), tick.previous)) for slug in starting}
+        return {**decisions, **held}
     placed = _place(tick, starting)
     if placed.experts.assignments:  # the plan an expert starts by (not every tick a queued one waits)
         out.plan = placed.experts.plan

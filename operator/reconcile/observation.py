@@ -128,6 +128,10 @@ class Observation:
     busy_requests: Mapping[str, Requests] = field(default_factory=dict)
     """CPU and memory requested per node by every non-terminal pod bound (or pinned) to it,
     atoll's or not, and by the pods promised in the ledger (read with `busy_gpus`)."""
+    placing: bool = True
+    """False: the GPU usage is not at hand (another run holds the ledger): the decision places,
+    starts and moves nothing, and keeps every stage that would start as it was; the others
+    are decided as usual, so a running pod's status does not wait for another run's placing."""
     store: StoreSnapshot = field(default_factory=StoreSnapshot)
     now: datetime
     monotonic: float = 0.0
