@@ -139,7 +139,8 @@ def decide_reserving(
 
     While another run holds the lock, a run that has DDMExpert statuses to write (its pods
     started running while some of its experts still wait for GPUs) does not hold them until
-    its turn: it decides once without placing (`Observation.placing` False), hands that
+    its turn: it decides once without placing (`Observation.placing` False; only a run with
+    expert pods, so a run's first placing never decides twice), hands that
     decision to `meanwhile` to apply (which returns the memory after it) and then waits; the
     decision under the lock starts from that memory ("early-report": how often, how long)."""
     try:
@@ -151,8 +152,8 @@ def decide_reserving(
 
     def report() -> None:
         nonlocal memory, waiting
-        if meanwhile is None:
-            return
+        if meanwhile is None or not any(pod.stage == "expert" for pod in observation.pods):
+            return  # no expert pod yet (a run's first placing): no DDMExpert status to report
         started = time.perf_counter()
         try:  # a decision that places nothing never reads the usage: the probe proves it
             early = decide(replace(observation, placing=False, busy_gpus=UsageProbe()), memory, settings)

@@ -119,3 +119,30 @@ def test_no_early_decision_when_the_ledger_is_free_or_nothing_changed() -> None:
         holder.join(timeout=2)
     holder.join(timeout=10)
     assert calls == [], "nothing to report: the run waits as before"
+
+
+def test_a_runs_first_placing_never_decides_twice_while_it_waits(monkeypatch: Any) -> None:
+    """Without an expert pod no DDMExpert status can be reported: the tick of a run's first
+    placing (every run at once in a start-up burst) waits without a decision of its own."""
+    from atoll.operator import reconcile
+
+    decisions: list[int] = []
+    real = reconcile.decide
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        decisions.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "decide", counted)
+    fresh = observe(run_with(training_status()), experts=(expert(0), expert(1)), pods=(pod("router", 1),))
+    ledger = GpuLedger()
+    done: list[Decision] = []
+    placing = threading.Thread(target=lambda: done.append(decide_reserving(
+        ledger, fresh, dict, RunMemory(), SETTINGS, meanwhile=lambda early: early.memory
+    )))  # fmt: skip
+    with ledger.deciding():
+        placing.start()
+        placing.join(timeout=2)
+    placing.join(timeout=10)
+    assert {slug for slug in created(done[0]) if slug.startswith("expert-")} == {"expert-0", "expert-1"}
+    assert len(decisions) == 2, "the first try without the usage, then the one under the lock"
